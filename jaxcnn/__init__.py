@@ -1,0 +1,21 @@
+"""jaxcnn: communication-efficient distributed convolutions for JAX.
+
+>>> mesh = jaxcnn.make_mesh(n=2, k=2, c=2)
+>>> y = jaxcnn.conv2d(x, kernel, mesh=mesh, algorithm="3d", strides=1, padding="SAME")
+"""
+
+from jaxcnn.algorithms import ALGORITHMS
+from jaxcnn.conv import conv2d, conv_layout, layer_geometry
+from jaxcnn.geometry import ConvGeometry, conv_geometry
+from jaxcnn.mesh import AXES, make_mesh
+
+__all__ = [
+    "ALGORITHMS",
+    "AXES",
+    "ConvGeometry",
+    "conv2d",
+    "conv_geometry",
+    "conv_layout",
+    "layer_geometry",
+    "make_mesh",
+]

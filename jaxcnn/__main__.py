@@ -1,0 +1,30 @@
+"""Command line: ``jaxcnn train CONFIG.yaml [key=value ...]`` and ``jaxcnn plan ...``."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "train": ("jaxcnn.runner.cli", "Train a model from a YAML config."),
+    "plan": (
+        "jaxcnn.planner.cli",
+        "Plan per-layer algorithms for a network under a memory budget.",
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatches ``jaxcnn COMMAND ...`` to the command's ``main(argv)``."""
+    import importlib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<6} {doc}" for name, (_, doc) in COMMANDS.items()]
+        print("usage: jaxcnn COMMAND [args]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

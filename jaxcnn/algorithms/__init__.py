@@ -1,0 +1,23 @@
+"""The distributed convolution algorithms, one per module, all run by :mod:`.engine`."""
+
+from jaxcnn.algorithms import channel, data, filter, spatial, three_d, two_d, two_half_d
+from jaxcnn.algorithms.base import Algorithm, Layout, plan_layout
+
+REGISTRY: dict[str, Algorithm] = {
+    m.ALGORITHM.name: m.ALGORITHM for m in (data, spatial, filter, channel, two_d, two_half_d, three_d)
+}
+ALGORITHMS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def get(name: str) -> Algorithm:
+    """The algorithm called ``name``.
+
+    Raises:
+      ValueError: unknown name (the message lists ``ALGORITHMS``).
+    """
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; valid algorithms are {ALGORITHMS}")
+    return REGISTRY[name]
+
+
+__all__ = ["ALGORITHMS", "REGISTRY", "Algorithm", "Layout", "get", "plan_layout"]

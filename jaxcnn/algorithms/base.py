@@ -1,0 +1,156 @@
+"""What an algorithm is (data), and the concrete layout it takes for one layer on one mesh.
+
+Every jaxcnn algorithm is one point in the same design space, the ``(n,h,w) × k × c`` grid of
+Li et al. (SPAA'21):
+
+- the row axes ``n, h, w`` split the output rows (batch and space; halos where h or w is split);
+- ``k`` splits the output channels; x arrives with its channels split over ``k`` and is gathered
+  along ``k`` (all at once, or panel by panel when streaming);
+- ``c`` splits the reduction over input channels; partial outputs are reduce-scattered over ``c``;
+- the kernel is either replicated over the row axes (data / spatial parallelism: the gradient is
+  all-reduced) or split over them and gathered (2d / 2.5d / 3d: gather forward, reduce-scatter
+  backward).
+
+An :class:`Algorithm` names the axes it may use, how it treats the kernel and whether it streams;
+:func:`plan_layout` turns that, a layer and the mesh sizes into shard_map specs, padding and panels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn.geometry import ConvGeometry, HaloPlan, halo_plan
+from jaxcnn.mesh import AXES, ROW_AXES
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """A distributed convolution algorithm, as data.
+
+    Attributes:
+      name: public name (``jaxcnn.ALGORITHMS``).
+      axes: mesh axes it may split; any other axis of size > 1 is an error.
+      kernel_over_rows: the kernel is split over the row axes and all-gathered (True), or replicated
+        over them with its gradient all-reduced (False).
+      streaming: channel panels are streamed in a loop (2d, 2.5d) instead of gathered at once.
+    """
+
+    name: str
+    axes: tuple[str, ...]
+    kernel_over_rows: bool
+    streaming: bool
+
+    def check_mesh(self, sizes: dict[str, int]) -> None:
+        """Raises ValueError naming an axis of size > 1 this algorithm does not use."""
+        for axis in AXES:
+            if sizes[axis] > 1 and axis not in self.axes:
+                raise ValueError(
+                    f"algorithm {self.name!r} does not use mesh axis {axis!r} (size {sizes[axis]}); "
+                    f"it splits only {self.axes} - set {axis}=1 or pick an algorithm that uses it"
+                )
+
+
+def _spec(names: tuple[str, ...]) -> str | tuple[str, ...] | None:
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The concrete decisions for one (algorithm, layer, mesh).
+
+    Attributes:
+      sizes: mesh axis sizes, ``((axis, size), ...)`` in mesh order.
+      rows: row axes of size > 1, in mesh order.
+      x_channels: axes splitting x's channels, ``("c", "k")`` filtered to size > 1.
+      kernel_channels: axes splitting the kernel's input channels.
+      kernel_gather: axes the kernel is all-gathered over (the row axes, when split over them).
+      k_gather: axes x is all-gathered over (``k``, when > 1).
+      c_scatter: axes the output is reduce-scattered over (``c``, when > 1).
+      panels: channel panels streamed per depth layer (1 = gather at once).
+      unit: channels per panel unit (a panel holds ``groups * unit`` local channels).
+      padded: zero-padded global ``(N, H, W, C, K)`` the shard_map sees.
+      h_plan, w_plan: halo plans of split spatial dims (None when unsplit).
+    """
+
+    sizes: tuple[tuple[str, int], ...]
+    rows: tuple[str, ...]
+    x_channels: tuple[str, ...]
+    kernel_channels: tuple[str, ...]
+    kernel_gather: tuple[str, ...]
+    k_gather: tuple[str, ...]
+    c_scatter: tuple[str, ...]
+    panels: int
+    unit: int
+    padded: tuple[int, int, int, int, int]
+    h_plan: HaloPlan | None
+    w_plan: HaloPlan | None
+
+    def _row_specs(self) -> tuple[str | None, str | None, str | None]:
+        return tuple(a if a in self.rows else None for a in ROW_AXES)  # type: ignore[return-value]
+
+    @property
+    def x_spec(self) -> P:
+        return P(*self._row_specs(), _spec(self.x_channels))
+
+    @property
+    def kernel_spec(self) -> P:
+        return P(None, None, _spec(self.kernel_channels), _spec(self.k_gather))
+
+    @property
+    def y_spec(self) -> P:
+        return P(*self._row_specs(), _spec(self.k_gather + self.c_scatter))
+
+    def size(self, axis: str) -> int:
+        """Size of mesh axis ``axis``."""
+        return dict(self.sizes)[axis]
+
+
+def _largest_divisor_at_most(value: int, bound: int) -> int:
+    return max(d for d in range(1, max(1, min(value, bound)) + 1) if value % d == 0)
+
+
+def plan_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int]) -> Layout:
+    """Shard_map layout of ``geom`` under ``algorithm`` on a mesh with ``sizes``.
+
+    Uneven dimensions are zero-padded (exact: padded channels hold zeros in both x and kernel, padded
+    batch/rows/output channels are sliced off the result): N to a multiple of ``n``; H, W to
+    ``parts * ⌈H/parts⌉`` when split; C to a multiple of ``c * lcm(k, rows)``; K to a multiple of
+    ``k * c``. Streaming algorithms use ``panels`` = the largest divisor of ``C / (c * lcm)`` not above
+    ``max(k, rows)``, so one gathered panel is no larger than the local block it came from.
+    """
+    algorithm.check_mesh(sizes)
+    rows = tuple(a for a in ROW_AXES if sizes[a] > 1)
+    pk, pc = sizes["k"], sizes["c"]
+    prows = math.prod(sizes[a] for a in rows)
+    kernel_rows = rows if algorithm.kernel_over_rows else ()
+    pkr = prows if algorithm.kernel_over_rows else 1
+    lcm = math.lcm(pk, pkr)
+    c_pad = -(-geom.channels_in // (pc * lcm)) * pc * lcm
+    per_depth_units = c_pad // (pc * lcm)
+    panels = _largest_divisor_at_most(per_depth_units, max(pk, pkr)) if algorithm.streaming else 1
+    unit = c_pad // (pc * lcm * panels)
+    k_pad = -(-geom.channels_out // (pk * pc)) * pk * pc
+    n_pad = -(-geom.batch // sizes["n"]) * sizes["n"]
+    h_plan = halo_plan(geom.h, sizes["h"]) if sizes["h"] > 1 else None
+    w_plan = halo_plan(geom.w, sizes["w"]) if sizes["w"] > 1 else None
+    h_pad = h_plan.in_block * h_plan.parts if h_plan else geom.h.size
+    w_pad = w_plan.in_block * w_plan.parts if w_plan else geom.w.size
+    return Layout(
+        sizes=tuple((a, sizes[a]) for a in AXES),
+        rows=rows,
+        x_channels=tuple(a for a in ("c", "k") if sizes[a] > 1),
+        kernel_channels=tuple(a for a in ("c", *kernel_rows) if sizes[a] > 1),
+        kernel_gather=kernel_rows,
+        k_gather=("k",) if pk > 1 else (),
+        c_scatter=("c",) if pc > 1 else (),
+        panels=panels,
+        unit=unit,
+        padded=(n_pad, h_pad, w_pad, c_pad, k_pad),
+        h_plan=h_plan,
+        w_plan=w_plan,
+    )

@@ -1,0 +1,113 @@
+"""``jaxcnn.conv2d``: one distributed 2-D convolution, any algorithm, any input sharding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from jaxcnn import algorithms
+from jaxcnn.algorithms.engine import build
+from jaxcnn.geometry import ConvGeometry, PaddingLike, conv_geometry
+from jaxcnn.mesh import mesh_sizes
+
+
+def _check_array(value: object, name: str) -> None:
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{name} must be an array (jax.Array or numpy), got {type(value).__name__}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype (float32, bfloat16, ...), got {value.dtype}")
+
+
+def _check_mesh(mesh: object) -> dict[str, int]:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (see jaxcnn.make_mesh), got {type(mesh).__name__}")
+    sizes = mesh_sizes(mesh)
+    if mesh.devices.size > len(jax.devices()):
+        raise ValueError(f"mesh has {mesh.devices.size} devices but only {len(jax.devices())} are available")
+    return sizes
+
+
+def layer_geometry(
+    x: jax.Array | jax.ShapeDtypeStruct,
+    kernel: jax.Array | jax.ShapeDtypeStruct,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | Sequence[int] = 1,
+) -> ConvGeometry:
+    """Validated geometry of ``conv2d(x, kernel, ...)`` (raises as :func:`conv2d` does)."""
+    _check_array(x, "x")
+    _check_array(kernel, "kernel")
+    return conv_geometry(x.shape, kernel.shape, strides, padding, dilation)
+
+
+def conv_layout(geom: ConvGeometry, *, mesh: Mesh, algorithm: str) -> algorithms.Layout:
+    """The layout ``conv2d`` uses for a layer: specs of x / kernel / y, padding, panels, halo plans.
+
+    ``layout.x_spec``, ``layout.kernel_spec`` and ``layout.y_spec`` are the ``PartitionSpec`` s of the
+    (zero-padded to ``layout.padded``) global arrays inside the shard_map; create inputs with these
+    shardings and ``conv2d`` moves nothing before it starts.
+    """
+    return algorithms.plan_layout(algorithms.get(algorithm), geom, _check_mesh(mesh))
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    mesh: Mesh,
+    algorithm: str,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | Sequence[int] = 1,
+    preferred_element_type: jnp.dtype | None = None,
+) -> jax.Array:
+    """Distributed 2-D convolution, equal to the single-device one.
+
+    ``conv2d(x, kernel, ...)`` equals ``jax.lax.conv_general_dilated(x, kernel, strides, padding,
+    rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    preferred_element_type=preferred_element_type)``. Works eagerly, under ``jax.jit`` and under
+    ``jax.grad`` (w.r.t. ``x`` and ``kernel``). Inputs may have any sharding; they are resharded to
+    the algorithm's layout (see the algorithm modules in :mod:`jaxcnn.algorithms`). The result has
+    the algorithm's output layout (``jaxcnn.output_spec``).
+
+    Args:
+      x: ``(N, H, W, C)`` activations.
+      kernel: ``(R, S, C, K)`` kernel (HWIO).
+      mesh: a mesh from :func:`jaxcnn.make_mesh` (axes n, h, w, k, c).
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+      strides: int or (σh, σw).
+      padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))``.
+      dilation: kernel dilation, int or (dh, dw).
+      preferred_element_type: output / accumulation dtype (e.g. float32 for bfloat16 inputs).
+        Low-precision inputs always accumulate local products in float32.
+
+    Returns:
+      ``(N, Ho, Wo, K)``.
+
+    Raises:
+      ValueError: bad shapes, channel mismatch, bad stride/dilation/padding, unknown algorithm, or a
+        mesh axis of size > 1 the algorithm does not use.
+      TypeError: non-array or non-floating inputs, or a mesh that is not a ``jax.sharding.Mesh``.
+    """
+    geom = layer_geometry(x, kernel, strides, padding, dilation)
+    alg = algorithms.get(algorithm)
+    sizes = _check_mesh(mesh)
+    out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
+    layout, fn = build(alg, geom, mesh, tuple(sizes.items()), out_dtype)
+    n, h, w, c, k = layout.padded
+    xp = _pad_to(x, (n, h, w, c))
+    kp = _pad_to(kernel, (geom.h.kernel, geom.w.kernel, c, k))
+    y = fn(xp, kp)
+    n0, ho, wo, k0 = geom.y_shape
+    if y.shape != (n0, ho, wo, k0):
+        y = y[:n0, :ho, :wo, :k0]
+    return y
+
+
+def _pad_to(a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    if tuple(a.shape) == tuple(shape):
+        return a
+    return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape, strict=True)])

@@ -1,0 +1,257 @@
+"""Convolution geometry: argument normalisation, output sizes and halo plans for split dimensions.
+
+Pure Python (no JAX arrays): the algorithms, the cost model and the planner all read the same numbers.
+
+A spatial dimension of input length ``H``, kernel ``R``, stride ``σ``, dilation ``d`` and padding
+``(lo, hi)`` has the output length ``Ho = (H + lo + hi - d(R-1) - 1) // σ + 1``; output position ``p``
+reads input rows ``σp - lo + d·r`` for ``r < R``.
+
+Splitting that dimension ``P`` ways (``Bo = ⌈Ho/P⌉`` outputs and ``Bi = ⌈H/P⌉`` inputs per block,
+the global arrays zero-padded to ``P·Bo`` / ``P·Bi``), block ``b`` needs the input rows
+``[σ·b·Bo - lo, σ·b·Bo - lo + σ(Bo-1) + d(R-1) + 1)`` but owns ``[b·Bi, (b+1)·Bi)``. The halo plan
+records the widest reach to the left and right over all blocks; every device receives exactly that
+many rows (zeros where they fall outside the image, which is exactly the zero padding), then cuts its
+own window at offset ``left - lo + b·(σ·Bo - Bi)``. Nothing here is special-cased by stride, dilation,
+kernel parity or padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+PaddingLike = str | Sequence[tuple[int, int]]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif isinstance(value, Sequence) and len(value) == 2:
+        pair = tuple(value)
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be positive ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class DimGeometry:
+    """One spatial dimension of a convolution.
+
+    Attributes:
+      size: input length (H or W).
+      kernel: kernel length (R or S).
+      stride: stride σ.
+      dilation: kernel (rhs) dilation d.
+      pad: explicit (lo, hi) zero padding.
+    """
+
+    size: int
+    kernel: int
+    stride: int
+    dilation: int
+    pad: tuple[int, int]
+
+    @property
+    def extent(self) -> int:
+        """Input rows one output row reads: d(R-1)+1."""
+        return self.dilation * (self.kernel - 1) + 1
+
+    @property
+    def out(self) -> int:
+        """Output length Ho."""
+        return (self.size + self.pad[0] + self.pad[1] - self.extent) // self.stride + 1
+
+    def window(self, out_rows: int) -> int:
+        """Input rows read by ``out_rows`` consecutive output rows."""
+        return self.stride * (out_rows - 1) + self.extent
+
+
+@dataclasses.dataclass(frozen=True)
+class HaloPlan:
+    """How one spatial dimension split ``parts`` ways exchanges halos.
+
+    Attributes:
+      parts: number of blocks P (the mesh axis size).
+      in_block: input rows per block Bi = ⌈H/P⌉.
+      out_block: output rows per block Bo = ⌈Ho/P⌉.
+      left: rows every device receives from its left neighbours (max over blocks of the reach).
+      right: rows every device receives from its right neighbours.
+      window: input rows a block's outputs read, σ(Bo-1) + d(R-1) + 1.
+      start: window offset of block 0 inside its extended buffer (left - lo).
+      step: how much the offset grows per block, σ·Bo - Bi (0 when input and output blocks align).
+    """
+
+    parts: int
+    in_block: int
+    out_block: int
+    left: int
+    right: int
+    window: int
+    start: int
+    step: int
+
+    def left_pieces(self) -> list[tuple[int, int]]:
+        """``(hop, rows)`` for the left halo, farthest first: rows taken from the tail of block b-hop."""
+        return _pieces(self.left, self.in_block)[::-1]
+
+    def right_pieces(self) -> list[tuple[int, int]]:
+        """``(hop, rows)`` for the right halo, nearest first: rows from the head of block b+hop."""
+        return _pieces(self.right, self.in_block)
+
+    def received_rows(self, block: int) -> int:
+        """Rows block ``block`` receives from other devices (zeros from outside the mesh excluded)."""
+        total = 0
+        for hop, rows in self.left_pieces():
+            total += rows if block - hop >= 0 else 0
+        for hop, rows in self.right_pieces():
+            total += rows if block + hop < self.parts else 0
+        return total
+
+
+def _pieces(width: int, block: int) -> list[tuple[int, int]]:
+    hops = math.ceil(width / block) if width else 0
+    return [(j, min(block, width - (j - 1) * block)) for j in range(1, hops + 1)]
+
+
+def halo_plan(dim: DimGeometry, parts: int) -> HaloPlan:
+    """Plans the halo exchange for ``dim`` split into ``parts`` blocks (see the module docstring)."""
+    bi = math.ceil(dim.size / parts)
+    bo = math.ceil(dim.out / parts)
+    window = dim.window(bo)
+    lo = dim.pad[0]
+    left = max(0, max(b * bi - (dim.stride * b * bo - lo) for b in range(parts)))
+    right = max(0, max(dim.stride * b * bo - lo + window - (b + 1) * bi for b in range(parts)))
+    return HaloPlan(
+        parts=parts,
+        in_block=bi,
+        out_block=bo,
+        left=left,
+        right=right,
+        window=window,
+        start=left - lo,
+        step=dim.stride * bo - bi,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """A 2-D convolution layer: NHWC input, HWIO kernel.
+
+    Attributes:
+      batch, channels_in, channels_out: N, C, K.
+      h, w: the two spatial dimensions.
+    """
+
+    batch: int
+    channels_in: int
+    channels_out: int
+    h: DimGeometry
+    w: DimGeometry
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.h.size, self.w.size, self.channels_in)
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        return (self.h.kernel, self.w.kernel, self.channels_in, self.channels_out)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.h.out, self.w.out, self.channels_out)
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        return (self.h.stride, self.w.stride)
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return (self.h.dilation, self.w.dilation)
+
+    @property
+    def padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        return (self.h.pad, self.w.pad)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x2 of the forward convolution."""
+        n, ho, wo, k = self.y_shape
+        return 2 * n * ho * wo * k * self.channels_in * self.h.kernel * self.w.kernel
+
+
+def _same_pads(size: int, extent: int, stride: int) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + extent - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def conv_geometry(
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | Sequence[int] = 1,
+) -> ConvGeometry:
+    """Validates convolution arguments and returns their geometry.
+
+    Args:
+      x_shape: ``(N, H, W, C)``.
+      kernel_shape: ``(R, S, C, K)``.
+      strides: int or (σh, σw), each ≥ 1.
+      padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))`` of non-negative ints.
+      dilation: int or (dh, dw), each ≥ 1 (kernel dilation).
+
+    Raises:
+      ValueError: naming the offending argument and what would be valid.
+    """
+    if len(x_shape) != 4:
+        raise ValueError(f"x must have rank 4 (N, H, W, C), got shape {tuple(x_shape)}")
+    if len(kernel_shape) != 4:
+        raise ValueError(f"kernel must have rank 4 (R, S, C, K), got shape {tuple(kernel_shape)}")
+    n, h, w, c = (int(v) for v in x_shape)
+    r, s, kc, k = (int(v) for v in kernel_shape)
+    if kc != c:
+        raise ValueError(
+            f"kernel input channels {kc} (kernel shape {tuple(kernel_shape)}, HWIO) must equal "
+            f"x channels {c} (x shape {tuple(x_shape)}, NHWC)"
+        )
+    if min(n, h, w, c, r, s, k) < 1:
+        raise ValueError(f"empty dimension in x {tuple(x_shape)} or kernel {tuple(kernel_shape)}")
+    stride = _pair(strides, "strides")
+    dil = _pair(dilation, "dilation")
+    extents = (dil[0] * (r - 1) + 1, dil[1] * (s - 1) + 1)
+    if isinstance(padding, str):
+        if padding.upper() == "SAME":
+            pads = (_same_pads(h, extents[0], stride[0]), _same_pads(w, extents[1], stride[1]))
+        elif padding.upper() == "VALID":
+            pads = ((0, 0), (0, 0))
+        else:
+            raise ValueError(f"padding must be 'SAME', 'VALID' or ((lo, hi), (lo, hi)), got {padding!r}")
+    else:
+        try:
+            pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"padding must be 'SAME', 'VALID' or ((lo, hi), (lo, hi)), got {padding!r}"
+            ) from None
+        if len(pads) != 2 or any(v < 0 for pair in pads for v in pair):
+            raise ValueError(
+                f"explicit padding must be two (lo, hi) pairs of non-negative ints, got {padding!r}"
+            )
+    geom = ConvGeometry(
+        batch=n,
+        channels_in=c,
+        channels_out=k,
+        h=DimGeometry(h, r, stride[0], dil[0], pads[0]),
+        w=DimGeometry(w, s, stride[1], dil[1], pads[1]),
+    )
+    for name, dim in (("H", geom.h), ("W", geom.w)):
+        if dim.out < 1:
+            raise ValueError(
+                f"output {name} would be {dim.out}: input {name}={dim.size} with padding {dim.pad} "
+                f"is smaller than the dilated kernel extent {dim.extent}"
+            )
+    return geom
