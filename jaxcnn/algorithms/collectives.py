@@ -30,20 +30,26 @@ def shift(x: jax.Array, axis_name: str, hop: int, parts: int) -> jax.Array:
     return lax.ppermute(x, axis_name, perm)
 
 
-def halo_extend(x: jax.Array, axis: int, axis_name: str, plan: HaloPlan) -> jax.Array:
+def halo_extend(
+    x: jax.Array, axis: int, axis_name: str, plan: HaloPlan, *, fill: float = 0.0
+) -> jax.Array:
     """Returns this device's input window along ``axis`` (length ``plan.window``).
 
     Receives ``plan.left`` rows from the devices to the left (tails of their blocks, farthest first)
     and ``plan.right`` rows from the right (heads of their blocks), one ``ppermute`` per hop, then
-    slices the window at ``plan.start + b * plan.step`` (static when the step is 0).
+    slices the window at ``plan.start + b * plan.step`` (static when the step is 0). Rows that fall
+    outside the mesh (no source device) hold ``fill``: 0 is the zero padding of a convolution, ``-inf``
+    the padding of max pooling.
 
     Args:
       x: the local block, ``plan.in_block`` rows along ``axis``.
       axis: the array axis that is split (1 for h, 2 for w in NHWC).
       axis_name: the mesh axis splitting it.
       plan: from :func:`jaxcnn.geometry.halo_plan`.
+      fill: value of rows outside the image (devices with no source for a piece).
     """
     pieces: list[jax.Array] = []
+    index = lax.axis_index(axis_name) if fill != 0 else None
 
     def rows(start: int, count: int) -> jax.Array:
         return lax.slice_in_dim(x, start, start + count, axis=axis)
@@ -51,15 +57,22 @@ def halo_extend(x: jax.Array, axis: int, axis_name: str, plan: HaloPlan) -> jax.
     def zeros(count: int) -> jax.Array:
         shape = list(x.shape)
         shape[axis] = count
-        return jnp.zeros(shape, x.dtype)
+        return jnp.full(shape, fill, x.dtype)
+
+    def received(piece: jax.Array, hop: int) -> jax.Array:
+        moved = shift(piece, axis_name, hop, plan.parts)
+        if index is None:
+            return moved
+        source = index - hop
+        return jnp.where((source < 0) | (source >= plan.parts), jnp.asarray(fill, x.dtype), moved)
 
     for hop, count in plan.left_pieces():
         tail = rows(plan.in_block - count, count)
-        pieces.append(shift(tail, axis_name, hop, plan.parts) if hop < plan.parts else zeros(count))
+        pieces.append(received(tail, hop) if hop < plan.parts else zeros(count))
     pieces.append(x)
     for hop, count in plan.right_pieces():
         head = rows(0, count)
-        pieces.append(shift(head, axis_name, -hop, plan.parts) if hop < plan.parts else zeros(count))
+        pieces.append(received(head, -hop) if hop < plan.parts else zeros(count))
     extended = jnp.concatenate(pieces, axis=axis) if len(pieces) > 1 else x
     if plan.step == 0:
         return lax.slice_in_dim(extended, plan.start, plan.start + plan.window, axis=axis)

@@ -1,0 +1,518 @@
+"""Communication meter: bytes each device receives, read from the compiled (post-SPMD) HLO.
+
+Programs are lowered and compiled with abstract inputs (``jax.ShapeDtypeStruct`` with a
+``NamedSharding``), never executed, so a 512-device mesh of fake CPU devices is enough to meter a
+layer. Every all-gather, reduce-scatter, all-reduce, all-to-all and collective-permute of
+``compiled.as_text()`` is charged per the convention of ``CONVENTIONS.md`` (group size ``p``, ``S``
+the full gathered / unreduced buffer):
+
+| op | bytes received per device in a group |
+|---|---|
+| all-gather (result S) | S·(p-1)/p |
+| reduce-scatter (operand S = p·result) | S·(p-1)/p |
+| all-reduce (S) | 2·S·(p-1)/p |
+| all-to-all (S) | S·(p-1)/p |
+| collective-permute (S) | S for each target of a pair |
+
+Async ``-start``/``-done`` pairs are charged once (at the start); tuple-shaped collectives sum their
+buffers. Ops inside ``while`` bodies are multiplied by the loop's ``known_trip_count`` (and by the
+multiplicity of every computation on the call path); a loop without a known trip count is an error,
+never a silent undercount. Both branches of a ``conditional`` are charged (an upper bound, noted in
+:attr:`CommReport.notes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+KINDS: tuple[str, ...] = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_UNSUPPORTED = ("send", "recv", "collective-broadcast", "ragged-all-to-all")
+_ELEMENT_BITS = {
+    "pred": 8, "s2": 2, "u2": 2, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "s16": 16, "u16": 16, "f16": 16,
+    "bf16": 16, "s32": 32, "u32": 32, "f32": 32, "s64": 64, "u64": 64, "f64": 64, "c64": 64, "c128": 128,
+}  # fmt: skip
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\]")
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTR = re.compile(r"^\s+(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_CALL = re.compile(r"(?:^|[\s,])(condition|body|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
+_CALL_LIST = re.compile(r"(?:^|[\s,])(branch_computations|called_computations)=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)"?')
+_IOTA = re.compile(r"^\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
+
+
+class HloParseError(ValueError):
+    """The HLO text has a form the meter cannot charge without guessing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectiveOp:
+    """One collective instruction of the compiled program.
+
+    Attributes:
+      name: instruction name.
+      kind: one of :data:`KINDS` (``-start`` suffix removed).
+      computation: the HLO computation holding it.
+      executions: how many times it runs (product of trip counts on its call path).
+      buffer_bytes: S, the full (gathered / unreduced / permuted) buffer in bytes.
+      groups: replica groups (for collective-permute: the (source, target) pairs).
+      per_device: bytes each device receives over all executions.
+    """
+
+    name: str
+    kind: str
+    computation: str
+    executions: int
+    buffer_bytes: int
+    groups: tuple[tuple[int, ...], ...]
+    per_device: tuple[float, ...]
+
+    @property
+    def group_size(self) -> int:
+        """Largest group size (2 for a permute)."""
+        return max((len(g) for g in self.groups), default=1)
+
+    @property
+    def max_bytes(self) -> float:
+        return max(self.per_device, default=0.0)
+
+    @property
+    def total_bytes(self) -> float:
+        return float(sum(self.per_device))
+
+
+@dataclasses.dataclass(frozen=True)
+class KindStats:
+    """Totals of one collective kind: executions and bytes received (max over devices, total)."""
+
+    count: int
+    max_bytes: float
+    total_bytes: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryStats:
+    """``compiled.memory_analysis()`` figures per device, in bytes."""
+
+    temp_bytes: int
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    generated_code_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries - aliased (an upper estimate of the live peak)."""
+        return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CommReport:
+    """Bytes received per device by one compiled program.
+
+    Attributes:
+      num_devices: devices of the program (partitions x replicas).
+      ops: every collective, with its execution count and per-device bytes.
+      memory: per-device memory figures of the compiled program (None for parsed text).
+      notes: anything counted conservatively (e.g. conditionals).
+    """
+
+    num_devices: int
+    ops: tuple[CollectiveOp, ...]
+    memory: MemoryStats | None = None
+    notes: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def per_device(self) -> np.ndarray:
+        """Bytes received by each device, all collectives together."""
+        total = np.zeros(self.num_devices)
+        for op in self.ops:
+            total += np.asarray(op.per_device)
+        return total
+
+    @property
+    def max_bytes(self) -> float:
+        """Max over devices of the bytes a device receives (not the sum of per-kind maxima)."""
+        return float(self.per_device.max(initial=0.0))
+
+    @property
+    def total_bytes(self) -> float:
+        """Sum over devices of the bytes received."""
+        return float(self.per_device.sum())
+
+    @functools.cached_property
+    def by_kind(self) -> dict[str, KindStats]:
+        """Per collective kind (all of :data:`KINDS`, zero when absent)."""
+        out = {}
+        for kind in KINDS:
+            ops = [op for op in self.ops if op.kind == kind]
+            vec = sum((np.asarray(op.per_device) for op in ops), np.zeros(self.num_devices))
+            out[kind] = KindStats(sum(op.executions for op in ops), float(vec.max()), float(vec.sum()))
+        return out
+
+    def count(self, kind: str) -> int:
+        """Executions of collectives of ``kind``."""
+        return self.by_kind[kind].count
+
+    def __str__(self) -> str:
+        lines = [f"{'collective':<20}{'count':>7}{'max B/device':>16}{'total B':>16}"]
+        for kind, st in self.by_kind.items():
+            if st.count:
+                lines.append(f"{kind:<20}{st.count:>7}{st.max_bytes:>16,.0f}{st.total_bytes:>16,.0f}")
+        runs = sum(op.executions for op in self.ops)
+        lines.append(f"{'all':<20}{runs:>7}{self.max_bytes:>16,.0f}{self.total_bytes:>16,.0f}")
+        lines.append(f"devices: {self.num_devices}")
+        if self.memory is not None:
+            m = self.memory
+            lines.append(
+                f"memory/device: args {m.argument_bytes:,} out {m.output_bytes:,} temp {m.temp_bytes:,} "
+                f"alias {m.alias_bytes:,} code {m.generated_code_bytes:,} B"
+            )
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- HLO text parsing
+
+
+def _balanced(text: str, start: int) -> int:
+    """Index just past the bracket group opening at ``text[start]``."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] in "([{":
+            depth += 1
+        elif text[i] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise HloParseError(f"unbalanced brackets in {text[start : start + 80]!r}")
+
+
+def _split_top(inner: str) -> list[str]:
+    """Splits a tuple body at depth-0 commas."""
+    parts, depth, last = [], 0, 0
+    for i, ch in enumerate(inner):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(inner[last:i].strip())
+            last = i + 1
+    if inner[last:].strip():
+        parts.append(inner[last:].strip())
+    return parts
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO shape string, tuples summed (``f32[2,3]{1,0}``, ``(bf16[4], s32[])``)."""
+    bits = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        if dtype not in _ELEMENT_BITS:
+            if dtype == "token":
+                continue
+            if dtype.startswith("f8") or dtype.startswith("f4") or dtype.startswith("f6"):
+                width = int(dtype[1])
+            else:
+                raise HloParseError(f"unknown element type {dtype!r} in shape {shape!r}")
+        else:
+            width = _ELEMENT_BITS[dtype]
+        n = math.prod(int(d.replace("<=", "")) for d in dims.split(",") if d.strip())
+        bits += n * width
+    return -(-bits // 8)
+
+
+def _parse_groups(attrs: str, num_devices: int) -> tuple[tuple[int, ...], ...]:
+    key = "replica_groups="
+    at = attrs.find(key)
+    if at < 0:
+        return (tuple(range(num_devices)),)
+    body = attrs[at + len(key) :]
+    iota = _IOTA.match(body)
+    if iota:
+        shape = [int(v) for v in iota.group(1).split(",")]
+        dims = [int(v) for v in iota.group(2).split(",")]
+        ids = np.arange(math.prod(dims)).reshape(dims)
+        if iota.group(3):
+            ids = ids.transpose([int(v) for v in iota.group(3).split(",")])
+        return tuple(tuple(int(v) for v in row) for row in ids.reshape(shape))
+    if not body.startswith("{"):
+        raise HloParseError(f"cannot parse replica_groups in {body[:80]!r}")
+    inner = body[1 : _balanced(body, 0) - 1]
+    groups = tuple(tuple(int(v) for v in g.split(",") if v) for g in re.findall(r"\{([\d,]*)\}", inner))
+    return groups or (tuple(range(num_devices)),)
+
+
+def _parse_pairs(attrs: str) -> tuple[tuple[int, int], ...]:
+    at = attrs.find("source_target_pairs=")
+    if at < 0:
+        raise HloParseError(f"collective-permute without source_target_pairs: {attrs[:120]!r}")
+    body = attrs[at + len("source_target_pairs=") :]
+    inner = body[: _balanced(body, 0)]
+    return tuple((int(a), int(b)) for a, b in re.findall(r"\{\s*(\d+)\s*,\s*(\d+)\s*\}", inner))
+
+
+@dataclasses.dataclass
+class _Instr:
+    name: str
+    shape: str
+    opcode: str
+    attrs: str
+
+
+def _parse_instr(name: str, rest: str) -> _Instr:
+    if rest.startswith("("):
+        end = _balanced(rest, 0)
+    else:
+        end = rest.find(" ")
+        end = len(rest) if end < 0 else end
+    shape, tail = rest[:end], rest[end:].lstrip()
+    m = re.match(r"([\w\-]+)\(", tail)
+    if not m:
+        return _Instr(name, shape, tail.split(" ")[0], "")
+    close = _balanced(tail, m.end() - 1)
+    return _Instr(name, shape, m.group(1), tail[close:])
+
+
+def parse_computations(text: str) -> tuple[dict[str, list[_Instr]], str]:
+    """HLO module text → ``({computation: [instructions]}, entry name)``."""
+    comps: dict[str, list[_Instr]] = {}
+    entry, current = None, None
+    for line in text.splitlines():
+        if current is None:
+            m = _HEADER.match(line)
+            if m and not line.startswith("HloModule"):
+                current = m.group(2)
+                comps[current] = []
+                if m.group(1):
+                    entry = current
+            continue
+        if line.strip() == "}":
+            current = None
+            continue
+        m = _INSTR.match(line)
+        if m:
+            comps[current].append(_parse_instr(m.group(1), m.group(2)))
+    if entry is None:
+        raise HloParseError("no ENTRY computation in the HLO text")
+    return comps, entry
+
+
+def _result_shape(ins: _Instr, kind: str) -> str:
+    """The result part of a (possibly async ``-start``) collective's shape."""
+    if not ins.opcode.endswith("-start"):
+        return ins.shape
+    if not ins.shape.startswith("("):
+        return ins.shape
+    parts = _split_top(ins.shape[1:-1])
+    if kind == "all-reduce" and not parts[0].startswith("("):
+        return ins.shape  # all-reduce-start: shaped like its result
+    return parts[1]  # (operands, result, context...) for every other -start form
+
+
+def _charge(ins: _Instr, kind: str, num_devices: int, executions: int, comp: str) -> CollectiveOp:
+    result = shape_bytes(_result_shape(ins, kind))
+    vec = np.zeros(num_devices)
+    if kind == "collective-permute":
+        groups = _parse_pairs(ins.attrs)
+        for src, dst in groups:
+            if src != dst:
+                vec[dst] += result
+        buffer = result
+    else:
+        groups = _parse_groups(ins.attrs, num_devices)
+        p = max(len(g) for g in groups)
+        buffer = result * p if kind == "reduce-scatter" else result
+        factor = 2.0 if kind == "all-reduce" else 1.0
+        for g in groups:
+            if len(g) > 1:
+                vec[list(g)] += factor * buffer * (len(g) - 1) / len(g)
+    if max((max(g) for g in groups if g), default=0) >= num_devices:
+        raise HloParseError(f"{ins.name} names device ids beyond num_devices={num_devices}")
+    return CollectiveOp(ins.name, kind, comp, executions, buffer, groups, tuple(vec * executions))
+
+
+def measure_hlo_text(text: str, num_devices: int | None = None) -> CommReport:
+    """Meters HLO module text (e.g. ``compiled.as_text()``).
+
+    Args:
+      text: the post-partitioning HLO module.
+      num_devices: devices of the program; default ``num_partitions * replica_count`` of the header.
+
+    Raises:
+      HloParseError: a while loop without a known trip count, an unsupported collective
+        (send/recv, collective-broadcast, ragged-all-to-all), or malformed groups.
+    """
+    if num_devices is None:
+        parts = re.search(r"num_partitions=(\d+)", text)
+        reps = re.search(r"replica_count=(\d+)", text)
+        num_devices = (int(parts.group(1)) if parts else 1) * (int(reps.group(1)) if reps else 1)
+    comps, entry = parse_computations(text)
+    ops: list[CollectiveOp] = []
+    notes: list[str] = []
+
+    def visit(comp: str, mult: int, depth: int) -> None:
+        if comp not in comps:
+            raise HloParseError(f"called computation {comp!r} is not defined in the HLO text")
+        if depth > 64:
+            raise HloParseError(f"call graph deeper than 64 at {comp!r}")
+        for ins in comps[comp]:
+            base = ins.opcode.removesuffix("-start")
+            if base in _UNSUPPORTED:
+                raise HloParseError(f"unsupported collective {ins.opcode} ({ins.name}); cannot meter it")
+            if base in KINDS:
+                ops.append(_charge(ins, base, num_devices, mult, comp))
+                continue  # an async wrapper's called computation holds the same op: not again
+            if ins.opcode in ("async-update", "async-done") or ins.opcode.endswith("-done"):
+                continue
+            factor = 1
+            if ins.opcode == "while":
+                trip = _TRIP.search(ins.attrs)
+                if trip is None:
+                    raise HloParseError(
+                        f"while loop {ins.name} in {comp} has no known_trip_count in its backend_config; "
+                        "the meter cannot tell how often its body's collectives run"
+                    )
+                factor = int(trip.group(1))
+            if ins.opcode == "conditional" and ins.attrs:
+                notes.append(f"conditional {ins.name}: every branch charged (upper bound)")
+            for key, callee in _CALL.findall(ins.attrs):
+                visit(callee, mult * (factor + 1 if key == "condition" else factor), depth + 1)
+            for _, callees in _CALL_LIST.findall(ins.attrs):
+                for callee in callees.split(","):
+                    visit(callee.strip().lstrip("%"), mult * factor, depth + 1)
+
+    visit(entry, 1, 0)
+    return CommReport(num_devices=num_devices, ops=tuple(ops), notes=tuple(dict.fromkeys(notes)))
+
+
+# ----------------------------------------------------------------------------- compiled programs
+
+
+def _memory(compiled: jax.stages.Compiled) -> MemoryStats | None:
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return MemoryStats(
+        temp_bytes=int(stats.temp_size_in_bytes),
+        argument_bytes=int(stats.argument_size_in_bytes),
+        output_bytes=int(stats.output_size_in_bytes),
+        alias_bytes=int(stats.alias_size_in_bytes),
+        generated_code_bytes=int(stats.generated_code_size_in_bytes),
+    )
+
+
+def meter_compiled(compiled: jax.stages.Compiled) -> CommReport:
+    """Meters an already compiled program (collectives and memory)."""
+    report = measure_hlo_text(compiled.as_text())
+    return dataclasses.replace(report, memory=_memory(compiled))
+
+
+def _lower(fn: Callable[..., Any], args: Sequence[Any], static: dict[str, Any]) -> jax.stages.Lowered:
+    if hasattr(fn, "lower"):
+        return fn.lower(*args, **static)
+    return jax.jit(functools.partial(fn, **static) if static else fn).lower(*args)
+
+
+def measure(fn: Callable[..., Any], *args: Any, **static: Any) -> CommReport:
+    """Compiles ``fn(*args, **static)`` (never runs it) and meters its collectives.
+
+    Args:
+      fn: any function; jitted here unless it already is (then ``static`` go to ``fn.lower``).
+      *args: ``jax.ShapeDtypeStruct`` s with ``sharding=NamedSharding(...)``, or concrete arrays.
+      **static: keyword arguments bound before jitting (static configuration).
+
+    Returns:
+      The :class:`CommReport` of the compiled program.
+    """
+    return meter_compiled(_lower(fn, args, static).compile())
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings
+    )
+
+
+def measure_fwd_bwd(f: Callable[..., Any], *args: Any) -> tuple[CommReport, CommReport]:
+    """Meters the forward program of ``f`` and, separately, the program applying its VJP.
+
+    The backward program takes the residuals ``jax.vjp`` saves (with the shardings the compiled
+    forward-with-residuals gives them) and an abstract cotangent shaped and sharded like ``f``'s
+    output, and returns the input cotangents. It is not "grad minus forward": XLA would remove
+    forward collectives whose results a gradient program does not need.
+
+    Returns:
+      ``(forward, backward)`` reports.
+    """
+    fwd = measure(f, *args)
+    with_res = jax.jit(lambda *a: jax.vjp(f, *a))
+    compiled = with_res.lower(*args).compile()
+    y_abs, vjp_abs = _abstract(jax.eval_shape(with_res, *args), compiled.output_shardings)
+    bwd = measure(lambda vjp_fn, dy: vjp_fn(dy), vjp_abs, y_abs)
+    return fwd, bwd
+
+
+def _spec_for(shape: tuple[int, ...], padded: tuple[int, ...], spec: P) -> P:
+    """``spec`` where a dimension equals its padded size (so divides evenly), else unsplit."""
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    return P(*(e if s == p else None for e, s, p in zip(entries, shape, padded, strict=True)))
+
+
+def measure_conv(
+    layer: Any,
+    *,
+    mesh: Mesh,
+    algorithm: str,
+    dtype: jnp.dtype = jnp.float32,
+    backward: bool = True,
+) -> tuple[CommReport, CommReport | None]:
+    """Meters ``jaxcnn.conv2d`` for one layer, forward and backward.
+
+    x ``(N, H, W, C)`` and the kernel ``(R, S, C, K)`` are abstract arrays laid out as the algorithm
+    wants (``jaxcnn.conv_layout``); a dimension the layout zero-pads is left unsplit (replicated) so
+    that padding it inside ``conv2d`` is local.
+
+    Args:
+      layer: a :class:`jaxcnn.ConvGeometry`, or anything with a ``geom`` attribute
+        (:class:`jaxcnn.networks.ConvLayer`).
+      mesh: a mesh from :func:`jaxcnn.make_mesh`.
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+      dtype: element type of x and the kernel.
+      backward: also meter the VJP program.
+
+    Returns:
+      ``(forward, backward)``; ``backward`` is None when not requested.
+    """
+    from jaxcnn.conv import conv2d, conv_layout
+
+    geom = getattr(layer, "geom", layer)
+    layout = conv_layout(geom, mesh=mesh, algorithm=algorithm)
+    n, h, w, c, k = layout.padded
+    x_spec = _spec_for(geom.x_shape, (n, h, w, c), layout.x_spec)
+    k_spec = _spec_for(geom.kernel_shape, (geom.h.kernel, geom.w.kernel, c, k), layout.kernel_spec)
+    x = jax.ShapeDtypeStruct(geom.x_shape, dtype, sharding=NamedSharding(mesh, x_spec))
+    kernel = jax.ShapeDtypeStruct(geom.kernel_shape, dtype, sharding=NamedSharding(mesh, k_spec))
+
+    def f(a: jax.Array, b: jax.Array) -> jax.Array:
+        return conv2d(
+            a,
+            b,
+            mesh=mesh,
+            algorithm=algorithm,
+            strides=geom.strides,
+            padding=geom.padding,
+            dilation=geom.dilation,
+        )
+
+    if not backward:
+        return measure(f, x, kernel), None
+    return measure_fwd_bwd(f, x, kernel)

@@ -1,0 +1,153 @@
+"""Building blocks shared by the models: per-layer placement, Conv+BN(+ReLU), pooling, the head.
+
+Every convolution of a model has a dotted name (``"stem"``, ``"layer1.0.conv1"``, ...) and a
+placement string (:mod:`jaxcnn.nn.placement`: ``"3d"`` or ``"3d@n=2,k=2,c=2"``). A model's
+``algorithms`` argument gives them as one string for all convolutions, a dict ``{name: placement}``
+(the key ``"*"`` is the default for names not listed), or a list in layer order. Activations leave a
+block in its convolution's output layout; the next convolution reshards them to its input layout with
+one explicit :func:`jaxcnn.nn.reshard` (see :mod:`jaxcnn.nn.layout`), BatchNorm and pooling work in
+the layout they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn.nn import BatchNorm, Conv, Placement, global_avg_pool, max_pool, parse_placement, reshard
+
+Algorithms = str | Mapping[str, str] | Sequence[str]
+
+
+class LayerPlan:
+    """Hands out each convolution's placement by name (dict), position (list) or uniformly (str).
+
+    Args:
+      mesh: the model's mesh.
+      algorithms: see the module docstring.
+    """
+
+    def __init__(self, mesh: Mesh, algorithms: Algorithms):
+        if not isinstance(algorithms, str | Mapping) and not (
+            isinstance(algorithms, Sequence) and all(isinstance(a, str) for a in algorithms)
+        ):
+            raise ValueError(f"algorithms must be a str, a dict {{layer: placement}} or a list, got {algorithms!r}")
+        self.mesh = mesh
+        self.algorithms = algorithms
+        self.names: list[str] = []
+
+    def placement(self, name: str) -> Placement:
+        """The placement of the next convolution, called ``name``."""
+        if name in self.names:
+            raise ValueError(f"duplicate convolution name {name!r}")
+        self.names.append(name)
+        if isinstance(self.algorithms, str):
+            choice = self.algorithms
+        elif isinstance(self.algorithms, Mapping):
+            choice = self.algorithms.get(name, self.algorithms.get("*"))
+            if choice is None:
+                raise ValueError(f"algorithms has no entry for layer {name!r} and no '*' default")
+        else:
+            index = len(self.names) - 1
+            if index >= len(self.algorithms):
+                raise ValueError(f"algorithms lists {len(self.algorithms)} placements but the model has more convolutions")
+            choice = self.algorithms[index]
+        return parse_placement(choice, self.mesh)
+
+    def finish(self) -> tuple[str, ...]:
+        """Checks that every given placement was used; returns the convolution names in order."""
+        if isinstance(self.algorithms, Mapping):
+            unknown = sorted(set(self.algorithms) - set(self.names) - {"*"})
+            if unknown:
+                raise ValueError(f"algorithms names unknown layers {unknown}; the layers are {self.names}")
+        elif not isinstance(self.algorithms, str) and len(self.algorithms) != len(self.names):
+            raise ValueError(
+                f"algorithms lists {len(self.algorithms)} placements but the model has {len(self.names)} "
+                f"convolutions: {self.names}"
+            )
+        return tuple(self.names)
+
+
+class ConvBN(nnx.Module):
+    """Convolution (no bias) → distributed BatchNorm → optional ReLU, in the convolution's layouts.
+
+    Args:
+      cin, cout: channels.
+      kernel: kernel size (square).
+      stride: stride.
+      plan: the model's :class:`LayerPlan`; ``name`` picks this convolution's placement.
+      relu: apply ReLU.
+      dtype: computation dtype (parameters are float32).
+      rngs: parameter initialisation.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        *,
+        plan: LayerPlan,
+        name: str,
+        relu: bool = True,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        placement = plan.placement(name)
+        self.conv = Conv(
+            cin,
+            cout,
+            (kernel, kernel),
+            stride,
+            padding="SAME",
+            use_bias=False,
+            mesh=placement.mesh,
+            algorithm=placement.algorithm,
+            dtype=dtype,
+            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            rngs=rngs,
+        )
+        self.bn = BatchNorm(cout, mesh=placement.mesh, spec=placement.y_spec, dtype=dtype, rngs=rngs)
+        self.relu = relu
+        self.mesh = placement.mesh
+        self.input_sharding = NamedSharding(placement.mesh, placement.x_spec)
+        self.output_sharding = NamedSharding(placement.mesh, placement.y_spec)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.bn(self.conv(reshard(x, self.input_sharding)))
+        y = reshard(y, self.output_sharding)
+        return nnx.relu(y) if self.relu else y
+
+
+def pool(x: jax.Array, after: ConvBN, window: int, stride: int, padding: str = "VALID") -> jax.Array:
+    """Max pooling in the output layout of the block ``after``."""
+    return max_pool(x, (window, window), (stride, stride), padding, mesh=after.mesh, spec=after.output_sharding.spec)
+
+
+class Head(nnx.Module):
+    """Global average pooling (psum over the spatial axes) → dense classifier on batch-split features.
+
+    Args:
+      features: input channels.
+      num_classes: logits.
+      dtype: computation dtype.
+      rngs: parameter initialisation.
+    """
+
+    def __init__(self, features: int, num_classes: int, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(features, num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, last: ConvBN) -> jax.Array:
+        """``x`` is in ``last``'s output layout; returns ``(N, num_classes)`` logits (float32)."""
+        spec = last.output_sharding.spec
+        pooled = global_avg_pool(x, mesh=last.mesh, spec=spec)
+        batch = spec[0] if len(spec) else None
+        pooled = reshard(pooled, NamedSharding(last.mesh, P(batch, None)))
+        return self.linear(pooled).astype(jnp.float32)

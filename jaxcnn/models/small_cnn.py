@@ -1,0 +1,56 @@
+"""SmallCNN: four 3×3 Conv+BN+ReLU layers with one 2×2 max pool, for tiny images (8×8 digits)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
+
+
+class SmallCNN(nnx.Module):
+    """conv(c)→conv(c)→maxpool 2×2→conv(2c)→conv(2c)→global average pool→dense.
+
+    Convolutions are named ``conv1`` … ``conv4``. On 8×8×1 scikit-learn digits with ``width=32`` it
+    reaches ≥95% test accuracy within a minute of CPU training.
+
+    Args:
+      num_classes: logits.
+      in_channels: image channels.
+      mesh: the model's mesh.
+      algorithms: per-convolution placements (:mod:`jaxcnn.models.common`).
+      width: channels of the first two convolutions.
+      dtype: computation dtype.
+      rngs: parameter initialisation.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        *,
+        mesh: Mesh,
+        algorithms: Algorithms = "data",
+        width: int = 32,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        plan = LayerPlan(mesh, algorithms)
+        kw = dict(plan=plan, dtype=dtype, rngs=rngs)
+        self.conv1 = ConvBN(in_channels, width, 3, 1, name="conv1", **kw)
+        self.conv2 = ConvBN(width, width, 3, 1, name="conv2", **kw)
+        self.conv3 = ConvBN(width, 2 * width, 3, 1, name="conv3", **kw)
+        self.conv4 = ConvBN(2 * width, 2 * width, 3, 1, name="conv4", **kw)
+        self.head = Head(2 * width, num_classes, dtype=dtype, rngs=rngs)
+        self.conv_names = plan.finish()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``(N, H, W, in_channels)`` images → ``(N, num_classes)`` logits."""
+        x = self.conv2(self.conv1(x))
+        x = pool(x, self.conv2, 2, 2)
+        x = self.conv4(self.conv3(x))
+        return self.head(x, self.conv4)

@@ -1,0 +1,75 @@
+"""VGG16 with batch normalisation (Simonyan & Zisserman, ICLR'15; BN variant)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
+
+#: Channels of the 13 convolutions, ``"M"`` a 2×2/2 max pool.
+VGG16_CONFIG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)  # fmt: skip
+
+
+class VGG16(nnx.Module):
+    """VGG16-BN: 13 3×3 Conv+BN+ReLU layers in five stages, each closed by a 2×2/2 max pool.
+
+    The classifier is global average pooling + one dense layer (the CIFAR-style head; the three
+    4096-wide dense layers of the ImageNet model are not part of the convolution study). Convolutions
+    are named ``conv1_1`` … ``conv5_3`` (stage_index).
+
+    Args:
+      num_classes: logits.
+      in_channels: image channels.
+      mesh: the model's mesh.
+      algorithms: per-convolution placements (:mod:`jaxcnn.models.common`).
+      width: channel multiplier (1.0 = the published widths).
+      dtype: computation dtype.
+      rngs: parameter initialisation.
+
+    References:
+      K. Simonyan, A. Zisserman. Very Deep Convolutional Networks for Large-Scale Image Recognition. ICLR 2015.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        *,
+        mesh: Mesh,
+        algorithms: Algorithms = "data",
+        width: float = 1.0,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        plan = LayerPlan(mesh, algorithms)
+        layers: list[ConvBN | str] = []
+        cin, stage, index = in_channels, 1, 1
+        for item in VGG16_CONFIG:
+            if item == "M":
+                layers.append("M")
+                stage, index = stage + 1, 1
+                continue
+            cout = max(1, int(int(item) * width))
+            name = f"conv{stage}_{index}"
+            layers.append(ConvBN(cin, cout, 3, 1, plan=plan, name=name, dtype=dtype, rngs=rngs))
+            cin, index = cout, index + 1
+        self.layers = nnx.List(layers)
+        self.head = Head(cin, num_classes, dtype=dtype, rngs=rngs)
+        self.conv_names = plan.finish()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``(N, H, W, in_channels)`` images (H, W ≥ 32) → ``(N, num_classes)`` logits."""
+        last = None
+        for layer in self.layers:
+            if isinstance(layer, str):
+                x = pool(x, last, 2, 2)
+            else:
+                x, last = layer(x), layer
+        return self.head(x, last)

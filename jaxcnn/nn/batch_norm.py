@@ -1,0 +1,139 @@
+"""Distributed batch normalisation: statistics reduced over every mesh axis that splits n, h or w.
+
+The activation arrives in a known layout (its ``PartitionSpec``, e.g. the previous convolution's
+``y_spec`` ``P("n", "h", "w", ("k", "c"))``). Each device sums its block over (N, H, W), one
+``lax.psum`` over the axes splitting N, H and W (the mean and the mean square stacked into one buffer,
+2·K_local words, so 2·2K_local·(p−1)/p bytes·word received per device) gives the global sums, and
+every device normalises its own block. Channel axes need no communication: a device holds all rows
+of its channels' statistics after the psum. Uneven splits are zero-padded; zeros add nothing to the
+sums, whose divisor is the real count, so the statistics are exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import dtypes as nnx_dtypes
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn.nn import specs
+
+
+def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Array:
+    """``(2, C)`` global sums of ``x - shift`` and its square over (N, H, W) (x zero-padded)."""
+    entries = specs.normalized(spec, 4)
+    if entries[3] and any(a in entries[3] for e in entries[:3] for a in e):
+        raise ValueError(f"spec {spec} splits channels and rows over the same mesh axis")
+    row_axes = tuple(a for e in entries[:3] for a in e)
+    channel = entries[3] or None
+    xp = specs.pad_to(x, specs.padded_shape(x.shape, spec, mesh))
+    extra = xp.size // xp.shape[3] - x.size // x.shape[3]  # padded positions per channel
+
+    def body(xb: jax.Array, sb: jax.Array | None) -> jax.Array:
+        d = xb if sb is None else xb - sb
+        s = jnp.stack([d.sum((0, 1, 2)), (d * d).sum((0, 1, 2))])
+        return lax.psum(s, row_axes) if row_axes else s
+
+    if shift is None:
+        fn = jax.shard_map(lambda xb: body(xb, None), mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=P(None, channel))
+        sums = fn(xp)
+    else:
+        sp = specs.pad_to(shift, (xp.shape[3],))
+        fn = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries), P(channel)), out_specs=P(None, channel))
+        sums = fn(xp, sp)
+        # Padded zeros contributed (0 - shift) and (0 - shift)^2 each: remove them.
+        sums = sums - extra * jnp.stack([-sp, sp * sp])
+    return sums[:, : x.shape[3]]
+
+
+def batch_stats(
+    x: jax.Array, spec: P, mesh: Mesh, *, dtype: Any = None, use_fast_variance: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and (biased) variance of NHWC ``x`` laid out as ``spec`` on ``mesh``.
+
+    Statistics are computed in at least float32, like ``flax.nnx.BatchNorm``. The fast variance is
+    ``E[x²] − E[x]²`` (clipped at 0, one psum); otherwise ``E[(x − E[x])²]`` (two psums).
+    """
+    dtype = jnp.promote_types(dtype or x.dtype, jnp.float32)
+    x = x.astype(dtype)
+    count = x.size // x.shape[3]
+    first = _sums(x, spec, mesh, None) / count
+    mean = first[0]
+    if use_fast_variance:
+        return mean, jnp.maximum(0.0, first[1] - mean * mean)
+    return mean, _sums(x, spec, mesh, mean)[1] / count
+
+
+class BatchNorm(nnx.BatchNorm):
+    """``flax.nnx.BatchNorm`` over NHWC activations whose statistics span the whole mesh.
+
+    Same constructor, parameters (``scale``, ``bias``), batch statistics (``mean``, ``var``),
+    ``momentum`` / ``epsilon`` semantics and ``train()`` / ``eval()`` behaviour as ``nnx.BatchNorm``
+    with ``axis=-1``, plus:
+
+    Args:
+      num_features: channels.
+      mesh: the mesh the activation lives on (``None``: single-device statistics, plain ``nnx.BatchNorm``).
+      spec: the activation's PartitionSpec, e.g. the previous ``jaxcnn.nn.Conv``'s ``output_spec``.
+        Statistics are psum-reduced over every mesh axis in its N, H, W entries.
+      **kwargs: ``nnx.BatchNorm`` arguments (``use_running_average``, ``momentum``, ``epsilon``,
+        ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, inits, ``use_fast_variance``, ``rngs``).
+    """
+
+    def __init__(self, num_features: int, *, mesh: Mesh | None = None, spec: P = P(), **kwargs: Any):
+        if kwargs.get("axis", -1) not in (-1, 3):
+            raise ValueError("jaxcnn.nn.BatchNorm normalises NHWC activations over the last axis only")
+        if kwargs.get("axis_name") is not None:
+            raise ValueError("jaxcnn.nn.BatchNorm reduces over the mesh axes in `spec`; do not pass axis_name")
+        metadata: dict[str, Any] = {}
+        if mesh is not None:
+            channel = specs.normalized(spec, 4)[3]
+            even = num_features % specs.parts(channel, mesh) == 0
+            metadata = {"out_sharding": (channel or None,) if even else None, "mesh": mesh}
+        super().__init__(num_features, scale_metadata=metadata, bias_metadata=metadata, **kwargs)
+        self.mesh = mesh
+        self.spec = spec
+
+    def __call__(
+        self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Normalises ``x`` (N, H, W, C) with batch statistics (training) or running averages.
+
+        Raises:
+          NotImplementedError: ``mask`` is given.
+        """
+        if mask is not None:
+            raise NotImplementedError("jaxcnn.nn.BatchNorm does not support masks")
+        if self.mesh is None:
+            return super().__call__(x, use_running_average)
+        if x.ndim != 4:
+            raise ValueError(f"jaxcnn.nn.BatchNorm takes NHWC activations, got shape {x.shape}")
+        use_running_average = self.use_running_average if use_running_average is None else use_running_average
+        if use_running_average is None:
+            raise ValueError("pass use_running_average to BatchNorm, or call model.train() / model.eval()")
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        x, mean, var, scale, bias = self.promote_dtype(
+            (x, self.mean[...], self.var[...], scale, bias), dtype=self.dtype
+        )
+        if not use_running_average:
+            mean, var = batch_stats(x, self.spec, self.mesh, dtype=self.dtype, use_fast_variance=self.use_fast_variance)
+            stop = lax.stop_gradient if (self.mean._can_update or self.var._can_update) else (lambda v: v)
+            self.mean[...] = stop(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+            self.var[...] = stop(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        y = x - mean
+        mul = lax.rsqrt(var + self.epsilon)
+        args = [x]
+        if scale is not None:
+            mul = mul * scale
+            args.append(scale)
+        y = y * mul
+        if bias is not None:
+            y = y + bias
+            args.append(bias)
+        return jnp.asarray(y, nnx_dtypes.canonicalize_dtype(*args, dtype=self.dtype))

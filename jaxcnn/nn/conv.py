@@ -1,0 +1,176 @@
+"""Flax NNX convolution backed by :func:`jaxcnn.conv2d`.
+
+Two ways in:
+
+- :class:`Conv`: a drop-in for ``flax.nnx.Conv`` (same constructor, same ``kernel`` / ``bias``
+  parameters) plus ``mesh`` and ``algorithm``; its parameters carry the algorithm's sharding so that
+  they are created already distributed.
+- :func:`conv_general_dilated`: a callable with ``jax.lax.conv_general_dilated``'s signature, for the
+  ``conv_general_dilated=`` hook of ``nnx.Conv`` / ``linen.Conv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn.conv import conv2d
+from jaxcnn.nn.placement import Placement
+
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def _ones(value: int | Sequence[int] | None) -> bool:
+    return value is None or all(v == 1 for v in ((value,) if isinstance(value, int) else value))
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConvGeneralDilated:
+    """``lax.conv_general_dilated`` computed by :func:`jaxcnn.conv2d` (hashable, compares by value).
+
+    Supports 2-D convolutions in any dimension numbers, strides, ``"SAME"`` / ``"VALID"`` / explicit
+    padding and kernel (rhs) dilation. Operands are transposed to NHWC / HWIO and the result back.
+
+    Attributes:
+      mesh: the mesh :func:`jaxcnn.conv2d` runs on.
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+    """
+
+    mesh: Mesh
+    algorithm: str
+
+    def __call__(
+        self,
+        lhs: jax.Array,
+        rhs: jax.Array,
+        window_strides: Sequence[int],
+        padding: str | Sequence[tuple[int, int]],
+        lhs_dilation: Sequence[int] | None = None,
+        rhs_dilation: Sequence[int] | None = None,
+        dimension_numbers: Any = None,
+        feature_group_count: int = 1,
+        batch_group_count: int = 1,
+        precision: Any = None,
+        preferred_element_type: Any = None,
+        out_sharding: Any = None,
+    ) -> jax.Array:
+        """Same arguments and result as ``jax.lax.conv_general_dilated``.
+
+        Raises:
+          NotImplementedError: for what :func:`jaxcnn.conv2d` does not compute: input (lhs)
+            dilation, feature / batch groups, a non-default ``precision``, or a rank other than 4.
+        """
+        if lhs.ndim != 4:
+            raise NotImplementedError(f"jaxcnn computes 2-D convolutions only (rank-4 operands), got {lhs.shape}")
+        if not _ones(lhs_dilation):
+            raise NotImplementedError(f"jaxcnn does not support input (lhs) dilation, got {lhs_dilation}")
+        if feature_group_count != 1 or batch_group_count != 1:
+            raise NotImplementedError(
+                f"jaxcnn does not support grouped convolutions (feature_group_count={feature_group_count}, "
+                f"batch_group_count={batch_group_count})"
+            )
+        if precision not in (None, lax.Precision.DEFAULT, "default"):
+            raise NotImplementedError(f"jaxcnn computes at the default precision; got precision={precision!r}")
+        dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        x = jnp.transpose(lhs, (dn.lhs_spec[0], dn.lhs_spec[2], dn.lhs_spec[3], dn.lhs_spec[1]))
+        kernel = jnp.transpose(rhs, (dn.rhs_spec[2], dn.rhs_spec[3], dn.rhs_spec[1], dn.rhs_spec[0]))
+        y = conv2d(
+            x,
+            kernel,
+            mesh=self.mesh,
+            algorithm=self.algorithm,
+            strides=tuple(window_strides),
+            padding=padding,
+            dilation=(1, 1) if rhs_dilation is None else tuple(rhs_dilation),
+            preferred_element_type=preferred_element_type,
+        )
+        # y is NHWC; out_spec[i] is the y dimension that holds logical dimension i of (N, C, H, W).
+        nchw_positions = (0, 3, 1, 2)
+        inverse = [0] * 4
+        for logical, position in enumerate(dn.out_spec):
+            inverse[position] = nchw_positions[logical]
+        y = jnp.transpose(y, inverse)
+        if out_sharding is not None:
+            sharding = out_sharding if isinstance(out_sharding, NamedSharding) else NamedSharding(self.mesh, out_sharding)
+            y = lax.with_sharding_constraint(y, sharding)
+        return y
+
+
+def conv_general_dilated(mesh: Mesh, algorithm: str) -> DistributedConvGeneralDilated:
+    """A ``jax.lax.conv_general_dilated`` replacement that runs ``algorithm`` on ``mesh``.
+
+    >>> layer = nnx.Conv(3, 8, (3, 3), conv_general_dilated=jaxcnn.nn.conv_general_dilated(mesh, "3d"),
+    ...                  rngs=nnx.Rngs(0))
+    """
+    Placement(algorithm, mesh).x_spec  # validates the algorithm against the mesh now, not at call time
+    return DistributedConvGeneralDilated(mesh, algorithm)
+
+
+class Conv(nnx.Conv):
+    """``flax.nnx.Conv`` (2-D, NHWC) computed by a jaxcnn algorithm, with sharded parameters.
+
+    Same constructor arguments, parameters (``kernel`` (R, S, C, K), ``bias`` (K,)) and call as
+    ``nnx.Conv``, plus:
+
+    Args:
+      mesh: a mesh from :func:`jaxcnn.make_mesh`.
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+
+    The kernel is annotated (``out_sharding`` metadata, ``nnx.get_partition_spec``) with the
+    algorithm's kernel layout, the bias with y's channel layout; both are replicated when the layout
+    zero-pads their channels. With Flax's eager sharding (the default) they are created sharded.
+    ``input_dilation`` and ``feature_group_count`` other than 1 are not supported.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        *,
+        mesh: Mesh,
+        algorithm: str = "data",
+        rngs: nnx.Rngs,
+        **kwargs: Any,
+    ):
+        for banned in ("conv_general_dilated", "kernel_metadata", "bias_metadata"):
+            if banned in kwargs:
+                raise TypeError(f"jaxcnn.nn.Conv sets {banned!r} itself")
+        size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if len(size) != 2:
+            raise ValueError(f"jaxcnn.nn.Conv is 2-D: kernel_size must have 2 entries, got {kernel_size!r}")
+        placement = Placement(algorithm, mesh)
+        kernel_spec = placement.kernel_spec(in_features, out_features)
+        bias_spec = placement.bias_spec(out_features)
+        super().__init__(
+            in_features,
+            out_features,
+            size,
+            strides,
+            conv_general_dilated=conv_general_dilated(mesh, algorithm),
+            kernel_metadata={"out_sharding": tuple(kernel_spec) or None, "mesh": mesh},
+            bias_metadata={"out_sharding": tuple(bias_spec) or None, "mesh": mesh},
+            rngs=rngs,
+            **kwargs,
+        )
+        self.mesh = mesh
+        self.algorithm = algorithm
+
+    @property
+    def input_spec(self) -> P:
+        """PartitionSpec of the ``(N, H, W, C)`` input the algorithm computes on (no movement)."""
+        return Placement(self.algorithm, self.mesh).x_spec
+
+    @property
+    def output_spec(self) -> P:
+        """PartitionSpec of the ``(N, Ho, Wo, K)`` output (the next layer's input layout)."""
+        return Placement(self.algorithm, self.mesh).y_spec

@@ -1,0 +1,122 @@
+"""Where a layer runs: its algorithm, its mesh, and the layouts of its input and output activations.
+
+A layer's *placement* is written as a string so that configs and planners can carry it:
+
+- ``"3d"``: algorithm ``3d`` on the model's mesh;
+- ``"3d@n=2,k=2,c=2"``: algorithm ``3d`` on a mesh of that shape over the **same devices** as the
+  model's mesh (axes not named have size 1; the sizes must multiply to the model mesh's device
+  count). This is how one model mixes algorithms that split different mesh axes (``data`` splits
+  only ``n``, ``spatial`` splits ``n, h, w``, ``3d`` also ``k, c``): every layer sees the same devices,
+  arranged as its algorithm wants, and activations move between arrangements with
+  :func:`jaxcnn.nn.reshard`.
+
+The activation specs of an algorithm depend only on the mesh sizes, never on the layer's shape, so
+they are computed here from a placeholder geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn import algorithms
+from jaxcnn.conv import conv_layout
+from jaxcnn.geometry import conv_geometry
+from jaxcnn.mesh import AXES, make_mesh, mesh_sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """An algorithm on a mesh.
+
+    Attributes:
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+      mesh: the mesh the layer's shard_map runs on.
+    """
+
+    algorithm: str
+    mesh: Mesh
+
+    @property
+    def x_spec(self) -> P:
+        """PartitionSpec of the layer's ``(N, H, W, C)`` input."""
+        return self._layout(1, 1).x_spec
+
+    @property
+    def y_spec(self) -> P:
+        """PartitionSpec of the layer's ``(N, Ho, Wo, K)`` output."""
+        return self._layout(1, 1).y_spec
+
+    def kernel_spec(self, channels_in: int, channels_out: int) -> P:
+        """PartitionSpec of a ``(R, S, C, K)`` kernel; ``P()`` when the layout pads C or K.
+
+        A kernel whose channel counts the layout zero-pads cannot be stored in the padded layout, so
+        it is stored replicated (``conv2d`` pads and distributes it at run time).
+        """
+        layout = self._layout(channels_in, channels_out)
+        if layout.padded[3:] != (channels_in, channels_out):
+            return P()
+        return layout.kernel_spec
+
+    def bias_spec(self, channels_out: int) -> P:
+        """PartitionSpec of a ``(K,)`` bias: split like y's channels, ``P()`` when K is padded."""
+        layout = self._layout(1, channels_out)
+        if layout.padded[4] != channels_out:
+            return P()
+        return P(self.y_spec[3])
+
+    def _layout(self, channels_in: int, channels_out: int) -> algorithms.Layout:
+        sizes = mesh_sizes(self.mesh)
+        geom = conv_geometry(
+            (sizes["n"], sizes["h"], sizes["w"], channels_in), (1, 1, channels_in, channels_out), 1, "VALID"
+        )
+        return conv_layout(geom, mesh=self.mesh, algorithm=self.algorithm)
+
+
+def _parse_sizes(text: str, placement: str) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in AXES or not value.strip().isdigit() or name in sizes:
+            raise ValueError(
+                f"bad mesh shape {text!r} in placement {placement!r}: expected comma-separated "
+                f"axis=size items with axes from {AXES}, e.g. '3d@n=2,k=2,c=2'"
+            )
+        sizes[name] = int(value)
+    return sizes
+
+
+def parse_placement(placement: str, mesh: Mesh) -> Placement:
+    """Resolves ``"algorithm"`` or ``"algorithm@axis=size,..."`` against the model's mesh.
+
+    Args:
+      placement: see the module docstring.
+      mesh: the model's mesh; a mesh shape in ``placement`` re-arranges its devices.
+
+    Returns:
+      The placement (the model's mesh itself when no shape is given).
+
+    Raises:
+      ValueError: unknown algorithm, malformed shape, a shape whose device count differs from the
+        mesh's, or a mesh axis of size > 1 the algorithm does not use.
+    """
+    if not isinstance(placement, str):
+        raise ValueError(f"a layer placement must be a string like '3d' or '3d@n=2,k=2,c=2', got {placement!r}")
+    name, _, shape = placement.partition("@")
+    algorithms.get(name)
+    if shape:
+        sizes = _parse_sizes(shape, placement)
+        devices = list(mesh.devices.flat)
+        if math.prod(sizes.values()) != len(devices):
+            raise ValueError(
+                f"placement {placement!r} uses {math.prod(sizes.values())} devices but the model's mesh "
+                f"has {len(devices)}; the axis sizes must multiply to {len(devices)}"
+            )
+        mesh = make_mesh(**sizes, devices=devices)
+    result = Placement(name, mesh)
+    algorithms.get(name).check_mesh(mesh_sizes(mesh))
+    return result

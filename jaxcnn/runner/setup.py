@@ -1,0 +1,139 @@
+"""Everything a run needs before its first step: processes, mesh, model, run directory.
+
+This is the only jaxcnn module that calls ``jax.distributed.initialize()``; the mesh it builds is passed
+explicitly to the model (no global mesh is set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+import jaxcnn
+from jaxcnn.runner.config import Config, save_config
+
+ModelBuilder = Callable[..., nnx.Module]
+_initialized = False
+
+
+def is_main_process() -> bool:
+    """True on the process that logs, plots and prints (``jax.process_index() == 0``)."""
+    return jax.process_index() == 0
+
+
+def init_distributed(cfg: Config) -> None:
+    """Calls ``jax.distributed.initialize()`` (arguments from the environment) once, if asked."""
+    global _initialized
+    if cfg.distributed and not _initialized:
+        jax.distributed.initialize()
+        _initialized = True
+
+
+def build_mesh(cfg: Config) -> Mesh:
+    """The run's mesh over all devices (``mesh`` sizes resolved against ``jax.device_count()``).
+
+    Raises:
+      ConfigError: the sizes do not fit the devices.
+    """
+    return jaxcnn.make_mesh(**cfg.mesh.resolve(jax.device_count()))
+
+
+def _algorithms(cfg: Config, mesh: Mesh, num_classes: int, image_shape: tuple[int, ...]) -> Any:
+    algs = cfg.model.algorithms
+    if isinstance(algs, str) and algs == "auto":
+        plan = jaxcnn.plan_network(  # only reachable when the planner exists (checked by the config)
+            cfg.model.name,
+            mesh=mesh,
+            batch_size=cfg.train.batch_size,
+            image_shape=image_shape,
+            num_classes=num_classes,
+        )
+        return getattr(plan, "algorithms", plan)
+    if isinstance(algs, Mapping):
+        return dict(algs)
+    if isinstance(algs, tuple):
+        return list(algs)
+    return algs
+
+
+def build_model(
+    cfg: Config,
+    mesh: Mesh,
+    num_classes: int,
+    image_shape: tuple[int, ...],
+    builder: ModelBuilder | None = None,
+) -> nnx.Module:
+    """Builds the configured network on ``mesh`` with parameters from ``nnx.Rngs(cfg.seed)``.
+
+    Args:
+      cfg: the run config (``model`` section and ``seed``).
+      mesh: the run's mesh.
+      num_classes: classifier width.
+      image_shape: ``(H, W, C)`` of the inputs.
+      builder: a function with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
+
+    Raises:
+      ValueError: layer names in ``model.algorithms`` that the network does not have, or a list whose
+        length differs from the number of conv layers.
+    """
+    if builder is None:
+        from jaxcnn import models
+
+        builder = models.build
+    algs = _algorithms(cfg, mesh, num_classes, image_shape)
+    model = builder(
+        cfg.model.name,
+        num_classes=num_classes,
+        in_channels=image_shape[-1],
+        mesh=mesh,
+        algorithms=algs,
+        dtype=jnp.dtype(cfg.model.dtype),
+        rngs=nnx.Rngs(cfg.seed),
+    )
+    _check_layers(model, algs)
+    return model
+
+
+def _check_layers(model: nnx.Module, algs: Any) -> None:
+    try:
+        from jaxcnn.models import conv_layer_names
+    except ImportError:
+        return
+    names = list(conv_layer_names(model))
+    if isinstance(algs, dict):
+        unknown = [k for k in algs if k not in names]
+        if unknown:
+            raise ValueError(f"model.algorithms: unknown layers {unknown}; the conv layers are {names}")
+    elif isinstance(algs, list) and len(algs) != len(names):
+        raise ValueError(
+            f"model.algorithms: {len(algs)} algorithms for {len(names)} conv layers {names}; "
+            "give one per conv layer, a {layer: algorithm} mapping or a single name"
+        )
+
+
+def prepare_run_dir(cfg: Config) -> str:
+    """Creates ``<output_dir>/<name>`` and writes ``config.yaml`` (process 0).
+
+    Without ``resume`` an existing run of the same name is replaced (its checkpoints and metrics are
+    deleted), so a run always starts from step 0.
+    """
+    run_dir = cfg.run_dir
+    if is_main_process():
+        os.makedirs(run_dir, exist_ok=True)
+        if not cfg.resume:
+            shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+            for f in ("metrics.jsonl", "summary.json", "loss.png", "accuracy.png"):
+                if os.path.exists(os.path.join(run_dir, f)):
+                    os.remove(os.path.join(run_dir, f))
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxcnn.runner.prepare_run_dir")
+    return run_dir

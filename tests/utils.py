@@ -1,0 +1,81 @@
+"""Shared test helpers: references, tolerances, a recompilation counter."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def reference_conv(x, kernel, strides=1, padding="SAME", dilation=1, preferred_element_type=None):
+    """Single-device ``lax.conv_general_dilated`` at highest precision (the reference)."""
+    strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        strides,
+        padding,
+        rhs_dilation=dilation,
+        dimension_numbers=DIMENSION_NUMBERS,
+        precision=lax.Precision.HIGHEST,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def numpy_conv(x: np.ndarray, kernel: np.ndarray, strides, pads, dilation) -> np.ndarray:
+    """Direct loop over the definition Out[n,p,q,k] = Σ In[n, σp+dr-lo, σq+ds-lo, c]·Ker[r,s,c,k]."""
+    n, h, w, c = x.shape
+    r, s, _, k = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    (plo, phi), (qlo, qhi) = pads
+    xp = np.zeros((n, h + plo + phi, w + qlo + qhi, c), np.float64)
+    xp[:, plo : plo + h, qlo : qlo + w] = x
+    ho = (h + plo + phi - dh * (r - 1) - 1) // sh + 1
+    wo = (w + qlo + qhi - dw * (s - 1) - 1) // sw + 1
+    out = np.zeros((n, ho, wo, k), np.float64)
+    for p, q in itertools.product(range(ho), range(wo)):
+        for a, b in itertools.product(range(r), range(s)):
+            out[:, p, q] += xp[:, sh * p + dh * a, sw * q + dw * b] @ kernel[a, b]
+    return out
+
+
+def assert_close(actual, expected, rtol: float, what: str = "") -> None:
+    """Max-abs error relative to max |expected| ≤ rtol (robust to near-zero entries)."""
+    actual = np.asarray(jnp.asarray(actual, jnp.float32), np.float64)
+    expected = np.asarray(jnp.asarray(expected, jnp.float32), np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = max(np.max(np.abs(expected)), 1e-30)
+    err = np.max(np.abs(actual - expected)) / scale
+    assert err <= rtol, f"{what}: relative max error {err:.3e} > {rtol:.1e}"
+
+
+def random_inputs(seed: int, x_shape, kernel_shape, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(x_shape), dtype)
+    kernel = jnp.asarray(rng.standard_normal(kernel_shape) / np.sqrt(np.prod(kernel_shape[:3])), dtype)
+    return x, kernel
+
+
+@contextlib.contextmanager
+def count_compilations() -> Iterator[list[int]]:
+    """Counts XLA compilations inside the block: ``with count_compilations() as n: ...; n[0]``."""
+    counter = [0]
+    original = jax._src.interpreters.pxla._cached_compilation  # noqa: SLF001
+
+    def wrapped(*args, **kwargs):
+        counter[0] += 1
+        return original(*args, **kwargs)
+
+    jax._src.interpreters.pxla._cached_compilation = wrapped  # noqa: SLF001
+    try:
+        yield counter
+    finally:
+        jax._src.interpreters.pxla._cached_compilation = original  # noqa: SLF001
