@@ -18,7 +18,9 @@ Async ``-start``/``-done`` pairs are charged once (at the start); tuple-shaped c
 buffers. Ops inside ``while`` bodies are multiplied by the loop's ``known_trip_count`` (and by the
 multiplicity of every computation on the call path); a loop without a known trip count is an error,
 never a silent undercount. Both branches of a ``conditional`` are charged (an upper bound, noted in
-:attr:`CommReport.notes`).
+:attr:`CommReport.notes`). Replica-group ids are read as device ids (partition ids of an SPMD
+program, replica ids of a replicated one); groups come in explicit (``{{0,1},{2,3}}``), empty
+(``{}``: all devices), iota (``[2,4]<=[4,2]T(1,0)``) or mesh-axes (``mesh['a'=2,'b'=4] {'b'}``) form.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.conv import conv2d, conv_layout
+from jaxcnn.geometry import ConvGeometry
+
 KINDS: tuple[str, ...] = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _UNSUPPORTED = ("send", "recv", "collective-broadcast", "ragged-all-to-all")
 _ELEMENT_BITS = {
@@ -45,7 +50,9 @@ _ELEMENT_BITS = {
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\]")
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTR = re.compile(r"^\s+(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
-_CALL = re.compile(r"(?:^|[\s,])(condition|body|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
+_CALL = re.compile(
+    r"(?:^|[\s,])(condition|body|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)"
+)
 _CALL_LIST = re.compile(r"(?:^|[\s,])(branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)"?')
 _IOTA = re.compile(r"^\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
@@ -239,16 +246,85 @@ def _parse_groups(attrs: str, num_devices: int) -> tuple[tuple[int, ...], ...]:
     iota = _IOTA.match(body)
     if iota:
         shape = [int(v) for v in iota.group(1).split(",")]
-        dims = [int(v) for v in iota.group(2).split(",")]
-        ids = np.arange(math.prod(dims)).reshape(dims)
-        if iota.group(3):
-            ids = ids.transpose([int(v) for v in iota.group(3).split(",")])
-        return tuple(tuple(int(v) for v in row) for row in ids.reshape(shape))
+        return tuple(tuple(int(v) for v in row) for row in _iota(body).reshape(shape))
+    if body.startswith(("mesh[", "maximal_mesh[")):
+        return _mesh_groups(body)
     if not body.startswith("{"):
         raise HloParseError(f"cannot parse replica_groups in {body[:80]!r}")
     inner = body[1 : _balanced(body, 0) - 1]
     groups = tuple(tuple(int(v) for v in g.split(",") if v) for g in re.findall(r"\{([\d,]*)\}", inner))
     return groups or (tuple(range(num_devices)),)
+
+
+def _iota(spec: str) -> np.ndarray:
+    """Device ids of an iota list ``[a,b]<=[c,d]T(1,0)`` (flattened)."""
+    iota = _IOTA.match(spec)
+    if not iota:
+        raise HloParseError(f"cannot parse iota device list {spec[:80]!r}")
+    ids = np.arange(math.prod(int(v) for v in iota.group(2).split(",")))
+    ids = ids.reshape([int(v) for v in iota.group(2).split(",")])
+    if iota.group(3):
+        ids = ids.transpose([int(v) for v in iota.group(3).split(",")])
+    return ids.reshape(-1)
+
+
+def _mesh_groups(body: str) -> tuple[tuple[int, ...], ...]:
+    """Groups of the mesh-axes form ``mesh['a'=2,'b'=4], device_ids=(...) {'b','a':(1)2}``.
+
+    The devices (iota, or ``device_ids``) are laid out on the named mesh; a group is the set of
+    devices that differ only along the listed axes (``'a':(pre)size`` is the sub-axis of size
+    ``size`` after ``pre`` major positions of axis ``a``).
+    """
+    if body.startswith("maximal_mesh["):
+        return ((int(re.search(r"device_id=(\d+)", body).group(1)),),)
+    close = body.index("]")
+    axes = [re.fullmatch(r"'?([^'=]+)'?=(\d+)", a.strip()) for a in body[5:close].split(",")]
+    if not all(axes):
+        raise HloParseError(f"cannot parse mesh axes in {body[:120]!r}")
+    names = [a.group(1) for a in axes]
+    sizes = [int(a.group(2)) for a in axes]
+    rest = body[close + 1 :].lstrip()
+    ids = np.arange(math.prod(sizes))
+    if rest.startswith(", device_ids=("):
+        start = rest.index("(")
+        end = _balanced(rest, start)
+        inner = rest[start + 1 : end - 1].strip()
+        ids = _iota(inner) if "<=" in inner else np.array([int(v) for v in re.findall(r"\d+", inner)])
+        rest = rest[end:].lstrip()
+    if not rest.startswith("{"):
+        raise HloParseError(f"cannot parse mesh replica groups {body[:120]!r}")
+    dims: list[int] = []
+    where: dict[tuple[str, int, int], int] = {}  # (axis, pre, size) -> dim of the split array
+    picked = [g.strip() for g in rest[1 : rest.index("}")].split(",") if g.strip()]
+    subs: dict[str, list[tuple[int, int]]] = {name: [] for name in names}
+    keys = []
+    for g in picked:
+        m = re.fullmatch(r"'?([^':]+)'?(?::\((\d+)\)(\d+))?", g)
+        if not m or m.group(1) not in subs:
+            raise HloParseError(f"unknown mesh axis {g!r} in {body[:120]!r}")
+        if m.group(2):
+            subs[m.group(1)].append((int(m.group(2)), int(m.group(3))))
+            keys.append((m.group(1), int(m.group(2)), int(m.group(3))))
+        else:
+            keys.append((m.group(1), 1, sizes[names.index(m.group(1))]))
+    for name, size in zip(names, sizes, strict=True):
+        pos = 1
+        for pre, sub in sorted(subs[name]):  # split the axis: major gap, sub-axis, ..., minor rest
+            if pre > pos:
+                dims.append(pre // pos)
+            where[(name, pre, sub)] = len(dims)
+            dims.append(sub)
+            pos = pre * sub
+        if not subs[name]:
+            where[(name, 1, size)] = len(dims)
+        dims.append(size // pos if subs[name] else size)
+    group_dims = [where[key] for key in keys]
+    arr = ids.reshape(dims)
+    rest_dims = [d for d in range(len(dims)) if d not in group_dims]
+    size = math.prod(dims[d] for d in group_dims)
+    return tuple(
+        tuple(int(v) for v in row) for row in arr.transpose(rest_dims + group_dims).reshape(-1, size)
+    )
 
 
 def _parse_pairs(attrs: str) -> tuple[tuple[int, int], ...]:
@@ -321,22 +397,22 @@ def _result_shape(ins: _Instr, kind: str) -> str:
 def _charge(ins: _Instr, kind: str, num_devices: int, executions: int, comp: str) -> CollectiveOp:
     result = shape_bytes(_result_shape(ins, kind))
     vec = np.zeros(num_devices)
-    if kind == "collective-permute":
-        groups = _parse_pairs(ins.attrs)
+    permute = kind == "collective-permute"
+    groups = _parse_pairs(ins.attrs) if permute else _parse_groups(ins.attrs, num_devices)
+    if max((max(g) for g in groups if g), default=0) >= num_devices:
+        raise HloParseError(f"{ins.name} names device ids beyond num_devices={num_devices}")
+    if permute:
         for src, dst in groups:
             if src != dst:
                 vec[dst] += result
         buffer = result
     else:
-        groups = _parse_groups(ins.attrs, num_devices)
         p = max(len(g) for g in groups)
         buffer = result * p if kind == "reduce-scatter" else result
         factor = 2.0 if kind == "all-reduce" else 1.0
         for g in groups:
             if len(g) > 1:
                 vec[list(g)] += factor * buffer * (len(g) - 1) / len(g)
-    if max((max(g) for g in groups if g), default=0) >= num_devices:
-        raise HloParseError(f"{ins.name} names device ids beyond num_devices={num_devices}")
     return CollectiveOp(ins.name, kind, comp, executions, buffer, groups, tuple(vec * executions))
 
 
@@ -398,7 +474,10 @@ def measure_hlo_text(text: str, num_devices: int | None = None) -> CommReport:
 
 
 def _memory(compiled: jax.stages.Compiled) -> MemoryStats | None:
-    stats = compiled.memory_analysis()
+    try:
+        stats = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):  # backends without memory analysis
+        return None
     if stats is None:
         return None
     return MemoryStats(
@@ -437,9 +516,7 @@ def measure(fn: Callable[..., Any], *args: Any, **static: Any) -> CommReport:
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings
-    )
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
 
 
 def measure_fwd_bwd(f: Callable[..., Any], *args: Any) -> tuple[CommReport, CommReport]:
@@ -468,7 +545,7 @@ def _spec_for(shape: tuple[int, ...], padded: tuple[int, ...], spec: P) -> P:
 
 
 def measure_conv(
-    layer: Any,
+    layer: ConvGeometry | Any,
     *,
     mesh: Mesh,
     algorithm: str,
@@ -492,8 +569,6 @@ def measure_conv(
     Returns:
       ``(forward, backward)``; ``backward`` is None when not requested.
     """
-    from jaxcnn.conv import conv2d, conv_layout
-
     geom = getattr(layer, "geom", layer)
     layout = conv_layout(geom, mesh=mesh, algorithm=algorithm)
     n, h, w, c, k = layout.padded

@@ -105,6 +105,25 @@ class Layout:
     def y_spec(self) -> P:
         return P(*self._row_specs(), _spec(self.k_gather + self.c_scatter))
 
+    def is_even(self, geom: ConvGeometry) -> bool:
+        """True when no dimension needs zero-padding (every split divides its dimension).
+
+        Only then does ``conv2d`` move exactly what :mod:`jaxcnn.cost` predicts: slicing a padded,
+        split output back to its true size makes XLA reshard it, which the model does not count.
+        """
+        n, h, w, c, k = self.padded
+        outs = (
+            (self.h_plan.out_block * self.h_plan.parts if self.h_plan else geom.h.out) == geom.h.out,
+            (self.w_plan.out_block * self.w_plan.parts if self.w_plan else geom.w.out) == geom.w.out,
+        )
+        return all(outs) and (n, h, w, c, k) == (
+            geom.batch,
+            geom.h.size,
+            geom.w.size,
+            geom.channels_in,
+            geom.channels_out,
+        )
+
     def size(self, axis: str) -> int:
         """Size of mesh axis ``axis``."""
         return dict(self.sizes)[axis]

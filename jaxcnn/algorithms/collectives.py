@@ -30,9 +30,7 @@ def shift(x: jax.Array, axis_name: str, hop: int, parts: int) -> jax.Array:
     return lax.ppermute(x, axis_name, perm)
 
 
-def halo_extend(
-    x: jax.Array, axis: int, axis_name: str, plan: HaloPlan, *, fill: float = 0.0
-) -> jax.Array:
+def halo_extend(x: jax.Array, axis: int, axis_name: str, plan: HaloPlan, *, fill: float = 0.0) -> jax.Array:
     """Returns this device's input window along ``axis`` (length ``plan.window``).
 
     Receives ``plan.left`` rows from the devices to the left (tails of their blocks, farthest first)

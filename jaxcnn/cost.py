@@ -1,0 +1,225 @@
+"""Closed-form cost model: the bytes every algorithm receives per device, forward and backward, and
+its per-device memory, for any layer and grid — exact against the compiled HLO (``jaxcnn.measure``).
+
+Counting follows CONVENTIONS.md: bytes *received* per device, bandwidth-optimal collectives, group
+size ``p``, full buffer ``S``: all-gather / reduce-scatter / all-to-all ``S(p-1)/p``, all-reduce
+``2S(p-1)/p``, collective-permute ``S`` at each target. Each collective is evaluated on every device
+of the mesh (a vector over devices), so ``max_bytes`` is the true maximum over devices of each
+device's total, and ``total_bytes`` the sum over devices.
+
+The formulas per algorithm are in the algorithm modules' docstrings and derived in
+``docs/cost_model.md``. In short, with local window ``Xw = (N/n)·Hwin·Wwin`` (Hwin = halo window
+σ(Bo-1)+d(R-1)+1 when h is split, else H), ``m`` channel panels, ``Pr`` the row-axis product:
+
+forward: halo permutes; ``m`` × all-gather over k of ``Xw·C/(Pc·m)``; ``m`` × all-gather over the rows
+of ``R·S·C/(Pc·m)·K/Pk`` (2d/2.5d/3d); one reduce-scatter over c of ``(N/n)·Ho_l·Wo_l·K/Pk``.
+backward: all-gather over c of dy; ``m-1`` recomputed panel gathers of x and kernel (the checkpointed
+loop; panel 0 and the whole ``m = 1`` case keep their gathers as residuals); ``m`` reduce-scatters
+over k of dx panels and ``m`` over the rows of dkernel panels; the reversed halo permutes; for the
+data/spatial baselines one all-reduce of the replicated kernel gradient over the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from jaxcnn import algorithms
+from jaxcnn.algorithms.base import Layout
+from jaxcnn.geometry import ConvGeometry, HaloPlan
+from jaxcnn.mesh import AXES
+
+KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommCost:
+    """Predicted communication of one program (forward or backward).
+
+    Attributes:
+      per_kind: ``{kind: (count, max_bytes, total_bytes)}`` for kinds that occur.
+      max_bytes: max over devices of the bytes each device receives.
+      total_bytes: sum over devices.
+    """
+
+    per_kind: Mapping[str, tuple[int, float, float]]
+    max_bytes: float
+    total_bytes: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryCost:
+    """Predicted per-device bytes.
+
+    Attributes:
+      inputs: local x block + local kernel block.
+      output: local y block.
+      forward_temp: largest live working set of the forward pass beyond inputs/outputs (halo window,
+        one gathered x panel, one gathered kernel panel, the partial-output accumulator).
+      layout_copy: the largest buffer a backend may copy once more to change its layout (a gathered
+        x panel, or the unreduced output before the reduce-scatter): XLA:CPU gathers and scatters
+        along the major dimension and transposes; compiled temp memory lies between
+        ``forward_temp`` and ``forward_temp + layout_copy`` (see docs/cost_model.md).
+      peak: inputs + output + forward_temp.
+    """
+
+    inputs: float
+    output: float
+    forward_temp: float
+    layout_copy: float = 0.0
+
+    @property
+    def peak(self) -> float:
+        return self.inputs + self.output + self.forward_temp
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Prediction for one (layer, algorithm, grid)."""
+
+    algorithm: str
+    grid: Mapping[str, int]
+    forward: CommCost
+    backward: CommCost
+    memory: MemoryCost
+    layout: Layout
+
+    @property
+    def bytes(self) -> float:
+        """Max bytes per device of a training step's convolution (forward + backward)."""
+        return self.forward.max_bytes + self.backward.max_bytes
+
+
+class _Ledger:
+    """Accumulates per-device received bytes by collective kind."""
+
+    def __init__(self, sizes: Mapping[str, int]):
+        self.sizes = dict(sizes)
+        self.coords = {a: c.ravel() for a, c in zip(AXES, np.indices([sizes[a] for a in AXES]), strict=True)}
+        self.num_devices = math.prod(sizes.values())
+        self.kinds: dict[str, list] = {}
+
+    def _add(self, kind: str, received: np.ndarray, count: int) -> None:
+        entry = self.kinds.setdefault(kind, [0, np.zeros(self.num_devices)])
+        entry[0] += count
+        entry[1] = entry[1] + received * count
+
+    def group(self, kind: str, full_bytes: float, axes: tuple[str, ...], count: int = 1) -> None:
+        """All-gather / reduce-scatter / all-reduce over ``axes`` of a buffer of ``full_bytes``."""
+        p = math.prod(self.sizes[a] for a in axes)
+        if p <= 1 or count == 0:
+            return
+        factor = 2.0 if kind == "all-reduce" else 1.0
+        self._add(kind, np.full(self.num_devices, factor * full_bytes * (p - 1) / p), count)
+
+    def permute(self, nbytes: float, axis: str, hop: int) -> None:
+        """A non-cyclic shift by ``hop`` along ``axis``: device b receives from b - hop."""
+        src = self.coords[axis] - hop
+        self._add("collective-permute", nbytes * ((src >= 0) & (src < self.sizes[axis])), 1)
+
+    def result(self) -> CommCost:
+        total = sum((v[1] for v in self.kinds.values()), np.zeros(self.num_devices))
+        per_kind = {k: (v[0], float(v[1].max()), float(v[1].sum())) for k, v in self.kinds.items()}
+        return CommCost(per_kind, float(total.max()), float(total.sum()))
+
+
+def _halo(ledger: _Ledger, plan: HaloPlan | None, axis: str, row_bytes: float, backward: bool) -> None:
+    """Permutes of one halo exchange; ``row_bytes`` is the size of one row of the piece."""
+    if plan is None:
+        return
+    sign = -1 if backward else 1
+    for hop, rows in plan.left_pieces():
+        if hop < plan.parts:
+            ledger.permute(rows * row_bytes, axis, sign * hop)
+    for hop, rows in plan.right_pieces():
+        if hop < plan.parts:
+            ledger.permute(rows * row_bytes, axis, -sign * hop)
+
+
+def itemsize_of(dtype) -> int:
+    """Bytes per element of a dtype (or an int itemsize passed through)."""
+    return np.dtype(dtype).itemsize if not isinstance(dtype, int) else dtype
+
+
+def predict(
+    geom: ConvGeometry,
+    algorithm: str,
+    grid: Mapping[str, int],
+    dtype="float32",
+    out_dtype=None,
+    wire_dtype=None,
+) -> Cost:
+    """Predicts the communication and memory of ``conv2d`` for one layer on one grid.
+
+    Args:
+      geom: the layer (``jaxcnn.conv_geometry``).
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+      grid: mesh sizes ``{axis: size}`` (missing axes are 1).
+      dtype: dtype (or itemsize) of x and the kernel.
+      out_dtype: dtype of y (default ``dtype``).
+      wire_dtype: dtype collectives carry, when the backend changes it: XLA:CPU promotes bfloat16
+        collectives to float32 (its compiled HLO moves 4-byte words), GPU and TPU keep bfloat16.
+        Default: x / kernel buffers in ``dtype``, output buffers in ``out_dtype``.
+
+    Returns:
+      The :class:`Cost`; ``cost.bytes`` is forward + backward max bytes per device.
+    """
+    sizes = {a: int(grid.get(a, 1)) for a in AXES}
+    alg = algorithms.get(algorithm)
+    lay = algorithms.plan_layout(alg, geom, sizes)
+    b_in = itemsize_of(wire_dtype or dtype)  # bytes per communicated element
+    b_out = itemsize_of(wire_dtype or out_dtype or dtype)
+    s_in, s_out = itemsize_of(dtype), itemsize_of(out_dtype or dtype)  # bytes per stored element
+    b_acc = max(s_out, 4)
+    n_pad, h_pad, w_pad, c_pad, k_pad = lay.padded
+    pn, ph, pw, pk, pc = (sizes[a] for a in AXES)
+    nl, hb, wb = n_pad // pn, h_pad // ph, w_pad // pw
+    cx = c_pad // (pc * pk)
+    win_h = lay.h_plan.window if lay.h_plan else hb
+    win_w = lay.w_plan.window if lay.w_plan else wb
+    ho = lay.h_plan.out_block if lay.h_plan else geom.h.out
+    wo = lay.w_plan.out_block if lay.w_plan else geom.w.out
+    r, s = geom.h.kernel, geom.w.kernel
+    m = lay.panels
+    x_panel = nl * win_h * win_w * (c_pad // (pc * m)) * b_in  # gathered x panel (full buffer)
+    k_panel = r * s * (c_pad // (pc * m)) * (k_pad // pk) * b_in  # gathered kernel panel
+    partial = nl * ho * wo * (k_pad // pk) * b_out  # unreduced output block
+    kernel_full = r * s * c_pad * k_pad * b_in
+    rows = lay.rows
+
+    fwd, bwd = _Ledger(sizes), _Ledger(sizes)
+    for ledger, backward in ((fwd, False), (bwd, True)):
+        _halo(ledger, lay.h_plan, "h", nl * wb * cx * b_in, backward)
+        _halo(ledger, lay.w_plan, "w", nl * win_h * cx * b_in, backward)
+    fwd.group("all-gather", x_panel, lay.k_gather, m)
+    fwd.group("all-gather", k_panel, lay.kernel_gather, m)
+    fwd.group("reduce-scatter", partial, lay.c_scatter)
+
+    bwd.group("all-gather", partial, lay.c_scatter)
+    bwd.group("all-gather", x_panel, lay.k_gather, m - 1)
+    bwd.group("all-gather", k_panel, lay.kernel_gather, m - 1)
+    bwd.group("reduce-scatter", x_panel, lay.k_gather, m)
+    bwd.group("reduce-scatter", k_panel, lay.kernel_gather, m)
+    if not alg.kernel_over_rows:
+        bwd.group("all-reduce", kernel_full, rows)
+
+    x_local = nl * hb * wb * cx * s_in
+    k_rows = math.prod(sizes[a] for a in lay.kernel_gather)
+    k_local = r * s * (c_pad // (pc * k_rows)) * (k_pad // pk) * s_in
+    window = nl * win_h * win_w * cx * s_in if (lay.h_plan or lay.w_plan) else 0
+    gathered_x = x_panel // b_in * s_in if lay.k_gather else 0
+    gathered_k = k_panel // b_in * s_in if lay.kernel_gather else 0
+    partial_acc = nl * ho * wo * (k_pad // pk) * b_acc
+    # Accumulation buffers beyond the output itself: the unreduced partial output when c > 1, and one
+    # panel result in flight when streaming (m > 1).
+    acc = partial_acc * ((pc > 1) + (m > 1))
+    memory = MemoryCost(
+        inputs=float(x_local + k_local),
+        output=float(nl * ho * wo * (k_pad // (pk * pc)) * s_out),
+        forward_temp=float(window + gathered_x + gathered_k + acc),
+        layout_copy=float(max(gathered_x, partial_acc if pc > 1 else 0)),
+    )
+    return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay)

@@ -1,0 +1,196 @@
+"""Convolution layer tables of whole networks (ResNet-50 v1.5, VGG-16, or a YAML list).
+
+Each network is a list of :class:`ConvLayer` (one per convolution, in forward order); the geometry
+comes from :func:`jaxcnn.conv_geometry`, so padding and output sizes are exactly what
+:func:`jaxcnn.conv2d` computes. Only convolutions are listed (no pooling, normalisation or dense
+layers).
+
+>>> layers = get_network("resnet50", batch=32)
+>>> sum(layer.geom.flops * layer.repeat for layer in layers) / 2 / 32  # ≈ 4.09e9 MACs per image
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from jaxcnn.geometry import ConvGeometry, conv_geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLayer:
+    """One convolution of a network.
+
+    Attributes:
+      name: unique, readable name (e.g. ``"layer2.0.conv2"``).
+      geom: its geometry (batch included).
+      repeat: how many identical convolutions this entry stands for (1 unless deduplicated).
+    """
+
+    name: str
+    geom: ConvGeometry
+    repeat: int = 1
+
+
+def _layer(name: str, batch: int, hw: int, c: int, k: int, r: int, stride: int, pad: int) -> ConvLayer:
+    geom = conv_geometry((batch, hw, hw, c), (r, r, c, k), stride, ((pad, pad), (pad, pad)))
+    return ConvLayer(name, geom)
+
+
+def _check_sizes(batch: int, image: int) -> None:
+    for name, value in (("batch", batch), ("image", image)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def resnet50_layers(batch: int, image: int = 224) -> list[ConvLayer]:
+    """The 53 convolutions of ResNet-50 v1.5 (torchvision layout).
+
+    Stem 7x7/2 (pad 3) then a 3x3/2 max-pool (pad 1); four stages of 3, 4, 6, 3 bottlenecks of width
+    64, 128, 256, 512 (1x1 → 3x3 → 1x1 with 4x expansion); v1.5 puts the stride 2 of stages 2-4 in
+    the 3x3 convolution (pad 1); the first block of each stage has a 1x1 projection shortcut with
+    the stage stride.
+
+    Args:
+      batch: N.
+      image: input height = width.
+    """
+    _check_sizes(batch, image)
+    stem = _layer("conv1", batch, image, 3, 64, 7, 2, 3)
+    layers = [stem]
+    hw = (stem.geom.h.out + 2 - 3) // 2 + 1  # max-pool 3x3/2, pad 1
+    c = 64
+    for stage, (blocks, width, stride) in enumerate(((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2))):
+        for b in range(blocks):
+            s = stride if b == 0 else 1
+            pre = f"layer{stage + 1}.{b}"
+            conv2 = _layer(f"{pre}.conv2", batch, hw, width, width, 3, s, 1)
+            layers += [_layer(f"{pre}.conv1", batch, hw, c, width, 1, 1, 0), conv2]
+            layers.append(_layer(f"{pre}.conv3", batch, conv2.geom.h.out, width, 4 * width, 1, 1, 0))
+            if b == 0:
+                layers.append(_layer(f"{pre}.downsample", batch, hw, c, 4 * width, 1, s, 0))
+            hw, c = conv2.geom.h.out, 4 * width
+    return layers
+
+
+def vgg16_layers(batch: int, image: int = 224) -> list[ConvLayer]:
+    """The 13 convolutions of VGG-16 (configuration D): 3x3, stride 1, SAME; 2x2/2 max-pool per block.
+
+    Args:
+      batch: N.
+      image: input height = width.
+    """
+    _check_sizes(batch, image)
+    layers, hw, c = [], image, 3
+    for block, (convs, k) in enumerate(((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))):
+        for i in range(convs):
+            layers.append(_layer(f"block{block + 1}.conv{i + 1}", batch, hw, c, k, 3, 1, 1))
+            c = k
+        hw //= 2
+    return layers
+
+
+_REQUIRED = ("h", "w", "c", "k", "r")
+_OPTIONAL = ("name", "s", "stride", "padding", "dilation", "repeat")
+
+
+def _pair_or_int(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _padding(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ((value, value), (value, value))
+    if isinstance(value, list):
+        return tuple(tuple(v) if isinstance(v, list) else (v, v) for v in value)
+    return value
+
+
+def layers_from_dicts(entries: Iterable[Mapping[str, Any]], batch: int) -> list[ConvLayer]:
+    """Builds layers from dicts (e.g. a parsed YAML list).
+
+    Keys: ``h, w, c, k, r`` (required: input height/width, in/out channels, kernel height), ``s``
+    (kernel width, default ``r``), ``stride`` (int or [σh, σw], default 1), ``padding`` ("SAME",
+    "VALID", an int, or [[lo, hi], [lo, hi]]; default "SAME"), ``dilation`` (default 1), ``name``
+    (default ``"conv<i>"``), ``repeat`` (default 1).
+
+    Args:
+      entries: one mapping per convolution.
+      batch: N, shared by all layers.
+
+    Raises:
+      ValueError: an unknown or missing key (named, with the valid keys listed), a non-integer
+        size, or a geometry :func:`jaxcnn.conv_geometry` rejects (the layer is named).
+    """
+    _check_sizes(batch, 1)
+    layers = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"layer {i} must be a mapping of {_REQUIRED + _OPTIONAL}, got {entry!r}")
+        where = f"layer {i} ({entry.get('name', 'unnamed')})"
+        unknown = sorted(set(entry) - set(_REQUIRED + _OPTIONAL))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {_REQUIRED + _OPTIONAL}")
+        missing = [key for key in _REQUIRED if key not in entry]
+        if missing:
+            raise ValueError(f"{where}: missing required keys {missing} (required: {_REQUIRED})")
+        for key in (*_REQUIRED, "s", "repeat"):
+            value = entry.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {key!r} must be a positive int, got {value!r}")
+        h, w, c, k, r = (entry[key] for key in _REQUIRED)
+        try:
+            geom = conv_geometry(
+                (batch, h, w, c),
+                (r, entry.get("s", r), c, k),
+                _pair_or_int(entry.get("stride", 1)),
+                _padding(entry.get("padding", "SAME")),
+                _pair_or_int(entry.get("dilation", 1)),
+            )
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        layers.append(ConvLayer(str(entry.get("name", f"conv{i}")), geom, entry.get("repeat", 1)))
+    return layers
+
+
+def layers_from_yaml(path: str | os.PathLike[str], batch: int) -> list[ConvLayer]:
+    """Reads a YAML file holding a list of layer dicts (or ``{layers: [...]}``); see
+    :func:`layers_from_dicts` for the keys."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if isinstance(data, Mapping):
+        if set(data) != {"layers"}:
+            raise ValueError(f"{path}: a mapping must have exactly the key 'layers', got {sorted(data)}")
+        data = data["layers"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of layers, got {type(data).__name__}")
+    return layers_from_dicts(data, batch)
+
+
+NETWORKS: dict[str, Any] = {"resnet50": resnet50_layers, "vgg16": vgg16_layers}
+
+
+def get_network(name: str, batch: int, image: int = 224) -> list[ConvLayer]:
+    """Layers of a known network (``NETWORKS``) or of a ``.yaml``/``.yml`` file (``image`` unused).
+
+    Raises:
+      ValueError: unknown name (the valid names are listed).
+    """
+    if name.endswith((".yaml", ".yml")):
+        return layers_from_yaml(name, batch)
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; valid names are {sorted(NETWORKS)} or a .yaml path")
+    return NETWORKS[name](batch, image)
+
+
+def dedupe(layers: Sequence[ConvLayer]) -> list[ConvLayer]:
+    """Merges layers of equal geometry into one entry (first name kept, ``repeat`` summed)."""
+    merged: dict[ConvGeometry, ConvLayer] = {}
+    for layer in layers:
+        seen = merged.get(layer.geom)
+        merged[layer.geom] = dataclasses.replace(seen, repeat=seen.repeat + layer.repeat) if seen else layer
+    return list(merged.values())

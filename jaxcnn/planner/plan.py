@@ -1,0 +1,212 @@
+"""Per-layer and per-network planning: the (algorithm, grid) that moves fewest bytes in memory.
+
+``plan_layer`` ranks every algorithm on every grid of ``num_devices`` devices by predicted bytes
+received per device (forward + backward, :mod:`jaxcnn.cost`) among those whose predicted peak memory
+fits. ``plan_network`` chooses one candidate per layer by dynamic programming over the chain of
+layers, adding the cost of changing the activation's layout between consecutive layers
+(:mod:`jaxcnn.planner.transition`), so the plan minimises the network's total, not each layer's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+from jaxcnn import algorithms
+from jaxcnn.cost import Cost, itemsize_of, predict
+from jaxcnn.geometry import ConvGeometry
+from jaxcnn.planner.grids import grids_for
+from jaxcnn.planner.transition import transition_bytes
+
+
+class NoPlanError(ValueError):
+    """No (algorithm, grid) fits the memory budget; ``min_memory_bytes`` is the least that would."""
+
+    def __init__(self, message: str, min_memory_bytes: float):
+        super().__init__(message)
+        self.min_memory_bytes = min_memory_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """The ranked candidates for one layer (best first) that fit the memory budget."""
+
+    name: str
+    geom: ConvGeometry
+    candidates: tuple[Cost, ...]
+
+    @property
+    def best(self) -> Cost:
+        return self.candidates[0]
+
+
+def _geom(layer) -> tuple[str, ConvGeometry]:
+    if isinstance(layer, ConvGeometry):
+        return "conv", layer
+    return getattr(layer, "name", "conv"), layer.geom
+
+
+def _fmt_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{value:.0f} B"
+        value /= 1024
+    raise AssertionError
+
+
+def plan_layer(
+    layer,
+    num_devices: int,
+    memory_bytes: float = math.inf,
+    *,
+    algorithms_: Sequence[str] = algorithms.ALGORITHMS,
+    dtype="float32",
+) -> LayerPlan:
+    """Best (algorithm, grid) for one layer by predicted bytes under a per-device memory cap.
+
+    Args:
+      layer: a :class:`jaxcnn.ConvGeometry` or an object with ``.geom`` (and ``.name``).
+      num_devices: devices P; every candidate grid uses exactly P.
+      memory_bytes: per-device cap on the predicted peak memory (inputs + output + working set).
+      algorithms_: algorithms to consider.
+      dtype: element type of activations and kernels.
+
+    Returns:
+      A :class:`LayerPlan`; ``.best`` is the choice, ``.candidates`` the ranked runner-up table.
+
+    Raises:
+      NoPlanError: nothing fits; the message gives the smallest budget that would.
+    """
+    name, geom = _geom(layer)
+    if not isinstance(num_devices, int) or num_devices < 1:
+        raise ValueError(f"num_devices must be a positive int, got {num_devices!r}")
+    costs = [
+        predict(geom, alg, grid, dtype) for alg in algorithms_ for grid in grids_for(alg, geom, num_devices)
+    ]
+    costs = [c for c in costs if c.layout.is_even(geom)]  # the model is exact for even splits only
+    if not costs:
+        raise ValueError(
+            f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly; "
+            "use a device count whose factors divide the batch, spatial or channel sizes"
+        )
+    fitting = sorted(
+        (c for c in costs if c.memory.peak <= memory_bytes), key=lambda c: (c.bytes, c.memory.peak)
+    )
+    if not fitting:
+        least = min(c.memory.peak for c in costs)
+        raise NoPlanError(
+            f"layer {name}: no algorithm/grid on {num_devices} devices fits {_fmt_bytes(memory_bytes)} per "
+            f"device; the smallest that would is {_fmt_bytes(least)} ({math.ceil(least)} bytes)",
+            least,
+        )
+    return LayerPlan(name, geom, tuple(fitting))
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkStep:
+    """One layer of a network plan: its choice and the layout change into it."""
+
+    name: str
+    geom: ConvGeometry
+    choice: Cost
+    transition_forward: float
+    transition_backward: float
+
+    @property
+    def bytes(self) -> float:
+        return self.choice.bytes + self.transition_forward + self.transition_backward
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkPlan:
+    """A per-layer plan for a chain of convolutions."""
+
+    steps: tuple[NetworkStep, ...]
+    num_devices: int
+    memory_bytes: float
+
+    @property
+    def bytes(self) -> float:
+        """Sum over layers of max bytes per device (forward + backward + layout changes)."""
+        return sum(s.bytes for s in self.steps)
+
+    def algorithms(self) -> dict[str, str]:
+        return {s.name: s.choice.algorithm for s in self.steps}
+
+
+def _transition(prev: Cost, nxt: Cost, geom: ConvGeometry, itemsize: int) -> tuple[float, float]:
+    if prev.algorithm == nxt.algorithm and prev.grid == nxt.grid and prev.layout.y_spec == nxt.layout.x_spec:
+        return 0.0, 0.0
+    return transition_bytes(
+        geom.x_shape, (prev.layout.y_spec, prev.grid), (nxt.layout.x_spec, nxt.grid), itemsize
+    )
+
+
+def plan_network(
+    layers: Sequence,
+    num_devices: int,
+    memory_bytes: float = math.inf,
+    *,
+    candidates: int = 24,
+    algorithms_: Sequence[str] = algorithms.ALGORITHMS,
+    dtype="float32",
+    fixed: Mapping[str, str] | None = None,
+) -> NetworkPlan:
+    """Chooses one (algorithm, grid) per layer minimising total bytes including layout changes.
+
+    Dynamic programming over the chain of layers: ``best[i][j] = cost_i(j) + min_j' (best[i-1][j'] +
+    transition(j' → j))``, where transition is the redistribution of the activation between layer
+    ``i-1``'s output layout and layer ``i``'s input layout (forward and backward). It is exact for
+    the chain model over each layer's ``candidates`` cheapest fitting choices (a layer whose own
+    bytes are far above its best never wins once transitions are bounded by the activation size).
+
+    Args:
+      layers: conv layers in execution order (``ConvGeometry`` or objects with ``.geom``/``.name``).
+      num_devices: devices P.
+      memory_bytes: per-device memory cap for every layer.
+      candidates: per-layer candidates kept for the DP.
+      algorithms_: algorithms to consider.
+      dtype: element type.
+      fixed: optional ``{layer name: algorithm}`` to pin some layers.
+
+    Raises:
+      NoPlanError: some layer fits no candidate (names it and the memory that would do).
+    """
+    itemsize = itemsize_of(dtype)
+    tables = []
+    for layer in layers:
+        name, _ = _geom(layer)
+        algs = (fixed[name],) if fixed and name in fixed else algorithms_
+        tables.append(plan_layer(layer, num_devices, memory_bytes, algorithms_=algs, dtype=dtype))
+    options = [t.candidates[:candidates] for t in tables]
+    best = [[c.bytes for c in options[0]]]
+    back: list[list[int]] = [[-1] * len(options[0])]
+    for i in range(1, len(options)):
+        row, arg = [], []
+        for cur in options[i]:
+            totals = [
+                best[i - 1][j] + sum(_transition(prev, cur, tables[i].geom, itemsize))
+                for j, prev in enumerate(options[i - 1])
+            ]
+            j = min(range(len(totals)), key=totals.__getitem__)
+            row.append(totals[j] + cur.bytes)
+            arg.append(j)
+        best.append(row)
+        back.append(arg)
+    j = min(range(len(best[-1])), key=best[-1].__getitem__)
+    chosen = []
+    for i in range(len(options) - 1, -1, -1):
+        chosen.append(j)
+        j = back[i][j]
+    chosen.reverse()
+    steps = []
+    for i, j in enumerate(chosen):
+        cur = options[i][j]
+        fwd, bwd = (
+            (0.0, 0.0)
+            if i == 0
+            else _transition(options[i - 1][chosen[i - 1]], cur, tables[i].geom, itemsize)
+        )
+        steps.append(NetworkStep(tables[i].name, tables[i].geom, cur, fwd, bwd))
+    return NetworkPlan(tuple(steps), num_devices, memory_bytes)

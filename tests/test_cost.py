@@ -1,0 +1,120 @@
+"""The cost model predicts exactly the bytes metered in the compiled HLO (forward and backward, max and
+total over devices, per collective kind), and memory within the documented band."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+
+import jaxcnn
+from jaxcnn.cost import predict
+from jaxcnn.measure import measure_conv
+from tests.algorithms.cases import GRIDS, mesh_kwargs
+from tests.fake_devices import run_with_devices
+
+# (x shape, kernel shape, strides, padding, dilation): even splits on every grid of tests.algorithms.cases.
+LAYERS = [
+    ((8, 16, 16, 16), (3, 3, 16, 16), 1, "SAME", 1),
+    ((8, 16, 16, 16), (1, 1, 16, 32), 2, "SAME", 1),
+    ((8, 32, 32, 8), (7, 7, 8, 16), 2, "SAME", 1),
+    ((8, 20, 20, 16), (3, 3, 16, 16), 1, "VALID", 2),
+]
+
+PARAMS = [
+    pytest.param(alg, grid, i, id=f"{alg}-{'x'.join(map(str, grid))}-L{i}")
+    for alg, grids in GRIDS.items()
+    for grid in grids
+    for i in range(len(LAYERS))
+]
+
+
+def _assert_same(metered, model, what):
+    assert metered.max_bytes == model.max_bytes, f"{what}: max {metered.max_bytes} != {model.max_bytes}"
+    assert metered.total_bytes == model.total_bytes, (
+        f"{what}: total {metered.total_bytes} != {model.total_bytes}"
+    )
+    for kind, stats in metered.by_kind.items():
+        count, max_b, total_b = model.per_kind.get(kind, (0, 0.0, 0.0))
+        assert (stats.count, stats.max_bytes, stats.total_bytes) == (count, max_b, total_b), f"{what} {kind}"
+
+
+@pytest.mark.parametrize(("algorithm", "grid", "layer"), PARAMS)
+def test_model_equals_meter_on_8_devices(algorithm, grid, layer):
+    geom = jaxcnn.conv_geometry(*LAYERS[layer])
+    sizes = mesh_kwargs(grid)
+    cost = predict(geom, algorithm, sizes)
+    if not cost.layout.is_even(geom):
+        pytest.skip("uneven split: the model covers even splits only (documented)")
+    fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**sizes), algorithm=algorithm)
+    _assert_same(fwd, cost.forward, "forward")
+    _assert_same(bwd, cost.backward, "backward")
+
+
+def test_model_equals_meter_bf16():
+    """bf16 layers; XLA:CPU promotes bf16 collectives to f32, so the CPU wire dtype is float32."""
+    geom = jaxcnn.conv_geometry((8, 16, 16, 32), (3, 3, 32, 32))
+    for alg, grid in (("2.5d", dict(h=2, k=2, c=2)), ("spatial", dict(n=2, h=2, w=2))):
+        cost = predict(geom, alg, grid, dtype=jnp.bfloat16, wire_dtype=jnp.float32)
+        fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**grid), algorithm=alg, dtype=jnp.bfloat16)
+        _assert_same(fwd, cost.forward, f"{alg} bf16 forward")
+        _assert_same(bwd, cost.backward, f"{alg} bf16 backward")
+
+
+SWEEP_64 = """
+import json
+import jaxcnn
+from jaxcnn.cost import predict
+from jaxcnn.measure import measure_conv
+from jaxcnn.planner import plan_layer
+
+out = []
+for shape, kernel, stride in [((32, 56, 56, 64), (3, 3, 64, 64), 1), ((32, 28, 28, 128), (1, 1, 128, 256), 2),
+                              ((32, 7, 7, 512), (3, 3, 512, 512), 1)]:
+    geom = jaxcnn.conv_geometry(shape, kernel, stride)
+    for alg in jaxcnn.ALGORITHMS:
+        try:
+            best = plan_layer(geom, 64, algorithms_=(alg,)).best
+        except ValueError:
+            continue
+        fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**best.grid), algorithm=alg)
+        f, b = best.forward, best.backward
+        out.append([alg, best.grid, fwd.max_bytes, f.max_bytes, bwd.max_bytes, b.max_bytes,
+                    fwd.total_bytes, f.total_bytes, bwd.total_bytes, b.total_bytes])
+print(json.dumps(out))
+"""
+
+
+def test_model_equals_meter_on_64_devices_compile_only():
+    """ResNet-50-like layers on 64 fake devices, each algorithm on its best grid (compile only)."""
+    rows = run_with_devices(64, SWEEP_64)
+    assert len(rows) >= 15
+    for alg, grid, *pairs in rows:
+        for metered, modelled in zip(pairs[::2], pairs[1::2], strict=True):
+            assert metered == modelled, (alg, grid, pairs)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "grid"),
+    [
+        ("data", dict(n=8)),
+        ("spatial", dict(n=2, h=2, w=2)),
+        ("filter", dict(k=8)),
+        ("channel", dict(c=8)),
+        ("2d", dict(n=2, h=2, k=2)),
+        ("2d", dict(n=4, k=2)),
+        ("2.5d", dict(n=2, k=2, c=2)),
+        ("3d", dict(n=2, k=2, c=2)),
+        ("3d", dict(n=4, k=2)),
+    ],
+)
+def test_memory_model_band(algorithm, grid):
+    """Compiled temp memory lies in [forward_temp, forward_temp + layout_copy] (±10%); arguments and
+    outputs are exact. ResNet-50 layer 56×56×64→64, batch 32."""
+    geom = jaxcnn.conv_geometry((32, 56, 56, 64), (3, 3, 64, 64))
+    cost = predict(geom, algorithm, grid)
+    fwd, _ = measure_conv(geom, mesh=jaxcnn.make_mesh(**grid), algorithm=algorithm, backward=False)
+    mem = fwd.memory
+    assert mem.argument_bytes == cost.memory.inputs
+    assert mem.output_bytes == cost.memory.output
+    low, high = cost.memory.forward_temp, cost.memory.forward_temp + cost.memory.layout_copy
+    assert 0.9 * low <= mem.temp_bytes <= 1.1 * high, (mem.temp_bytes, low, high)

@@ -1,0 +1,91 @@
+"""Network layer tables against published figures (torchvision ResNet-50 v1.5 and VGG-16)."""
+
+import math
+
+import pytest
+
+from jaxcnn.networks import (
+    ConvLayer,
+    dedupe,
+    get_network,
+    layers_from_dicts,
+    layers_from_yaml,
+    resnet50_layers,
+    vgg16_layers,
+)
+
+
+def macs(layers: list[ConvLayer]) -> int:
+    return sum(layer.geom.flops // 2 * layer.repeat for layer in layers)
+
+
+def weights(layers: list[ConvLayer]) -> int:
+    return sum(math.prod(layer.geom.kernel_shape) * layer.repeat for layer in layers)
+
+
+def test_resnet50_counts_macs_and_weights():
+    layers = resnet50_layers(batch=2)
+    assert len(layers) == 53
+    assert sum("downsample" in layer.name for layer in layers) == 4
+    # torchvision: 4.09 GMACs per image, of which the fc layer is 2048*1000.
+    assert macs(layers) == pytest.approx(2 * (4.089e9 - 2.048e6), rel=2e-3)
+    # torchvision: 25,557,032 parameters = conv 23,454,912 + fc 2,049,000 + batch norm 53,120.
+    assert weights(layers) == 23_454_912
+    assert layers[0].geom.y_shape == (2, 112, 112, 64)
+    assert layers[-1].geom.y_shape == (2, 7, 7, 2048)
+    conv2 = next(layer for layer in layers if layer.name == "layer2.0.conv2")
+    assert conv2.geom.strides == (2, 2) and conv2.geom.y_shape == (2, 28, 28, 128)  # v1.5: stride in 3x3
+
+
+def test_resnet50_dedupe_keeps_totals():
+    layers = resnet50_layers(batch=1)
+    unique = dedupe(layers)
+    assert len(unique) < 53 and sum(layer.repeat for layer in unique) == 53
+    assert macs(unique) == macs(layers)
+
+
+def test_vgg16_counts_macs_and_weights():
+    layers = vgg16_layers(batch=1)
+    assert len(layers) == 13
+    # 15.47 GMACs total, of which the three dense layers are 123.6M.
+    assert macs(layers) == pytest.approx(15.47e9 - 123.6e6, rel=2e-3)
+    assert weights(layers) == 14_710_464  # 14,714,688 conv parameters minus 4,224 biases
+    assert layers[-1].geom.y_shape == (1, 14, 14, 512)
+
+
+def test_image_size_changes_spatial_sizes():
+    layers = resnet50_layers(batch=1, image=128)
+    assert layers[0].geom.y_shape[1] == 64 and layers[-1].geom.y_shape[1] == 4
+
+
+def test_layers_from_yaml_and_dicts(tmp_path):
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "layers:\n"
+        "  - {name: a, h: 8, w: 8, c: 3, k: 4, r: 3, stride: 2, padding: 1}\n"
+        "  - {h: 4, w: 6, c: 4, k: 8, r: 1, s: 3, padding: VALID, dilation: [1, 2], repeat: 3}\n"
+    )
+    a, b = layers_from_yaml(path, batch=5)
+    assert a.name == "a" and a.geom.y_shape == (5, 4, 4, 4) and a.geom.padding == ((1, 1), (1, 1))
+    assert b.name == "conv1" and b.repeat == 3
+    assert b.geom.kernel_shape == (1, 3, 4, 8) and b.geom.y_shape == (5, 4, 2, 8)  # 6 - 2*(3-1) = 2
+    assert get_network(str(path), batch=5) == [a, b]
+
+
+@pytest.mark.parametrize(
+    "entry,match",
+    [
+        ({"h": 8, "w": 8, "c": 3, "k": 4, "r": 3, "kernel": 3}, r"unknown keys \['kernel'\]"),
+        ({"h": 8, "w": 8, "c": 3, "r": 3}, r"missing required keys \['k'\]"),
+        ({"h": 8, "w": 8, "c": 3, "k": 4, "r": 0}, "'r' must be a positive int"),
+        ({"name": "big", "h": 2, "w": 2, "c": 3, "k": 4, "r": 5, "padding": "VALID"}, "big.*output H"),
+    ],
+)
+def test_bad_layers_name_the_problem(entry, match):
+    with pytest.raises(ValueError, match=match):
+        layers_from_dicts([entry], batch=1)
+
+
+def test_unknown_network():
+    with pytest.raises(ValueError, match="resnet50"):
+        get_network("alexnet", batch=1)
