@@ -14,8 +14,9 @@ Collectives (words received per device, Xw = local window batch·rows·cols):
   rows (each the same words as its forward dual), reversed halo permutes; the gathered x and kernel
   are kept from the forward pass (no recomputation).
 
-Memory: |x|·Pr... per device: Xw·C/Pc (gathered x) + R·S·C·K/(Pc·Pk) (gathered kernel) + the
-unreduced partial output, on top of the 1/P shares - the same code as :mod:`two_half_d` with m = 1.
+Memory (forward temp, per device): Xw·C/Pc (gathered x) + R·S·(C/Pc)·(K/Pk) (gathered kernel) + the
+unreduced partial output (N/n)(Ho/h)(Wo/w)(K/Pk) when Pc > 1, on top of the 1/P shares. The same code
+as :mod:`two_half_d` with m = 1.
 """
 
 from jaxcnn.algorithms.base import Algorithm

@@ -15,9 +15,14 @@ gathered whole (m = 1 only when C/lcm(Pk, Pr) = 1).
 Collectives (words received per device, Xw = local window rows·cols·batch):
   forward: m all-gathers over k, each Xw·(C/m)·(Pk-1)/Pk; m all-gathers over rows, each
   R·S·(C/m)·(K/Pk)·(Pr-1)/Pr; plus the spatial halo permutes.
-  backward (autodiff through the checkpointed loop): the same m + m all-gathers recomputed, m
-  reduce-scatters of dx panels over k and m reduce-scatters of dkernel panels over rows (same words
-  as the gathers), the reversed halo permutes.
+  backward (autodiff through the checkpointed loop): m-1 of the panel all-gathers recomputed (panel
+  0's gathered panels are kept from the forward pass), m reduce-scatters of dx panels over k and m
+  reduce-scatters of dkernel panels over rows (same words as the gathers), the reversed halo
+  permutes. Backward ≈ 2× forward, as for SUMMA's two transposed products; 3d keeps the gathered
+  operands instead (backward = 1× forward, memory of the whole gathered operands).
+
+Memory (forward temp, per device): halo window + one gathered x panel + one gathered kernel panel +
+one panel result in flight (``jaxcnn.cost.predict(...).memory``).
 """
 
 from jaxcnn.algorithms.base import Algorithm

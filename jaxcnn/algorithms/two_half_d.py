@@ -13,8 +13,9 @@ Collectives (words received per device, Xw = local window batch·rows·cols):
   forward: m all-gathers over k of Xw·C/(Pc·m)·(Pk-1)/Pk; m all-gathers over rows of
   R·S·C/(Pc·m)·K/Pk·(Pr-1)/Pr; one reduce-scatter over c of (N/n)(Ho/h)(Wo/w)(K/Pk)·(Pc-1)/Pc;
   halo permutes.
-  backward: one all-gather of dy over c (same words as the forward reduce-scatter), the 2m gathers
-  recomputed, m reduce-scatters of dx panels over k, m of dkernel panels over rows, reversed halos.
+  backward: one all-gather of dy over c (same words as the forward reduce-scatter), m-1 of each panel
+  gather recomputed (the checkpointed loop; panel 0's are kept), m reduce-scatters of dx panels over k,
+  m of dkernel panels over rows, reversed halos.
 
 Memory: |x|/P + |kernel|/P + |y|·Pc/P (the unreduced partial output) + one panel of each operand.
 """
