@@ -4,18 +4,26 @@
 >>> y = jaxcnn.conv2d(x, kernel, mesh=mesh, algorithm="3d", strides=1, padding="SAME")
 """
 
+from jaxcnn import cost
 from jaxcnn.algorithms import ALGORITHMS
 from jaxcnn.conv import conv2d, conv_layout, layer_geometry
+from jaxcnn.cost import predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.mesh import AXES, make_mesh
+from jaxcnn.planner import NoPlanError, plan_layer, plan_network
 
 __all__ = [
     "ALGORITHMS",
     "AXES",
     "ConvGeometry",
+    "NoPlanError",
     "conv2d",
     "conv_geometry",
     "conv_layout",
+    "cost",
     "layer_geometry",
     "make_mesh",
+    "plan_layer",
+    "plan_network",
+    "predict",
 ]
