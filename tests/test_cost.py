@@ -20,11 +20,13 @@ LAYERS = [
     ((8, 20, 20, 16), (3, 3, 16, 16), 1, "VALID", 2),
 ]
 
+# Each grid of each algorithm on two of the four layers, rotating, so every layer meets every algorithm.
 PARAMS = [
     pytest.param(alg, grid, i, id=f"{alg}-{'x'.join(map(str, grid))}-L{i}")
     for alg, grids in GRIDS.items()
-    for grid in grids
+    for j, grid in enumerate(grids)
     for i in range(len(LAYERS))
+    if (i - j) % 2 == 0
 ]
 
 

@@ -17,11 +17,16 @@ from tests.utils import assert_close, numpy_conv, random_inputs, reference_conv
 
 RTOL = 2e-5
 
+# Every case runs on every algorithm; on each algorithm's grids they alternate (grid j takes the cases
+# of parity j), except the two hardest (explicit asymmetric padding with an even kernel, and a 7×7 kernel
+# dilated to reach across several blocks), which run on every grid. Keeps `make test` fast.
+HARD = (3, 7)
 PARAMS = [
     pytest.param(alg, grid, case, id=f"{alg}-{'x'.join(map(str, grid))}-{case_id(case)}")
     for alg, grids in GRIDS.items()
-    for grid in grids
-    for case in CASES
+    for j, grid in enumerate(grids)
+    for i, case in enumerate(CASES)
+    if (i + j) % 2 == 0 or i in HARD
 ]
 
 
