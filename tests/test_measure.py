@@ -77,6 +77,9 @@ def test_all_reduce_transposed_iota_and_tuple():
         ("mesh['a'=2,'b'=4] {'a','b'}", (tuple(range(8)),)),
         ("mesh['x'=8] {'x':(2)2}", ((0, 2), (1, 3), (4, 6), (5, 7))),
         ("mesh['a'=2,'b'=4], device_ids=([2,4]<=[4,2]T(1,0)) {'b'}", ((0, 2, 4, 6), (1, 3, 5, 7))),
+        # iota without "<=": arange(8).reshape(2,2,2).transpose(0,2,1) = [0,2,1,3,4,6,5,7] (seen in a
+        # training step's all-to-all)
+        ("mesh['a'=2,'b'=2,'c'=2], device_ids=([2,2,2]T(0,2,1)) {'c'}", ((0, 2), (1, 3), (4, 6), (5, 7))),
     ],
 )
 def test_mesh_axes_replica_groups(groups, expected):

@@ -23,7 +23,7 @@ _CALL = re.compile(
 )
 _CALL_LIST = re.compile(r"(?:^|[\s,])(branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)"?')
-_IOTA = re.compile(r"^\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
+_IOTA = re.compile(r"^\[([\d,]+)\](?:<=\[([\d,]+)\])?(?:T\(([\d,]+)\))?")
 
 # ----------------------------------------------------------------------------- HLO text parsing
 
@@ -93,12 +93,15 @@ def _parse_groups(attrs: str, num_devices: int) -> tuple[tuple[int, ...], ...]:
 
 
 def _iota(spec: str) -> np.ndarray:
-    """Device ids of an iota list ``[a,b]<=[c,d]T(1,0)`` (flattened)."""
+    """Device ids of an iota list ``[a,b]<=[c,d]T(1,0)`` or ``[a,b,c]T(0,2,1)`` (flattened).
+
+    Without ``<=[...]`` the iota is reshaped to the leading dims themselves before transposing.
+    """
     iota = _IOTA.match(spec)
     if not iota:
         raise HloParseError(f"cannot parse iota device list {spec[:80]!r}")
-    ids = np.arange(math.prod(int(v) for v in iota.group(2).split(",")))
-    ids = ids.reshape([int(v) for v in iota.group(2).split(",")])
+    dims = [int(v) for v in (iota.group(2) or iota.group(1)).split(",")]
+    ids = np.arange(math.prod(dims)).reshape(dims)
     if iota.group(3):
         ids = ids.transpose([int(v) for v in iota.group(3).split(",")])
     return ids.reshape(-1)
@@ -125,7 +128,7 @@ def _mesh_groups(body: str) -> tuple[tuple[int, ...], ...]:
         start = rest.index("(")
         end = _balanced(rest, start)
         inner = rest[start + 1 : end - 1].strip()
-        ids = _iota(inner) if "<=" in inner else np.array([int(v) for v in re.findall(r"\d+", inner)])
+        ids = _iota(inner) if inner.startswith("[") else np.array([int(v) for v in re.findall(r"\d+", inner)])
         rest = rest[end:].lstrip()
     if not rest.startswith("{"):
         raise HloParseError(f"cannot parse mesh replica groups {body[:120]!r}")
