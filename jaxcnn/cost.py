@@ -16,7 +16,8 @@ of ``R·S·C/(Pc·m)·K/Pk`` (2d/2.5d/3d); one reduce-scatter over c of ``(N/n)�
 backward: all-gather over c of dy; ``m-1`` recomputed panel gathers of x and kernel (the checkpointed
 loop; panel 0 and the whole ``m = 1`` case keep their gathers as residuals); ``m`` reduce-scatters
 over k of dx panels and ``m`` over the rows of dkernel panels; the reversed halo permutes; for the
-data/spatial baselines one all-reduce of the replicated kernel gradient over the rows.
+baselines that replicate the kernel over the rows (data, spatial, and filter / channel combined with
+row splits) one all-reduce of the kernel gradient block over the rows.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def predict(
     x_panel = nl * win_h * win_w * (c_pad // (pc * m)) * b_in  # gathered x panel (full buffer)
     k_panel = r * s * (c_pad // (pc * m)) * (k_pad // pk) * b_in  # gathered kernel panel
     partial = nl * ho * wo * (k_pad // pk) * b_out  # unreduced output block
-    kernel_full = r * s * c_pad * k_pad * b_in
+    kernel_block = r * s * (c_pad // pc) * (k_pad // pk) * b_in  # a kernel replicated over the rows
     rows = lay.rows
 
     fwd, bwd = _Ledger(sizes), _Ledger(sizes)
@@ -204,7 +205,7 @@ def predict(
     bwd.group("reduce-scatter", x_panel, lay.k_gather, m)
     bwd.group("reduce-scatter", k_panel, lay.kernel_gather, m)
     if not alg.kernel_over_rows:
-        bwd.group("all-reduce", kernel_full, rows)
+        bwd.group("all-reduce", kernel_block, rows)
 
     x_local = nl * hb * wb * cx * s_in
     k_rows = math.prod(sizes[a] for a in lay.kernel_gather)

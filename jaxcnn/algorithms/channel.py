@@ -1,17 +1,20 @@
-"""Channel (input-channel) parallelism: the reduction over C split over ``c``.
+"""Channel (input-channel) parallelism: the reduction over C split over ``c``. Composes with data /
+spatial parallelism over ``n, h, w``: the kernel is replicated across the row axes and its gradient
+all-reduced over them.
 
-Shapes (global → per device, P = c):
-  x (N, H, W, C) → (N, H, W, C/P); kernel (R, S, C, K) → (R, S, C/P, K);
-  y (N, Ho, Wo, K) → (N, Ho, Wo, K/P) (output channels split over c after the reduce-scatter).
+Shapes (global → per device; Pr = n·h·w, Pc = c):
+  x (N, H, W, C) → (N/n, H/h, W/w, C/Pc); kernel (R, S, C, K) → (R, S, C/Pc, K);
+  y (N, Ho, Wo, K) → (N/n, Ho/h, Wo/w, K/Pc) (output channels split over c after the reduce-scatter).
 
-Collectives:
-  forward: one reduce-scatter over ``c`` along K of the partial output (operand N·Ho·Wo·K words;
-  N·Ho·Wo·K·(P-1)/P received) - not an all-reduce.
-  backward: dy one all-gather over ``c`` (result N·Ho·Wo·K; same words); dx, dkernel local.
+Collectives (Y = (N/n)·(Ho/h)·(Wo/w)·K, the local unreduced output):
+  forward: halo permutes when h / w are split; one reduce-scatter over ``c`` along K of the partial
+  output (operand Y words; Y·(Pc-1)/Pc received) - not an all-reduce.
+  backward: dy one all-gather over ``c`` (result Y; same words), reversed halos; dkernel one
+  all-reduce over the row axes of R·S·C·K/Pc words (none when Pr = 1).
 
-Memory per device: |x|/P + |kernel|/P + the unreduced partial output |y|.
+Memory per device: |x|/P + |kernel|/Pc + the unreduced partial output Y.
 """
 
 from jaxcnn.algorithms.base import Algorithm
 
-ALGORITHM = Algorithm(name="channel", axes=("c",), kernel_over_rows=False, streaming=False)
+ALGORITHM = Algorithm(name="channel", axes=("n", "h", "w", "c"), kernel_over_rows=False, streaming=False)

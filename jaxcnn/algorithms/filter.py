@@ -1,16 +1,21 @@
-"""Filter (output-channel) parallelism: K split over ``k``; x gathered along ``k``.
+"""Filter (output-channel) parallelism: K split over ``k``; x gathered along ``k``. Composes with
+data / spatial parallelism over ``n, h, w`` (the Megatron-style "tensor × data" hybrid): the kernel is
+replicated across the row axes and its gradient all-reduced over them.
 
-Shapes (global → per device, P = k):
-  x (N, H, W, C) → (N, H, W, C/P) (channels split over k, the layout a previous filter-parallel
-  layer's output has); kernel (R, S, C, K) → (R, S, C, K/P); y (N, Ho, Wo, K) → (N, Ho, Wo, K/P).
+Shapes (global → per device; Pr = n·h·w, Pk = k):
+  x (N, H, W, C) → (N/n, H/h, W/w, C/Pk) (channels split over k, the layout a previous
+  filter-parallel layer's output has); kernel (R, S, C, K) → (R, S, C, K/Pk);
+  y (N, Ho, Wo, K) → (N/n, Ho/h, Wo/w, K/Pk).
 
-Collectives:
-  forward: one all-gather of x over ``k`` along C (result N·H·W·C words; N·H·W·C·(P-1)/P received).
-  backward: dx one reduce-scatter over ``k`` (operand N·H·W·C; same words); dkernel none.
+Collectives (Xw = local window batch·rows·cols, = N·H·W when no row axis is split):
+  forward: halo permutes when h / w are split; one all-gather of x over ``k`` along C (result Xw·C
+  words; Xw·C·(Pk-1)/Pk received).
+  backward: dx one reduce-scatter over ``k`` (operand Xw·C; same words), reversed halos; dkernel one
+  all-reduce over the row axes of R·S·C·K/Pk words (none when Pr = 1).
 
-Memory per device: the gathered x (|x|) + |kernel|/P + |y|/P.
+Memory per device: the gathered x window (Xw·C) + |kernel|/Pk + |y|/P.
 """
 
 from jaxcnn.algorithms.base import Algorithm
 
-ALGORITHM = Algorithm(name="filter", axes=("k",), kernel_over_rows=False, streaming=False)
+ALGORITHM = Algorithm(name="filter", axes=("n", "h", "w", "k"), kernel_over_rows=False, streaming=False)

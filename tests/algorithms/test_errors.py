@@ -50,8 +50,8 @@ def test_bad_arguments(mesh, x, kernel, kwargs, error, match):
     [
         ("data", {"n": 2, "h": 2}, "h"),
         ("spatial", {"k": 2}, "k"),
-        ("filter", {"n": 2, "k": 2}, "n"),
-        ("channel", {"w": 2, "c": 2}, "w"),
+        ("filter", {"n": 2, "c": 2}, "c"),
+        ("channel", {"w": 2, "k": 2}, "k"),
         ("2d", {"k": 2, "c": 2}, "c"),
     ],
 )
