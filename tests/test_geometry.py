@@ -39,7 +39,7 @@ def test_halo_plan_windows_cover_exactly_what_each_block_reads(size, kernel, str
         assert min(rows) == first_row and max(rows) == first_row + plan.window - 1
         start = plan.start + b * plan.step  # offset of the window in [b·Bi - left, (b+1)·Bi + right)
         assert start == first_row - (b * plan.in_block - plan.left)
-        assert 0 <= start and start + plan.window <= extended
+        assert start >= 0 and start + plan.window <= extended
     # The pieces tile exactly `left` and `right` rows.
     assert sum(r for _, r in plan.left_pieces()) == plan.left
     assert sum(r for _, r in plan.right_pieces()) == plan.right

@@ -68,14 +68,14 @@ def random_inputs(seed: int, x_shape, kernel_shape, dtype=jnp.float32):
 def count_compilations() -> Iterator[list[int]]:
     """Counts XLA compilations inside the block: ``with count_compilations() as n: ...; n[0]``."""
     counter = [0]
-    original = jax._src.interpreters.pxla._cached_compilation  # noqa: SLF001
+    original = jax._src.interpreters.pxla._cached_compilation
 
     def wrapped(*args, **kwargs):
         counter[0] += 1
         return original(*args, **kwargs)
 
-    jax._src.interpreters.pxla._cached_compilation = wrapped  # noqa: SLF001
+    jax._src.interpreters.pxla._cached_compilation = wrapped
     try:
         yield counter
     finally:
-        jax._src.interpreters.pxla._cached_compilation = original  # noqa: SLF001
+        jax._src.interpreters.pxla._cached_compilation = original

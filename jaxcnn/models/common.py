@@ -37,7 +37,9 @@ class LayerPlan:
         if not isinstance(algorithms, str | Mapping) and not (
             isinstance(algorithms, Sequence) and all(isinstance(a, str) for a in algorithms)
         ):
-            raise ValueError(f"algorithms must be a str, a dict {{layer: placement}} or a list, got {algorithms!r}")
+            raise ValueError(
+                f"algorithms must be a str, a dict {{layer: placement}} or a list, got {algorithms!r}"
+            )
         self.mesh = mesh
         self.algorithms = algorithms
         self.names: list[str] = []
@@ -56,7 +58,9 @@ class LayerPlan:
         else:
             index = len(self.names) - 1
             if index >= len(self.algorithms):
-                raise ValueError(f"algorithms lists {len(self.algorithms)} placements but the model has more convolutions")
+                raise ValueError(
+                    f"algorithms lists {len(self.algorithms)} placements but the model has more convolutions"
+                )
             choice = self.algorithms[index]
         return parse_placement(choice, self.mesh)
 
@@ -83,6 +87,8 @@ class ConvBN(nnx.Module):
       stride: stride.
       plan: the model's :class:`LayerPlan`; ``name`` picks this convolution's placement.
       relu: apply ReLU.
+      momentum: BatchNorm running-average momentum (0.9, as PyTorch's 0.1: Flax's 0.99 default leaves
+        the running statistics far from the data after the few hundred steps of a small run).
       dtype: computation dtype (parameters are float32).
       rngs: parameter initialisation.
     """
@@ -97,6 +103,7 @@ class ConvBN(nnx.Module):
         plan: LayerPlan,
         name: str,
         relu: bool = True,
+        momentum: float = 0.9,
         dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -114,8 +121,11 @@ class ConvBN(nnx.Module):
             kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
             rngs=rngs,
         )
-        self.bn = BatchNorm(cout, mesh=placement.mesh, spec=placement.y_spec, dtype=dtype, rngs=rngs)
+        self.bn = BatchNorm(
+            cout, mesh=placement.mesh, spec=placement.y_spec, momentum=momentum, dtype=dtype, rngs=rngs
+        )
         self.relu = relu
+        self.name = name  # the convolution's name (planners key placements by it)
         self.mesh = placement.mesh
         self.input_sharding = NamedSharding(placement.mesh, placement.x_spec)
         self.output_sharding = NamedSharding(placement.mesh, placement.y_spec)
@@ -128,7 +138,9 @@ class ConvBN(nnx.Module):
 
 def pool(x: jax.Array, after: ConvBN, window: int, stride: int, padding: str = "VALID") -> jax.Array:
     """Max pooling in the output layout of the block ``after``."""
-    return max_pool(x, (window, window), (stride, stride), padding, mesh=after.mesh, spec=after.output_sharding.spec)
+    return max_pool(
+        x, (window, window), (stride, stride), padding, mesh=after.mesh, spec=after.output_sharding.spec
+    )
 
 
 class Head(nnx.Module):
@@ -137,12 +149,23 @@ class Head(nnx.Module):
     Args:
       features: input channels.
       num_classes: logits.
+      mesh: the mesh of the last convolution (parameters are replicated on it).
       dtype: computation dtype.
       rngs: parameter initialisation.
     """
 
-    def __init__(self, features: int, num_classes: int, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        self.linear = nnx.Linear(features, num_classes, dtype=dtype, rngs=rngs)
+    def __init__(
+        self, features: int, num_classes: int, *, mesh: Mesh, dtype: Any = jnp.float32, rngs: nnx.Rngs
+    ):
+        replicated = {"out_sharding": (None, None), "mesh": mesh}
+        self.linear = nnx.Linear(
+            features,
+            num_classes,
+            dtype=dtype,
+            kernel_metadata=replicated,
+            bias_metadata={"out_sharding": (None,), "mesh": mesh},
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, last: ConvBN) -> jax.Array:
         """``x`` is in ``last``'s output layout; returns ``(N, num_classes)`` logits (float32)."""

@@ -45,7 +45,7 @@ class SmallCNN(nnx.Module):
         self.conv2 = ConvBN(width, width, 3, 1, name="conv2", **kw)
         self.conv3 = ConvBN(width, 2 * width, 3, 1, name="conv3", **kw)
         self.conv4 = ConvBN(2 * width, 2 * width, 3, 1, name="conv4", **kw)
-        self.head = Head(2 * width, num_classes, dtype=dtype, rngs=rngs)
+        self.head = Head(2 * width, num_classes, mesh=self.conv4.mesh, dtype=dtype, rngs=rngs)
         self.conv_names = plan.finish()
 
     def __call__(self, x: jax.Array) -> jax.Array:

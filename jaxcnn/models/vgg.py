@@ -34,7 +34,8 @@ class VGG16(nnx.Module):
       rngs: parameter initialisation.
 
     References:
-      K. Simonyan, A. Zisserman. Very Deep Convolutional Networks for Large-Scale Image Recognition. ICLR 2015.
+      K. Simonyan, A. Zisserman. Very Deep Convolutional Networks for Large-Scale Image
+      Recognition. ICLR 2015.
     """
 
     def __init__(
@@ -49,27 +50,27 @@ class VGG16(nnx.Module):
         rngs: nnx.Rngs,
     ):
         plan = LayerPlan(mesh, algorithms)
-        layers: list[ConvBN | str] = []
+        convs: list[ConvBN] = []
+        pool_after: list[int] = []
         cin, stage, index = in_channels, 1, 1
         for item in VGG16_CONFIG:
             if item == "M":
-                layers.append("M")
+                pool_after.append(len(convs) - 1)
                 stage, index = stage + 1, 1
                 continue
             cout = max(1, int(int(item) * width))
             name = f"conv{stage}_{index}"
-            layers.append(ConvBN(cin, cout, 3, 1, plan=plan, name=name, dtype=dtype, rngs=rngs))
+            convs.append(ConvBN(cin, cout, 3, 1, plan=plan, name=name, dtype=dtype, rngs=rngs))
             cin, index = cout, index + 1
-        self.layers = nnx.List(layers)
-        self.head = Head(cin, num_classes, dtype=dtype, rngs=rngs)
+        self.convs = nnx.List(convs)
+        self.pool_after = tuple(pool_after)
+        self.head = Head(cin, num_classes, mesh=convs[-1].mesh, dtype=dtype, rngs=rngs)
         self.conv_names = plan.finish()
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, in_channels)`` images (H, W ≥ 32) → ``(N, num_classes)`` logits."""
-        last = None
-        for layer in self.layers:
-            if isinstance(layer, str):
-                x = pool(x, last, 2, 2)
-            else:
-                x, last = layer(x), layer
-        return self.head(x, last)
+        for i, layer in enumerate(self.convs):
+            x = layer(x)
+            if i in self.pool_after:
+                x = pool(x, layer, 2, 2)
+        return self.head(x, self.convs[-1])

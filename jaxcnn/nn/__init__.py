@@ -14,6 +14,7 @@ from jaxcnn.nn import linen
 from jaxcnn.nn.batch_norm import BatchNorm, batch_stats
 from jaxcnn.nn.conv import Conv, DistributedConvGeneralDilated, conv_general_dilated
 from jaxcnn.nn.layout import Traffic, reshard, transition_bytes, transition_traffic
+from jaxcnn.nn.params import create_sharded, variable_shardings
 from jaxcnn.nn.placement import Placement, parse_placement
 from jaxcnn.nn.pooling import avg_pool, global_avg_pool, max_pool
 
@@ -26,6 +27,7 @@ __all__ = [
     "avg_pool",
     "batch_stats",
     "conv_general_dilated",
+    "create_sharded",
     "global_avg_pool",
     "linen",
     "max_pool",
@@ -33,4 +35,5 @@ __all__ = [
     "reshard",
     "transition_bytes",
     "transition_traffic",
+    "variable_shardings",
 ]

@@ -1,10 +1,11 @@
 """Distributed batch normalisation: statistics reduced over every mesh axis that splits n, h or w.
 
 The activation arrives in a known layout (its ``PartitionSpec``, e.g. the previous convolution's
-``y_spec`` ``P("n", "h", "w", ("k", "c"))``). Each device sums its block over (N, H, W), one
-``lax.psum`` over the axes splitting N, H and W (the mean and the mean square stacked into one buffer,
-2·K_local words, so 2·2K_local·(p−1)/p bytes·word received per device) gives the global sums, and
-every device normalises its own block. Channel axes need no communication: a device holds all rows
+``y_spec`` ``P("n", "h", "w", ("k", "c"))``). Each device sums its block over (N, H, W); one
+``lax.psum`` over the p devices splitting N, H and W (the sums of x and x² stacked into one buffer of
+2·K_local words: an all-reduce, 2·(2·K_local)·(p−1)/p words received per device) gives the global
+sums, and every device normalises its own block. The two-pass variance (``use_fast_variance=False``)
+adds a second psum of the same size. Channel axes need no communication: a device holds all rows
 of its channels' statistics after the psum. Uneven splits are zero-padded; zeros add nothing to the
 sums, whose divisor is the real count, so the statistics are exact.
 """
@@ -40,11 +41,18 @@ def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Arr
         return lax.psum(s, row_axes) if row_axes else s
 
     if shift is None:
-        fn = jax.shard_map(lambda xb: body(xb, None), mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=P(None, channel))
+        fn = jax.shard_map(
+            lambda xb: body(xb, None),
+            mesh=mesh,
+            in_specs=(specs.as_spec(entries),),
+            out_specs=P(None, channel),
+        )
         sums = fn(xp)
     else:
         sp = specs.pad_to(shift, (xp.shape[3],))
-        fn = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries), P(channel)), out_specs=P(None, channel))
+        fn = jax.shard_map(
+            body, mesh=mesh, in_specs=(specs.as_spec(entries), P(channel)), out_specs=P(None, channel)
+        )
         sums = fn(xp, sp)
         # Padded zeros contributed (0 - shift) and (0 - shift)^2 each: remove them.
         sums = sums - extra * jnp.stack([-sp, sp * sp])
@@ -85,17 +93,24 @@ class BatchNorm(nnx.BatchNorm):
         ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, inits, ``use_fast_variance``, ``rngs``).
     """
 
-    def __init__(self, num_features: int, *, mesh: Mesh | None = None, spec: P = P(), **kwargs: Any):
+    def __init__(
+        self, num_features: int, *, mesh: Mesh | None = None, spec: P = specs.REPLICATED, **kwargs: Any
+    ):
         if kwargs.get("axis", -1) not in (-1, 3):
             raise ValueError("jaxcnn.nn.BatchNorm normalises NHWC activations over the last axis only")
         if kwargs.get("axis_name") is not None:
-            raise ValueError("jaxcnn.nn.BatchNorm reduces over the mesh axes in `spec`; do not pass axis_name")
+            raise ValueError(
+                "jaxcnn.nn.BatchNorm reduces over the mesh axes in `spec`; do not pass axis_name"
+            )
         metadata: dict[str, Any] = {}
         if mesh is not None:
             channel = specs.normalized(spec, 4)[3]
             even = num_features % specs.parts(channel, mesh) == 0
-            metadata = {"out_sharding": (channel or None,) if even else None, "mesh": mesh}
+            metadata = {"out_sharding": (specs.as_spec([channel])[0] if even else None,), "mesh": mesh}
         super().__init__(num_features, scale_metadata=metadata, bias_metadata=metadata, **kwargs)
+        if mesh is not None:  # running statistics live where the channels they describe live
+            self.mean = nnx.BatchStat(self.mean[...], **metadata)
+            self.var = nnx.BatchStat(self.var[...], **metadata)
         self.mesh = mesh
         self.spec = spec
 
@@ -122,7 +137,9 @@ class BatchNorm(nnx.BatchNorm):
             (x, self.mean[...], self.var[...], scale, bias), dtype=self.dtype
         )
         if not use_running_average:
-            mean, var = batch_stats(x, self.spec, self.mesh, dtype=self.dtype, use_fast_variance=self.use_fast_variance)
+            mean, var = batch_stats(
+                x, self.spec, self.mesh, dtype=self.dtype, use_fast_variance=self.use_fast_variance
+            )
             stop = lax.stop_gradient if (self.mean._can_update or self.var._can_update) else (lambda v: v)
             self.mean[...] = stop(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
             self.var[...] = stop(self.momentum * self.var[...] + (1 - self.momentum) * var)

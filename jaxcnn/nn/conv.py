@@ -28,6 +28,11 @@ from jaxcnn.nn.placement import Placement
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
+def _entries(spec: P, ndim: int) -> tuple[Any, ...]:
+    """A PartitionSpec as an ``out_sharding`` tuple of ``ndim`` entries (``P()``: replicated on the mesh)."""
+    return tuple(spec) + (None,) * (ndim - len(spec))
+
+
 def _ones(value: int | Sequence[int] | None) -> bool:
     return value is None or all(v == 1 for v in ((value,) if isinstance(value, int) else value))
 
@@ -69,7 +74,9 @@ class DistributedConvGeneralDilated:
             dilation, feature / batch groups, a non-default ``precision``, or a rank other than 4.
         """
         if lhs.ndim != 4:
-            raise NotImplementedError(f"jaxcnn computes 2-D convolutions only (rank-4 operands), got {lhs.shape}")
+            raise NotImplementedError(
+                f"jaxcnn computes 2-D convolutions only (rank-4 operands), got {lhs.shape}"
+            )
         if not _ones(lhs_dilation):
             raise NotImplementedError(f"jaxcnn does not support input (lhs) dilation, got {lhs_dilation}")
         if feature_group_count != 1 or batch_group_count != 1:
@@ -78,7 +85,9 @@ class DistributedConvGeneralDilated:
                 f"batch_group_count={batch_group_count})"
             )
         if precision not in (None, lax.Precision.DEFAULT, "default"):
-            raise NotImplementedError(f"jaxcnn computes at the default precision; got precision={precision!r}")
+            raise NotImplementedError(
+                f"jaxcnn computes at the default precision; got precision={precision!r}"
+            )
         dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         x = jnp.transpose(lhs, (dn.lhs_spec[0], dn.lhs_spec[2], dn.lhs_spec[3], dn.lhs_spec[1]))
         kernel = jnp.transpose(rhs, (dn.rhs_spec[2], dn.rhs_spec[3], dn.rhs_spec[1], dn.rhs_spec[0]))
@@ -99,7 +108,11 @@ class DistributedConvGeneralDilated:
             inverse[position] = nchw_positions[logical]
         y = jnp.transpose(y, inverse)
         if out_sharding is not None:
-            sharding = out_sharding if isinstance(out_sharding, NamedSharding) else NamedSharding(self.mesh, out_sharding)
+            sharding = (
+                out_sharding
+                if isinstance(out_sharding, NamedSharding)
+                else NamedSharding(self.mesh, out_sharding)
+            )
             y = lax.with_sharding_constraint(y, sharding)
         return y
 
@@ -110,7 +123,7 @@ def conv_general_dilated(mesh: Mesh, algorithm: str) -> DistributedConvGeneralDi
     >>> layer = nnx.Conv(3, 8, (3, 3), conv_general_dilated=jaxcnn.nn.conv_general_dilated(mesh, "3d"),
     ...                  rngs=nnx.Rngs(0))
     """
-    Placement(algorithm, mesh).x_spec  # validates the algorithm against the mesh now, not at call time
+    _ = Placement(algorithm, mesh).x_spec  # validates the algorithm against the mesh now, not at call time
     return DistributedConvGeneralDilated(mesh, algorithm)
 
 
@@ -157,8 +170,8 @@ class Conv(nnx.Conv):
             size,
             strides,
             conv_general_dilated=conv_general_dilated(mesh, algorithm),
-            kernel_metadata={"out_sharding": tuple(kernel_spec) or None, "mesh": mesh},
-            bias_metadata={"out_sharding": tuple(bias_spec) or None, "mesh": mesh},
+            kernel_metadata={"out_sharding": _entries(kernel_spec, 4), "mesh": mesh},
+            bias_metadata={"out_sharding": _entries(bias_spec, 1), "mesh": mesh},
             rngs=rngs,
             **kwargs,
         )

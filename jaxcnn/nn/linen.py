@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from jaxcnn.conv import conv2d
 from jaxcnn.geometry import PaddingLike
+from jaxcnn.nn.conv import _entries
 from jaxcnn.nn.placement import Placement
 
 
@@ -60,12 +61,12 @@ class Conv(nn.Module):
         placement = Placement(self.algorithm, self.mesh)
         kernel_shape = (*_pair(self.kernel_size), channels, self.features)
         kernel_init = nn.with_partitioning(
-            self.kernel_init, tuple(placement.kernel_spec(channels, self.features)) or (None,) * 4
+            self.kernel_init, _entries(placement.kernel_spec(channels, self.features), 4)
         )
         kernel = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
         bias = None
         if self.use_bias:
-            bias_init = nn.with_partitioning(self.bias_init, tuple(placement.bias_spec(self.features)) or (None,))
+            bias_init = nn.with_partitioning(self.bias_init, _entries(placement.bias_spec(self.features), 1))
             bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         y = conv2d(

@@ -105,7 +105,9 @@ def parse_placement(placement: str, mesh: Mesh) -> Placement:
         mesh's, or a mesh axis of size > 1 the algorithm does not use.
     """
     if not isinstance(placement, str):
-        raise ValueError(f"a layer placement must be a string like '3d' or '3d@n=2,k=2,c=2', got {placement!r}")
+        raise ValueError(
+            f"a layer placement must be a string like '3d' or '3d@n=2,k=2,c=2', got {placement!r}"
+        )
     name, _, shape = placement.partition("@")
     algorithms.get(name)
     if shape:

@@ -45,10 +45,9 @@ def _pool(
     spec: P,
 ) -> jax.Array:
     dims = _dims(x, window, strides, padding)
-    init_value = jnp.asarray(init, x.dtype)
     if mesh is None:
         pads = ((0, 0), dims[0].pad, dims[1].pad, (0, 0))
-        return lax.reduce_window(x, init_value, op, (1, *window, 1), (1, dims[0].stride, dims[1].stride, 1), pads)
+        return lax.reduce_window(x, init, op, (1, *window, 1), (1, dims[0].stride, dims[1].stride, 1), pads)
     entries = specs.normalized(spec, 4)
     plans = []
     for axis, dim in ((1, dims[0]), (2, dims[1])):
@@ -57,9 +56,21 @@ def _pool(
             raise ValueError(f"pooling needs a spatial dimension split over one mesh axis, got {spec}")
         size = specs.parts(names, mesh)
         plans.append((names[0], halo_plan(dim, size)) if size > 1 else None)
-    xp = specs.pad_to(x, specs.padded_shape(x.shape, spec, mesh), fill=init)
+    # Zero padding here, the fill value inside the body: XLA's SPMD partitioner has been seen to mix up
+    # two pads of the same operand with different constants (-inf and 0) in one program.
+    xp = specs.pad_to(x, specs.padded_shape(x.shape, spec, mesh))
+
+    def fill_tail(xb: jax.Array, axis: int, name: str, size: int) -> jax.Array:
+        block = xb.shape[axis]
+        if init == 0 or block * mesh.shape[name] == size:
+            return xb
+        rows = lax.axis_index(name) * block + lax.broadcasted_iota(jnp.int32, xb.shape, axis)
+        return jnp.where(rows < size, xb, jnp.asarray(init, xb.dtype))
 
     def body(xb: jax.Array) -> jax.Array:
+        for axis, plan in ((1, plans[0]), (2, plans[1])):
+            if plan is not None:
+                xb = fill_tail(xb, axis, plan[0], x.shape[axis])
         pads = [(0, 0)]
         for axis, dim, plan in ((1, dims[0], plans[0]), (2, dims[1], plans[1])):
             if plan is None:
@@ -68,9 +79,11 @@ def _pool(
                 xb = halo_extend(xb, axis, plan[0], plan[1], fill=init)
                 pads.append((0, 0))
         pads.append((0, 0))
-        return lax.reduce_window(xb, init_value, op, (1, *window, 1), (1, dims[0].stride, dims[1].stride, 1), pads)
+        return lax.reduce_window(xb, init, op, (1, *window, 1), (1, dims[0].stride, dims[1].stride, 1), pads)
 
-    y = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=specs.as_spec(entries))(xp)
+    y = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=specs.as_spec(entries))(
+        xp
+    )
     return specs.crop_to(y, (x.shape[0], dims[0].out, dims[1].out, x.shape[3]))
 
 
@@ -81,7 +94,7 @@ def max_pool(
     padding: PaddingLike = "VALID",
     *,
     mesh: Mesh | None = None,
-    spec: P = P(),
+    spec: P = specs.REPLICATED,
 ) -> jax.Array:
     """``flax.nnx.max_pool`` of NHWC ``x`` laid out as ``spec`` on ``mesh``.
 
@@ -112,7 +125,7 @@ def avg_pool(
     count_include_pad: bool = True,
     *,
     mesh: Mesh | None = None,
-    spec: P = P(),
+    spec: P = specs.REPLICATED,
 ) -> jax.Array:
     """``flax.nnx.avg_pool`` of NHWC ``x`` laid out as ``spec`` on ``mesh`` (arguments as :func:`max_pool`).
 
@@ -127,7 +140,7 @@ def avg_pool(
     return y / jnp.asarray(counts, y.dtype)[None, :, :, None]
 
 
-def global_avg_pool(x: jax.Array, *, mesh: Mesh | None = None, spec: P = P()) -> jax.Array:
+def global_avg_pool(x: jax.Array, *, mesh: Mesh | None = None, spec: P = specs.REPLICATED) -> jax.Array:
     """Mean over H and W of NHWC ``x``: ``(N, C)``, laid out as ``P(spec[0], spec[3])``.
 
     Each device sums its block, one ``psum`` over the axes splitting h and w completes the sum

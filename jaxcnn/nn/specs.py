@@ -11,6 +11,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+#: The spec of a replicated (or single-device) array, the layers' default.
+REPLICATED = P()
+
 
 def entry_axes(entry: str | Sequence[str] | None) -> tuple[str, ...]:
     """Mesh axis names of one PartitionSpec entry (``None`` → ``()``)."""

@@ -17,7 +17,7 @@ from jaxcnn import algorithms
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.planner.grids import grids_for
-from jaxcnn.planner.transition import transition_bytes
+from jaxcnn.planner.transition import layout_change_bytes
 
 
 class NoPlanError(ValueError):
@@ -138,7 +138,7 @@ class NetworkPlan:
 def _transition(prev: Cost, nxt: Cost, geom: ConvGeometry, itemsize: int) -> tuple[float, float]:
     if prev.algorithm == nxt.algorithm and prev.grid == nxt.grid and prev.layout.y_spec == nxt.layout.x_spec:
         return 0.0, 0.0
-    return transition_bytes(
+    return layout_change_bytes(
         geom.x_shape, (prev.layout.y_spec, prev.grid), (nxt.layout.x_spec, nxt.grid), itemsize
     )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ import yaml
 
 from jaxcnn.runner import typed
 from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.yaml_io import apply_overrides, load_yaml, parse_override
 
 MODEL_NAMES = ("small_cnn", "resnet18", "resnet50", "vgg16")
 
@@ -42,16 +44,24 @@ class ModelConfig:
     Attributes:
       name: network from ``jaxcnn.models`` (small_cnn, resnet18, resnet50, vgg16).
       algorithms: distributed convolution algorithm(s): one name for every conv layer (``data``), a list
-        with one name per conv layer in order, a mapping ``{layer_name: algorithm}`` (layers not listed
-        use ``data``), or ``auto`` to let ``jaxcnn.plan_network`` choose (when available). A name may
+        with one name per conv layer in order (``jaxcnn.models.conv_layer_names``), a mapping
+        ``{layer_name: algorithm}`` (key ``"*"``: the default for layers not listed), or ``auto`` to
+        let ``jaxcnn.plan_network`` choose (when available). A name may
         carry its own arrangement of the same devices, ``"3d@n=2,k=2,c=2"`` (see
         :mod:`jaxcnn.nn.placement`), so layers can mix algorithms that split different mesh axes.
-      dtype: parameter and activation dtype (``float32`` or ``bfloat16``).
+      dtype: computation dtype (``float32`` or ``bfloat16``; parameters and logits stay float32).
+      options: extra keyword arguments of the model's constructor, e.g. ``{width: 32}`` or
+        ``{small_images: true}`` for the ResNets on 32x32 images.
+      plan_memory_bytes: per-device memory budget of each layer for ``algorithms: auto`` (0: unlimited).
     """
 
     name: Literal["small_cnn", "resnet18", "resnet50", "vgg16"] = "small_cnn"
     algorithms: str | tuple[str, ...] | Mapping[str, str] = "data"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    options: Mapping[str, int | float | bool | str] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    plan_memory_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         import jaxcnn
@@ -62,7 +72,8 @@ class ModelConfig:
                 _check(
                     hasattr(jaxcnn, "plan_network"),
                     "model.algorithms: 'auto' is not available (jaxcnn.plan_network does not exist in "
-                    f"this version); give an algorithm from {valid}, a list or a {{layer: algorithm}} mapping",
+                    f"this version); give an algorithm from {valid}, a list or a {{layer: algorithm}} "
+                    "mapping",
                 )
                 return
             names = [("model.algorithms", self.algorithms)]
@@ -163,7 +174,9 @@ class DataConfig:
     num_test: int = 256
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.test_fraction < 1.0, f"data.test_fraction: must be in (0, 1), got {self.test_fraction}")
+        _check(
+            0.0 < self.test_fraction < 1.0, f"data.test_fraction: must be in (0, 1), got {self.test_fraction}"
+        )
         _check(
             len(self.image_size) in (0, 2) and all(s > 0 for s in self.image_size),
             f"data.image_size: expected [] or [H, W] with positive sizes, got {list(self.image_size)}",
@@ -186,7 +199,6 @@ class TrainConfig:
       eval_every: evaluate on the test split every this many steps (and at the end); 0 = only at the end.
       eval_batch_size: global batch size for evaluation (the last batch is padded and masked).
       log_every: fetch metrics, append to ``metrics.jsonl`` and check for NaN/inf every this many steps.
-      jit_eval: compile the evaluation step (false only for debugging).
     """
 
     steps: int = 500
@@ -194,7 +206,6 @@ class TrainConfig:
     eval_every: int = 100
     eval_batch_size: int = 128
     log_every: int = 10
-    jit_eval: bool = True
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_batch_size", "log_every"):
@@ -288,7 +299,10 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, f"name: must be a non-empty file name, got {self.name!r}")
+        _check(
+            bool(self.name) and "/" not in self.name,
+            f"name: must be a non-empty file name, got {self.name!r}",
+        )
 
     @property
     def run_dir(self) -> str:
@@ -298,81 +312,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain YAML-safe data (loading it back gives an equal config)."""
         return typed.to_plain(self)
-
-
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(dict(out[k]), v)
-        else:
-            out[k] = v
-    return out
-
-
-def load_yaml(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Loads ``path`` merged over its ``base_config`` chain (paths relative to each file).
-
-    Raises:
-      ConfigError: missing file, invalid YAML, a non-mapping document, or a ``base_config`` cycle.
-    """
-    real = os.path.realpath(path)
-    _check(real not in _seen, f"base_config cycle: {' -> '.join([*_seen, real])}")
-    _check(os.path.isfile(path), f"config file not found: {path}")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
-    _check(isinstance(data, dict), f"{path}: the top level must be a mapping, got {type(data).__name__}")
-    base = data.pop("base_config", None)
-    if base is None:
-        return data
-    _check(isinstance(base, str), f"{path}: base_config must be a relative path string, got {base!r}")
-    parent = load_yaml(os.path.join(os.path.dirname(path), base), (*_seen, real))
-    return _deep_merge(parent, data)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.steps=10"`` → ``(["train", "steps"], 10)`` (the value is parsed as YAML).
-
-    Raises:
-      ConfigError: not of the form ``key.sub=value`` with non-empty identifier-like key parts.
-    """
-    key, sep, raw = text.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(p and p.replace("_", "a").isalnum() for p in parts):
-        raise ConfigError(
-            f"bad override {text!r}: expected key.sub=value, e.g. train.steps=100 or mesh.n=-1 "
-            "(keys are dotted names, the value is YAML)"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"bad override {text!r}: the value is not valid YAML: {e}") from e
-    return parts, value
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Applies ``key.sub=value`` overrides in order (a copy; the input is not changed).
-
-    Raises:
-      ConfigError: bad syntax, or a key path through a value that is not a mapping.
-    """
-    out = _deep_merge({}, data)
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"bad override {text!r}: {where} is {child!r}, not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:
@@ -401,3 +340,21 @@ def save_config(config: Config, path: str) -> None:
     with open(path, "w") as f:
         f.write(f"# Resolved config of run {config.name!r}: jaxcnn train {path}\n")
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+
+
+__all__ = [
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "MeshConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "load_yaml",
+    "parse_override",
+    "save_config",
+]

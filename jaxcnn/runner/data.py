@@ -36,7 +36,9 @@ def local_rows(sharding: NamedSharding, global_batch: int) -> slice:
     if global_batch % n:
         raise ValueError(f"global batch {global_batch} is not divisible by mesh axis n={n}")
     index_map = sharding.addressable_devices_indices_map((global_batch,))
-    spans = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in index_map.values()})
+    spans = sorted(
+        {(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in index_map.values()}
+    )
     start, stop = spans[0][0], spans[-1][1]
     if sum(b - a for a, b in spans) != stop - start:
         raise ValueError(f"this process holds non-contiguous batch rows {spans}; use a mesh with n outermost")

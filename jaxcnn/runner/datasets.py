@@ -60,7 +60,13 @@ def _make(x_train, y_train, x_test, y_test, num_classes=None, class_names=()) ->
         num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     x64 = x_train.astype(np.float64)
     return Dataset(
-        x_train, y_train, x_test, y_test, int(num_classes), float(x64.mean()), float(x64.std()) or 1.0,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        int(num_classes),
+        float(x64.mean()),
+        float(x64.std()) or 1.0,
         tuple(class_names),
     )
 
@@ -187,3 +193,13 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if cfg.source == "npz":
         return npz(cfg.path)
     return folder(cfg.path, cfg.image_size, cfg.test_fraction, seed)
+
+
+def image_spec(cfg: DataConfig, seed: int) -> tuple[tuple[int, int, int], int]:
+    """``((H, W, C), num_classes)`` of the dataset, without loading digits or synthetic data."""
+    if cfg.source == "digits":
+        return (8, 8, 1), 10
+    if cfg.source == "synthetic":
+        return (*cfg.image_size, cfg.channels), cfg.num_classes  # type: ignore[return-value]
+    data = load_dataset(cfg, seed)
+    return data.image_shape, data.num_classes

@@ -38,8 +38,7 @@ class MetricsLog:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
 
     def write(self, record: dict[str, Any]) -> None:
-        """Appends one record (floats rounded to 6 significant digits)."""
-        record = {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in record.items()}
+        """Appends one record (floats at full precision, so a resumed run's losses compare exactly)."""
         self.records.append(record)
         if self.enabled:
             with open(self.path, "a") as f:
@@ -62,7 +61,10 @@ def plot(records: list[dict[str, Any]], run_dir: str) -> list[str]:
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_accuracy" in r]
     paths = []
-    for name, train_key, eval_key in (("loss", "loss", "eval_loss"), ("accuracy", "accuracy", "eval_accuracy")):
+    for name, train_key, eval_key in (
+        ("loss", "loss", "eval_loss"),
+        ("accuracy", "accuracy", "eval_accuracy"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["step"] for r in train], [r[train_key] for r in train], label=f"train {name}")
         if evals:

@@ -24,7 +24,11 @@ def schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     if cfg.schedule == "cosine":
         return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=cfg.final_lr_fraction)
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1), end_value=lr * cfg.final_lr_fraction
+        0.0,
+        lr,
+        cfg.warmup_steps,
+        max(total_steps, cfg.warmup_steps + 1),
+        end_value=lr * cfg.final_lr_fraction,
     )
 
 

@@ -46,17 +46,20 @@ def build_mesh(cfg: Config) -> Mesh:
     return jaxcnn.make_mesh(**cfg.mesh.resolve(jax.device_count()))
 
 
-def _algorithms(cfg: Config, mesh: Mesh, num_classes: int, image_shape: tuple[int, ...]) -> Any:
+def _algorithms(
+    cfg: Config, mesh: Mesh, image_shape: tuple[int, ...], build: Callable[[Any], nnx.Module]
+) -> Any:
+    """``model.algorithms`` in the form ``jaxcnn.models.build`` takes (a str, dict or list).
+
+    ``auto`` asks ``jaxcnn.plan_network`` (see :mod:`jaxcnn.runner.autoplan`).
+    """
     algs = cfg.model.algorithms
     if isinstance(algs, str) and algs == "auto":
-        plan = jaxcnn.plan_network(  # only reachable when the planner exists (checked by the config)
-            cfg.model.name,
-            mesh=mesh,
-            batch_size=cfg.train.batch_size,
-            image_shape=image_shape,
-            num_classes=num_classes,
+        from jaxcnn.runner.autoplan import plan_algorithms
+
+        return plan_algorithms(
+            build, mesh, cfg.train.batch_size, image_shape, cfg.model.plan_memory_bytes, cfg.model.dtype
         )
-        return getattr(plan, "algorithms", plan)
     if isinstance(algs, Mapping):
         return dict(algs)
     if isinstance(algs, tuple):
@@ -81,42 +84,27 @@ def build_model(
       builder: a function with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
 
     Raises:
-      ValueError: layer names in ``model.algorithms`` that the network does not have, or a list whose
-        length differs from the number of conv layers.
+      ValueError: from the builder: layer names in ``model.algorithms`` that the network does not have,
+        a list whose length differs from the number of conv layers, or a placement the mesh cannot take.
     """
     if builder is None:
         from jaxcnn import models
 
         builder = models.build
-    algs = _algorithms(cfg, mesh, num_classes, image_shape)
-    model = builder(
-        cfg.model.name,
-        num_classes=num_classes,
-        in_channels=image_shape[-1],
-        mesh=mesh,
-        algorithms=algs,
-        dtype=jnp.dtype(cfg.model.dtype),
-        rngs=nnx.Rngs(cfg.seed),
-    )
-    _check_layers(model, algs)
-    return model
 
-
-def _check_layers(model: nnx.Module, algs: Any) -> None:
-    try:
-        from jaxcnn.models import conv_layer_names
-    except ImportError:
-        return
-    names = list(conv_layer_names(model))
-    if isinstance(algs, dict):
-        unknown = [k for k in algs if k not in names]
-        if unknown:
-            raise ValueError(f"model.algorithms: unknown layers {unknown}; the conv layers are {names}")
-    elif isinstance(algs, list) and len(algs) != len(names):
-        raise ValueError(
-            f"model.algorithms: {len(algs)} algorithms for {len(names)} conv layers {names}; "
-            "give one per conv layer, a {layer: algorithm} mapping or a single name"
+    def build(algorithms: Any) -> nnx.Module:
+        return builder(
+            cfg.model.name,
+            num_classes=num_classes,
+            in_channels=image_shape[-1],
+            mesh=mesh,
+            algorithms=algorithms,
+            dtype=jnp.dtype(cfg.model.dtype),
+            rngs=nnx.Rngs(cfg.seed),
+            **dict(cfg.model.options),
         )
+
+    return build(_algorithms(cfg, mesh, image_shape, build))
 
 
 def prepare_run_dir(cfg: Config) -> str:

@@ -28,7 +28,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 TrainState = dict[str, Any]
-ModelBuilder = Callable[..., nnx.Module]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +60,25 @@ def split_model(model: nnx.Module) -> tuple[Graphs, nnx.State, nnx.State]:
     return Graphs(train_graph, eval_graph), params, rest
 
 
+def _shardings(tx: optax.GradientTransformation, params: Any, rest: Any, mesh: Mesh) -> TrainState:
+    """Leaf shardings: the model's own; optimizer moments like their parameters; the rest replicated."""
+    replicated = NamedSharding(mesh, P())
+    opt_abstract = jax.eval_shape(tx.init, params)
+    return {
+        "params": jax.tree.map(lambda a: leaf_sharding(a, mesh), params),
+        "rest": jax.tree.map(lambda a: leaf_sharding(a, mesh), rest),
+        "opt_state": optax.tree_map_params(
+            tx,
+            lambda _, p: leaf_sharding(p, mesh),
+            opt_abstract,
+            params,
+            transform_non_params=lambda _: replicated,
+        ),
+        "step": replicated,
+        "first_bad_step": replicated,
+    }
+
+
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[Graphs, TrainState]:
     """Splits ``model`` and builds the initial, placed train state.
 
@@ -70,18 +88,44 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, mesh: Mesh) 
       mesh: the model's mesh (replicated leaves are placed over it).
 
     Returns:
-      ``(graphs, state)`` with every leaf on the mesh (see :func:`state_shardings`).
+      ``(graphs, state)``: parameters and statistics keep the shardings the model gave them, optimizer
+      moments are sharded like their parameters, everything else is replicated over ``mesh``.
     """
     graphs, params, rest = split_model(model)
+    shardings = _shardings(tx, params, rest, mesh)
+    params, rest = jax.device_put((params, rest), (shardings["params"], shardings["rest"]))
     state = {
         "params": params,
         "rest": rest,
-        "opt_state": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "first_bad_step": jnp.full((), -1, jnp.int32),
+        "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(params),
+        "step": jax.device_put(jnp.zeros((), jnp.int32), shardings["step"]),
+        "first_bad_step": jax.device_put(jnp.full((), -1, jnp.int32), shardings["first_bad_step"]),
     }
-    shardings = jax.tree.map(lambda a: leaf_sharding(a, mesh), state)
-    return graphs, jax.device_put(state, shardings)
+    return graphs, state
+
+
+def abstract_state(
+    build: Callable[[], nnx.Module], tx: optax.GradientTransformation, mesh: Mesh
+) -> tuple[Graphs, TrainState]:
+    """Like :func:`init_state` but with ``jax.ShapeDtypeStruct`` leaves: nothing is allocated.
+
+    Args:
+      build: builds the model (run under ``nnx.eval_shape``).
+      tx: the optimizer.
+      mesh: the model's mesh.
+    """
+    graphs, params, rest = split_model(nnx.eval_shape(build))
+    shardings = _shardings(tx, params, rest, mesh)
+    shapes = {
+        "params": params,
+        "rest": rest,
+        "opt_state": jax.eval_shape(tx.init, params),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "first_bad_step": jax.ShapeDtypeStruct((), jnp.int32),
+    }
+    return graphs, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
+    )
 
 
 def state_shardings(state: TrainState) -> Any:

@@ -29,7 +29,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def train_step_fn(graphs: Graphs, tx: optax.GradientTransformation) -> Callable[..., tuple[TrainState, Metrics]]:
+def train_step_fn(
+    graphs: Graphs, tx: optax.GradientTransformation
+) -> Callable[..., tuple[TrainState, Metrics]]:
     """The pure train step ``(state, images, labels) -> (state, {"loss", "accuracy"})``."""
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:

@@ -1,6 +1,7 @@
 """Plain YAML data → frozen, typed dataclasses, with errors that name the key.
 
-Supported field types: ``bool``, ``int``, ``float`` (ints are accepted), ``str``, ``Literal[...]``
+Supported field types: ``bool``, ``int``, ``float`` (ints are accepted, and so are strings in scientific
+notation such as ``1e-3``, which YAML 1.1 reads as strings), ``str``, ``Literal[...]``
 (the message lists the choices), ``tuple[T, ...]`` (from a YAML list), ``Mapping[str, T]`` (from a YAML
 mapping; stored read-only), unions of these (``str | tuple[str, ...]``), and nested dataclasses (from a
 YAML mapping). Every dataclass field has a default, so a YAML file only lists what it changes.
@@ -9,12 +10,14 @@ YAML mapping). Every dataclass field has a default, so a YAML file only lists wh
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union
 
 T = TypeVar("T")
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -87,6 +90,8 @@ def convert(tp: Any, value: Any, key: str) -> Any:
         out = {convert(key_t, k, f"{key} key"): convert(val_t, v, f"{key}.{k}") for k, v in value.items()}
         return types.MappingProxyType(out)
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.match(value):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected float, got {_describe(value)}")
         return float(value)

@@ -10,7 +10,7 @@ import pytest
 import jaxcnn
 from jaxcnn.cost import predict
 from jaxcnn.mesh import AXES
-from jaxcnn.planner import NoPlanError, plan_layer, plan_network, transition_bytes
+from jaxcnn.planner import NoPlanError, layout_change_bytes, plan_layer, plan_network
 
 LAYERS = [
     jaxcnn.conv_geometry((8, 16, 16, 16), (3, 3, 16, 16)),
@@ -111,7 +111,7 @@ def test_plan_network_equals_brute_force_over_combinations(candidates):
         for i in range(1, len(combo)):
             prev, cur = combo[i - 1], combo[i]
             total += sum(
-                transition_bytes(
+                layout_change_bytes(
                     layers[i].x_shape, (prev.layout.y_spec, prev.grid), (cur.layout.x_spec, cur.grid)
                 )
             )
@@ -130,7 +130,7 @@ def test_plan_network_is_no_worse_than_per_layer_choices():
     greedy = [plan_layer(g, 8).best for g in layers]
     greedy_total = sum(c.bytes for c in greedy) + sum(
         sum(
-            transition_bytes(
+            layout_change_bytes(
                 layers[i].x_shape,
                 (greedy[i - 1].layout.y_spec, greedy[i - 1].grid),
                 (c.layout.x_spec, c.grid),

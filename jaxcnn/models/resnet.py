@@ -1,0 +1,148 @@
+"""ResNet-18 and ResNet-50 (He et al., CVPR'16), v1.5 (stride on the 3×3 convolution), with BatchNorm.
+
+Convolution names: ``stem``; ``layer{s}.{b}.conv1`` … (``conv2`` for basic blocks, ``conv3`` for
+bottlenecks) and ``layer{s}.{b}.proj`` for a projection shortcut; stages s = 1..4, blocks b from 0.
+A residual sum is formed in the layout of the block's last convolution (the shortcut is resharded
+into it).
+
+References:
+  K. He, X. Zhang, S. Ren, J. Sun. Deep Residual Learning for Image Recognition. CVPR 2016.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
+from jaxcnn.nn import reshard
+
+
+class BasicBlock(nnx.Module):
+    """3×3 → 3×3 residual block (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int, *, prefix: str, plan: LayerPlan, **kw: Any):
+        self.conv1 = ConvBN(cin, width, 3, stride, plan=plan, name=f"{prefix}.conv1", **kw)
+        self.conv2 = ConvBN(width, width, 3, 1, plan=plan, name=f"{prefix}.conv2", relu=False, **kw)
+        self.proj = (
+            ConvBN(cin, width, 1, stride, plan=plan, name=f"{prefix}.proj", relu=False, **kw)
+            if stride != 1 or cin != width
+            else nnx.data(None)
+        )
+
+    @property
+    def last(self) -> ConvBN:
+        return self.conv2
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = self.proj(x) if self.proj is not None else x
+        y = self.conv2(self.conv1(x))
+        return nnx.relu(y + reshard(shortcut, self.conv2.output_sharding))
+
+
+class Bottleneck(nnx.Module):
+    """1×1 → 3×3 (stride) → 1×1 (×4) residual block (ResNet-50/101/152)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int, *, prefix: str, plan: LayerPlan, **kw: Any):
+        cout = width * self.expansion
+        self.conv1 = ConvBN(cin, width, 1, 1, plan=plan, name=f"{prefix}.conv1", **kw)
+        self.conv2 = ConvBN(width, width, 3, stride, plan=plan, name=f"{prefix}.conv2", **kw)
+        self.conv3 = ConvBN(width, cout, 1, 1, plan=plan, name=f"{prefix}.conv3", relu=False, **kw)
+        self.proj = (
+            ConvBN(cin, cout, 1, stride, plan=plan, name=f"{prefix}.proj", relu=False, **kw)
+            if stride != 1 or cin != cout
+            else nnx.data(None)
+        )
+
+    @property
+    def last(self) -> ConvBN:
+        return self.conv3
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = self.proj(x) if self.proj is not None else x
+        y = self.conv3(self.conv2(self.conv1(x)))
+        return nnx.relu(y + reshard(shortcut, self.conv3.output_sharding))
+
+
+class ResNet(nnx.Module):
+    """A ResNet: 7×7/2 stem + 3×3/2 max pool (or a 3×3/1 stem for small images), four stages, head.
+
+    Args:
+      block: :class:`BasicBlock` or :class:`Bottleneck`.
+      stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)``.
+      num_classes: logits.
+      in_channels: image channels.
+      mesh: the model's mesh.
+      algorithms: per-convolution placements (:mod:`jaxcnn.models.common`).
+      width: channel multiplier (1.0: stage widths 64, 128, 256, 512).
+      small_images: 3×3 stride-1 stem and no max pool (CIFAR-style), for images of 32 pixels or less.
+      dtype: computation dtype.
+      rngs: parameter initialisation.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        stage_sizes: Sequence[int],
+        num_classes: int,
+        in_channels: int,
+        *,
+        mesh: Mesh,
+        algorithms: Algorithms = "data",
+        width: float = 1.0,
+        small_images: bool = False,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        plan = LayerPlan(mesh, algorithms)
+        kw = dict(dtype=dtype, rngs=rngs)
+        base = max(1, int(64 * width))
+        self.small_images = small_images
+        self.stem = ConvBN(
+            in_channels,
+            base,
+            3 if small_images else 7,
+            1 if small_images else 2,
+            plan=plan,
+            name="stem",
+            **kw,
+        )
+        blocks = []
+        cin = base
+        for s, count in enumerate(stage_sizes):
+            stage_width = base * 2**s
+            for b in range(count):
+                stride = 2 if s > 0 and b == 0 else 1
+                blocks.append(block(cin, stage_width, stride, prefix=f"layer{s + 1}.{b}", plan=plan, **kw))
+                cin = stage_width * block.expansion
+        self.blocks = nnx.List(blocks)
+        self.head = Head(cin, num_classes, mesh=blocks[-1].last.mesh, **kw)
+        self.conv_names = plan.finish()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``(N, H, W, in_channels)`` images → ``(N, num_classes)`` logits."""
+        x = self.stem(x)
+        if not self.small_images:
+            x = pool(x, self.stem, 3, 2, "SAME")
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x, self.blocks[-1].last)
+
+
+def ResNet18(num_classes: int, in_channels: int, **kwargs: Any) -> ResNet:
+    """ResNet-18: basic blocks, stages (2, 2, 2, 2); keyword arguments as :class:`ResNet`."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, **kwargs)
+
+
+def ResNet50(num_classes: int, in_channels: int, **kwargs: Any) -> ResNet:
+    """ResNet-50: bottleneck blocks, stages (3, 4, 6, 3); keyword arguments as :class:`ResNet`."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, **kwargs)

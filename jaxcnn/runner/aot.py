@@ -1,0 +1,62 @@
+"""Compile-only checks: lower and compile a config's train step on abstract inputs, never run it.
+
+``jaxcnn train CONFIG --compile-only`` (or :func:`compile_train_step`) builds the model under
+``nnx.eval_shape`` (no parameters are allocated), lowers the jitted, donated train step with
+``jax.ShapeDtypeStruct`` inputs carrying their shardings, and compiles it. With
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` this checks a TPU-pod or GPU-node config on one
+CPU machine (shrink ``train.batch_size`` / ``data.image_size`` with overrides to keep it quick).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+
+from jaxcnn.runner import optim, setup
+from jaxcnn.runner.config import Config
+from jaxcnn.runner.datasets import image_spec
+from jaxcnn.runner.state import abstract_state
+from jaxcnn.runner.step import abstract_batch, jit_train_step
+
+
+def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -> dict[str, Any]:
+    """Compiles ``cfg``'s train step for the current devices.
+
+    Args:
+      cfg: the config (its mesh must fit ``jax.device_count()``).
+      builder: model builder (default ``jaxcnn.models.build``).
+
+    Returns:
+      ``{"compiled", "compile_time_s", "mesh", "num_params", "temp_bytes", "argument_bytes",
+      "comm_bytes_per_step_max_device"}`` (memory figures per device, from XLA's memory analysis; the
+      communication figure from :mod:`jaxcnn.measure` when available, else None).
+    """
+    from jaxcnn.runner.train import bytes_per_step
+
+    mesh = setup.build_mesh(cfg)
+    shape, num_classes = image_spec(cfg.data, cfg.seed)
+    tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
+    graphs, state = abstract_state(
+        lambda: setup.build_model(cfg, mesh, num_classes, shape, builder), tx, mesh
+    )
+    t0 = time.perf_counter()
+    step = jit_train_step(graphs, tx, state, mesh)
+    compiled = step.lower(state, *abstract_batch(mesh, cfg.train.batch_size, shape)).compile()
+    elapsed = time.perf_counter() - t0
+    memory = compiled.memory_analysis()
+    return {
+        "compiled": compiled,
+        "compile_time_s": elapsed,
+        "mesh": dict(mesh.shape),
+        "num_params": sum(x.size for x in jax.tree.leaves(state["params"])),
+        "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
+        "comm_bytes_per_step_max_device": bytes_per_step(compiled)[0],
+    }
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line per figure of :func:`compile_train_step`'s result."""
+    return "\n".join(f"{k}: {v}" for k, v in result.items() if k != "compiled")

@@ -1,0 +1,70 @@
+"""``jaxcnn train CONFIG.yaml [key.sub=value ...]`` (also ``python -m jaxcnn train ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxcnn.runner.config import load_config
+from jaxcnn.runner.typed import ConfigError
+
+EPILOG = """\
+overrides are dotted keys with YAML values, applied after the file (and its base_config chain):
+  jaxcnn train configs/default.yaml train.steps=100 optimizer.learning_rate=3e-3 mesh.n=-1
+  jaxcnn train configs/default.yaml 'model.algorithms=[3d, 2d, data]' name=my_run resume=true
+configs/base.yaml documents every key.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``jaxcnn train`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="jaxcnn train",
+        description="Train a CNN with distributed convolutions from a YAML config.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="lower and compile the train step on abstract inputs (no training) and print its figures",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses arguments, loads the config and trains.
+
+    Returns:
+      0 on success; 2 for a config error; 1 when the loss became NaN/inf.
+    """
+    args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"jaxcnn train: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    from jaxcnn.runner.train import NonFiniteLossError, train
+
+    try:
+        if args.compile_only:
+            from jaxcnn.runner.aot import compile_train_step, describe
+
+            print(describe(compile_train_step(cfg)))
+            return 0
+        train(cfg)
+    except ConfigError as e:
+        print(f"jaxcnn train: config error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"jaxcnn train: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,259 @@
+"""The training loop: data → jitted step under ``transfer_guard("disallow")`` → metrics, eval, checkpoints.
+
+Per step the loop only dispatches work: it builds the global batch (an explicit host-to-device transfer)
+and calls the AOT-compiled step, both inside ``jax.transfer_guard("disallow")`` so any accidental
+implicit transfer fails loudly. Every ``train.log_every`` steps, at eval and checkpoint steps and at the
+end it fetches the pending metrics with one explicit ``jax.device_get`` (outside the guard), which also
+checks ``first_bad_step``: a NaN/inf loss stops the run with :class:`NonFiniteLossError` before anything
+is saved, so the newest checkpoint is the last good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from rich.console import Console
+
+from jaxcnn.runner import data as data_lib
+from jaxcnn.runner import display, metrics, optim, setup
+from jaxcnn.runner.checkpoint import Checkpointer
+from jaxcnn.runner.config import Config
+from jaxcnn.runner.datasets import Dataset, load_dataset
+from jaxcnn.runner.state import Graphs, TrainState, abstract, init_state
+from jaxcnn.runner.step import abstract_batch, jit_eval_step, jit_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf; the run stopped and kept its last good checkpoint."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run returns (also written to ``summary.json``).
+
+    Attributes:
+      state: the final train state (on the devices).
+      graphs: the model's graphdefs (``nnx.merge(graphs.eval, state["params"], state["rest"])``).
+      records: all ``metrics.jsonl`` records of this run (process 0; empty elsewhere).
+      summary: the summary table's values.
+    """
+
+    state: TrainState
+    graphs: Graphs
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def evaluate(
+    eval_step: Any, state: TrainState, data: Dataset, batch_size: int, mesh: Mesh
+) -> dict[str, float]:
+    """Test-set accuracy and mean loss (the padded last batch is masked out)."""
+    sums = []
+    with jax.transfer_guard("disallow"):
+        for images, labels, mask in data_lib.eval_batches(data, batch_size, mesh):
+            sums.append(eval_step(state, images, labels, mask))
+    sums = jax.device_get(sums)
+    count = sum(float(s["count"]) for s in sums)
+    return {
+        "eval_accuracy": sum(float(s["correct"]) for s in sums) / count,
+        "eval_loss": sum(float(s["loss_sum"]) for s in sums) / count,
+    }
+
+
+def bytes_per_step(compiled: Any) -> tuple[float | None, str]:
+    """Max bytes a device receives per train step (:mod:`jaxcnn.measure`, if present) and a note.
+
+    The meter is advisory: if it is missing or fails, the value is None and the note says why.
+    """
+    try:
+        from jaxcnn import measure
+    except ImportError:
+        return None, "jaxcnn.measure is not available"
+    try:
+        return float(measure.meter_compiled(compiled).max_bytes), ""
+    except Exception as e:  # never stop a run over the meter
+        return None, f"jaxcnn.measure failed: {type(e).__name__}: {e}"
+
+
+def _stop(bad_step: int, ckpt: Checkpointer | None) -> NonFiniteLossError:
+    last = ckpt.latest_step() if ckpt else None
+    where = f"step {last} in {ckpt.directory}" if last is not None else "none (no checkpoint was saved yet)"
+    return NonFiniteLossError(
+        f"training loss became NaN/inf at step {bad_step + 1}; stopping. Last good checkpoint: {where}. "
+        "Lower optimizer.learning_rate (or set optimizer.grad_clip_norm) and rerun, or resume=true."
+    )
+
+
+def train(
+    cfg: Config,
+    *,
+    builder: setup.ModelBuilder | None = None,
+    console: Console | None = None,
+    callback: Callable[[int, TrainState], None] | None = None,
+) -> RunResult:
+    """Runs (or resumes) the training run ``cfg`` describes.
+
+    Args:
+      cfg: the validated config.
+      builder: model builder with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
+      console: where process 0 prints (default: stdout).
+      callback: called on every process as ``callback(steps_done, state)`` after each step's metrics,
+        eval and checkpoint work (an exception it raises ends the run, e.g. to simulate preemption).
+
+    Returns:
+      The final state and summary.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (the newest checkpoint is the last good one).
+      ConfigError: the mesh does not fit the devices.
+    """
+    t_start = time.perf_counter()
+    setup.init_distributed(cfg)
+    main = setup.is_main_process()
+    console = console or Console()
+    mesh = setup.build_mesh(cfg)  # a mesh that does not fit fails before anything is written
+    run_dir = setup.prepare_run_dir(cfg)
+    data = load_dataset(cfg.data, cfg.seed)
+    model = setup.build_model(cfg, mesh, data.num_classes, data.image_shape, builder)
+    tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
+    lr = optim.schedule(cfg.optimizer, cfg.train.steps)
+    graphs, state = init_state(model, tx, mesh)
+    del model
+
+    ckpt = (
+        Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.max_to_keep)
+        if cfg.checkpoint.enabled
+        else None
+    )
+    start = 0
+    if cfg.resume and ckpt is not None and ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+        start = int(jax.device_get(state["step"]))
+    elif cfg.resume and main:
+        console.print("[yellow]note:[/yellow] resume=true but there is no checkpoint yet; starting at step 0")
+    total = cfg.train.steps
+    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
+
+    t0 = time.perf_counter()
+    train_step = jit_train_step(graphs, tx, state, mesh)
+    compiled = train_step.lower(
+        abstract(state), *abstract_batch(mesh, cfg.train.batch_size, data.image_shape)
+    ).compile()
+    eval_step = jit_eval_step(graphs, state, mesh)
+    compile_s = time.perf_counter() - t0
+    comm_bytes, comm_note = bytes_per_step(compiled)
+    batches = data_lib.TrainBatches(data, cfg.train.batch_size, cfg.seed, mesh)
+    if main:
+        console.print(
+            f"[bold]jaxcnn[/bold] {cfg.model.name} on mesh {dict(mesh.shape)} ({jax.device_count()} devices, "
+            f"{jax.process_count()} processes); {len(data.x_train)} train / {len(data.x_test)} test images "
+            f"{data.image_shape}; steps {start}→{total}; compiled in {compile_s:.1f}s; run dir {run_dir}"
+        )
+        if comm_note:
+            console.print(f"[yellow]note:[/yellow] no communication figure ({comm_note})")
+
+    bar = display.ProgressBar(total, start, main, console)
+    pending: list[Any] = []
+    step_times: list[float] = []
+    last_eval: dict[str, float] = {}
+    t_last = time.perf_counter()
+    try:
+        for step in range(start, total):
+            with jax.transfer_guard("disallow"):
+                images, labels = batches(step)
+                state, step_metrics = compiled(state, images, labels)
+            pending.append(step_metrics)
+            done = step + 1
+            is_eval = done == total or (cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0)
+            is_ckpt = ckpt is not None and (
+                done == total or (cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0)
+            )
+            if not (done % cfg.train.log_every == 0 or is_eval or is_ckpt):
+                if callback is not None:
+                    callback(done, state)
+                continue
+            fetched, bad_step = jax.device_get((pending, state["first_bad_step"]))
+            dt = (time.perf_counter() - t_last) / len(pending)
+            if int(bad_step) >= 0:
+                raise _stop(int(bad_step), ckpt)
+            step_times += [dt] * len(pending)
+            record = {
+                "step": done,
+                "loss": float(np.mean([m["loss"] for m in fetched])),
+                "accuracy": float(np.mean([m["accuracy"] for m in fetched])),
+                "step_time_s": dt,
+                "images_per_s": cfg.train.batch_size / dt,
+                "lr": float(lr(step)),
+            }
+            log.write(record)
+            bar.update(done, record)
+            pending = []
+            if is_eval:
+                last_eval = evaluate(eval_step, state, data, cfg.train.eval_batch_size, mesh)
+                log.write({"step": done, **last_eval})
+                bar.print(
+                    f"step {done}: test accuracy {last_eval['eval_accuracy']:.4f}, "
+                    f"loss {last_eval['eval_loss']:.4f}"
+                )
+            if is_ckpt:
+                ckpt.save(done, state)
+            if callback is not None:
+                callback(done, state)
+            t_last = time.perf_counter()
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    if not last_eval:  # nothing left to train (a resumed, finished run): still report the test accuracy
+        last_eval = evaluate(eval_step, state, data, cfg.train.eval_batch_size, mesh)
+
+    # Steady state: skip the first interval (first execution, caches warming up).
+    steady = step_times[cfg.train.log_every :] or step_times
+    summary = {
+        "final_step": total,
+        "final_eval_accuracy": last_eval.get("eval_accuracy"),
+        "final_eval_loss": last_eval.get("eval_loss"),
+        "final_train_loss": next((r["loss"] for r in reversed(log.records) if "loss" in r), None),
+        "wall_time_s": time.perf_counter() - t_start,
+        "compile_time_s": compile_s,
+        "mean_step_time_s": float(np.mean(steady)) if steady else None,
+        "images_per_s": cfg.train.batch_size / float(np.mean(steady)) if steady else None,
+        "comm_bytes_per_step_max_device": comm_bytes,
+        "mesh": dict(mesh.shape),
+        "devices": jax.device_count(),
+        "run_dir": run_dir,
+    }
+    if main:
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        metrics.plot(log.records, run_dir)
+        console.print(display.summary_table(_summary_rows(summary)))
+    return RunResult(state, graphs, log.records, summary)
+
+
+def _summary_rows(s: dict[str, Any]) -> dict[str, str]:
+    def fmt(v: Any, spec: str) -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    return {
+        "final test accuracy": fmt(s["final_eval_accuracy"], ".4f"),
+        "final test loss": fmt(s["final_eval_loss"], ".4f"),
+        "final train loss": fmt(s["final_train_loss"], ".4f"),
+        "steps": str(s["final_step"]),
+        "wall time": fmt(s["wall_time_s"], ".1f") + " s",
+        "compile time": fmt(s["compile_time_s"], ".1f") + " s",
+        "mean step time": fmt(None if s["mean_step_time_s"] is None else s["mean_step_time_s"] * 1e3, ".2f")
+        + " ms",
+        "throughput": fmt(s["images_per_s"], ",.0f") + " images/s",
+        "comm bytes / step (max device)": fmt(s["comm_bytes_per_step_max_device"], ",.0f"),
+        "mesh": " ".join(f"{k}={v}" for k, v in s["mesh"].items()),
+        "run dir": s["run_dir"],
+    }

@@ -1,0 +1,42 @@
+"""Compile-only ("golden") checks of the big configs nobody can run in CI: ResNet-50 on a 256-chip TPU pod
+and on an 8-GPU node, lowered and compiled on fake CPU meshes of the same size (small batch and images;
+XLA's CPU backend optimisations off, since only partitioning and lowering are under test).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+RESNET50_PARAMS = 25_557_032  # torchvision's resnet50 with 1000 classes has the same count
+
+
+def _compile_only(config: str, devices: int, *overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        f"--xla_force_host_platform_device_count={devices} "
+        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "jaxcnn", "train", f"configs/{config}", "--compile-only", *overrides]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+
+
+@pytest.mark.slow
+def test_resnet50_tpu_pod_compiles_on_256_devices():
+    figures = _compile_only("resnet50_tpu_pod.yaml", 256, "train.batch_size=256", "data.image_size=[32, 32]")
+    assert figures["mesh"] == "{'n': 64, 'h': 1, 'w': 1, 'k': 2, 'c': 2}"
+    assert int(figures["num_params"]) == RESNET50_PARAMS
+
+
+@pytest.mark.slow
+def test_resnet50_gpu_node_compiles_on_8_devices():
+    figures = _compile_only("resnet50_gpu_node.yaml", 8, "train.batch_size=16", "data.image_size=[32, 32]")
+    assert figures["mesh"] == "{'n': 8, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
+    assert int(figures["num_params"]) == RESNET50_PARAMS

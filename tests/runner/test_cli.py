@@ -1,0 +1,30 @@
+"""``jaxcnn train``: argument handling and exit codes (no training)."""
+
+from __future__ import annotations
+
+import yaml
+
+from jaxcnn.__main__ import main as jaxcnn_main
+from jaxcnn.runner.config import load_config
+
+
+def test_print_config_applies_overrides(capsys):
+    code = jaxcnn_main(["train", "configs/default.yaml", "--print-config", "train.steps=7", "mesh.n=-1"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert code == 0
+    assert printed["train"]["steps"] == 7 and printed["mesh"]["n"] == -1
+    assert printed == load_config("configs/default.yaml", ["train.steps=7", "mesh.n=-1"]).to_dict()
+
+
+def test_config_errors_exit_2_with_the_message(capsys, tmp_path):
+    assert jaxcnn_main(["train", "configs/default.yaml", "train.stepz=7"]) == 2
+    err = capsys.readouterr().err
+    assert "config error: unknown config key 'train.stepz'; valid keys at 'train': steps," in err
+    assert jaxcnn_main(["train", "configs/default.yaml", "trainsteps"]) == 2
+    assert "bad override 'trainsteps'" in capsys.readouterr().err
+    assert jaxcnn_main(["train", "configs/nope.yaml"]) == 2
+    assert "config file not found: configs/nope.yaml" in capsys.readouterr().err
+    # A mesh that does not fit the 8 test devices is reported before anything is built.
+    assert jaxcnn_main(["train", "configs/default.yaml", "mesh.n=3", f"output_dir={tmp_path}"]) == 2
+    assert "product 3 != 8 available devices" in capsys.readouterr().err
+    assert not (tmp_path / "default").exists()
