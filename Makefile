@@ -27,7 +27,7 @@ format: setup
 	$(BIN)/ruff format jaxcnn tests experiments
 
 test: setup lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests
 
 train: setup
 	$(BIN)/jaxcnn train configs/default.yaml
