@@ -65,7 +65,7 @@ def _layer_rows(layer, p: int, memory: float, meter_all: bool, per_family: int, 
     from jaxcnn.bounds import lower_bound
     from jaxcnn.measure import measure_conv
     from jaxcnn.planner import NoPlanError, plan_layer
-    from jaxcnn.planner.cli import fmt_grid, fmt_shape
+    from jaxcnn.planner.report import fmt_grid, fmt_shape
 
     geom = layer.geom
     bounds = [lower_bound(geom, p, memory, 4, ps).bytes for ps in ("forward", "backward")]

@@ -12,7 +12,8 @@ import yaml
 
 from jaxcnn.networks import layers_from_yaml
 from jaxcnn.planner import plan_layer, plan_network
-from jaxcnn.planner.cli import PlanCliError, fmt_grid, main, parse_memory, resolve_args
+from jaxcnn.planner.cli import PlanCliError, main, parse_memory, resolve_args
+from jaxcnn.planner.report import fmt_grid
 from tests.fake_devices import ROOT
 
 NETWORK = str(ROOT / "configs" / "networks" / "small_cnn.yaml")
