@@ -33,6 +33,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jaxcnn.devices import request_cpu_devices, with_cpu_device_count
 from jaxcnn.networks import NETWORKS, ConvLayer, get_network, layers_from_yaml
 from jaxcnn.planner.plan import NoPlanError
 from jaxcnn.planner.report import (
@@ -204,18 +205,6 @@ def load_layers(args: PlanArgs) -> list[ConvLayer]:
     return get_network(args.model, args.batch, args.image)
 
 
-def _backend_started() -> bool:
-    """Whether JAX's backend is already initialised (then XLA_FLAGS can no longer change the devices)."""
-    from jax._src import xla_bridge
-
-    return bool(getattr(xla_bridge, "_backends", {}))
-
-
-def _with_device_count(flags: str, devices: int) -> str:
-    kept = [f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
-    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
-
-
 def ensure_devices(devices: int) -> bool:
     """Makes ``devices`` fake CPU devices available if JAX has not started yet.
 
@@ -225,8 +214,7 @@ def ensure_devices(devices: int) -> bool:
     """
     import jax
 
-    if not _backend_started():
-        os.environ["XLA_FLAGS"] = _with_device_count(os.environ.get("XLA_FLAGS", ""), devices)
+    if request_cpu_devices(devices):
         jax.config.update("jax_platforms", "cpu")
     return len(jax.devices()) >= devices
 
@@ -234,7 +222,7 @@ def ensure_devices(devices: int) -> bool:
 def _rerun(argv: Sequence[str], devices: int) -> int:
     env = dict(
         os.environ,
-        XLA_FLAGS=_with_device_count(os.environ.get("XLA_FLAGS", ""), devices),
+        XLA_FLAGS=with_cpu_device_count(os.environ.get("XLA_FLAGS", ""), devices),
         JAX_PLATFORMS="cpu",
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxcnn.devices import request_cpu_devices
 from jaxcnn.runner.config import load_config
 from jaxcnn.runner.typed import ConfigError
 
@@ -28,6 +29,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
+        "--cpu-devices",
+        type=int,
+        metavar="N",
+        help="give the CPU platform N virtual devices (sets XLA_FLAGS before JAX starts; for laptops "
+        "and CI - accelerators are unaffected)",
+    )
+    p.add_argument(
         "--compile-only",
         action="store_true",
         help="lower and compile the train step on abstract inputs (no training) and print its figures",
@@ -42,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
       0 on success; 2 for a config error; 1 when the loss became NaN/inf.
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            print(f"jaxcnn train: --cpu-devices must be >= 1, got {args.cpu_devices}", file=sys.stderr)
+            return 2
+        if not request_cpu_devices(args.cpu_devices):
+            print("jaxcnn train: --cpu-devices has no effect: JAX already started", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -141,7 +141,8 @@ class MeshConfig:
         _check(
             math.prod(sizes.values()) == num_devices,
             f"mesh {sizes}: product {math.prod(sizes.values())} != {num_devices} available devices; "
-            "make the sizes multiply to the device count or set one axis to -1",
+            "make the sizes multiply to the device count or set one axis to -1 (on a CPU-only machine, "
+            "`jaxcnn train --cpu-devices N ...` gives the CPU N virtual devices)",
         )
         return sizes
 

@@ -28,3 +28,27 @@ def test_config_errors_exit_2_with_the_message(capsys, tmp_path):
     assert jaxcnn_main(["train", "configs/default.yaml", "mesh.n=3", f"output_dir={tmp_path}"]) == 2
     assert "product 3 != 8 available devices" in capsys.readouterr().err
     assert not (tmp_path / "default").exists()
+
+
+def test_cpu_devices_flag_gives_a_fresh_process_virtual_devices(tmp_path):
+    """`jaxcnn train --cpu-devices 8` works without XLA_FLAGS (a laptop); it prints the 8-device mesh."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "jaxcnn", "train", "configs/default.yaml"]
+    out = subprocess.run(
+        [*cmd, "--cpu-devices=8", "--print-config"],
+        capture_output=True, text=True, env=env, check=False, cwd=root,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    no_flag = subprocess.run(
+        [*cmd, "--compile-only"],
+        capture_output=True, text=True, env=env, check=False, cwd=root,
+    )  # fmt: skip
+    assert no_flag.returncode == 2
+    assert "product 8 != 1 available devices" in no_flag.stderr and "--cpu-devices N" in no_flag.stderr
