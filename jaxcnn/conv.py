@@ -12,6 +12,7 @@ from jaxcnn import algorithms
 from jaxcnn.algorithms.engine import build
 from jaxcnn.geometry import ConvGeometry, PaddingLike, conv_geometry
 from jaxcnn.mesh import mesh_sizes
+from jaxcnn.padding import crop_to, pad_to
 
 
 def _check_array(value: object, name: str) -> None:
@@ -98,16 +99,5 @@ def conv2d(
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
     layout, fn = build(alg, geom, mesh, tuple(sizes.items()), out_dtype)
     n, h, w, c, k = layout.padded
-    xp = _pad_to(x, (n, h, w, c))
-    kp = _pad_to(kernel, (geom.h.kernel, geom.w.kernel, c, k))
-    y = fn(xp, kp)
-    n0, ho, wo, k0 = geom.y_shape
-    if y.shape != (n0, ho, wo, k0):
-        y = y[:n0, :ho, :wo, :k0]
-    return y
-
-
-def _pad_to(a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    if tuple(a.shape) == tuple(shape):
-        return a
-    return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape, strict=True)])
+    y = fn(pad_to(x, (n, h, w, c)), pad_to(kernel, (geom.h.kernel, geom.w.kernel, c, k)))
+    return crop_to(y, geom.y_shape)

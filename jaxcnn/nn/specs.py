@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
+
+from jaxcnn.padding import crop_to, pad_to
+
+__all__ = ["REPLICATED", "as_spec", "crop_to", "entry_axes", "normalized", "pad_to", "padded_shape", "parts"]
 
 #: The spec of a replicated (or single-device) array, the layers' default.
 REPLICATED = P()
@@ -45,20 +47,6 @@ def padded_shape(shape: Sequence[int], spec: P, mesh: Mesh) -> tuple[int, ...]:
     """``shape`` with every split dimension rounded up to a multiple of its number of blocks."""
     entries = normalized(spec, len(shape))
     return tuple(-(-s // parts(a, mesh)) * parts(a, mesh) for s, a in zip(shape, entries, strict=True))
-
-
-def pad_to(x: jax.Array, shape: Sequence[int], fill: float = 0.0) -> jax.Array:
-    """Pads ``x`` at the high end of each dimension up to ``shape`` with ``fill``."""
-    if tuple(x.shape) == tuple(shape):
-        return x
-    return jnp.pad(x, [(0, t - s) for s, t in zip(x.shape, shape, strict=True)], constant_values=fill)
-
-
-def crop_to(x: jax.Array, shape: Sequence[int]) -> jax.Array:
-    """The leading ``shape`` corner of ``x``."""
-    if tuple(x.shape) == tuple(shape):
-        return x
-    return x[tuple(slice(0, s) for s in shape)]
 
 
 def as_spec(entries: Sequence[tuple[str, ...]]) -> P:
