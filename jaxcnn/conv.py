@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from jaxcnn import algorithms
 from jaxcnn.algorithms.engine import build
@@ -29,6 +29,19 @@ def _check_mesh(mesh: object) -> dict[str, int]:
     if mesh.devices.size > len(jax.devices()):
         raise ValueError(f"mesh has {mesh.devices.size} devices but only {len(jax.devices())} are available")
     return sizes
+
+
+def _on_mesh(value: jax.Array, sharding: NamedSharding) -> jax.Array:
+    """``value`` constrained to ``sharding`` (returned as is when it already has exactly that one).
+
+    The algorithm's jitted shard_map must only ever see arguments on its own mesh: ``jit`` names the
+    layout it picks for an uncommitted argument on the mesh of the first committed one, so an
+    argument left on another layer's mesh (whose axes cannot tile this mesh's layout) made JAX raise
+    ``IndivisibleError``.
+    """
+    if not isinstance(value, jax.core.Tracer) and getattr(value, "sharding", None) == sharding:
+        return value
+    return jax.lax.with_sharding_constraint(value, sharding)
 
 
 def layer_geometry(
@@ -99,5 +112,8 @@ def conv2d(
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
     layout, fn = build(alg, geom, mesh, tuple(sizes.items()), out_dtype)
     n, h, w, c, k = layout.padded
-    y = fn(pad_to(x, (n, h, w, c)), pad_to(kernel, (geom.h.kernel, geom.w.kernel, c, k)))
-    return crop_to(y, geom.y_shape)
+    x = _on_mesh(pad_to(x, (n, h, w, c)), NamedSharding(mesh, layout.x_spec))
+    kernel = _on_mesh(
+        pad_to(kernel, (geom.h.kernel, geom.w.kernel, c, k)), NamedSharding(mesh, layout.kernel_spec)
+    )
+    return crop_to(fn(x, kernel), geom.y_shape)

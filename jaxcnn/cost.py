@@ -44,11 +44,16 @@ class CommCost:
       per_kind: ``{kind: (count, max_bytes, total_bytes)}`` for kinds that occur.
       max_bytes: max over devices of the bytes each device receives.
       total_bytes: sum over devices.
+      per_device: bytes each device receives (row-major over the grid's axes ``n, h, w, k, c``, which
+        is the flat device order of every mesh :func:`jaxcnn.make_mesh` lays over the same devices).
+      kind_per_device: ``per_device`` split by collective kind.
     """
 
     per_kind: Mapping[str, tuple[int, float, float]]
     max_bytes: float
     total_bytes: float
+    per_device: tuple[float, ...] = ()
+    kind_per_device: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +99,7 @@ class Cost:
         return self.forward.max_bytes + self.backward.max_bytes
 
 
-class _Ledger:
+class Ledger:
     """Accumulates per-device received bytes by collective kind."""
 
     def __init__(self, sizes: Mapping[str, int]):
@@ -124,10 +129,13 @@ class _Ledger:
     def result(self) -> CommCost:
         total = sum((v[1] for v in self.kinds.values()), np.zeros(self.num_devices))
         per_kind = {k: (v[0], float(v[1].max()), float(v[1].sum())) for k, v in self.kinds.items()}
-        return CommCost(per_kind, float(total.max()), float(total.sum()))
+        kinds = {k: tuple(float(x) for x in v[1]) for k, v in self.kinds.items()}
+        return CommCost(
+            per_kind, float(total.max()), float(total.sum()), tuple(float(v) for v in total), kinds
+        )
 
 
-def _halo(ledger: _Ledger, plan: HaloPlan | None, axis: str, row_bytes: float, backward: bool) -> None:
+def add_halo(ledger: Ledger, plan: HaloPlan | None, axis: str, row_bytes: float, backward: bool) -> None:
     """Permutes of one halo exchange; ``row_bytes`` is the size of one row of the piece."""
     if plan is None:
         return
@@ -152,6 +160,7 @@ def predict(
     dtype="float32",
     out_dtype=None,
     wire_dtype=None,
+    input_grad: bool = True,
 ) -> Cost:
     """Predicts the communication and memory of ``conv2d`` for one layer on one grid.
 
@@ -164,6 +173,8 @@ def predict(
       wire_dtype: dtype collectives carry, when the backend changes it: XLA:CPU promotes bfloat16
         collectives to float32 (its compiled HLO moves 4-byte words), GPU and TPU keep bfloat16.
         Default: x / kernel buffers in ``dtype``, output buffers in ``out_dtype``.
+      input_grad: the backward pass computes dx. A network's first layer (whose input is the images)
+        needs only the kernel gradient: XLA drops dx's reduce-scatters over k and its reversed halos.
 
     Returns:
       The :class:`Cost`; ``cost.bytes`` is forward + backward max bytes per device.
@@ -191,10 +202,10 @@ def predict(
     kernel_block = r * s * (c_pad // pc) * (k_pad // pk) * b_in  # a kernel replicated over the rows
     rows = lay.rows
 
-    fwd, bwd = _Ledger(sizes), _Ledger(sizes)
-    for ledger, backward in ((fwd, False), (bwd, True)):
-        _halo(ledger, lay.h_plan, "h", nl * wb * cx * b_in, backward)
-        _halo(ledger, lay.w_plan, "w", nl * win_h * cx * b_in, backward)
+    fwd, bwd = Ledger(sizes), Ledger(sizes)
+    for ledger, backward in ((fwd, False), (bwd, True)) if input_grad else ((fwd, False),):
+        add_halo(ledger, lay.h_plan, "h", nl * wb * cx * b_in, backward)
+        add_halo(ledger, lay.w_plan, "w", nl * win_h * cx * b_in, backward)
     fwd.group("all-gather", x_panel, lay.k_gather, m)
     fwd.group("all-gather", k_panel, lay.kernel_gather, m)
     fwd.group("reduce-scatter", partial, lay.c_scatter)
@@ -202,7 +213,7 @@ def predict(
     bwd.group("all-gather", partial, lay.c_scatter)
     bwd.group("all-gather", x_panel, lay.k_gather, m - 1)
     bwd.group("all-gather", k_panel, lay.kernel_gather, m - 1)
-    bwd.group("reduce-scatter", x_panel, lay.k_gather, m)
+    bwd.group("reduce-scatter", x_panel, lay.k_gather, m if input_grad else 0)
     bwd.group("reduce-scatter", k_panel, lay.kernel_gather, m)
     if not alg.kernel_over_rows:
         bwd.group("all-reduce", kernel_block, rows)

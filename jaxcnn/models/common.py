@@ -1,12 +1,17 @@
 """Building blocks shared by the models: per-layer placement, Conv+BN(+ReLU), pooling, the head.
 
-Every convolution of a model has a dotted name (``"stem"``, ``"layer1.0.conv1"``, ...) and a
-placement string (:mod:`jaxcnn.nn.placement`: ``"3d"`` or ``"3d@n=2,k=2,c=2"``). A model's
-``algorithms`` argument gives them as one string for all convolutions, a dict ``{name: placement}``
-(the key ``"*"`` is the default for names not listed), or a list in layer order. Activations leave a
-block in its convolution's output layout; the next convolution reshards them to its input layout with
-one explicit :func:`jaxcnn.nn.reshard` (see :mod:`jaxcnn.nn.layout`), BatchNorm and pooling work in
-the layout they are given.
+Every convolution of a model has a dotted name (``"stem"``, ``"layer1.0.conv1"``, ...; the classifier
+is the convolution ``"head"``) and a placement string (:mod:`jaxcnn.nn.placement`: ``"3d"`` or
+``"3d@n=2,k=2,c=2"``). A model's ``algorithms`` argument gives them as one string for all
+convolutions, a dict ``{name: placement}`` (the key ``"*"`` is the default for names not listed), or
+a list in layer order.
+
+Layouts flow explicitly: every block is called with its input *and the layout that input is in*
+(a ``NamedSharding``), and moves it to its convolution's input layout with
+:func:`jaxcnn.redistribute.redistribute` (collectives jaxcnn plans and counts; nothing is left to
+XLA's partitioner). Activations leave a block in its convolution's output layout; BatchNorm, ReLU and
+pooling work in the layout they are given. Each model also describes itself as a plan graph
+(:attr:`graph`, see :mod:`jaxcnn.planner.graph`) so that the planner places all layers jointly.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.nn import BatchNorm, Conv, Placement, global_avg_pool, max_pool, parse_placement, reshard
+from jaxcnn.nn import BatchNorm, Conv, Placement, global_avg_pool, max_pool, parse_placement
+from jaxcnn.redistribute import redistribute
 
 Algorithms = str | Mapping[str, str] | Sequence[str]
 
@@ -43,12 +49,29 @@ class LayerPlan:
         self.mesh = mesh
         self.algorithms = algorithms
         self.names: list[str] = []
+        self.defaulted: list[str] = []
 
-    def placement(self, name: str) -> Placement:
-        """The placement of the next convolution, called ``name``."""
+    def placement(self, name: str, default: str | None = None) -> Placement:
+        """The placement of the next convolution, called ``name``.
+
+        ``default`` (the classifier's ``data`` over all devices) is used when a dict names neither the
+        layer nor ``"*"``, or a list is one entry short of the layer count (configs written for the
+        convolutions alone).
+        """
         if name in self.names:
             raise ValueError(f"duplicate convolution name {name!r}")
         self.names.append(name)
+        listed = not isinstance(self.algorithms, str | Mapping)
+        if default is not None and (
+            (
+                isinstance(self.algorithms, Mapping)
+                and name not in self.algorithms
+                and "*" not in self.algorithms
+            )
+            or (listed and len(self.names) - 1 == len(self.algorithms))
+        ):
+            self.defaulted.append(name)
+            return parse_placement(default, self.mesh)
         if isinstance(self.algorithms, str):
             choice = self.algorithms
         elif isinstance(self.algorithms, Mapping):
@@ -70,7 +93,9 @@ class LayerPlan:
             unknown = sorted(set(self.algorithms) - set(self.names) - {"*"})
             if unknown:
                 raise ValueError(f"algorithms names unknown layers {unknown}; the layers are {self.names}")
-        elif not isinstance(self.algorithms, str) and len(self.algorithms) != len(self.names):
+        elif not isinstance(self.algorithms, str) and len(self.algorithms) != len(self.names) - len(
+            self.defaulted
+        ):
             raise ValueError(
                 f"algorithms lists {len(self.algorithms)} placements but the model has {len(self.names)} "
                 f"convolutions: {self.names}"
@@ -130,9 +155,10 @@ class ConvBN(nnx.Module):
         self.input_sharding = NamedSharding(placement.mesh, placement.x_spec)
         self.output_sharding = NamedSharding(placement.mesh, placement.y_spec)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.bn(self.conv(reshard(x, self.input_sharding)))
-        y = reshard(y, self.output_sharding)
+    def __call__(self, x: jax.Array, src: NamedSharding) -> jax.Array:
+        """``x`` laid out as ``src``; returns the block's output, laid out as ``self.output_sharding``."""
+        y = self.bn(self.conv(redistribute(x, src, self.input_sharding)))
+        y = jax.lax.with_sharding_constraint(y, self.output_sharding)  # where it is already: no movement
         return nnx.relu(y) if self.relu else y
 
 
@@ -144,33 +170,50 @@ def pool(x: jax.Array, after: ConvBN, window: int, stride: int, padding: str = "
 
 
 class Head(nnx.Module):
-    """Global average pooling (psum over the spatial axes) → dense classifier on batch-split features.
+    """Global average pooling → the classifier as a distributed 1×1 convolution on a 1×1 map.
+
+    The dense layer ``(N, C) @ (C, K)`` is the convolution of ``(N, 1, 1, C)`` with a ``(1, 1, C, K)``
+    kernel, so it runs under any algorithm that does not split space (data, filter, channel, 2d, 2.5d,
+    3d) and is placed by the planner like every other layer (its name is ``"head"``). Logits leave in
+    the layout ``logits_sharding``: batch split as the head's rows, classes gathered.
 
     Args:
       features: input channels.
       num_classes: logits.
-      mesh: the mesh of the last convolution (parameters are replicated on it).
+      plan: the model's :class:`LayerPlan`.
       dtype: computation dtype.
       rngs: parameter initialisation.
     """
 
     def __init__(
-        self, features: int, num_classes: int, *, mesh: Mesh, dtype: Any = jnp.float32, rngs: nnx.Rngs
+        self, features: int, num_classes: int, *, plan: LayerPlan, dtype: Any = jnp.float32, rngs: nnx.Rngs
     ):
-        replicated = {"out_sharding": (None, None), "mesh": mesh}
-        self.linear = nnx.Linear(
+        placement = plan.placement("head", default=f"data@n={plan.mesh.devices.size}")
+        self.name = "head"
+        self.conv = Conv(
             features,
             num_classes,
+            (1, 1),
+            1,
+            padding="VALID",
+            use_bias=True,
+            mesh=placement.mesh,
+            algorithm=placement.algorithm,
             dtype=dtype,
-            kernel_metadata=replicated,
-            bias_metadata={"out_sharding": (None,), "mesh": mesh},
             rngs=rngs,
         )
+        self.mesh = placement.mesh
+        self.input_sharding = NamedSharding(placement.mesh, placement.x_spec)
+        self.output_sharding = NamedSharding(placement.mesh, placement.y_spec)
+        rows = placement.y_spec[0] if len(placement.y_spec) else None
+        self.logits_sharding = NamedSharding(placement.mesh, P(rows, None))
+        self.label_sharding = NamedSharding(placement.mesh, P(rows))
 
     def __call__(self, x: jax.Array, last: ConvBN) -> jax.Array:
-        """``x`` is in ``last``'s output layout; returns ``(N, num_classes)`` logits (float32)."""
-        spec = last.output_sharding.spec
-        pooled = global_avg_pool(x, mesh=last.mesh, spec=spec)
-        batch = spec[0] if len(spec) else None
-        pooled = reshard(pooled, NamedSharding(last.mesh, P(batch, None)))
-        return self.linear(pooled).astype(jnp.float32)
+        """``x`` is in ``last``'s output layout; returns ``(N, num_classes)`` float32 logits."""
+        spec = tuple(last.output_sharding.spec) + (None,) * 4
+        pooled = global_avg_pool(x, mesh=last.mesh, spec=last.output_sharding.spec)
+        src = NamedSharding(last.mesh, P(spec[0], None, None, spec[3]))
+        y = self.conv(redistribute(pooled[:, None, None, :], src, self.input_sharding))
+        out = NamedSharding(self.mesh, P(*self.logits_sharding.spec[:1], None, None, None))
+        return redistribute(y, self.output_sharding, out)[:, 0, 0, :].astype(jnp.float32)

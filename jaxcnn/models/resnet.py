@@ -2,8 +2,8 @@
 
 Convolution names: ``stem``; ``layer{s}.{b}.conv1`` … (``conv2`` for basic blocks, ``conv3`` for
 bottlenecks) and ``layer{s}.{b}.proj`` for a projection shortcut; stages s = 1..4, blocks b from 0.
-A residual sum is formed in the layout of the block's last convolution (the shortcut is resharded
-into it).
+A residual sum is formed in the layout of the block's last convolution (the shortcut is moved into
+it explicitly, and the planner prices that move: :mod:`jaxcnn.planner.graph`).
 
 References:
   K. He, X. Zhang, S. Ren, J. Sun. Deep Residual Learning for Image Recognition. CVPR 2016.
@@ -17,10 +17,36 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
-from jaxcnn.nn import reshard
+from jaxcnn.planner.graph import Conv as ConvNode
+from jaxcnn.planner.graph import Pool, Residual
+from jaxcnn.redistribute import redistribute
+
+
+def _residual(block: Any, main: Sequence[ConvBN], x: jax.Array, src: NamedSharding) -> jax.Array:
+    """``relu(main(x) + shortcut(x))``, the sum in the last main convolution's output layout."""
+    if block.proj is not None:
+        shortcut, where = block.proj(x, src), block.proj.output_sharding
+    else:
+        shortcut, where = x, src
+    y, at = x, src
+    for conv in main:
+        y, at = conv(y, at), conv.output_sharding
+    return nnx.relu(y + redistribute(shortcut, where, at))
+
+
+def block_graph(block: Any) -> Residual:
+    """The plan-graph node of a residual block."""
+    main = tuple(
+        c.name
+        for c in (
+            (block.conv1, block.conv2, block.conv3) if hasattr(block, "conv3") else (block.conv1, block.conv2)
+        )
+    )
+    return Residual(main, block.proj.name if block.proj is not None else None)
 
 
 class BasicBlock(nnx.Module):
@@ -41,10 +67,8 @@ class BasicBlock(nnx.Module):
     def last(self) -> ConvBN:
         return self.conv2
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shortcut = self.proj(x) if self.proj is not None else x
-        y = self.conv2(self.conv1(x))
-        return nnx.relu(y + reshard(shortcut, self.conv2.output_sharding))
+    def __call__(self, x: jax.Array, src: NamedSharding) -> jax.Array:
+        return _residual(self, (self.conv1, self.conv2), x, src)
 
 
 class Bottleneck(nnx.Module):
@@ -67,10 +91,8 @@ class Bottleneck(nnx.Module):
     def last(self) -> ConvBN:
         return self.conv3
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shortcut = self.proj(x) if self.proj is not None else x
-        y = self.conv3(self.conv2(self.conv1(x)))
-        return nnx.relu(y + reshard(shortcut, self.conv3.output_sharding))
+    def __call__(self, x: jax.Array, src: NamedSharding) -> jax.Array:
+        return _residual(self, (self.conv1, self.conv2, self.conv3), x, src)
 
 
 class ResNet(nnx.Module):
@@ -125,16 +147,20 @@ class ResNet(nnx.Module):
                 blocks.append(block(cin, stage_width, stride, prefix=f"layer{s + 1}.{b}", plan=plan, **kw))
                 cin = stage_width * block.expansion
         self.blocks = nnx.List(blocks)
-        self.head = Head(cin, num_classes, mesh=blocks[-1].last.mesh, **kw)
+        self.head = Head(cin, num_classes, plan=plan, **kw)
         self.conv_names = plan.finish()
+        self.input_sharding = NamedSharding(mesh, P("n"))
+        stem = (ConvNode("stem"),) if small_images else (ConvNode("stem"), Pool("stem", 3, 2, "SAME", "max"))
+        self.plan_graph = (*stem, *(block_graph(b) for b in blocks), ConvNode("head"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """``(N, H, W, in_channels)`` images → ``(N, num_classes)`` logits."""
-        x = self.stem(x)
+        """``(N, H, W, in_channels)`` images, laid out as ``input_sharding`` → ``(N, num_classes)``."""
+        x = self.stem(x, self.input_sharding)
         if not self.small_images:
             x = pool(x, self.stem, 3, 2, "SAME")
+        src = self.stem.output_sharding
         for blk in self.blocks:
-            x = blk(x)
+            x, src = blk(x, src), blk.last.output_sharding
         return self.head(x, self.blocks[-1].last)
 
 

@@ -7,9 +7,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
+from jaxcnn.planner.graph import Conv, Pool
 
 #: Channels of the 13 convolutions, ``"M"`` a 2×2/2 max pool.
 VGG16_CONFIG: tuple[int | str, ...] = (
@@ -22,7 +24,7 @@ class VGG16(nnx.Module):
 
     The classifier is global average pooling + one dense layer (the CIFAR-style head; the three
     4096-wide dense layers of the ImageNet model are not part of the convolution study). Convolutions
-    are named ``conv1_1`` … ``conv5_3`` (stage_index).
+    are named ``conv1_1`` … ``conv5_3`` (stage_index) and ``head``.
 
     Args:
       num_classes: logits.
@@ -64,13 +66,21 @@ class VGG16(nnx.Module):
             cin, index = cout, index + 1
         self.convs = nnx.List(convs)
         self.pool_after = tuple(pool_after)
-        self.head = Head(cin, num_classes, mesh=convs[-1].mesh, dtype=dtype, rngs=rngs)
+        self.head = Head(cin, num_classes, plan=plan, dtype=dtype, rngs=rngs)
         self.conv_names = plan.finish()
+        self.input_sharding = NamedSharding(mesh, P("n"))
+        graph: list = []
+        for i, layer in enumerate(convs):
+            graph.append(Conv(layer.name))
+            if i in self.pool_after:
+                graph.append(Pool(layer.name, 2, 2, "VALID", "max"))
+        self.plan_graph = (*graph, Conv("head"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, in_channels)`` images (H, W ≥ 32) → ``(N, num_classes)`` logits."""
+        src = self.input_sharding
         for i, layer in enumerate(self.convs):
-            x = layer(x)
+            x, src = layer(x, src), layer.output_sharding
             if i in self.pool_after:
                 x = pool(x, layer, 2, 2)
         return self.head(x, self.convs[-1])

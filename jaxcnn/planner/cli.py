@@ -19,7 +19,14 @@ backend starts; when the backend is already running with too few devices (e.g. i
 process), it re-runs itself in a subprocess with that flag.
 
 A YAML config (``--config``) holds the same keys as the flags (``model, batch, devices, memory,
-image, dtype, network, measure, per_layer_only``); flags given on the command line override it.
+image, dtype, network, measure, per_layer_only, whole_step, classes``); flags given on the command line
+override it.
+
+``--whole-step`` (a model of :mod:`jaxcnn.models`, not ``--network``) then places the whole network
+as a graph (:mod:`jaxcnn.planner.network`: residual blocks, the classifier head, every layout change)
+and prints its ``predicted_comm_bytes_per_step_max_device``, the figure ``jaxcnn train CONFIG
+--compile-only`` prints next to the metered one, by component, with the placements as a
+``model.algorithms`` mapping.
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ CONFIG_KEYS = (
     "network",
     "measure",
     "per_layer_only",
+    "whole_step",
+    "classes",
 )
 
 
@@ -118,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=int, help="input image height = width (default 224)")
     p.add_argument("--dtype", help=f"element type: one of {DTYPES} (default float32)")
     p.add_argument("--measure", action="store_true", default=None, help="meter each layer on fake devices")
+    p.add_argument(
+        "--whole-step",
+        dest="whole_step",
+        action="store_true",
+        default=None,
+        help="also place the jaxcnn.models network as a graph and predict its whole train step",
+    )
+    p.add_argument("--classes", type=int, help="classifier width for --whole-step (default 1000)")
     p.add_argument(
         "--per-layer-only",
         dest="per_layer_only",
@@ -174,7 +191,7 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     if network is not None and not os.path.exists(str(network)):
         raise PlanCliError(f"network file {network} does not exist")
     ints = {}
-    for key in ("batch", "devices", "image"):
+    for key in ("batch", "devices", "image", "classes"):
         value = values.get(key, getattr(defaults, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PlanCliError(f"{key} must be a positive integer (>= 1), got {value!r}")
@@ -183,7 +200,7 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     if dtype not in DTYPES:
         raise PlanCliError(f"unknown dtype {dtype!r}; valid dtypes are {list(DTYPES)}")
     flags = {}
-    for key in ("measure", "per_layer_only"):
+    for key in ("measure", "per_layer_only", "whole_step"):
         value = values.get(key, False)
         if not isinstance(value, bool):
             raise PlanCliError(f"{key} must be true or false, got {value!r}")
@@ -245,9 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanCliError, NoPlanError, ValueError) as err:
         print(f"jaxcnn plan: error: {err}", file=sys.stderr)
         return 2
+    if (args.measure or args.whole_step) and not ensure_devices(args.devices):
+        return _rerun(argv, args.devices)
     if args.measure:
-        if not ensure_devices(args.devices):
-            return _rerun(argv, args.devices)
         rows = measure_rows(rows, args.dtype)
     print(format_table(args, rows))
+    if args.whole_step:
+        from jaxcnn.planner.whole_step import format_whole_step, whole_step
+
+        try:
+            result = whole_step(
+                args.model, args.batch, args.devices, args.image, args.memory_bytes, args.dtype, args.classes
+            )
+        except (NoPlanError, ValueError) as err:
+            print(f"jaxcnn plan: error: {err}", file=sys.stderr)
+            return 2
+        print(format_whole_step(result))
     return 0

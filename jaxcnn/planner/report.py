@@ -59,6 +59,8 @@ class PlanArgs:
       network: optional YAML file of layers (overrides ``model``).
       measure: meter each chosen layer on fake devices.
       per_layer_only: plan layers independently (no layout transitions).
+      whole_step: also place the model as a graph and predict its whole train step.
+      classes: classifier width for ``whole_step``.
     """
 
     model: str = "resnet50"
@@ -70,6 +72,8 @@ class PlanArgs:
     network: str | None = None
     measure: bool = False
     per_layer_only: bool = False
+    whole_step: bool = False
+    classes: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)

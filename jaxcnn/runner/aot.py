@@ -17,6 +17,7 @@ import jax
 from jaxcnn.runner import optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import image_spec
+from jaxcnn.runner.predict import model_for_prediction, predict_step
 from jaxcnn.runner.state import abstract_state
 from jaxcnn.runner.step import abstract_batch, jit_train_step
 
@@ -46,6 +47,9 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     compiled = step.lower(state, *abstract_batch(mesh, cfg.train.batch_size, shape)).compile()
     elapsed = time.perf_counter() - t0
     memory = compiled.memory_analysis()
+    predicted = predict_step(
+        model_for_prediction(graphs, state), mesh, cfg.train.batch_size, shape, num_classes, cfg.model.dtype
+    )
     return {
         "compiled": compiled,
         "compile_time_s": elapsed,
@@ -54,6 +58,9 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
         "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
         "comm_bytes_per_step_max_device": bytes_per_step(compiled)[0],
+        "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
+        "predicted_components": None if predicted is None else dict(predicted.components),
+        "predicted_kinds": None if predicted is None else dict(predicted.kinds),
     }
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn.runner.typed import ConfigError
 
@@ -50,6 +51,41 @@ def _named_convs(model: nnx.Module) -> dict[int, tuple[str, nnx.Module]]:
     return found
 
 
+def trace_layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) -> list[Any]:
+    """The convolutions ``model`` runs on a batch of ``batch`` images, as ``ConvLayer`` s in execution
+    order (abstractly: ``jax.eval_shape``, nothing is computed; the model may be abstract itself).
+
+    Raises:
+      ConfigError: the model's convolutions have no names to key a plan by.
+    """
+    from jaxcnn.geometry import conv_geometry
+    from jaxcnn.models import conv_layer_names
+    from jaxcnn.networks import ConvLayer
+
+    records: list[Any] = []
+    graphdef, state = nnx.split(model)
+
+    def forward(state: Any, x: jax.Array) -> jax.Array:
+        local = nnx.merge(graphdef, state)
+        named = _named_convs(local)
+        missing = sorted(set(conv_layer_names(local)) - {n for n, _ in named.values()})
+        if missing:
+            raise ConfigError(
+                f"model.algorithms: 'auto' cannot name the convolutions {missing[:4]} of this model (it "
+                "plans blocks with a `name` and a `conv`); give the algorithms explicitly"
+            )
+        for name, conv in named.values():
+            conv.conv_general_dilated = _Recorder(conv.conv_general_dilated, name, records)
+        local.train()
+        return local(x)
+
+    jax.eval_shape(forward, state, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
+    return [
+        ConvLayer(name, conv_geometry(x, k, strides, padding, 1 if dil is None else tuple(dil)))
+        for name, x, k, strides, padding, dil in records
+    ]
+
+
 def conv_layers(build: Any, num_devices: int, batch: int, image_shape: tuple[int, ...]) -> list[Any]:
     """The model's convolutions as ``jaxcnn.networks.ConvLayer`` s, in execution order.
 
@@ -62,31 +98,8 @@ def conv_layers(build: Any, num_devices: int, batch: int, image_shape: tuple[int
     Raises:
       ConfigError: the model's convolutions have no names to key the plan by.
     """
-    from jaxcnn.geometry import conv_geometry
-    from jaxcnn.models import conv_layer_names
-    from jaxcnn.networks import ConvLayer
-
-    records: list[Any] = []
-    missing: list[str] = []
-
-    def forward(x: jax.Array) -> jax.Array:
-        model = build(f"data@n={num_devices}")
-        named = _named_convs(model)
-        missing.extend(sorted(set(conv_layer_names(model)) - {n for n, _ in named.values()}))
-        for name, conv in named.values():
-            conv.conv_general_dilated = _Recorder(conv.conv_general_dilated, name, records)
-        return model(x)
-
-    jax.eval_shape(forward, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
-    if missing:
-        raise ConfigError(
-            f"model.algorithms: 'auto' cannot name the convolutions {missing[:4]} of this model (it plans "
-            "blocks with a `name` and a `conv`); give the algorithms explicitly"
-        )
-    return [
-        ConvLayer(name, conv_geometry(x, k, strides, padding, 1 if dil is None else tuple(dil)))
-        for name, x, k, strides, padding, dil in records
-    ]
+    model = nnx.eval_shape(lambda: build(f"data@n={num_devices}"))
+    return trace_layers(model, batch, image_shape)
 
 
 def placement(algorithm: str, grid: Any) -> str:
@@ -96,21 +109,46 @@ def placement(algorithm: str, grid: Any) -> str:
 
 
 def plan_algorithms(
-    build: Any, mesh: Mesh, batch: int, image_shape: tuple[int, ...], memory_bytes: float, dtype: str
+    build: Any,
+    mesh: Mesh,
+    batch: int,
+    image_shape: tuple[int, ...],
+    memory_bytes: float,
+    dtype: str,
+    num_classes: int | None = None,
 ) -> dict[str, str]:
-    """``{layer: placement}`` chosen by ``jaxcnn.plan_network`` for the run's devices and batch.
+    """``{layer: placement}`` for the run's devices and batch.
+
+    A model with a ``plan_graph`` (every :mod:`jaxcnn.models` network) is placed as a whole by
+    :func:`jaxcnn.planner.network.plan_graph` (residual blocks, the head, every layout change and the
+    step's other collectives priced); any other model's convolutions as a chain by
+    :func:`jaxcnn.plan_network`.
 
     Args:
       build: ``build(algorithms) -> nnx.Module`` (the configured model).
-      mesh: the run's mesh (only its device count matters: placements re-arrange its devices).
+      mesh: the run's mesh (its device count, and the images' layout ``P("n")`` on it).
       batch: global batch size.
       image_shape: ``(H, W, C)``.
       memory_bytes: per-device memory budget of every layer (0: unlimited).
       dtype: ``model.dtype``.
+      num_classes: logits per example (for the head's terms; default: the head's width).
     """
     import jaxcnn
+    from jaxcnn.mesh import mesh_sizes
+    from jaxcnn.planner.network import plan_graph
+    from jaxcnn.planner.step import grid_key
 
     devices = mesh.devices.size
-    layers = conv_layers(build, devices, batch, image_shape)
-    plan = jaxcnn.plan_network(layers, devices, memory_bytes or math.inf, dtype=dtype)
-    return {step.name: placement(step.choice.algorithm, step.choice.grid) for step in plan.steps}
+    model = nnx.eval_shape(lambda: build(f"data@n={devices}"))
+    layers = trace_layers(model, batch, image_shape)
+    graph = getattr(model, "plan_graph", None)
+    budget = memory_bytes or math.inf
+    if graph is None:
+        plan = jaxcnn.plan_network(layers, devices, budget, dtype=dtype)
+        return {step.name: placement(step.choice.algorithm, step.choice.grid) for step in plan.steps}
+    geoms = {layer.name: layer.geom for layer in layers}
+    classes = num_classes or geoms["head"].channels_out
+    chosen = plan_graph(
+        graph, geoms, devices, (P("n"), grid_key(mesh_sizes(mesh))), classes, budget, dtype=dtype
+    )
+    return {name: placement(c.algorithm, c.grid) for name, c in chosen.items()}

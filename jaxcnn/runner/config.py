@@ -97,6 +97,12 @@ class MeshConfig:
     Exactly the product of the sizes must equal the number of devices; one size may be ``-1``, meaning
     "the rest of the devices".
 
+    The run's input batches (train and eval) are sharded ``P("n")`` on this mesh: split over ``n``,
+    replicated over the other axes, so ``n`` must divide ``train.batch_size`` and
+    ``train.eval_batch_size``. With ``model.algorithms: auto`` and ``n: -1`` a batch smaller than (or
+    not divisible by) the device count still works: ``n`` becomes the largest divisor of the rest of the
+    devices that divides the batches, and the remaining factor goes to ``c`` (see :meth:`resolve`).
+
     Attributes:
       n: batch axis.
       h: output-row axis.
@@ -122,11 +128,33 @@ class MeshConfig:
         """``{axis: size}`` as configured (may contain one -1)."""
         return {a: getattr(self, a) for a in ("n", "h", "w", "k", "c")}
 
-    def resolve(self, num_devices: int) -> dict[str, int]:
-        """Concrete axis sizes for ``num_devices`` devices.
+    def resolve(
+        self,
+        num_devices: int,
+        batch_size: int | None = None,
+        *,
+        auto: bool = False,
+        eval_batch_size: int | None = None,
+    ) -> dict[str, int]:
+        """Concrete axis sizes for ``num_devices`` devices (and, if given, the global batch sizes).
+
+        Args:
+          num_devices: devices of the run (``jax.device_count()``).
+          batch_size: ``train.batch_size``; None skips the batch checks.
+          auto: ``model.algorithms`` is ``auto``.
+          eval_batch_size: ``train.eval_batch_size``; None skips its check.
+
+        With ``n: -1`` and ``auto``, when the batches do not divide over the rest of the devices ``R``,
+        ``n`` becomes ``gcd(R, batch_size, eval_batch_size)`` and the factor ``R / n`` multiplies ``c``
+        (e.g. batch 32 on 64 devices: ``n=32, c=2``). This is free for ``auto``: every convolution gets
+        its own arrangement of all the devices (a ``"alg@n=..,c=.."`` placement), so the run mesh only
+        decides how the input batch is laid out - split over ``n``, replicated over the rest - before the
+        first convolution reshards it to its own layout (as it does for any run mesh).
 
         Raises:
-          ConfigError: the product does not equal ``num_devices``, or the fixed sizes do not divide it.
+          ConfigError: the product does not equal ``num_devices``, the fixed sizes do not divide it, or
+            (not ``auto``, or an explicit ``n``) ``n`` does not divide a batch size; the message says
+            which mesh would work.
         """
         sizes = self.sizes()
         fixed = math.prod(s for s in sizes.values() if s != -1)
@@ -144,7 +172,42 @@ class MeshConfig:
             "make the sizes multiply to the device count or set one axis to -1 (on a CPU-only machine, "
             "`jaxcnn train --cpu-devices N ...` gives the CPU N virtual devices)",
         )
-        return sizes
+        if batch_size is None:
+            return sizes
+        n = sizes["n"]
+        batches = {"train.batch_size": batch_size}
+        if eval_batch_size is not None:
+            batches["train.eval_batch_size"] = eval_batch_size
+        if all(b % n == 0 for b in batches.values()):
+            return sizes
+        if auto and self.n == -1:
+            fit = math.gcd(n, *batches.values())
+            sizes["n"], sizes["c"] = fit, sizes["c"] * (n // fit)
+            return sizes
+        key, bad = next((k, b) for k, b in batches.items() if b % n)
+        if self.n != -1:
+            where = f"{num_devices} devices"
+        elif fixed == 1:
+            where = f"mesh.n=-1: all {num_devices} devices"
+        else:
+            where = f"mesh.n=-1: the {n} of {num_devices} devices the other axes leave"
+        auto_hint = "model.algorithms=auto" if self.n == -1 else "mesh.n=-1 with model.algorithms=auto"
+        if key == "train.eval_batch_size":
+            raise ConfigError(
+                f"train.eval_batch_size={bad} does not divide over mesh.n={n} ({where}); eval batches are "
+                f"split over mesh.n like train batches: use a multiple of {n} (the last eval batch is "
+                f"padded and masked), or {auto_hint}"
+            )
+        fit = math.gcd(n, *batches.values())
+        other = wild[0] if wild and wild[0] != "n" else None
+        if other:
+            mesh = f"mesh.n={fit} (mesh.{other}=-1 takes the rest) and placements that use {other}"
+        else:
+            mesh = f"mesh.n={fit} with mesh.c={sizes['c'] * (n // fit)} and a placement that uses c"
+        raise ConfigError(
+            f"{key}={bad} does not divide over mesh.n={n} ({where}); the input batch is split over "
+            f"mesh.n, so use {mesh}, or {auto_hint}, or a batch divisible by {n}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,9 +259,13 @@ class TrainConfig:
 
     Attributes:
       steps: optimizer steps in total (a resumed run continues up to this many).
-      batch_size: global batch size (all devices, all hosts); divisible by mesh.n and by the process count.
+      batch_size: global batch size (all devices, all hosts); divisible by mesh.n (with mesh.n=-1 and
+        ``model.algorithms: auto`` any size works: see :meth:`MeshConfig.resolve`). It may be smaller
+        than the device count: devices that share a batch shard hold the same rows (replicas), and
+        each process loads the rows its devices hold.
       eval_every: evaluate on the test split every this many steps (and at the end); 0 = only at the end.
-      eval_batch_size: global batch size for evaluation (the last batch is padded and masked).
+      eval_batch_size: global batch size for evaluation (the last batch is padded and masked); divisible
+        by mesh.n like ``batch_size``.
       log_every: fetch metrics, append to ``metrics.jsonl`` and check for NaN/inf every this many steps.
     """
 
@@ -303,6 +370,20 @@ class Config:
         _check(
             bool(self.name) and "/" not in self.name,
             f"name: must be a non-empty file name, got {self.name!r}",
+        )
+
+    def mesh_sizes(self, num_devices: int) -> dict[str, int]:
+        """The run mesh on ``num_devices`` devices: :meth:`MeshConfig.resolve` with this run's train and
+        eval batch sizes and ``model.algorithms`` (``auto`` may move devices from ``n`` to ``c``).
+
+        Raises:
+          ConfigError: the mesh does not fit the devices or the batches (see :meth:`MeshConfig.resolve`).
+        """
+        return self.mesh.resolve(
+            num_devices,
+            self.train.batch_size,
+            auto=isinstance(self.model.algorithms, str) and self.model.algorithms == "auto",
+            eval_batch_size=self.train.eval_batch_size,
         )
 
     @property

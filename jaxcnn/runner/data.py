@@ -6,7 +6,11 @@ assembled with ``jax.make_array_from_process_local_data``. Global batch ``step``
 step number, so a resumed run sees exactly the batches an uninterrupted run would.
 
 Images are sharded ``P("n")`` (batch over the mesh's ``n`` axis, replicated over the others); each
-convolution reshards to its algorithm's layout.
+convolution reshards to its algorithm's layout. ``n`` may be smaller than the device count (a batch
+smaller than the device count, ``model.algorithms: auto``: see ``MeshConfig.resolve``): devices that
+differ only in the other axes hold the same rows, and a process loads each row its devices hold once
+(processes whose devices are replicas load identical rows, as ``make_array_from_process_local_data``
+expects).
 """
 
 from __future__ import annotations
@@ -19,22 +23,29 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.runner.datasets import Dataset
+from jaxcnn.runner.typed import ConfigError
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of image / label batches: leading (batch) dim over ``n``."""
+    """Sharding of image / label batches: leading (batch) dim over ``n``, replicated over the other axes."""
     return NamedSharding(mesh, P("n"))
 
 
 def local_rows(sharding: NamedSharding, global_batch: int) -> slice:
-    """The contiguous rows of a global batch this process's devices hold.
+    """The contiguous rows of a global batch this process's devices hold (each row once, however many of
+    its devices hold a replica of it).
 
     Raises:
-      ValueError: the batch does not divide over ``n``, or this process's rows are not contiguous.
+      ConfigError: the batch does not divide over ``n`` (``MeshConfig.resolve`` normally catches this
+        first, naming the config key).
+      ValueError: this process's rows are not contiguous.
     """
     n = sharding.mesh.shape["n"]
     if global_batch % n:
-        raise ValueError(f"global batch {global_batch} is not divisible by mesh axis n={n}")
+        raise ConfigError(
+            f"global batch {global_batch} is not divisible by mesh axis n={n}; train.batch_size and "
+            "train.eval_batch_size must be multiples of mesh.n"
+        )
     index_map = sharding.addressable_devices_indices_map((global_batch,))
     spans = sorted(
         {(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in index_map.values()}
@@ -62,12 +73,18 @@ class TrainBatches:
       data: the dataset.
       batch_size: global batch size.
       seed: shuffling seed.
-      mesh: the device mesh (batch over ``n``).
+      mesh: the device mesh (batch over ``n``, replicated over the other axes).
+
+    Raises:
+      ConfigError: the batch is larger than the training set or does not divide over ``n``.
     """
 
     def __init__(self, data: Dataset, batch_size: int, seed: int, mesh: Mesh) -> None:
         if batch_size > len(data.x_train):
-            raise ValueError(f"train.batch_size={batch_size} exceeds the {len(data.x_train)} training images")
+            raise ConfigError(
+                f"train.batch_size={batch_size} exceeds the {len(data.x_train)} training images; use a "
+                "smaller batch or more data"
+            )
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.sharding = batch_sharding(mesh)
         self.rows = local_rows(self.sharding, batch_size)
@@ -101,7 +118,10 @@ def eval_batches(
 ) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
     """The whole test split in order, as ``(images, labels, mask)`` global batches.
 
-    The last batch is padded with zeros; ``mask`` is 1.0 for real rows and 0.0 for padding.
+    The last batch is padded with zeros; ``mask`` is 1.0 for real rows and 0.0 for padding. Every
+    batch has ``batch_size`` rows (one compiled eval step), sharded like the train batches (``P("n")``:
+    ``batch_size`` must divide over ``n``); a ``batch_size`` larger than the test split is one padded
+    batch.
     """
     sharding = batch_sharding(mesh)
     rows = local_rows(sharding, batch_size)

@@ -38,12 +38,14 @@ def init_distributed(cfg: Config) -> None:
 
 
 def build_mesh(cfg: Config) -> Mesh:
-    """The run's mesh over all devices (``mesh`` sizes resolved against ``jax.device_count()``).
+    """The run's mesh over all devices (``mesh`` sizes resolved against ``jax.device_count()`` and the
+    train/eval batch sizes, see :meth:`Config.mesh_sizes`; input batches are sharded over its ``n``).
 
     Raises:
-      ConfigError: the sizes do not fit the devices.
+      ConfigError: the sizes do not fit the devices, or ``mesh.n`` does not divide a batch size (a
+        one-line message naming the keys and a mesh that would work).
     """
-    return jaxcnn.make_mesh(**cfg.mesh.resolve(jax.device_count()))
+    return jaxcnn.make_mesh(**cfg.mesh_sizes(jax.device_count()))
 
 
 def _algorithms(

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.redistribute import redistribute
 from jaxcnn.runner.data import batch_sharding
 from jaxcnn.runner.state import Graphs, TrainState, state_shardings
 
@@ -29,13 +30,26 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def align_labels(model: nnx.Module, labels: jax.Array, src: NamedSharding | None) -> jax.Array:
+    """Moves ``labels`` (laid out as ``src``) to the model's logits layout (``model.head.label_sharding``)
+    with an explicit layout change; models without one get them as they are."""
+    dst = getattr(getattr(model, "head", None), "label_sharding", None)
+    if src is None or not isinstance(dst, NamedSharding):
+        return labels
+    return redistribute(labels, src, dst)
+
+
 def train_step_fn(
-    graphs: Graphs, tx: optax.GradientTransformation
+    graphs: Graphs, tx: optax.GradientTransformation, labels_from: NamedSharding | None = None
 ) -> Callable[..., tuple[TrainState, Metrics]]:
-    """The pure train step ``(state, images, labels) -> (state, {"loss", "accuracy"})``."""
+    """The pure train step ``(state, images, labels) -> (state, {"loss", "accuracy"})``.
+
+    ``labels_from`` is the labels' sharding (the batch's); they move to the logits' layout explicitly.
+    """
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
         model = nnx.merge(graphs.train, state["params"], state["rest"])
+        labels = align_labels(model, labels, labels_from)
 
         def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
             logits = model(images)
@@ -60,11 +74,14 @@ def train_step_fn(
     return step
 
 
-def eval_step_fn(graphs: Graphs) -> Callable[..., Metrics]:
+def eval_step_fn(graphs: Graphs, labels_from: NamedSharding | None = None) -> Callable[..., Metrics]:
     """The pure eval step ``(state, images, labels, mask) -> {"correct", "loss_sum", "count"}`` (sums)."""
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
-        logits = nnx.merge(graphs.eval, state["params"], state["rest"])(images)
+        model = nnx.merge(graphs.eval, state["params"], state["rest"])
+        labels = align_labels(model, labels, labels_from)
+        mask = align_labels(model, mask, labels_from)
+        logits = model(images)
         hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         return {
             "correct": jnp.sum(hits * mask),
@@ -86,7 +103,7 @@ def jit_train_step(
     shardings = state_shardings(state)
     batch = batch_sharding(mesh)
     return jax.jit(
-        train_step_fn(graphs, tx),
+        train_step_fn(graphs, tx, batch),
         in_shardings=(shardings, batch, batch),
         out_shardings=(shardings, _replicated(mesh, {"loss": 0, "accuracy": 0})),
         donate_argnums=(0,),
@@ -97,7 +114,7 @@ def jit_eval_step(graphs: Graphs, state: TrainState, mesh: Mesh) -> Callable[...
     """``jax.jit`` of the eval step (nothing donated; the state is read only)."""
     batch = batch_sharding(mesh)
     return jax.jit(
-        eval_step_fn(graphs),
+        eval_step_fn(graphs, batch),
         in_shardings=(state_shardings(state), batch, batch, batch),
         out_shardings=_replicated(mesh, {"correct": 0, "loss_sum": 0, "count": 0}),
     )

@@ -27,6 +27,7 @@ from jaxcnn.runner import display, metrics, optim, setup
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import Dataset, load_dataset
+from jaxcnn.runner.predict import model_for_prediction, predict_step
 from jaxcnn.runner.state import Graphs, TrainState, abstract, init_state
 from jaxcnn.runner.step import abstract_batch, jit_eval_step, jit_train_step
 
@@ -150,6 +151,14 @@ def train(
     eval_step = jit_eval_step(graphs, state, mesh)
     compile_s = time.perf_counter() - t0
     comm_bytes, comm_note = bytes_per_step(compiled)
+    predicted = predict_step(
+        model_for_prediction(graphs, state),
+        mesh,
+        cfg.train.batch_size,
+        data.image_shape,
+        data.num_classes,
+        cfg.model.dtype,
+    )
     batches = data_lib.TrainBatches(data, cfg.train.batch_size, cfg.seed, mesh)
     if main:
         console.print(
@@ -227,6 +236,7 @@ def train(
         "mean_step_time_s": float(np.mean(steady)) if steady else None,
         "images_per_s": cfg.train.batch_size / float(np.mean(steady)) if steady else None,
         "comm_bytes_per_step_max_device": comm_bytes,
+        "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
         "mesh": dict(mesh.shape),
         "devices": jax.device_count(),
         "run_dir": run_dir,
@@ -254,6 +264,7 @@ def _summary_rows(s: dict[str, Any]) -> dict[str, str]:
         + " ms",
         "throughput": fmt(s["images_per_s"], ",.0f") + " images/s",
         "comm bytes / step (max device)": fmt(s["comm_bytes_per_step_max_device"], ",.0f"),
+        "predicted comm bytes / step": fmt(s["predicted_comm_bytes_per_step_max_device"], ",.0f"),
         "mesh": " ".join(f"{k}={v}" for k, v in s["mesh"].items()),
         "run dir": s["run_dir"],
     }

@@ -77,9 +77,10 @@ def _compare(name, placements, shape, with_eval=True, **kwargs):
 
 
 def test_small_cnn_mixed_placements_equal_one_device():
-    placements = ["data", "spatial@n=2,h=2,w=2", "3d@n=2,k=2,c=2", "2d@n=2,h=2,k=2"]
+    # The classifier ("head") is a distributed 1x1 convolution too, here on a 3d placement.
+    placements = ["data", "spatial@n=2,h=2,w=2", "3d@n=2,k=2,c=2", "2d@n=2,h=2,k=2", "3d@n=2,k=2,c=2"]
     model = _compare("small_cnn", placements, (8, 8, 8, 1), width=8)
-    assert models.conv_layer_names(model) == ("conv1", "conv2", "conv3", "conv4")
+    assert models.conv_layer_names(model) == ("conv1", "conv2", "conv3", "conv4", "head")
     spatial = jnn.parse_placement(placements[1], jaxcnn.make_mesh(n=8))
     assert model.conv2.conv.kernel[...].sharding.mesh == spatial.mesh
 
@@ -92,6 +93,7 @@ def test_tiny_resnet18_mixed_placements_equal_one_device():
         "layer1.0.conv1": "data",
         "layer2.0.conv2": "2d@n=2,h=2,k=2",
         "layer2.0.proj": "2.5d@n=2,k=2,c=2",
+        "head": "filter@n=2,k=4",
     }
     # Eval mode (running statistics) is covered by the small CNN; one program less to compile here.
     _compare("resnet18", placements, (8, 8, 8, 3), with_eval=False, width=1 / 16, small_images=True)
@@ -107,16 +109,19 @@ def test_conv_layer_names_and_placement_errors():
         return models.conv_layer_names(abstract)
 
     resnet18, resnet50, vgg16 = names("resnet18"), names("resnet50"), names("vgg16")
-    assert (len(resnet18), len(resnet50), len(vgg16)) == (20, 53, 13)
+    assert (len(resnet18), len(resnet50), len(vgg16)) == (21, 54, 14)  # the classifier "head" included
+    assert resnet18[-1] == resnet50[-1] == vgg16[-1] == "head"
     assert resnet18[:4] == ("stem", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1")
     assert resnet50[1:5] == ("layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer1.0.proj")
-    assert vgg16[-3:] == ("conv5_1", "conv5_2", "conv5_3")
+    assert vgg16[-4:] == ("conv5_1", "conv5_2", "conv5_3", "head")
 
     def build_small(**kw):  # abstract: the errors are raised before any array is computed
         nnx.eval_shape(lambda: models.build(num_classes=10, in_channels=1, mesh=mesh, rngs=nnx.Rngs(0), **kw))
 
     with pytest.raises(ValueError, match="lists 3 placements but the model has more"):
         build_small(name="small_cnn", algorithms=["data"] * 3)
+    build_small(name="small_cnn", algorithms=["data"] * 4)  # the head defaults to data over all devices
+    build_small(name="small_cnn", algorithms=["data"] * 5)
     with pytest.raises(ValueError, match=r"unknown layers \['conv9'\]"):
         build_small(name="small_cnn", algorithms={"*": "data", "conv9": "3d"})
     with pytest.raises(ValueError, match="valid models"):

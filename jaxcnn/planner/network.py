@@ -1,0 +1,182 @@
+"""Placing a whole network: dynamic programming over its plan graph (chains and residual blocks).
+
+Each convolution (the classifier ``head`` included) has a few candidate placements, its cheapest
+``(algorithm, grid)`` pairs by :func:`jaxcnn.plan_layer`. A placement's *node cost* is everything
+that depends on it alone (:mod:`jaxcnn.planner.step`): the convolution, its BatchNorm, a pooling
+window in its output layout, global pooling after the last convolution, the head's bias gradient,
+logits and loss. An *edge cost* is a layout change (:mod:`jaxcnn.redistribute`, forward + backward).
+
+The DP state is the layout the activation is in (the placement that produced it). Along a chain,
+``best[c] = node(c) + min_s (best[s] + edge(s → c))``. A residual block ``relu(main(x) +
+shortcut(x))`` entered in state ``s`` is solved exactly for every output candidate ``c`` of its last
+main convolution: the inner chain by the same recurrence from ``s``, plus the cheapest shortcut (the
+identity moved from ``s`` into ``c``'s output layout, or a projection placed between them). So the
+plan is optimal for the series-parallel graph over the candidate sets, with the objective summing
+each term's maximum over devices (the prediction, :func:`jaxcnn.planner.step.step_cost`, takes the
+maximum of the sum; they differ only where permutes leave some devices idle).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from jaxcnn import algorithms
+from jaxcnn.cost import Cost, itemsize_of, predict
+from jaxcnn.geometry import ConvGeometry
+from jaxcnn.planner.graph import Conv, Node, Pool, Residual
+from jaxcnn.planner.plan import plan_layer
+from jaxcnn.planner.step import (
+    Layout,
+    batchnorm,
+    first_conv,
+    global_pool,
+    head_extras,
+    move,
+    pooled_layout,
+    pooling,
+    total,
+    x_layout,
+    y_layout,
+)
+
+State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)
+
+
+def plan_graph(
+    graph: Sequence[Node],
+    layers: Mapping[str, ConvGeometry],
+    num_devices: int,
+    input_layout: Layout,
+    num_classes: int,
+    memory_bytes: float = math.inf,
+    *,
+    candidates: int = 16,
+    algorithms_: Sequence[str] = algorithms.ALGORITHMS,
+    dtype="float32",
+    fixed: Mapping[str, str] | None = None,
+) -> dict[str, Cost]:
+    """One placement per convolution of ``graph`` minimising the predicted bytes of the train step.
+
+    Args:
+      graph: the model's ``plan_graph``.
+      layers: ``{conv name: geometry}`` for the run's batch.
+      num_devices: devices P.
+      input_layout: the images' layout (``(P("n"), grid)``).
+      num_classes: logits per example.
+      memory_bytes: per-device memory cap of every layer.
+      candidates: placements kept per layer (its cheapest by its own bytes).
+      algorithms_: algorithms to consider.
+      dtype: activation dtype.
+      fixed: ``{layer name: algorithm}`` pins.
+
+    Returns:
+      ``{name: Cost}`` (``cost.algorithm``, ``cost.grid``) for every convolution of the graph.
+
+    Raises:
+      NoPlanError: a layer fits no placement (names it and the memory that would do).
+    """
+    itemsize = itemsize_of(dtype)
+    pools = {node.after: node for node in graph if isinstance(node, Pool)}
+    names = [n for node in graph for n in _names(node)]
+    first = first_conv(graph)
+    last_conv = names[names.index("head") - 1] if "head" in names else None
+    options: dict[str, tuple[Cost, ...]] = {}
+    node_cost: dict[tuple[str, int], float] = {}
+    for name in names:
+        algs = (fixed[name],) if fixed and name in fixed else algorithms_
+        table = plan_layer(layers[name], num_devices, memory_bytes, algorithms_=algs, dtype=dtype)
+        options[name] = table.candidates[:candidates]
+        if name == first:  # the images need no gradient
+            options[name] = tuple(
+                predict(layers[name], c.algorithm, c.grid, dtype, input_grad=False) for c in options[name]
+            )
+        for i, c in enumerate(options[name]):
+            geom = layers[name]
+            cost = float((np.asarray(c.forward.per_device) + np.asarray(c.backward.per_device)).max())
+            if name == "head":
+                cost += float(total(head_extras(c, input_layout, num_classes, geom.batch, itemsize)).max())
+            else:
+                cost += float(total(batchnorm(c, geom.y_shape)).max())
+            if name in pools:
+                cost += float(total(pooling(c, pools[name], geom.y_shape, itemsize)).max())
+            if name == last_conv:
+                cost += float(total(global_pool(c, geom.y_shape, itemsize)).max())
+            node_cost[name, i] = cost
+    edges: dict[tuple, float] = {}
+
+    def edge(shape: Sequence[int], src: Layout, dst: Layout, backward: bool = True) -> float:
+        key = (tuple(shape), src, dst, backward)
+        if key not in edges:
+            edges[key] = float(total(move(shape, src, dst, itemsize, backward)).max())
+        return edges[key]
+
+    def step(states: dict[Layout, State], name: str, first: bool = False) -> dict[Layout, State]:
+        """Chain recurrence into conv ``name``; new states keyed by its output layout."""
+        out: dict[Layout, State] = {}
+        geom = layers[name]
+        for i, c in enumerate(options[name]):
+            src_shape = geom.x_shape
+            best = None
+            for s, (cost, chosen) in states.items():
+                if name == "head":
+                    extra = edge(src_shape, pooled_layout(chosen[last_conv]), x_layout(c))
+                else:
+                    extra = edge(src_shape, s, x_layout(c), backward=not first)
+                total = cost + extra
+                if best is None or total < best[0]:
+                    best = (total, chosen)
+            total = best[0] + node_cost[name, i]
+            key = y_layout(c)
+            if key not in out or total < out[key][0]:
+                out[key] = (total, {**best[1], name: c})
+        return out
+
+    states: dict[Layout, State] = {input_layout: (0.0, {})}
+    first = True
+    for node in graph:
+        if isinstance(node, Conv):
+            states = step(states, node.name, first)
+            first = False
+        elif isinstance(node, Residual):
+            states = _residual(node, states, layers, options, node_cost, edge, step)
+            first = False
+    return dict(min(states.values(), key=lambda st: st[0])[1])
+
+
+def _names(node: Node) -> tuple[str, ...]:
+    if isinstance(node, Conv):
+        return (node.name,)
+    if isinstance(node, Residual):
+        return (*node.main, *((node.shortcut,) if node.shortcut else ()))
+    return ()
+
+
+def _residual(node, states, layers, options, node_cost, edge, step) -> dict[Layout, State]:
+    """Exact DP of one residual block for every (input state, output candidate) pair."""
+    end = node.main[-1]
+    shape = layers[end].y_shape
+    out: dict[Layout, State] = {}
+    for s, entry in states.items():
+        inner = {s: entry}
+        for name in node.main:
+            inner = step(inner, name)
+        # shortcut: from s into each output layout
+        if node.shortcut is None:
+            shortcuts = {t: (edge(shape, s, t), {}) for t in inner}
+        else:
+            proj = step({s: (0.0, {})}, node.shortcut)
+            shortcuts = {}
+            for t in inner:
+                shortcuts[t] = min(
+                    ((cost + edge(shape, p, t), chosen) for p, (cost, chosen) in proj.items()),
+                    key=lambda v: v[0],
+                )
+        for t, (cost, chosen) in inner.items():
+            extra, more = shortcuts[t]
+            total = cost + extra
+            if t not in out or total < out[t][0]:
+                out[t] = (total, {**chosen, **more})
+    return out

@@ -1,0 +1,280 @@
+"""Whole-training-step communication: every collective of a jaxcnn model's train step, predicted.
+
+A train step of a model whose plan graph (:mod:`jaxcnn.planner.graph`) places every convolution moves,
+per device (bytes received, max over devices; the counting rule of :mod:`jaxcnn.cost`):
+
+==========================  =================================================================
+component                   what moves
+==========================  =================================================================
+``conv``                    each convolution, forward and backward (:func:`jaxcnn.cost.predict`,
+                            kernel-gradient all-reduces of replicated kernels included)
+``layout``                  every layout change (:mod:`jaxcnn.redistribute`): the images into the
+                            first layer, between consecutive layers, a residual's shortcut into
+                            the sum's layout, pooled features into the head, logits out of it;
+                            forward and (except for the images) the reverse change backward
+``batchnorm``               per BatchNorm: the psum of the stacked sums (2·K_local words) over the
+                            row axes forward; backward the three sums the gradients are made of
+                            (of dy, dy·x and dy·x̂, 3·K_local words), all-reduced by XLA once per
+                            split row dimension (over that dimension's axes)
+``pooling``                 halo rows of a pooling window over a split h / w, forward and backward
+``head``                    global average pooling's psum over split h / w (forward); the
+                            classifier's bias gradient (an all-reduce over its row axes)
+``loss``                    the labels' layout change into the logits' layout; the all-reduce of
+                            the loss and accuracy sums over the devices splitting the batch
+==========================  =================================================================
+
+Every term is a vector over devices (row-major over the run's devices, the flat order of every mesh
+:func:`jaxcnn.make_mesh` lays over them), summed, then maximised: the figure the HLO meter reports
+(``jaxcnn train --compile-only``'s ``comm_bytes_per_step_max_device``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn import redistribute
+from jaxcnn.cost import Cost, Ledger, add_halo, itemsize_of, predict
+from jaxcnn.geometry import ConvGeometry, conv_geometry, halo_plan
+from jaxcnn.mesh import AXES
+from jaxcnn.planner.graph import Conv, Node, Pool, Residual
+
+Layout = tuple[P, tuple[tuple[str, int], ...]]  # (spec, mesh axes and sizes), as redistribute.plan takes
+
+
+def grid_key(grid: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """A grid as the ``((axis, size), ...)`` of a :func:`jaxcnn.make_mesh` mesh."""
+    return tuple((a, int(grid.get(a, 1))) for a in AXES)
+
+
+def x_layout(choice: Cost) -> Layout:
+    return choice.layout.x_spec, grid_key(choice.grid)
+
+
+def y_layout(choice: Cost) -> Layout:
+    return choice.layout.y_spec, grid_key(choice.grid)
+
+
+Kinds = dict[str, np.ndarray]  # per-device bytes by collective kind
+
+
+def total(kinds: Kinds) -> np.ndarray:
+    """Per-device bytes over all kinds."""
+    return sum(kinds.values(), np.zeros(1))
+
+
+def _merge(into: Kinds, more: Kinds) -> Kinds:
+    for kind, vec in more.items():
+        into[kind] = into.get(kind, 0) + np.asarray(vec)
+    return into
+
+
+def _ledger(ledger: Ledger) -> Kinds:
+    return {k: np.asarray(v) for k, v in ledger.result().kind_per_device.items()}
+
+
+def conv_kinds(choice: Cost) -> Kinds:
+    """Per-device bytes of a convolution, forward + backward, by kind."""
+    out: Kinds = {}
+    for comm in (choice.forward, choice.backward):
+        _merge(out, {k: np.asarray(v) for k, v in comm.kind_per_device.items()})
+    return out
+
+
+def move(shape: Sequence[int], src: Layout, dst: Layout, itemsize: int, backward: bool = True) -> Kinds:
+    """Per-device bytes of a layout change (forward, plus the reverse change backward), by kind."""
+    out = dict(redistribute.plan(tuple(shape), src, dst).traffic_by_kind(itemsize))
+    if backward:
+        _merge(out, redistribute.plan(tuple(shape), dst, src).traffic_by_kind(itemsize))
+    return out
+
+
+def _entries(spec: P) -> tuple[tuple[str, ...], ...]:
+    return redistribute.spec_entries(spec, 4)
+
+
+def batchnorm(choice: Cost, y_shape: Sequence[int]) -> Kinds:
+    """Per-device bytes of a BatchNorm on a convolution's output (float32 statistics)."""
+    lay = choice.layout
+    ledger = Ledger(choice.grid)
+    channels = lay.padded[4] // (lay.size("k") * lay.size("c"))
+    ledger.group("all-reduce", 2 * channels * 4, lay.rows)  # forward: sums of x and x^2, one psum
+    # backward: XLA reduces the three per-channel sums the gradients are made of (of dy, dy * x and
+    # dy * x_hat; a loss linear in the output would let it fold them into two) one split dimension at
+    # a time: one all-reduce per split row dimension.
+    for entry in _entries(lay.y_spec)[:3]:
+        ledger.group("all-reduce", 3 * channels * 4, entry)
+    del y_shape
+    return _ledger(ledger)
+
+
+def pooling(choice: Cost, node: Pool, y_shape: Sequence[int], itemsize: int) -> Kinds:
+    """Per-device bytes of a pooling window in a convolution's output layout (halos, fwd + bwd)."""
+    lay = choice.layout
+    entries = _entries(lay.y_spec)
+    sizes = dict(choice.grid)
+    geom = conv_geometry(
+        (1, y_shape[1], y_shape[2], 1), (node.window, node.window, 1, 1), node.stride, node.padding
+    )
+    parts = [math.prod(sizes[a] for a in e) for e in entries]
+    plans = [halo_plan(d, p) if p > 1 else None for d, p in ((geom.h, parts[1]), (geom.w, parts[2]))]
+    nl = -(-y_shape[0] // parts[0])
+    hb, wb = -(-y_shape[1] // parts[1]), -(-y_shape[2] // parts[2])
+    cl = -(-y_shape[3] // parts[3])
+    win_h = plans[0].window if plans[0] else hb
+    ledger = Ledger(sizes)
+    for backward in (False, True):
+        add_halo(ledger, plans[0], entries[1][0] if plans[0] else "h", nl * wb * cl * itemsize, backward)
+        add_halo(ledger, plans[1], entries[2][0] if plans[1] else "w", nl * win_h * cl * itemsize, backward)
+    return _ledger(ledger)
+
+
+def global_pool(choice: Cost, y_shape: Sequence[int], itemsize: int) -> Kinds:
+    """Global average pooling's psum over the axes splitting h and w (forward only)."""
+    entries = _entries(choice.layout.y_spec)
+    sizes = dict(choice.grid)
+    parts = [math.prod(sizes[a] for a in e) for e in entries]
+    ledger = Ledger(sizes)
+    local = -(-y_shape[0] // parts[0]) * -(-y_shape[3] // parts[3])
+    ledger.group("all-reduce", local * itemsize, entries[1] + entries[2])
+    return _ledger(ledger)
+
+
+def pooled_layout(choice: Cost) -> Layout:
+    """Layout of the ``(N, 1, 1, C)`` pooled features: rows of N and the channels stay, h / w gathered."""
+    e = _entries(choice.layout.y_spec)
+    spec = P(*(None if not x else x[0] if len(x) == 1 else x for x in (e[0], (), (), e[3])))
+    return spec, grid_key(choice.grid)
+
+
+def logits_layout(head: Cost) -> Layout:
+    """Layout the logits leave the head in: batch as the head's rows, classes gathered."""
+    return P(head.layout.y_spec[0]), grid_key(head.grid)
+
+
+def head_extras(head: Cost, input_layout: Layout, num_classes: int, batch: int, itemsize: int) -> Kinds:
+    """Classifier bias gradient, logits out of the head, labels into it, loss and accuracy sums."""
+    lay = head.layout
+    ledger = Ledger(head.grid)
+    ledger.group("all-reduce", lay.padded[4] // (lay.size("k") * lay.size("c")) * 4, lay.rows)
+    ledger.group("all-reduce", 2 * 4, lay.rows)  # loss and accuracy sums (float32 scalars)
+    out = _ledger(ledger)
+    spec, grid = logits_layout(head)
+    four = (P(*spec, None, None, None), grid)
+    _merge(out, move((batch, 1, 1, num_classes), y_layout(head), four, itemsize))
+    labels_src = (P(*tuple(input_layout[0])[:1]), input_layout[1])
+    return _merge(out, move((batch,), labels_src, (spec, grid), 4, backward=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """Predicted bytes per device of one train step.
+
+    Attributes:
+      per_device: bytes each device receives.
+      components: ``{component: max-over-devices bytes of that component alone}`` (see module docs).
+      kinds: ``{collective kind: max-over-devices bytes of that kind alone}``.
+    """
+
+    per_device: tuple[float, ...]
+    components: Mapping[str, float]
+    kinds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def max_bytes(self) -> float:
+        return max(self.per_device, default=0.0)
+
+
+def step_cost(
+    graph: Sequence[Node],
+    layers: Mapping[str, ConvGeometry],
+    choices: Mapping[str, Cost],
+    input_layout: Layout,
+    num_classes: int,
+    dtype="float32",
+) -> StepCost:
+    """Predicts the communication of one train step of a model placed by ``choices``.
+
+    Args:
+      graph: the model's ``plan_graph``.
+      layers: ``{conv name: geometry}`` (``jaxcnn.runner.autoplan.conv_layers``).
+      choices: ``{conv name: jaxcnn.cost.predict(...)}`` of the placements the model runs.
+      input_layout: the images' layout (``(P("n"), grid of the run mesh)``).
+      num_classes: logits per example.
+      dtype: activation dtype (collectives carry it).
+    """
+    itemsize = itemsize_of(dtype)
+    num = math.prod(s for _, s in input_layout[1])
+    names = ("conv", "layout", "batchnorm", "pooling", "head", "loss")
+    parts: dict[str, Kinds] = {k: {} for k in names}
+
+    def add(part: str, kinds: Kinds) -> None:
+        _merge(parts[part], kinds)
+
+    def conv(name: str, src: Layout) -> Layout:
+        choice, geom = choices[name], layers[name]
+        add("conv", conv_kinds(choice))
+        add("layout", move(geom.x_shape, src, x_layout(choice), itemsize, backward=src is not input_layout))
+        if name != "head":
+            add("batchnorm", batchnorm(choice, geom.y_shape))
+        return y_layout(choice)
+
+    at: Layout = input_layout
+    last: str | None = None
+    for node in graph:
+        if isinstance(node, Conv) and node.name == "head":
+            assert last is not None
+            prev = choices[last]
+            add("head", global_pool(prev, layers[last].y_shape, itemsize))
+            head = choices["head"]
+            add("layout", move(layers["head"].x_shape, pooled_layout(prev), x_layout(head), itemsize))
+            add("conv", conv_kinds(head))
+            add("loss", head_extras(head, input_layout, num_classes, layers["head"].batch, itemsize))
+            at, last = y_layout(head), "head"
+        elif isinstance(node, Conv):
+            at, last = conv(node.name, at), node.name
+        elif isinstance(node, Pool):
+            add("pooling", pooling(choices[node.after], node, layers[node.after].y_shape, itemsize))
+        elif isinstance(node, Residual):
+            start = at
+            for name in node.main:
+                at = conv(name, at)
+            end = node.main[-1]
+            where = conv(node.shortcut, start) if node.shortcut is not None else start
+            add("layout", move(layers[end].y_shape, where, at, itemsize))
+            last = end
+        else:
+            raise TypeError(f"unknown plan-graph node {node!r}")
+    kinds: Kinds = {}
+    for part in parts.values():
+        _merge(kinds, part)
+    vec = total(kinds) + np.zeros(num)
+    return StepCost(
+        tuple(float(v) for v in vec),
+        {k: float(total(v).max()) for k, v in parts.items()},
+        {k: float(np.asarray(v).max()) for k, v in kinds.items()},
+    )
+
+
+def choices_for(
+    layers: Mapping[str, ConvGeometry],
+    placements: Mapping[str, tuple[str, Mapping[str, int]]],
+    dtype="float32",
+    first: str | None = None,
+) -> dict[str, Cost]:
+    """``{name: predict(geom, algorithm, grid)}`` for ``{name: (algorithm, grid)}``; the layer ``first``
+    (the one reading the images) without an input gradient."""
+    return {
+        name: predict(layers[name], alg, dict(grid), dtype, input_grad=name != first)
+        for name, (alg, grid) in placements.items()
+    }
+
+
+def first_conv(graph: Sequence[Node]) -> str:
+    """The name of the convolution that reads the images."""
+    node = graph[0]
+    return node.main[0] if isinstance(node, Residual) else node.name

@@ -1,0 +1,83 @@
+"""``jaxcnn plan --whole-step``: the model placed as a graph and its whole train step predicted.
+
+Builds the :mod:`jaxcnn.models` network abstractly on ``devices`` (fake) devices, traces its
+convolutions for the batch, places them with :func:`jaxcnn.planner.network.plan_graph` and prints
+:func:`jaxcnn.planner.step.step_cost`: the same ``predicted_comm_bytes_per_step_max_device`` that
+``jaxcnn train CONFIG --compile-only model.algorithms=auto`` prints for that model and batch, and the
+placements as a ``model.algorithms`` mapping that can be pasted into a config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jax.sharding import PartitionSpec as P
+
+
+def input_mesh_sizes(batch: int, devices: int) -> dict[str, int]:
+    """The run mesh of ``auto`` for the images: batch over ``n = gcd(batch, devices)``, the rest on ``c``."""
+    n = math.gcd(batch, devices)
+    return {"n": n, "h": 1, "w": 1, "k": 1, "c": devices // n}
+
+
+def whole_step(
+    model: str,
+    batch: int,
+    devices: int,
+    image: int,
+    memory_bytes: float,
+    dtype: str,
+    num_classes: int,
+    **options: Any,
+) -> dict[str, Any]:
+    """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices).
+
+    Returns:
+      ``{"placements": {layer: placement}, "predicted_comm_bytes_per_step_max_device": float,
+      "components": {...}}``.
+    """
+    from flax import nnx
+
+    import jaxcnn
+    from jaxcnn import models
+    from jaxcnn.planner.network import plan_graph
+    from jaxcnn.planner.step import grid_key, step_cost
+    from jaxcnn.runner.autoplan import placement, trace_layers
+
+    sizes = input_mesh_sizes(batch, devices)
+    mesh = jaxcnn.make_mesh(**sizes)
+    built = nnx.eval_shape(
+        lambda: models.build(
+            model,
+            num_classes=num_classes,
+            in_channels=3,
+            mesh=mesh,
+            algorithms=f"data@n={devices}",
+            rngs=nnx.Rngs(0),
+            sharded_init=False,
+            **options,
+        )
+    )
+    layers = {layer.name: layer.geom for layer in trace_layers(built, batch, (image, image, 3))}
+    source = (P("n"), grid_key(sizes))
+    chosen = plan_graph(built.plan_graph, layers, devices, source, num_classes, memory_bytes, dtype=dtype)
+    cost = step_cost(built.plan_graph, layers, chosen, source, num_classes, dtype)
+    return {
+        "placements": {name: placement(c.algorithm, c.grid) for name, c in chosen.items()},
+        "predicted_comm_bytes_per_step_max_device": cost.max_bytes,
+        "components": dict(cost.components),
+    }
+
+
+def format_whole_step(result: dict[str, Any]) -> str:
+    """The whole-step section of ``jaxcnn plan``'s output."""
+    lines = [
+        "",
+        "whole train step (the model's graph placed jointly: residual blocks, head, every layout change):",
+        f"predicted_comm_bytes_per_step_max_device: {result['predicted_comm_bytes_per_step_max_device']:.0f}",
+    ]
+    lines += [f"  {k}: {v:,.0f}" for k, v in result["components"].items()]
+    lines.append("model.algorithms:")
+    lines += [f"  {name}: {p}" for name, p in result["placements"].items()]
+    return "\n".join(lines)

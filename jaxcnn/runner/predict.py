@@ -1,0 +1,54 @@
+"""The whole-step communication prediction of a built model (``predicted_comm_bytes_per_step_max_device``).
+
+Reads the model's plan graph (:mod:`jaxcnn.planner.graph`) and each convolution's placement (its
+algorithm and mesh), traces the convolutions' geometries for the run's batch
+(:func:`jaxcnn.runner.autoplan.trace_layers`), and evaluates :func:`jaxcnn.planner.step.step_cost`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn.mesh import mesh_sizes
+from jaxcnn.planner.step import StepCost, choices_for, first_conv, grid_key, step_cost
+from jaxcnn.runner.autoplan import _named_convs, trace_layers
+
+
+def model_for_prediction(graphs: Any, state: Any) -> nnx.Module:
+    """The train-mode model with abstract leaves (nothing is copied), for :func:`predict_step`."""
+    import jax
+
+    def abstract(leaf: Any) -> Any:
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) if hasattr(leaf, "shape") else leaf
+
+    return nnx.merge(
+        graphs.train, jax.tree.map(abstract, state["params"]), jax.tree.map(abstract, state["rest"])
+    )
+
+
+def predict_step(
+    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], num_classes: int, dtype: str
+) -> StepCost | None:
+    """Predicted bytes per device of one train step of ``model`` (None for a model without a plan graph).
+
+    Args:
+      model: the built (possibly abstract) model; its images arrive as ``P("n")`` on ``mesh``.
+      mesh: the run's mesh.
+      batch: global batch size.
+      image_shape: ``(H, W, C)``.
+      num_classes: logits per example.
+      dtype: the model's computation dtype.
+    """
+    graph = getattr(model, "plan_graph", None)
+    if graph is None:
+        return None
+    placements: dict[str, Any] = {
+        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in _named_convs(model).values()
+    }
+    layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
+    choices = choices_for(layers, placements, dtype, first=first_conv(graph))
+    return step_cost(graph, layers, choices, (P("n"), grid_key(mesh_sizes(mesh))), num_classes, dtype)

@@ -1,0 +1,70 @@
+"""Whole train steps compiled in subprocesses (compile only, fake CPU devices): the metered bytes per
+device equal ``predicted_comm_bytes_per_step_max_device`` within 1%, and XLA's SPMD partitioner never
+falls back to "Involuntary full rematerialization" (every layout change is jaxcnn's own)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SYNTHETIC = ["data.source=synthetic", "data.num_classes=10", "data.num_train=64", "data.num_test=16"]
+
+CASES = {
+    # name: (devices, overrides)
+    "small_cnn-auto-8": (8, ["model.name=small_cnn", "model.algorithms=auto", "train.batch_size=32"]),
+    "small_cnn-mixed-8": (8, ["model.name=small_cnn"]),  # configs/default.yaml's hand placement
+    "resnet18-auto-8": (
+        8,
+        ["model.name=resnet18", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
+         "model.options={width: 0.125, small_images: true}", *SYNTHETIC],
+    ),
+    "resnet50-auto-8": (
+        8,
+        ["model.name=resnet50", "model.algorithms=auto", "train.batch_size=8", "data.image_size=[32,32]",
+         "model.options={width: 0.0625}", *SYNTHETIC],
+    ),
+    "vgg16-auto-8": (
+        8,
+        ["model.name=vgg16", "model.algorithms=auto", "train.batch_size=4", "data.image_size=[32,32]",
+         "model.options={width: 0.0625}", *SYNTHETIC],
+    ),
+    "small_cnn-auto-64-batch-smaller": (
+        64, ["model.name=small_cnn", "model.algorithms=auto", "train.batch_size=32", "train.eval_batch_size=32"]
+    ),
+}  # fmt: skip
+
+
+def compile_only(devices: int, overrides: list[str]) -> tuple[dict[str, str], str]:
+    """Runs ``jaxcnn train configs/default.yaml --compile-only`` on ``devices`` fake CPU devices."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxcnn", "train", "configs/default.yaml", "--compile-only", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    figures = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    return figures, log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_whole_step_meters_as_predicted_without_involuntary_rematerialization(case):
+    devices, overrides = CASES[case]
+    figures, log = compile_only(devices, overrides)
+    assert "Involuntary full rematerialization" not in log
+    metered = float(figures["comm_bytes_per_step_max_device"])
+    predicted = float(figures["predicted_comm_bytes_per_step_max_device"])
+    assert metered > 0
+    assert abs(predicted - metered) <= 0.01 * metered, (
+        predicted,
+        metered,
+        figures.get("predicted_components"),
+    )
