@@ -8,7 +8,7 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test lint format train bench-comm clean
+.PHONY: setup test test-fast lint format train bench-comm bench-step-comm clean
 
 setup: $(STAMP)
 
@@ -29,11 +29,21 @@ format: setup
 test: setup lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests
 
+# The edit-test loop (about 2 minutes on 2 cores): ruff, then the library's tests not marked slow
+# (one or two cases of every check; `make test` runs them all). runner/, planner/ and models/ tests
+# join FAST_TESTS once their slow tests carry @pytest.mark.slow.
+FAST_TESTS ?= tests/test_*.py tests/algorithms tests/nn
+test-fast: setup lint
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(FAST_TESTS)
+
 train: setup
 	$(BIN)/jaxcnn train configs/default.yaml
 
 bench-comm: setup
 	$(BIN)/python experiments/bench_comm.py
+
+bench-step-comm: setup
+	nice $(BIN)/python experiments/bench_step_comm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -10,7 +10,7 @@ in three regimes (``weak``: batch 1024 at 224², ``strong``: batch 32 at 224², 
 
 (a) ``planned``: ``jaxcnn.planner.plan_layer`` under ``--memory`` per device, metered with
     ``jaxcnn.measure.measure_conv`` (the prediction is stored next to it);
-(b) ``alg:<name>``: every jaxcnn algorithm on its best even grid (``plan_layer(algorithms_=(name,))``),
+(b) ``alg:<name>``: every jaxcnn algorithm on its best even grid (``plan_layer(allowed=(name,))``),
     predicted by ``jaxcnn.cost.predict`` (exact for even splits, tests/test_cost.py) unless
     ``--meter-all``;
 (c) ``gspmd:<family>``: ``jax.jit`` of ``lax.conv_general_dilated`` with in/out shardings
@@ -104,7 +104,7 @@ def _layer_rows(layer, p: int, memory: float, meter_all: bool, per_family: int, 
             "planned", f"{best.algorithm}@{fmt_grid(best.grid)}", "metered", f, b, pred, best.memory.peak, sec
         )
     for alg in jaxcnn.ALGORITHMS:
-        # the candidates are ranked, so an algorithm's first is plan_layer(algorithms_=(alg,)).best
+        # the candidates are ranked, so an algorithm's first is plan_layer(allowed=(alg,)).best
         cost = next((c for c in candidates if c.algorithm == alg), None)
         if cost is None:
             add(f"alg:{alg}", "", "infeasible", None, None, note="no even grid fits the memory budget")

@@ -57,7 +57,7 @@ def main() -> None:
     for alg in jaxcnn.ALGORITHMS:
         grids = [GRIDS[alg]] if devices == 8 else []
         try:
-            best = plan_layer(geom, devices, algorithms_=(alg,)).best.grid
+            best = plan_layer(geom, devices, allowed=(alg,)).best.grid
             grids.append({a: v for a, v in best.items() if v > 1})
         except ValueError:
             pass

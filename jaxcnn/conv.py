@@ -64,7 +64,7 @@ def conv_layout(geom: ConvGeometry, *, mesh: Mesh, algorithm: str) -> algorithms
     (zero-padded to ``layout.padded``) global arrays inside the shard_map; create inputs with these
     shardings and ``conv2d`` moves nothing before it starts.
     """
-    return algorithms.plan_layout(algorithms.get(algorithm), geom, _check_mesh(mesh))
+    return algorithms.make_layout(algorithms.get(algorithm), geom, _check_mesh(mesh))
 
 
 def conv2d(
@@ -85,7 +85,9 @@ def conv2d(
     preferred_element_type=preferred_element_type)``. Works eagerly, under ``jax.jit`` and under
     ``jax.grad`` (w.r.t. ``x`` and ``kernel``). Inputs may have any sharding; they are resharded to
     the algorithm's layout (see the algorithm modules in :mod:`jaxcnn.algorithms`). The result has
-    the algorithm's output layout (``jaxcnn.output_spec``).
+    the algorithm's output layout, ``jaxcnn.conv_layout(geom, mesh=mesh, algorithm=algorithm).y_spec``
+    (``geom`` from :func:`layer_geometry`; when a split does not divide the output, the result is
+    cropped from the zero-padded output in that layout).
 
     Args:
       x: ``(N, H, W, C)`` activations.

@@ -1,8 +1,8 @@
 """Closed-form cost model: the bytes every algorithm receives per device, forward and backward, and
 its per-device memory, for any layer and grid — exact against the compiled HLO (``jaxcnn.measure``).
 
-Counting follows CONVENTIONS.md: bytes *received* per device, bandwidth-optimal collectives, group
-size ``p``, full buffer ``S``: all-gather / reduce-scatter / all-to-all ``S(p-1)/p``, all-reduce
+Counting follows ``docs/conventions.md``: bytes *received* per device, bandwidth-optimal collectives,
+group size ``p``, full buffer ``S``: all-gather / reduce-scatter / all-to-all ``S(p-1)/p``, all-reduce
 ``2S(p-1)/p``, collective-permute ``S`` at each target. Each collective is evaluated on every device
 of the mesh (a vector over devices), so ``max_bytes`` is the true maximum over devices of each
 device's total, and ``total_bytes`` the sum over devices.
@@ -33,10 +33,8 @@ from jaxcnn.algorithms.base import Layout
 from jaxcnn.geometry import ConvGeometry, HaloPlan
 from jaxcnn.mesh import AXES
 
-KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CommCost:
     """Predicted communication of one program (forward or backward).
 
@@ -52,8 +50,8 @@ class CommCost:
     per_kind: Mapping[str, tuple[int, float, float]]
     max_bytes: float
     total_bytes: float
-    per_device: tuple[float, ...] = ()
-    kind_per_device: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    kind_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +90,7 @@ class Cost:
     backward: CommCost
     memory: MemoryCost
     layout: Layout
+    geom: ConvGeometry | None = None  # the layer predicted (its output channels padded, for a head)
 
     @property
     def bytes(self) -> float:
@@ -129,10 +128,14 @@ class Ledger:
     def result(self) -> CommCost:
         total = sum((v[1] for v in self.kinds.values()), np.zeros(self.num_devices))
         per_kind = {k: (v[0], float(v[1].max()), float(v[1].sum())) for k, v in self.kinds.items()}
-        kinds = {k: tuple(float(x) for x in v[1]) for k, v in self.kinds.items()}
-        return CommCost(
-            per_kind, float(total.max()), float(total.sum()), tuple(float(v) for v in total), kinds
-        )
+        kinds = {k: _frozen(v[1]) for k, v in self.kinds.items()}
+        return CommCost(per_kind, float(total.max()), float(total.sum()), _frozen(total), kinds)
+
+
+def _frozen(vec: np.ndarray) -> np.ndarray:
+    out = np.array(vec, dtype=float)
+    out.setflags(write=False)
+    return out
 
 
 def add_halo(ledger: Ledger, plan: HaloPlan | None, axis: str, row_bytes: float, backward: bool) -> None:
@@ -181,7 +184,7 @@ def predict(
     """
     sizes = {a: int(grid.get(a, 1)) for a in AXES}
     alg = algorithms.get(algorithm)
-    lay = algorithms.plan_layout(alg, geom, sizes)
+    lay = algorithms.make_layout(alg, geom, sizes)
     b_in = itemsize_of(wire_dtype or dtype)  # bytes per communicated element
     b_out = itemsize_of(wire_dtype or out_dtype or dtype)
     s_in, s_out = itemsize_of(dtype), itemsize_of(out_dtype or dtype)  # bytes per stored element
@@ -234,4 +237,4 @@ def predict(
         forward_temp=float(window + gathered_x + gathered_k + acc),
         layout_copy=float(max(gathered_x, partial_acc if pc > 1 else 0)),
     )
-    return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay)
+    return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom)

@@ -1,12 +1,16 @@
-"""Convolution layer tables of whole networks (ResNet-50 v1.5, VGG-16, or a YAML list).
+"""Convolution layer tables of whole networks (any :mod:`jaxcnn.models` network, or a YAML list).
 
-Each network is a list of :class:`ConvLayer` (one per convolution, in forward order); the geometry
-comes from :func:`jaxcnn.conv_geometry`, so padding and output sizes are exactly what
-:func:`jaxcnn.conv2d` computes. Only convolutions are listed (no pooling, normalisation or dense
-layers).
+Each network is a list of :class:`ConvLayer` (one per convolution, in forward order). The tables of
+the models are traced from the models themselves (:func:`model_layers`), so names (``stem``,
+``layer2.0.proj``, ``conv5_3``, ``head``) and shapes are those the models run and a plan can be
+pasted into a config; the geometry comes from :func:`jaxcnn.conv_geometry`, so padding and output
+sizes are exactly what :func:`jaxcnn.conv2d` computes. Only convolutions are listed (the classifier
+is one: a 1x1 convolution on a 1x1 map); pooling and normalisation are not.
 
 >>> layers = get_network("resnet50", batch=32)
 >>> sum(layer.geom.flops * layer.repeat for layer in layers) / 2 / 32  # ≈ 4.09e9 MACs per image
+>>> layers[0].name, layers[-1].name
+('stem', 'head')
 """
 
 from __future__ import annotations
@@ -34,62 +38,63 @@ class ConvLayer:
     repeat: int = 1
 
 
-def _layer(name: str, batch: int, hw: int, c: int, k: int, r: int, stride: int, pad: int) -> ConvLayer:
-    geom = conv_geometry((batch, hw, hw, c), (r, r, c, k), stride, ((pad, pad), (pad, pad)))
-    return ConvLayer(name, geom)
-
-
 def _check_sizes(batch: int, image: int) -> None:
     for name, value in (("batch", batch), ("image", image)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def resnet50_layers(batch: int, image: int = 224) -> list[ConvLayer]:
-    """The 53 convolutions of ResNet-50 v1.5 (torchvision layout).
-
-    Stem 7x7/2 (pad 3) then a 3x3/2 max-pool (pad 1); four stages of 3, 4, 6, 3 bottlenecks of width
-    64, 128, 256, 512 (1x1 → 3x3 → 1x1 with 4x expansion); v1.5 puts the stride 2 of stages 2-4 in
-    the 3x3 convolution (pad 1); the first block of each stage has a 1x1 projection shortcut with
-    the stage stride.
+def model_layers(
+    name: str, batch: int, image: int = 224, *, num_classes: int = 1000, in_channels: int = 3, **options: Any
+) -> list[ConvLayer]:
+    """Every convolution of the :mod:`jaxcnn.models` network ``name`` (the classifier ``head``, a 1x1
+    convolution on a 1x1 map, included), traced from the model itself on one device (nothing is
+    computed), so names and shapes are those the model runs.
 
     Args:
+      name: a model of ``jaxcnn.models.MODELS``.
       batch: N.
       image: input height = width.
+      num_classes: classifier width.
+      in_channels: image channels.
+      **options: model options (``width``, ``small_images``).
     """
     _check_sizes(batch, image)
-    stem = _layer("conv1", batch, image, 3, 64, 7, 2, 3)
-    layers = [stem]
-    hw = (stem.geom.h.out + 2 - 3) // 2 + 1  # max-pool 3x3/2, pad 1
-    c = 64
-    for stage, (blocks, width, stride) in enumerate(((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2))):
-        for b in range(blocks):
-            s = stride if b == 0 else 1
-            pre = f"layer{stage + 1}.{b}"
-            conv2 = _layer(f"{pre}.conv2", batch, hw, width, width, 3, s, 1)
-            layers += [_layer(f"{pre}.conv1", batch, hw, c, width, 1, 1, 0), conv2]
-            layers.append(_layer(f"{pre}.conv3", batch, conv2.geom.h.out, width, 4 * width, 1, 1, 0))
-            if b == 0:
-                layers.append(_layer(f"{pre}.downsample", batch, hw, c, 4 * width, 1, s, 0))
-            hw, c = conv2.geom.h.out, 4 * width
-    return layers
+    from flax import nnx
+
+    from jaxcnn import models
+    from jaxcnn.mesh import make_mesh
+    from jaxcnn.models.trace import trace_layers
+
+    mesh = make_mesh()
+    model = nnx.eval_shape(
+        lambda: models.build(
+            name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            mesh=mesh,
+            rngs=nnx.Rngs(0),
+            sharded_init=False,
+            **options,
+        )
+    )
+    return trace_layers(model, batch, (image, image, in_channels))
+
+
+def resnet50_layers(batch: int, image: int = 224) -> list[ConvLayer]:
+    """The 54 convolutions of ResNet-50 v1.5 (:class:`jaxcnn.models.ResNet50`; torchvision's layout).
+
+    Stem 7x7/2 (pad 3) then a 3x3/2 max-pool; four stages of 3, 4, 6, 3 bottlenecks of width 64, 128,
+    256, 512 (1x1 → 3x3 → 1x1 with 4x expansion, the stride in the 3x3), a 1x1 projection
+    shortcut (``proj``) in each stage's first block, and the 2048 → 1000 classifier (``head``).
+    """
+    return model_layers("resnet50", batch, image)
 
 
 def vgg16_layers(batch: int, image: int = 224) -> list[ConvLayer]:
-    """The 13 convolutions of VGG-16 (configuration D): 3x3, stride 1, SAME; 2x2/2 max-pool per block.
-
-    Args:
-      batch: N.
-      image: input height = width.
-    """
-    _check_sizes(batch, image)
-    layers, hw, c = [], image, 3
-    for block, (convs, k) in enumerate(((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))):
-        for i in range(convs):
-            layers.append(_layer(f"block{block + 1}.conv{i + 1}", batch, hw, c, k, 3, 1, 1))
-            c = k
-        hw //= 2
-    return layers
+    """The 13 3x3 convolutions of VGG-16 (configuration D, :class:`jaxcnn.models.VGG16`) and its
+    global-average-pool classifier (``head``, 512 → 1000)."""
+    return model_layers("vgg16", batch, image)
 
 
 _REQUIRED = ("h", "w", "c", "k", "r")
@@ -171,7 +176,14 @@ def layers_from_yaml(path: str | os.PathLike[str], batch: int) -> list[ConvLayer
     return layers_from_dicts(data, batch)
 
 
-NETWORKS: dict[str, Any] = {"resnet50": resnet50_layers, "vgg16": vgg16_layers}
+NETWORKS: dict[str, Any] = {
+    "resnet50": resnet50_layers,
+    "vgg16": vgg16_layers,
+    "resnet18": lambda batch, image=224: model_layers("resnet18", batch, image),
+    "small_cnn": lambda batch, image=8: model_layers(
+        "small_cnn", batch, image, num_classes=10, in_channels=1
+    ),
+}
 
 
 def get_network(name: str, batch: int, image: int = 224) -> list[ConvLayer]:

@@ -219,20 +219,20 @@ def _permutation(cur: Entries, dst: Entries, sizes: dict[str, int]) -> tuple[tup
     coords = np.indices([sizes[a] for a in axes]).reshape(len(axes), -1)
     pos = {a: i for i, a in enumerate(axes)}
 
-    def block(entries: Entries, c: np.ndarray) -> tuple[int, ...]:
-        out = []
+    def blocks(entries: Entries) -> np.ndarray:
+        """Each device's block index, linearised over all dimensions (one integer per device)."""
+        out = np.zeros(coords.shape[1], np.int64)
         for e in entries:
-            index = 0
+            index = np.zeros(coords.shape[1], np.int64)
             for a in e:
-                index = index * sizes[a] + int(c[pos[a]])
-            out.append(index)
-        return tuple(out)
+                index = index * sizes[a] + coords[pos[a]]
+            out = out * _parts(e, sizes) + index
+        return out
 
-    holder = {}
-    for j in range(coords.shape[1]):
-        holder[block(cur, coords[:, j])] = j
-    pairs = tuple((holder[block(dst, coords[:, j])], j) for j in range(coords.shape[1]))
-    return axes, pairs
+    holder = np.empty(coords.shape[1], np.int64)
+    holder[blocks(cur)] = np.arange(coords.shape[1])
+    sources = holder[blocks(dst)]
+    return axes, tuple(zip(sources.tolist(), range(coords.shape[1]), strict=True))
 
 
 def _greedy(shape: Sequence[int], src: Entries, dst: Entries, sizes: dict[str, int]) -> tuple[Step, ...]:

@@ -12,6 +12,8 @@ import pathlib
 import subprocess
 import sys
 
+from jaxcnn.devices import with_cpu_device_count
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -19,7 +21,7 @@ def run_with_devices(num_devices: int, script: str, *args: object, timeout: floa
     """Runs ``script`` (with ``sys.argv[1:] = args``) on ``num_devices`` fake devices; returns its JSON."""
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+        XLA_FLAGS=with_cpu_device_count(os.environ.get("XLA_FLAGS", ""), num_devices),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT),
     )

@@ -114,7 +114,9 @@ GRIDS = [
 
 @pytest.mark.parametrize("geom", [GENERIC, CUBE], ids=["3x3", "cube"])
 @pytest.mark.parametrize(
-    "algorithm,sizes", GRIDS, ids=[f"{a}-{'x'.join(map(str, s.values()))}" for a, s in GRIDS]
+    "algorithm,sizes",
+    [pytest.param(*g, marks=pytest.mark.slow) if g[0] in ("2d", "2.5d") else g for g in GRIDS],
+    ids=[f"{a}-{'x'.join(map(str, s.values()))}" for a, s in GRIDS],
 )
 def test_no_algorithm_beats_the_bound(geom, algorithm, sizes):
     fwd, bwd = metered(geom, algorithm, tuple(sizes.items()))

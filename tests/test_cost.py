@@ -11,6 +11,7 @@ from jaxcnn.cost import predict
 from jaxcnn.measure import measure_conv
 from tests.algorithms.cases import GRIDS, mesh_kwargs
 from tests.fake_devices import run_with_devices
+from tests.utils import first_fast
 
 # (x shape, kernel shape, strides, padding, dilation): even splits on every grid of tests.algorithms.cases.
 LAYERS = [
@@ -21,8 +22,15 @@ LAYERS = [
 ]
 
 # Each grid of each algorithm on two of the four layers, rotating, so every layer meets every algorithm.
+# `make test-fast` runs the first grid of each algorithm on the first layer.
 PARAMS = [
-    pytest.param(alg, grid, i, id=f"{alg}-{'x'.join(map(str, grid))}-L{i}")
+    pytest.param(
+        alg,
+        grid,
+        i,
+        id=f"{alg}-{'x'.join(map(str, grid))}-L{i}",
+        marks=() if j == i == 0 else pytest.mark.slow,
+    )
     for alg, grids in GRIDS.items()
     for j, grid in enumerate(grids)
     for i in range(len(LAYERS))
@@ -45,13 +53,13 @@ def test_model_equals_meter_on_8_devices(algorithm, grid, layer):
     geom = jaxcnn.conv_geometry(*LAYERS[layer])
     sizes = mesh_kwargs(grid)
     cost = predict(geom, algorithm, sizes)
-    if not cost.layout.is_even(geom):
-        pytest.skip("uneven split: the model covers even splits only (documented)")
+    assert cost.layout.is_even(geom), "LAYERS must split evenly: the model covers even splits only"
     fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**sizes), algorithm=algorithm)
     _assert_same(fwd, cost.forward, "forward")
     _assert_same(bwd, cost.backward, "backward")
 
 
+@pytest.mark.slow
 def test_model_equals_meter_bf16():
     """bf16 layers; XLA:CPU promotes bf16 collectives to f32, so the CPU wire dtype is float32."""
     geom = jaxcnn.conv_geometry((8, 16, 16, 32), (3, 3, 32, 32))
@@ -75,7 +83,7 @@ for shape, kernel, stride in [((32, 56, 56, 64), (3, 3, 64, 64), 1), ((32, 28, 2
     geom = jaxcnn.conv_geometry(shape, kernel, stride)
     for alg in jaxcnn.ALGORITHMS:
         try:
-            best = plan_layer(geom, 64, algorithms_=(alg,)).best
+            best = plan_layer(geom, 64, allowed=(alg,)).best
         except ValueError:
             continue
         fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**best.grid), algorithm=alg)
@@ -86,6 +94,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_model_equals_meter_on_64_devices_compile_only():
     """ResNet-50-like layers on 64 fake devices, each algorithm on its best grid (compile only)."""
     rows = run_with_devices(64, SWEEP_64)
@@ -97,17 +106,20 @@ def test_model_equals_meter_on_64_devices_compile_only():
 
 @pytest.mark.parametrize(
     ("algorithm", "grid"),
-    [
-        ("data", dict(n=8)),
-        ("spatial", dict(n=2, h=2, w=2)),
-        ("filter", dict(k=8)),
-        ("channel", dict(c=8)),
-        ("2d", dict(n=2, h=2, k=2)),
-        ("2d", dict(n=4, k=2)),
-        ("2.5d", dict(n=2, k=2, c=2)),
-        ("3d", dict(n=2, k=2, c=2)),
-        ("3d", dict(n=4, k=2)),
-    ],
+    first_fast(
+        [
+            ("3d", dict(n=2, k=2, c=2)),
+            ("2d", dict(n=4, k=2)),
+            ("data", dict(n=8)),
+            ("spatial", dict(n=2, h=2, w=2)),
+            ("filter", dict(k=8)),
+            ("channel", dict(c=8)),
+            ("2d", dict(n=2, h=2, k=2)),
+            ("2.5d", dict(n=2, k=2, c=2)),
+            ("3d", dict(n=4, k=2)),
+        ],
+        keep=2,
+    ),
 )
 def test_memory_model_band(algorithm, grid):
     """Compiled temp memory lies in [forward_temp, forward_temp + layout_copy] (±10%); arguments and

@@ -304,7 +304,10 @@ print(json.dumps({"devices": fwd.num_devices, "max": fwd.max_bytes, "total": fwd
 """
 
 
-@pytest.mark.parametrize("n,k,c,batch,hw,ch", [(4, 4, 4, 8, 14, 64), (8, 8, 8, 16, 14, 256)])
+@pytest.mark.parametrize(
+    "n,k,c,batch,hw,ch",
+    [(4, 4, 4, 8, 14, 64), pytest.param(8, 8, 8, 16, 14, 256, marks=pytest.mark.slow)],
+)
 def test_3d_conv_on_many_fake_devices(n, k, c, batch, hw, ch):
     got = run_with_devices(n * k * c, SCRIPT, n, k, c, batch, hw, ch, timeout=300)
     window = (batch // n) * hw * hw * 4  # bytes of one channel of the local batch/rows
@@ -314,3 +317,30 @@ def test_3d_conv_on_many_fake_devices(n, k, c, batch, hw, ch):
     expected = x_gather + kernel_gather + out_scatter
     assert got["devices"] == n * k * c
     assert got["max"] == expected and got["total"] == expected * n * k * c
+
+
+# ----------------------------------------------------------------------------- compiler settings
+
+FULL = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "grid"),
+    [("2d", dict(n=4, k=2)), pytest.param("spatial", dict(n=2, h=2, w=2), marks=pytest.mark.slow)],
+)
+def test_fast_compilation_leaves_hlo_and_memory_unchanged(algorithm, grid):
+    """tests/conftest.py compiles with XLA's backend optimisations off (JAX_DISABLE_MOST_OPTIMIZATIONS)
+    for speed; what the meter reads, the optimised HLO and memory_analysis(), must not depend on it."""
+    mesh = jaxcnn.make_mesh(**grid)
+    geom = jaxcnn.conv_geometry((8, 16, 16, 16), (3, 3, 16, 16))
+    layout = jaxcnn.conv_layout(geom, mesh=mesh, algorithm=algorithm)
+    x = _sharded(mesh, geom.x_shape, layout.x_spec)
+    kernel = _sharded(mesh, geom.kernel_shape, layout.kernel_spec)
+    step = jax.jit(jax.grad(lambda a, b: jnp.sum(jaxcnn.conv2d(a, b, mesh=mesh, algorithm=algorithm) ** 2)))
+    lowered = step.lower(x, kernel)
+    fast, full = (lowered.compile(compiler_options=options) for options in (FAST, FULL))
+    assert fast.as_text() == full.as_text()
+    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes")
+    memory = [tuple(getattr(c.memory_analysis(), f) for f in fields) for c in (fast, full)]
+    assert memory[0] == memory[1]

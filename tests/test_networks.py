@@ -1,4 +1,7 @@
-"""Network layer tables against published figures (torchvision ResNet-50 v1.5 and VGG-16)."""
+"""Network layer tables against published figures (torchvision ResNet-50 v1.5 and VGG-16).
+
+The tables are traced from jaxcnn.models, so their names are the models' (``stem``, ``layerN.0.proj``,
+``convB_I``) and the classifier (``head``, a 1x1 convolution on a 1x1 map) is a layer too."""
 
 import math
 
@@ -25,14 +28,16 @@ def weights(layers: list[ConvLayer]) -> int:
 
 def test_resnet50_counts_macs_and_weights():
     layers = resnet50_layers(batch=2)
-    assert len(layers) == 53
-    assert sum("downsample" in layer.name for layer in layers) == 4
-    # torchvision: 4.09 GMACs per image, of which the fc layer is 2048*1000.
-    assert macs(layers) == pytest.approx(2 * (4.089e9 - 2.048e6), rel=2e-3)
-    # torchvision: 25,557,032 parameters = conv 23,454,912 + fc 2,049,000 + batch norm 53,120.
-    assert weights(layers) == 23_454_912
+    assert len(layers) == 54 and (layers[0].name, layers[-1].name) == ("stem", "head")
+    assert sum(layer.name.endswith(".proj") for layer in layers) == 4
+    # torchvision: 4.09 GMACs per image, the fc layer (2048*1000) included.
+    assert macs(layers) == pytest.approx(2 * 4.089e9, rel=2e-3)
+    # torchvision: 25,557,032 parameters = conv 23,454,912 + fc 2,049,000 (1,000 of them biases)
+    # + batch norm 53,120.
+    assert weights(layers) == 23_454_912 + 2_048_000
     assert layers[0].geom.y_shape == (2, 112, 112, 64)
-    assert layers[-1].geom.y_shape == (2, 7, 7, 2048)
+    assert layers[-2].geom.y_shape == (2, 7, 7, 2048)
+    assert layers[-1].geom.x_shape == (2, 1, 1, 2048) and layers[-1].geom.y_shape == (2, 1, 1, 1000)
     conv2 = next(layer for layer in layers if layer.name == "layer2.0.conv2")
     assert conv2.geom.strides == (2, 2) and conv2.geom.y_shape == (2, 28, 28, 128)  # v1.5: stride in 3x3
 
@@ -40,22 +45,23 @@ def test_resnet50_counts_macs_and_weights():
 def test_resnet50_dedupe_keeps_totals():
     layers = resnet50_layers(batch=1)
     unique = dedupe(layers)
-    assert len(unique) < 53 and sum(layer.repeat for layer in unique) == 53
+    assert len(unique) < 54 and sum(layer.repeat for layer in unique) == 54
     assert macs(unique) == macs(layers)
 
 
 def test_vgg16_counts_macs_and_weights():
     layers = vgg16_layers(batch=1)
-    assert len(layers) == 13
-    # 15.47 GMACs total, of which the three dense layers are 123.6M.
-    assert macs(layers) == pytest.approx(15.47e9 - 123.6e6, rel=2e-3)
-    assert weights(layers) == 14_710_464  # 14,714,688 conv parameters minus 4,224 biases
-    assert layers[-1].geom.y_shape == (1, 14, 14, 512)
+    assert len(layers) == 14 and layers[-1].name == "head" and layers[0].name == "conv1_1"
+    # 15.47 GMACs total, of which the three dense layers of the ImageNet model are 123.6M; jaxcnn's
+    # VGG-16 has a global-average-pool classifier instead (512 * 1000).
+    assert macs(layers) == pytest.approx(15.47e9 - 123.6e6 + 512_000, rel=2e-3)
+    assert weights(layers) == 14_710_464 + 512_000  # 14,714,688 conv parameters minus 4,224 biases
+    assert layers[-2].geom.y_shape == (1, 14, 14, 512)
 
 
 def test_image_size_changes_spatial_sizes():
     layers = resnet50_layers(batch=1, image=128)
-    assert layers[0].geom.y_shape[1] == 64 and layers[-1].geom.y_shape[1] == 4
+    assert layers[0].geom.y_shape[1] == 64 and layers[-2].geom.y_shape[1] == 4
 
 
 def test_layers_from_yaml_and_dicts(tmp_path):

@@ -49,7 +49,7 @@ def test_values_gradients_and_bytes(src, dst, kinds):
     abstract = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=a)
     forward = measure.measure(lambda v: redistribute(v, a, b), abstract)
     assert forward.max_bytes == r.bytes(4)
-    assert {k: s.count for k, s in forward.per_kind.items() if s.count} == kinds
+    assert {k: s.count for k, s in forward.by_kind.items() if s.count} == kinds
 
 
 def test_backward_is_the_reverse_change():

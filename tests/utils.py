@@ -1,4 +1,4 @@
-"""Shared test helpers: references, tolerances, a recompilation counter."""
+"""Shared test helpers: references, tolerances, a recompilation counter, the slow marker."""
 
 from __future__ import annotations
 
@@ -9,9 +9,25 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def first_fast(cases, keep: int = 1, *, one_argument: bool = False) -> list:
+    """``cases`` for ``pytest.mark.parametrize``: the first ``keep`` run in ``make test-fast``, the
+    others are marked ``slow`` (``make test`` runs all of them).
+
+    Args:
+      cases: tuples of arguments, or single values with ``one_argument=True``.
+      keep: how many (from the front) stay unmarked.
+      one_argument: the parametrization has one argument name (a tuple case is one value).
+    """
+    return [
+        case if i < keep else pytest.param(*((case,) if one_argument else case), marks=pytest.mark.slow)
+        for i, case in enumerate(cases)
+    ]
 
 
 def reference_conv(x, kernel, strides=1, padding="SAME", dilation=1, preferred_element_type=None):
@@ -64,18 +80,25 @@ def random_inputs(seed: int, x_shape, kernel_shape, dtype=jnp.float32):
     return x, kernel
 
 
+#: The event JAX records (``jax.monitoring``) each time it hands a program to XLA to compile.
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
 @contextlib.contextmanager
 def count_compilations() -> Iterator[list[int]]:
-    """Counts XLA compilations inside the block: ``with count_compilations() as n: ...; n[0]``."""
+    """Counts XLA compilations inside the block: ``with count_compilations() as n: ...; n[0]``.
+
+    Listens to JAX's public compile events (``jax.monitoring``); a program found in JAX's in-memory
+    caches is not compiled again and not counted.
+    """
     counter = [0]
-    original = jax._src.interpreters.pxla._cached_compilation
 
-    def wrapped(*args, **kwargs):
-        counter[0] += 1
-        return original(*args, **kwargs)
+    def listener(event: str, duration_secs: float, **kwargs) -> None:
+        if event == BACKEND_COMPILE_EVENT:
+            counter[0] += 1
 
-    jax._src.interpreters.pxla._cached_compilation = wrapped
+    jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         yield counter
     finally:
-        jax._src.interpreters.pxla._cached_compilation = original
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -1,7 +1,7 @@
 """The distributed convolution algorithms, one per module, all run by :mod:`.engine`."""
 
 from jaxcnn.algorithms import channel, data, filter, spatial, three_d, two_d, two_half_d
-from jaxcnn.algorithms.base import Algorithm, Layout, plan_layout
+from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
 
 REGISTRY: dict[str, Algorithm] = {
     m.ALGORITHM.name: m.ALGORITHM for m in (data, spatial, filter, channel, two_d, two_half_d, three_d)
@@ -20,4 +20,4 @@ def get(name: str) -> Algorithm:
     return REGISTRY[name]
 
 
-__all__ = ["ALGORITHMS", "REGISTRY", "Algorithm", "Layout", "get", "plan_layout"]
+__all__ = ["ALGORITHMS", "REGISTRY", "Algorithm", "Layout", "get", "make_layout"]

@@ -12,7 +12,7 @@ Li et al. (SPAA'21):
   backward).
 
 An :class:`Algorithm` names the axes it may use, how it treats the kernel and whether it streams;
-:func:`plan_layout` turns that, a layer and the mesh sizes into shard_map specs, padding and panels.
+:func:`make_layout` turns that, a layer and the mesh sizes into shard_map specs, padding and panels.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _largest_divisor_at_most(value: int, bound: int) -> int:
     return max(d for d in range(1, max(1, min(value, bound)) + 1) if value % d == 0)
 
 
-def plan_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int]) -> Layout:
+def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int]) -> Layout:
     """Shard_map layout of ``geom`` under ``algorithm`` on a mesh with ``sizes``.
 
     Uneven dimensions are zero-padded (exact: padded channels hold zeros in both x and kernel, padded

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh
 
-from jaxcnn.algorithms.base import Algorithm, Layout, plan_layout
+from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
 from jaxcnn.algorithms.collectives import channel_panel, gather, halo_extend, reduce_scatter
 from jaxcnn.geometry import ConvGeometry
 
@@ -85,7 +85,7 @@ def build(
     out_dtype: jnp.dtype,
 ) -> tuple[Layout, jax.stages.Wrapped]:
     """Layout and jitted shard_map for one (algorithm, layer, mesh, dtype); cached."""
-    layout = plan_layout(algorithm, geom, dict(sizes))
+    layout = make_layout(algorithm, geom, dict(sizes))
     fn = jax.shard_map(
         local_body(geom, layout, out_dtype),
         mesh=mesh,

@@ -3,8 +3,8 @@
 Programs are lowered and compiled with abstract inputs (``jax.ShapeDtypeStruct`` with a
 ``NamedSharding``), never executed, so a 512-device mesh of fake CPU devices is enough to meter a
 layer. Every all-gather, reduce-scatter, all-reduce, all-to-all and collective-permute of
-``compiled.as_text()`` is charged per the convention of ``CONVENTIONS.md`` (group size ``p``, ``S``
-the full gathered / unreduced buffer):
+``compiled.as_text()`` is charged by the rule of ``docs/conventions.md`` ("Counting communication";
+group size ``p``, ``S`` the full gathered / unreduced buffer):
 
 | op | bytes received per device in a group |
 |---|---|

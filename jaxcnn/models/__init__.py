@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxcnn.models.common import Algorithms, LayerPlan
+from jaxcnn.models.common import Algorithms, Placements
 from jaxcnn.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from jaxcnn.models.small_cnn import SmallCNN
 from jaxcnn.models.vgg import VGG16
@@ -85,7 +85,7 @@ __all__ = [
     "VGG16",
     "BasicBlock",
     "Bottleneck",
-    "LayerPlan",
+    "Placements",
     "ResNet",
     "ResNet18",
     "ResNet50",

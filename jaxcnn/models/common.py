@@ -31,7 +31,7 @@ from jaxcnn.redistribute import redistribute
 Algorithms = str | Mapping[str, str] | Sequence[str]
 
 
-class LayerPlan:
+class Placements:
     """Hands out each convolution's placement by name (dict), position (list) or uniformly (str).
 
     Args:
@@ -110,7 +110,7 @@ class ConvBN(nnx.Module):
       cin, cout: channels.
       kernel: kernel size (square).
       stride: stride.
-      plan: the model's :class:`LayerPlan`; ``name`` picks this convolution's placement.
+      plan: the model's :class:`Placements`; ``name`` picks this convolution's placement.
       relu: apply ReLU.
       momentum: BatchNorm running-average momentum (0.9, as PyTorch's 0.1: Flax's 0.99 default leaves
         the running statistics far from the data after the few hundred steps of a small run).
@@ -125,7 +125,7 @@ class ConvBN(nnx.Module):
         kernel: int,
         stride: int,
         *,
-        plan: LayerPlan,
+        plan: Placements,
         name: str,
         relu: bool = True,
         momentum: float = 0.9,
@@ -169,6 +169,16 @@ def pool(x: jax.Array, after: ConvBN, window: int, stride: int, padding: str = "
     )
 
 
+def _padded_init(init: Any, classes: int) -> Any:
+    """``init`` drawn for ``classes`` output channels, zero-padded to the requested shape."""
+
+    def padded(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        value = init(key, (*shape[:-1], classes), dtype)
+        return jnp.pad(value, [(0, 0)] * (len(shape) - 1) + [(0, shape[-1] - classes)])
+
+    return padded
+
+
 class Head(nnx.Module):
     """Global average pooling → the classifier as a distributed 1×1 convolution on a 1×1 map.
 
@@ -177,22 +187,32 @@ class Head(nnx.Module):
     3d) and is placed by the planner like every other layer (its name is ``"head"``). Logits leave in
     the layout ``logits_sharding``: batch split as the head's rows, classes gathered.
 
+    The classes are padded to a multiple of the placement's ``k · c`` (the blocks the output channels
+    are split into; 1000 → 1008 on ``3d@n=32,k=4,c=4``): without it a classifier of 1000 classes on a
+    batch of 32 would have no even placement on 512 devices (batch × class splits would reach at most
+    32 · 8). The padded classes start at zero (the kernel is drawn for the real classes, so the
+    initial values do not depend on the placement) and their logits are cropped away once the classes
+    are gathered: they never reach the loss and their weights get zero gradients.
+
     Args:
       features: input channels.
       num_classes: logits.
-      plan: the model's :class:`LayerPlan`.
+      plan: the model's :class:`Placements`.
       dtype: computation dtype.
       rngs: parameter initialisation.
     """
 
     def __init__(
-        self, features: int, num_classes: int, *, plan: LayerPlan, dtype: Any = jnp.float32, rngs: nnx.Rngs
+        self, features: int, num_classes: int, *, plan: Placements, dtype: Any = jnp.float32, rngs: nnx.Rngs
     ):
-        placement = plan.placement("head", default=f"data@n={plan.mesh.devices.size}")
+        devices = plan.mesh.devices.size
+        placement = plan.placement("head", default=f"data@n={devices}")
+        multiple = placement.mesh.shape.get("k", 1) * placement.mesh.shape.get("c", 1)
         self.name = "head"
+        self.num_classes = num_classes
         self.conv = Conv(
             features,
-            num_classes,
+            -(-num_classes // multiple) * multiple,
             (1, 1),
             1,
             padding="VALID",
@@ -200,6 +220,7 @@ class Head(nnx.Module):
             mesh=placement.mesh,
             algorithm=placement.algorithm,
             dtype=dtype,
+            kernel_init=_padded_init(nnx.initializers.lecun_normal(), num_classes),
             rngs=rngs,
         )
         self.mesh = placement.mesh
@@ -216,4 +237,5 @@ class Head(nnx.Module):
         src = NamedSharding(last.mesh, P(spec[0], None, None, spec[3]))
         y = self.conv(redistribute(pooled[:, None, None, :], src, self.input_sharding))
         out = NamedSharding(self.mesh, P(*self.logits_sharding.spec[:1], None, None, None))
-        return redistribute(y, self.output_sharding, out)[:, 0, 0, :].astype(jnp.float32)
+        logits = redistribute(y, self.output_sharding, out)[:, 0, 0, : self.num_classes]  # local crop
+        return logits.astype(jnp.float32)

@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
+from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, pool
 from jaxcnn.planner.graph import Conv as ConvNode
 from jaxcnn.planner.graph import Pool, Residual
 from jaxcnn.redistribute import redistribute
@@ -54,7 +54,7 @@ class BasicBlock(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int, *, prefix: str, plan: LayerPlan, **kw: Any):
+    def __init__(self, cin: int, width: int, stride: int, *, prefix: str, plan: Placements, **kw: Any):
         self.conv1 = ConvBN(cin, width, 3, stride, plan=plan, name=f"{prefix}.conv1", **kw)
         self.conv2 = ConvBN(width, width, 3, 1, plan=plan, name=f"{prefix}.conv2", relu=False, **kw)
         self.proj = (
@@ -76,7 +76,7 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int, *, prefix: str, plan: LayerPlan, **kw: Any):
+    def __init__(self, cin: int, width: int, stride: int, *, prefix: str, plan: Placements, **kw: Any):
         cout = width * self.expansion
         self.conv1 = ConvBN(cin, width, 1, 1, plan=plan, name=f"{prefix}.conv1", **kw)
         self.conv2 = ConvBN(width, width, 3, stride, plan=plan, name=f"{prefix}.conv2", **kw)
@@ -125,7 +125,7 @@ class ResNet(nnx.Module):
         dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        plan = LayerPlan(mesh, algorithms)
+        plan = Placements(mesh, algorithms)
         kw = dict(dtype=dtype, rngs=rngs)
         base = max(1, int(64 * width))
         self.small_images = small_images

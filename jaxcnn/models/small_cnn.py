@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
+from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, pool
 from jaxcnn.planner.graph import Conv, Pool
 
 
@@ -18,14 +18,16 @@ class SmallCNN(nnx.Module):
     """conv(c)→conv(c)→maxpool 2×2→conv(2c)→conv(2c)→global average pool→dense.
 
     Convolutions are named ``conv1`` … ``conv4`` and ``head`` (the classifier). On 8×8×1 scikit-learn
-    digits with ``width=32`` it reaches ≥95% test accuracy within a minute of CPU training.
+    digits (``width=1``: 32 and 64 channels) it reaches ≥95% test accuracy within a minute of CPU
+    training.
 
     Args:
       num_classes: logits.
       in_channels: image channels.
       mesh: the model's mesh.
       algorithms: per-convolution placements (:mod:`jaxcnn.models.common`).
-      width: channels of the first two convolutions.
+      width: channel multiplier, as for every model (1.0: 32 channels in the first two convolutions,
+        64 in the last two).
       dtype: computation dtype.
       rngs: parameter initialisation.
     """
@@ -37,17 +39,18 @@ class SmallCNN(nnx.Module):
         *,
         mesh: Mesh,
         algorithms: Algorithms = "data",
-        width: int = 32,
+        width: float = 1.0,
         dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        plan = LayerPlan(mesh, algorithms)
+        plan = Placements(mesh, algorithms)
         kw = dict(plan=plan, dtype=dtype, rngs=rngs)
-        self.conv1 = ConvBN(in_channels, width, 3, 1, name="conv1", **kw)
-        self.conv2 = ConvBN(width, width, 3, 1, name="conv2", **kw)
-        self.conv3 = ConvBN(width, 2 * width, 3, 1, name="conv3", **kw)
-        self.conv4 = ConvBN(2 * width, 2 * width, 3, 1, name="conv4", **kw)
-        self.head = Head(2 * width, num_classes, plan=plan, dtype=dtype, rngs=rngs)
+        c = max(1, int(32 * width))
+        self.conv1 = ConvBN(in_channels, c, 3, 1, name="conv1", **kw)
+        self.conv2 = ConvBN(c, c, 3, 1, name="conv2", **kw)
+        self.conv3 = ConvBN(c, 2 * c, 3, 1, name="conv3", **kw)
+        self.conv4 = ConvBN(2 * c, 2 * c, 3, 1, name="conv4", **kw)
+        self.head = Head(2 * c, num_classes, plan=plan, dtype=dtype, rngs=rngs)
         self.conv_names = plan.finish()
         self.input_sharding = NamedSharding(mesh, P("n"))
         self.plan_graph = (

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.models.common import Algorithms, ConvBN, Head, LayerPlan, pool
+from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, pool
 from jaxcnn.planner.graph import Conv, Pool
 
 #: Channels of the 13 convolutions, ``"M"`` a 2×2/2 max pool.
@@ -51,7 +51,7 @@ class VGG16(nnx.Module):
         dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        plan = LayerPlan(mesh, algorithms)
+        plan = Placements(mesh, algorithms)
         convs: list[ConvBN] = []
         pool_after: list[int] = []
         cin, stage, index = in_channels, 1, 1

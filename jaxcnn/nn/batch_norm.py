@@ -23,16 +23,18 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.nn import specs
+from jaxcnn.padding import pad_to
+from jaxcnn.redistribute import spec_entries
 
 
 def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Array:
     """``(2, C)`` global sums of ``x - shift`` and its square over (N, H, W) (x zero-padded)."""
-    entries = specs.normalized(spec, 4)
+    entries = spec_entries(spec, 4)
     if entries[3] and any(a in entries[3] for e in entries[:3] for a in e):
         raise ValueError(f"spec {spec} splits channels and rows over the same mesh axis")
     row_axes = tuple(a for e in entries[:3] for a in e)
     channel = entries[3] or None
-    xp = specs.pad_to(x, specs.padded_shape(x.shape, spec, mesh))
+    xp = pad_to(x, specs.padded_shape(x.shape, spec, mesh))
     extra = xp.size // xp.shape[3] - x.size // x.shape[3]  # padded positions per channel
 
     def body(xb: jax.Array, sb: jax.Array | None) -> jax.Array:
@@ -49,7 +51,7 @@ def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Arr
         )
         sums = fn(xp)
     else:
-        sp = specs.pad_to(shift, (xp.shape[3],))
+        sp = pad_to(shift, (xp.shape[3],))
         fn = jax.shard_map(
             body, mesh=mesh, in_specs=(specs.as_spec(entries), P(channel)), out_specs=P(None, channel)
         )
@@ -104,7 +106,7 @@ class BatchNorm(nnx.BatchNorm):
             )
         metadata: dict[str, Any] = {}
         if mesh is not None:
-            channel = specs.normalized(spec, 4)[3]
+            channel = spec_entries(spec, 4)[3]
             even = num_features % specs.parts(channel, mesh) == 0
             metadata = {"out_sharding": (specs.as_spec([channel])[0] if even else None,), "mesh": mesh}
         super().__init__(num_features, scale_metadata=metadata, bias_metadata=metadata, **kwargs)

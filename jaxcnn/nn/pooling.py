@@ -24,6 +24,8 @@ from jax.sharding import PartitionSpec as P
 from jaxcnn.algorithms.collectives import halo_extend
 from jaxcnn.geometry import DimGeometry, PaddingLike, conv_geometry, halo_plan
 from jaxcnn.nn import specs
+from jaxcnn.padding import crop_to, pad_to
+from jaxcnn.redistribute import spec_entries
 
 
 def _dims(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None, padding: PaddingLike):
@@ -48,7 +50,7 @@ def _pool(
     if mesh is None:
         pads = ((0, 0), dims[0].pad, dims[1].pad, (0, 0))
         return lax.reduce_window(x, init, op, (1, *window, 1), (1, dims[0].stride, dims[1].stride, 1), pads)
-    entries = specs.normalized(spec, 4)
+    entries = spec_entries(spec, 4)
     plans = []
     for axis, dim in ((1, dims[0]), (2, dims[1])):
         names = entries[axis]
@@ -58,7 +60,7 @@ def _pool(
         plans.append((names[0], halo_plan(dim, size)) if size > 1 else None)
     # Zero padding here, the fill value inside the body: XLA's SPMD partitioner has been seen to mix up
     # two pads of the same operand with different constants (-inf and 0) in one program.
-    xp = specs.pad_to(x, specs.padded_shape(x.shape, spec, mesh))
+    xp = pad_to(x, specs.padded_shape(x.shape, spec, mesh))
 
     def fill_tail(xb: jax.Array, axis: int, name: str, size: int) -> jax.Array:
         block = xb.shape[axis]
@@ -84,7 +86,7 @@ def _pool(
     y = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=specs.as_spec(entries))(
         xp
     )
-    return specs.crop_to(y, (x.shape[0], dims[0].out, dims[1].out, x.shape[3]))
+    return crop_to(y, (x.shape[0], dims[0].out, dims[1].out, x.shape[3]))
 
 
 def max_pool(
@@ -150,9 +152,9 @@ def global_avg_pool(x: jax.Array, *, mesh: Mesh | None = None, spec: P = specs.R
         raise ValueError(f"global_avg_pool takes NHWC inputs, got shape {x.shape}")
     if mesh is None:
         return jnp.mean(x, axis=(1, 2))
-    entries = specs.normalized(spec, 4)
+    entries = spec_entries(spec, 4)
     spatial = entries[1] + entries[2]
-    xp = specs.pad_to(x, specs.padded_shape(x.shape, spec, mesh))
+    xp = pad_to(x, specs.padded_shape(x.shape, spec, mesh))
 
     def body(xb: jax.Array) -> jax.Array:
         s = xb.sum((1, 2))
@@ -160,4 +162,4 @@ def global_avg_pool(x: jax.Array, *, mesh: Mesh | None = None, spec: P = specs.R
 
     out = P(entries[0] or None, entries[3] or None)
     y = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=out)(xp)
-    return specs.crop_to(y, (x.shape[0], x.shape[3])) / (x.shape[1] * x.shape[2])
+    return crop_to(y, (x.shape[0], x.shape[3])) / (x.shape[1] * x.shape[2])

@@ -6,7 +6,7 @@
 
 Prints one row per convolution: its shape, the chosen algorithm and grid (axes > 1), the predicted
 bytes received per device (max over devices, forward + backward, :func:`jaxcnn.cost.predict`), the
-bytes of the layout change into the layer (:mod:`jaxcnn.planner.transition`), the forward + backward
+bytes of the layout change into the layer (:mod:`jaxcnn.transition`), the forward + backward
 lower bound (:func:`jaxcnn.bounds.lower_bound` with the memory budget), the ratio of the predicted
 bytes to it, and the predicted peak memory per device; totals at the bottom. By default the plan is
 the network DP (:func:`jaxcnn.planner.plan_network`, layout transitions included);
@@ -32,12 +32,10 @@ and prints its ``predicted_comm_bytes_per_step_max_device``, the figure ``jaxcnn
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from jaxcnn.devices import request_cpu_devices, with_cpu_device_count
@@ -49,20 +47,9 @@ from jaxcnn.planner.report import (
     make_plan,
     measure_rows,
 )
+from jaxcnn.runner.typed import parse_bytes
+from jaxcnn.runner.yaml_io import load_yaml
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_MEMORY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 DTYPES = ("float32", "bfloat16", "float16")
 CONFIG_KEYS = (
     "model",
@@ -86,29 +73,20 @@ class PlanCliError(ValueError):
 def parse_memory(text: str | float | int) -> float:
     """Bytes of a memory size: ``"16GiB"``, ``"512MiB"``, ``"2e9"``, ``"8GB"``, ``"inf"`` or a number.
 
-    Binary units (KiB, MiB, GiB, TiB) are powers of 1024, decimal ones (KB, MB, GB, TB) powers of 1000;
-    units are case-insensitive.
+    The same forms and units as the run config's ``model.plan_memory_bytes``
+    (:func:`jaxcnn.runner.typed.parse_bytes`): binary units (KiB, MiB, GiB, TiB) are powers of 1024,
+    decimal ones (KB, MB, GB, TB) powers of 1000, case-insensitive.
 
     Raises:
       PlanCliError: not a positive size with a known unit.
     """
-    if isinstance(text, bool):
-        raise PlanCliError(f"memory must be a size such as 16GiB, 512MiB or 2e9, got {text!r}")
-    if isinstance(text, int | float):
-        value = float(text)
-    elif str(text).strip().lower() in ("inf", "infinity", "none"):
-        return math.inf
-    else:
-        m = _MEMORY.match(str(text))
-        if not m or m.group(2).lower() not in _UNITS:
-            raise PlanCliError(
-                f"memory must be a size such as 16GiB, 512MiB or 2e9 "
-                f"(units {', '.join(u for u in _UNITS if u)}), got {text!r}"
-            )
-        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    try:
+        value = parse_bytes(text)
+    except ValueError as err:
+        raise PlanCliError(f"memory {err}") from None
     if not value > 0:
         raise PlanCliError(f"memory must be positive, got {text!r}")
-    return value
+    return float(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,21 +124,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_config(path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise PlanCliError(f"cannot read config {path}: {err.strerror}") from None
-    if not isinstance(data, Mapping):
-        raise PlanCliError(
-            f"{path}: a plan config must be a mapping of {CONFIG_KEYS}, got {type(data).__name__}"
-        )
+    """The plan config at ``path``, read like a run config (:func:`jaxcnn.runner.yaml_io.load_yaml`:
+    ``base_config`` chains, one-line ``ConfigError`` s); ``network`` is relative to the file."""
+    data = load_yaml(path)
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
         raise PlanCliError(f"{path}: unknown keys {unknown}; valid keys are {list(CONFIG_KEYS)}")
-    data = dict(data)
     if data.get("network"):  # relative to the config file
         net = str(data["network"])
         if not os.path.isabs(net) and not os.path.exists(net):
@@ -174,6 +143,8 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     Raises:
       PlanCliError: an unknown model / dtype / config key, a bad memory string, or a non-positive
         batch, image or device count.
+      ConfigError: the ``--config`` file is missing, not YAML, not a mapping, or has a ``base_config``
+        cycle.
     """
     ns = _parser().parse_args(list(argv))
     values: dict[str, Any] = _load_config(ns.config) if ns.config else {}

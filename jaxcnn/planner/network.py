@@ -50,11 +50,10 @@ def plan_graph(
     layers: Mapping[str, ConvGeometry],
     num_devices: int,
     input_layout: Layout,
-    num_classes: int,
     memory_bytes: float = math.inf,
     *,
     candidates: int = 16,
-    algorithms_: Sequence[str] = algorithms.ALGORITHMS,
+    allowed: Sequence[str] = algorithms.ALGORITHMS,
     dtype="float32",
     fixed: Mapping[str, str] | None = None,
 ) -> dict[str, Cost]:
@@ -65,10 +64,9 @@ def plan_graph(
       layers: ``{conv name: geometry}`` for the run's batch.
       num_devices: devices P.
       input_layout: the images' layout (``(P("n"), grid)``).
-      num_classes: logits per example.
       memory_bytes: per-device memory cap of every layer.
       candidates: placements kept per layer (its cheapest by its own bytes).
-      algorithms_: algorithms to consider.
+      allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
       dtype: activation dtype.
       fixed: ``{layer name: algorithm}`` pins.
 
@@ -86,18 +84,21 @@ def plan_graph(
     options: dict[str, tuple[Cost, ...]] = {}
     node_cost: dict[tuple[str, int], float] = {}
     for name in names:
-        algs = (fixed[name],) if fixed and name in fixed else algorithms_
-        table = plan_layer(layers[name], num_devices, memory_bytes, algorithms_=algs, dtype=dtype)
+        algs = (fixed[name],) if fixed and name in fixed else allowed
+        table = plan_layer(
+            layers[name], num_devices, memory_bytes, allowed=algs, dtype=dtype, pad_outputs=name == "head"
+        )
         options[name] = table.candidates[:candidates]
         if name == first:  # the images need no gradient
             options[name] = tuple(
-                predict(layers[name], c.algorithm, c.grid, dtype, input_grad=False) for c in options[name]
+                predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False) for c in options[name]
             )
         for i, c in enumerate(options[name]):
             geom = layers[name]
             cost = float((np.asarray(c.forward.per_device) + np.asarray(c.backward.per_device)).max())
             if name == "head":
-                cost += float(total(head_extras(c, input_layout, num_classes, geom.batch, itemsize)).max())
+                extras = head_extras(c, input_layout, c.layout.padded[4], geom.batch, itemsize)
+                cost += float(total(extras).max())
             else:
                 cost += float(total(batchnorm(c, geom.y_shape)).max())
             if name in pools:

@@ -4,7 +4,8 @@
 received per device (forward + backward, :mod:`jaxcnn.cost`) among those whose predicted peak memory
 fits. ``plan_network`` chooses one candidate per layer by dynamic programming over the chain of
 layers, adding the cost of changing the activation's layout between consecutive layers
-(:mod:`jaxcnn.planner.transition`), so the plan minimises the network's total, not each layer's.
+(the explicit changes of :mod:`jaxcnn.redistribute`), so the plan minimises the network's total, not
+each layer's. Networks with residual blocks are placed as graphs by :mod:`jaxcnn.planner.network`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
-from jaxcnn import algorithms
+from jaxcnn import algorithms, redistribute
 from jaxcnn.cost import Cost, itemsize_of, predict
-from jaxcnn.geometry import ConvGeometry
+from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.planner.grids import grids_for
-from jaxcnn.planner.transition import layout_change_bytes
+from jaxcnn.planner.step import grid_key
 
 
 class NoPlanError(ValueError):
@@ -60,8 +61,9 @@ def plan_layer(
     num_devices: int,
     memory_bytes: float = math.inf,
     *,
-    algorithms_: Sequence[str] = algorithms.ALGORITHMS,
+    allowed: Sequence[str] = algorithms.ALGORITHMS,
     dtype="float32",
+    pad_outputs: bool | None = None,
 ) -> LayerPlan:
     """Best (algorithm, grid) for one layer by predicted bytes under a per-device memory cap.
 
@@ -69,8 +71,12 @@ def plan_layer(
       layer: a :class:`jaxcnn.ConvGeometry` or an object with ``.geom`` (and ``.name``).
       num_devices: devices P; every candidate grid uses exactly P.
       memory_bytes: per-device cap on the predicted peak memory (inputs + output + working set).
-      algorithms_: algorithms to consider.
+      allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
       dtype: element type of activations and kernels.
+      pad_outputs: the layer may pad its output channels to a multiple of the grid's ``k · c`` (the
+        classifier does, :class:`jaxcnn.models.common.Head`); each grid is then ranked with the channel
+        count it will really have (its candidate's ``layout.padded``). Default: for a layer named
+        ``"head"``.
 
     Returns:
       A :class:`LayerPlan`; ``.best`` is the choice, ``.candidates`` the ranked runner-up table.
@@ -81,10 +87,16 @@ def plan_layer(
     name, geom = _geom(layer)
     if not isinstance(num_devices, int) or num_devices < 1:
         raise ValueError(f"num_devices must be a positive int, got {num_devices!r}")
-    costs = [
-        predict(geom, alg, grid, dtype) for alg in algorithms_ for grid in grids_for(alg, geom, num_devices)
-    ]
-    costs = [c for c in costs if c.layout.is_even(geom)]  # the model is exact for even splits only
+    if pad_outputs is None:
+        pad_outputs = name == "head"
+    costs = []
+    for parts in (d for d in range(1, num_devices + 1) if num_devices % d == 0) if pad_outputs else (None,):
+        g = geom if parts is None else _padded_outputs(geom, parts)
+        for alg in allowed:
+            for grid in grids_for(alg, g, num_devices):
+                if parts is None or grid["k"] * grid["c"] == parts:
+                    costs.append(predict(g, alg, grid, dtype))
+    costs = [c for c in costs if c.layout.is_even(c.geom)]  # the model is exact for even splits
     if not costs:
         raise ValueError(
             f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly; "
@@ -101,6 +113,14 @@ def plan_layer(
             least,
         )
     return LayerPlan(name, geom, tuple(fitting))
+
+
+def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:
+    """``geom`` with its output channels rounded up to a multiple of ``parts``."""
+    k = -(-geom.channels_out // parts) * parts
+    if k == geom.channels_out:
+        return geom
+    return conv_geometry(geom.x_shape, (*geom.kernel_shape[:3], k), geom.strides, geom.padding, geom.dilation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +156,13 @@ class NetworkPlan:
 
 
 def _transition(prev: Cost, nxt: Cost, geom: ConvGeometry, itemsize: int) -> tuple[float, float]:
-    if prev.algorithm == nxt.algorithm and prev.grid == nxt.grid and prev.layout.y_spec == nxt.layout.x_spec:
-        return 0.0, 0.0
-    return layout_change_bytes(
-        geom.x_shape, (prev.layout.y_spec, prev.grid), (nxt.layout.x_spec, nxt.grid), itemsize
+    """Bytes of the explicit layout change (:mod:`jaxcnn.redistribute`) from ``prev``'s output layout to
+    ``nxt``'s input layout, forward and backward (the reverse change)."""
+    src = (prev.layout.y_spec, grid_key(prev.grid))
+    dst = (nxt.layout.x_spec, grid_key(nxt.grid))
+    shape = tuple(geom.x_shape)
+    return redistribute.plan(shape, src, dst).bytes(itemsize), redistribute.plan(shape, dst, src).bytes(
+        itemsize
     )
 
 
@@ -149,7 +172,7 @@ def plan_network(
     memory_bytes: float = math.inf,
     *,
     candidates: int = 24,
-    algorithms_: Sequence[str] = algorithms.ALGORITHMS,
+    allowed: Sequence[str] = algorithms.ALGORITHMS,
     dtype="float32",
     fixed: Mapping[str, str] | None = None,
 ) -> NetworkPlan:
@@ -166,7 +189,7 @@ def plan_network(
       num_devices: devices P.
       memory_bytes: per-device memory cap for every layer.
       candidates: per-layer candidates kept for the DP.
-      algorithms_: algorithms to consider.
+      allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
       dtype: element type.
       fixed: optional ``{layer name: algorithm}`` to pin some layers.
 
@@ -177,8 +200,8 @@ def plan_network(
     tables = []
     for layer in layers:
         name, _ = _geom(layer)
-        algs = (fixed[name],) if fixed and name in fixed else algorithms_
-        tables.append(plan_layer(layer, num_devices, memory_bytes, algorithms_=algs, dtype=dtype))
+        algs = (fixed[name],) if fixed and name in fixed else allowed
+        tables.append(plan_layer(layer, num_devices, memory_bytes, allowed=algs, dtype=dtype))
     options = [t.candidates[:candidates] for t in tables]
     best = [[c.bytes for c in options[0]]]
     back: list[list[int]] = [[-1] * len(options[0])]

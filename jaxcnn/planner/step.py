@@ -156,7 +156,7 @@ def logits_layout(head: Cost) -> Layout:
     return P(head.layout.y_spec[0]), grid_key(head.grid)
 
 
-def head_extras(head: Cost, input_layout: Layout, num_classes: int, batch: int, itemsize: int) -> Kinds:
+def head_extras(head: Cost, input_layout: Layout, classes: int, batch: int, itemsize: int) -> Kinds:
     """Classifier bias gradient, logits out of the head, labels into it, loss and accuracy sums."""
     lay = head.layout
     ledger = Ledger(head.grid)
@@ -165,7 +165,7 @@ def head_extras(head: Cost, input_layout: Layout, num_classes: int, batch: int, 
     out = _ledger(ledger)
     spec, grid = logits_layout(head)
     four = (P(*spec, None, None, None), grid)
-    _merge(out, move((batch, 1, 1, num_classes), y_layout(head), four, itemsize))
+    _merge(out, move((batch, 1, 1, classes), y_layout(head), four, itemsize))
     labels_src = (P(*tuple(input_layout[0])[:1]), input_layout[1])
     return _merge(out, move((batch,), labels_src, (spec, grid), 4, backward=False))
 
@@ -194,7 +194,6 @@ def step_cost(
     layers: Mapping[str, ConvGeometry],
     choices: Mapping[str, Cost],
     input_layout: Layout,
-    num_classes: int,
     dtype="float32",
 ) -> StepCost:
     """Predicts the communication of one train step of a model placed by ``choices``.
@@ -204,7 +203,6 @@ def step_cost(
       layers: ``{conv name: geometry}`` (``jaxcnn.runner.autoplan.conv_layers``).
       choices: ``{conv name: jaxcnn.cost.predict(...)}`` of the placements the model runs.
       input_layout: the images' layout (``(P("n"), grid of the run mesh)``).
-      num_classes: logits per example.
       dtype: activation dtype (collectives carry it).
     """
     itemsize = itemsize_of(dtype)
@@ -233,7 +231,8 @@ def step_cost(
             head = choices["head"]
             add("layout", move(layers["head"].x_shape, pooled_layout(prev), x_layout(head), itemsize))
             add("conv", conv_kinds(head))
-            add("loss", head_extras(head, input_layout, num_classes, layers["head"].batch, itemsize))
+            padded = layers["head"].channels_out  # the head's classes, padded (jaxcnn.models.common.Head)
+            add("loss", head_extras(head, input_layout, padded, layers["head"].batch, itemsize))
             at, last = y_layout(head), "head"
         elif isinstance(node, Conv):
             at, last = conv(node.name, at), node.name

@@ -41,9 +41,10 @@ def whole_step(
 
     import jaxcnn
     from jaxcnn import models
+    from jaxcnn.models.trace import trace_layers
     from jaxcnn.planner.network import plan_graph
     from jaxcnn.planner.step import grid_key, step_cost
-    from jaxcnn.runner.autoplan import placement, trace_layers
+    from jaxcnn.runner.autoplan import placement
 
     sizes = input_mesh_sizes(batch, devices)
     mesh = jaxcnn.make_mesh(**sizes)
@@ -61,8 +62,8 @@ def whole_step(
     )
     layers = {layer.name: layer.geom for layer in trace_layers(built, batch, (image, image, 3))}
     source = (P("n"), grid_key(sizes))
-    chosen = plan_graph(built.plan_graph, layers, devices, source, num_classes, memory_bytes, dtype=dtype)
-    cost = step_cost(built.plan_graph, layers, chosen, source, num_classes, dtype)
+    chosen = plan_graph(built.plan_graph, layers, devices, source, memory_bytes, dtype=dtype)
+    cost = step_cost(built.plan_graph, layers, chosen, source, dtype)
     return {
         "placements": {name: placement(c.algorithm, c.grid) for name, c in chosen.items()},
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,

@@ -17,7 +17,7 @@ import jax
 from jaxcnn.runner import optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import image_spec
-from jaxcnn.runner.predict import model_for_prediction, predict_step
+from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_step
 from jaxcnn.runner.state import abstract_state
 from jaxcnn.runner.step import abstract_batch, jit_train_step
 
@@ -34,8 +34,6 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
       "comm_bytes_per_step_max_device"}`` (memory figures per device, from XLA's memory analysis; the
       communication figure from :mod:`jaxcnn.measure` when available, else None).
     """
-    from jaxcnn.runner.train import bytes_per_step
-
     mesh = setup.build_mesh(cfg)
     shape, num_classes = image_spec(cfg.data, cfg.seed)
     tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
@@ -48,7 +46,7 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     elapsed = time.perf_counter() - t0
     memory = compiled.memory_analysis()
     predicted = predict_step(
-        model_for_prediction(graphs, state), mesh, cfg.train.batch_size, shape, num_classes, cfg.model.dtype
+        model_for_prediction(graphs, state), mesh, cfg.train.batch_size, shape, cfg.model.dtype
     )
     return {
         "compiled": compiled,
@@ -57,7 +55,7 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "num_params": sum(x.size for x in jax.tree.leaves(state["params"])),
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
         "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
-        "comm_bytes_per_step_max_device": bytes_per_step(compiled)[0],
+        "comm_bytes_per_step_max_device": metered_bytes(compiled)[0],
         "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
         "predicted_components": None if predicted is None else dict(predicted.components),
         "predicted_kinds": None if predicted is None else dict(predicted.kinds),

@@ -1,97 +1,121 @@
 """The run config: one frozen, typed, validated object built from YAML and ``key.sub=value`` overrides.
 
-Config flow (see ``/work/shared/CONVENTIONS.md``, "Config flow"):
+Config flow (``docs/conventions.md``, "Config flow"):
 
 1. the YAML file; its optional ``base_config:`` (a path relative to the file) is loaded first and the
    file is deep-merged on top, recursively (a chain of bases is fine, a cycle is an error);
 2. command-line overrides ``key.sub=value`` (the value is parsed as YAML, so ``3``, ``1e-3``,
-   ``true``, ``[a, b]`` and ``{conv1: 3d}`` have their natural types), applied in order;
-3. :func:`typed.build` turns the merged mapping into :class:`Config`: unknown keys, wrong types and bad
-   values are :class:`ConfigError` s naming the key and the valid choices.
+   ``true``, ``[a, b]`` and ``{conv1: 3d}`` have their natural types), applied in order
+   (:mod:`jaxcnn.runner.yaml_io`);
+3. pydantic validates the merged mapping into :class:`Config`: unknown keys, wrong types and bad values
+   are one-line :class:`ConfigError` s naming the key and the valid choices (:mod:`jaxcnn.runner.typed`).
 
-Sections: ``model`` (:class:`ModelConfig`), ``mesh`` (:class:`MeshConfig`), ``data``
-(:class:`DataConfig`), ``train`` (:class:`TrainConfig`), ``optimizer`` (:class:`OptimizerConfig`),
-``checkpoint`` (:class:`CheckpointConfig`). ``configs/base.yaml`` lists every key with its default.
+The models below are the one definition of every key: its type, default, constraints and
+``Field(description=...)``. ``configs/base.yaml`` lists every key with its default (a test checks it
+against these models); ``Config.model_json_schema()`` gives the whole schema.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import types
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
 
-from jaxcnn.runner import typed
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.typed import (
+    Bool,
+    ByteSize,
+    ConfigError,
+    Float,
+    FrozenDict,
+    FrozenMapping,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    Section,
+    Str,
+    check,
+    fail,
+    to_plain,
+    validate,
+)
 from jaxcnn.runner.yaml_io import apply_overrides, load_yaml, parse_override
 
-MODEL_NAMES = ("small_cnn", "resnet18", "resnet50", "vgg16")
 
+class ModelConfig(Section):
+    """Which network to train and how its convolutions are distributed."""
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+    key_path: ClassVar[str] = "model"
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Which network to train and how its convolutions are distributed.
-
-    Attributes:
-      name: network from ``jaxcnn.models`` (small_cnn, resnet18, resnet50, vgg16).
-      algorithms: distributed convolution algorithm(s): one name for every conv layer (``data``), a list
-        with one name per conv layer in order (``jaxcnn.models.conv_layer_names``), a mapping
-        ``{layer_name: algorithm}`` (key ``"*"``: the default for layers not listed), or ``auto`` to
-        let ``jaxcnn.plan_network`` choose (when available). A name may
-        carry its own arrangement of the same devices, ``"3d@n=2,k=2,c=2"`` (see
-        :mod:`jaxcnn.nn.placement`), so layers can mix algorithms that split different mesh axes.
-      dtype: computation dtype (``float32`` or ``bfloat16``; parameters and logits stay float32).
-      options: extra keyword arguments of the model's constructor, e.g. ``{width: 32}`` or
-        ``{small_images: true}`` for the ResNets on 32x32 images.
-      plan_memory_bytes: per-device memory budget of each layer for ``algorithms: auto`` (0: unlimited).
-    """
-
-    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16"] = "small_cnn"
-    algorithms: str | tuple[str, ...] | Mapping[str, str] = "data"
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    options: Mapping[str, int | float | bool | str] = dataclasses.field(
-        default_factory=lambda: types.MappingProxyType({})
+    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16"] = Field(
+        "small_cnn", description="network from jaxcnn.models"
     )
-    plan_memory_bytes: float = 0.0
+    algorithms: Str | tuple[Str, ...] | FrozenMapping[Str, Str] = Field(
+        "data",
+        description="distributed convolution algorithm(s): one name for every conv layer (data), a list "
+        "with one name per conv layer in order (jaxcnn.models.conv_layer_names), a mapping "
+        "{layer_name: algorithm} (key '*': the default for layers not listed), or 'auto' to let "
+        "jaxcnn.plan_network choose (jaxcnn/runner/autoplan.py). A name may carry its own arrangement "
+        "of the same devices, '3d@n=2,k=2,c=2' (jaxcnn.nn.placement), so layers can mix algorithms "
+        "that split different mesh axes",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="computation dtype (parameters and logits stay float32)"
+    )
+    options: FrozenMapping[Str, Int | Float | Bool | Str] = Field(
+        default_factory=FrozenDict,
+        description="extra keyword arguments of the model's constructor, e.g. {width: 0.5} (channel "
+        "multiplier) or {small_images: true} for the ResNets on 32x32 images",
+    )
+    plan_memory_bytes: ByteSize = Field(
+        0,
+        description="algorithms: auto only: per-device memory budget of each layer, in bytes or as "
+        "16GiB, 512MiB, 2e9 (the units of jaxcnn plan --memory); 0: unlimited",
+    )
 
-    def __post_init__(self) -> None:
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, algorithms: Any) -> Any:
         import jaxcnn
 
         valid = tuple(jaxcnn.ALGORITHMS)
-        if isinstance(self.algorithms, str):
-            if self.algorithms == "auto":
-                _check(
-                    hasattr(jaxcnn, "plan_network"),
-                    "model.algorithms: 'auto' is not available (jaxcnn.plan_network does not exist in "
-                    f"this version); give an algorithm from {valid}, a list or a {{layer: algorithm}} "
-                    "mapping",
-                )
-                return
-            names = [("model.algorithms", self.algorithms)]
-        elif isinstance(self.algorithms, Mapping):
-            names = [(f"model.algorithms.{k}", v) for k, v in self.algorithms.items()]
+        if isinstance(algorithms, str):
+            if algorithms == "auto":
+                return algorithms
+            names = [("", algorithms)]
+        elif isinstance(algorithms, Mapping):
+            names = [(f".{k}", v) for k, v in algorithms.items()]
         else:
-            _check(len(self.algorithms) > 0, "model.algorithms: the list of algorithms is empty")
-            names = [(f"model.algorithms[{i}]", v) for i, v in enumerate(self.algorithms)]
-        for key, alg in names:
-            _check(
-                alg.partition("@")[0] in valid,
-                f"{key}: unknown algorithm {alg!r}; valid algorithms are {valid}, optionally with a layer "
-                "mesh such as '3d@n=2,k=2,c=2'",
-            )
+            if not algorithms:
+                fail("the list of algorithms is empty")
+            names = [(f"[{i}]", v) for i, v in enumerate(algorithms)]
+        for sub, alg in names:
+            if alg.partition("@")[0] not in valid:
+                fail(
+                    f"unknown algorithm {alg!r}; valid algorithms are {valid}, optionally with a layer "
+                    "mesh such as '3d@n=2,k=2,c=2'",
+                    sub,
+                )
+        return algorithms
 
 
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
+MESH_AXES = ("n", "h", "w", "k", "c")
+
+
+def _mesh_size(size: int) -> int:
+    if size != -1 and size < 1:
+        fail(f"must be a positive int or -1, got {size}")
+    return size
+
+
+MeshSize = Annotated[int, Strict(), AfterValidator(_mesh_size)]
+
+
+class MeshConfig(Section):
     """Device mesh sizes, one per jaxcnn mesh axis (see :mod:`jaxcnn.mesh`).
 
     Exactly the product of the sizes must equal the number of devices; one size may be ``-1``, meaning
@@ -102,31 +126,26 @@ class MeshConfig:
     ``train.eval_batch_size``. With ``model.algorithms: auto`` and ``n: -1`` a batch smaller than (or
     not divisible by) the device count still works: ``n`` becomes the largest divisor of the rest of the
     devices that divides the batches, and the remaining factor goes to ``c`` (see :meth:`resolve`).
-
-    Attributes:
-      n: batch axis.
-      h: output-row axis.
-      w: output-column axis.
-      k: output-channel axis.
-      c: input-channel axis (the 2.5d replication depth).
     """
 
-    n: int = -1
-    h: int = 1
-    w: int = 1
-    k: int = 1
-    c: int = 1
+    key_path: ClassVar[str] = "mesh"
 
-    def __post_init__(self) -> None:
-        sizes = self.sizes()
-        for axis, size in sizes.items():
-            _check(size == -1 or size >= 1, f"mesh.{axis}: must be a positive int or -1, got {size}")
-        wild = [a for a, s in sizes.items() if s == -1]
-        _check(len(wild) <= 1, f"mesh: at most one axis may be -1, got -1 for {', '.join(wild)}")
+    n: MeshSize = Field(-1, description="batch axis")
+    h: MeshSize = Field(1, description="output-row axis")
+    w: MeshSize = Field(1, description="output-column axis")
+    k: MeshSize = Field(1, description="output-channel axis")
+    c: MeshSize = Field(1, description="input-channel axis (the 2.5d replication depth)")
+
+    @model_validator(mode="after")
+    def _one_wildcard(self) -> MeshConfig:
+        wild = [a for a, s in self.sizes().items() if s == -1]
+        if len(wild) > 1:
+            fail(f"at most one axis may be -1, got -1 for {', '.join(wild)}")
+        return self
 
     def sizes(self) -> dict[str, int]:
         """``{axis: size}`` as configured (may contain one -1)."""
-        return {a: getattr(self, a) for a in ("n", "h", "w", "k", "c")}
+        return {a: getattr(self, a) for a in MESH_AXES}
 
     def resolve(
         self,
@@ -160,13 +179,13 @@ class MeshConfig:
         fixed = math.prod(s for s in sizes.values() if s != -1)
         wild = [a for a, s in sizes.items() if s == -1]
         if wild:
-            _check(
+            check(
                 num_devices % fixed == 0,
                 f"mesh {sizes}: the fixed sizes multiply to {fixed}, which does not divide the "
                 f"{num_devices} available devices, so mesh.{wild[0]}=-1 has no valid size",
             )
             sizes[wild[0]] = num_devices // fixed
-        _check(
+        check(
             math.prod(sizes.values()) == num_devices,
             f"mesh {sizes}: product {math.prod(sizes.values())} != {num_devices} available devices; "
             "make the sizes multiply to the device count or set one axis to -1 (on a CPU-only machine, "
@@ -210,167 +229,162 @@ class MeshConfig:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where images come from. Images are NHWC float32 scaled to [0, 1] then standardised.
+class DataConfig(Section):
+    """Where images come from. Images are NHWC float32 scaled to [0, 1] then standardised."""
 
-    Attributes:
-      source: ``digits`` (scikit-learn's bundled 8x8 digits), ``synthetic`` (random images and labels,
-        for benchmarks), ``npz`` (arrays ``x_train, y_train, x_test, y_test`` in ``path``) or
-        ``folder`` (``path/<class>/*.png|jpg``, one subfolder per class).
-      path: file (npz) or directory (folder); ignored otherwise.
-      test_fraction: fraction held out as the test split (digits, folder), fixed by ``seed``.
-      image_size: ``[H, W]``: synthetic image size; for folder images, the size to resize to
-        (needs Pillow) or ``[]`` to keep the files' own (equal) size.
-      channels: synthetic image channels.
-      num_classes: synthetic label count.
-      num_train: synthetic training-set size.
-      num_test: synthetic test-set size.
-    """
+    key_path: ClassVar[str] = "data"
 
-    source: Literal["digits", "synthetic", "npz", "folder"] = "digits"
-    path: str = ""
-    test_fraction: float = 0.2
-    image_size: tuple[int, ...] = ()
-    channels: int = 3
-    num_classes: int = 10
-    num_train: int = 1024
-    num_test: int = 256
+    source: Literal["digits", "synthetic", "npz", "folder"] = Field(
+        "digits",
+        description="digits (scikit-learn's bundled 8x8 digits), synthetic (random images and labels, "
+        "for benchmarks), npz (arrays x_train, y_train, x_test, y_test in path) or folder "
+        "(path/<class>/*.png|jpg, one subfolder per class)",
+    )
+    path: Str = Field("", description="file (npz) or directory (folder); ignored otherwise")
+    test_fraction: Float = Field(
+        0.2, gt=0, lt=1, description="fraction held out as the test split (digits, folder), fixed by seed"
+    )
+    image_size: tuple[Int, ...] = Field(
+        (),
+        description="[H, W]: synthetic image size; for folder images, the size to resize to (needs "
+        "Pillow) or [] to keep the files' own (equal) size",
+    )
+    channels: PositiveInt = Field(3, description="synthetic image channels")
+    num_classes: PositiveInt = Field(10, description="synthetic label count")
+    num_train: PositiveInt = Field(1024, description="synthetic training-set size")
+    num_test: PositiveInt = Field(256, description="synthetic test-set size")
 
-    def __post_init__(self) -> None:
-        _check(
-            0.0 < self.test_fraction < 1.0, f"data.test_fraction: must be in (0, 1), got {self.test_fraction}"
-        )
-        _check(
-            len(self.image_size) in (0, 2) and all(s > 0 for s in self.image_size),
-            f"data.image_size: expected [] or [H, W] with positive sizes, got {list(self.image_size)}",
-        )
-        if self.source in ("npz", "folder"):
-            _check(bool(self.path), f"data.path: required for data.source={self.source!r}")
-        if self.source == "synthetic":
-            _check(len(self.image_size) == 2, "data.image_size: synthetic data needs [H, W]")
-        for key in ("channels", "num_classes", "num_train", "num_test"):
-            _check(getattr(self, key) >= 1, f"data.{key}: must be >= 1, got {getattr(self, key)}")
+    @field_validator("image_size")
+    @classmethod
+    def _h_w(cls, size: tuple[int, ...]) -> tuple[int, ...]:
+        if len(size) not in (0, 2) or not all(s > 0 for s in size):
+            fail(f"expected [] or [H, W] with positive sizes, got {list(size)}")
+        return size
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataConfig:
+        if self.source in ("npz", "folder") and not self.path:
+            fail(f"required for data.source={self.source!r}", ".path")
+        if self.source == "synthetic" and len(self.image_size) != 2:
+            fail("synthetic data needs [H, W]", ".image_size")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The training loop.
+class TrainConfig(Section):
+    """The training loop."""
 
-    Attributes:
-      steps: optimizer steps in total (a resumed run continues up to this many).
-      batch_size: global batch size (all devices, all hosts); divisible by mesh.n (with mesh.n=-1 and
-        ``model.algorithms: auto`` any size works: see :meth:`MeshConfig.resolve`). It may be smaller
-        than the device count: devices that share a batch shard hold the same rows (replicas), and
-        each process loads the rows its devices hold.
-      eval_every: evaluate on the test split every this many steps (and at the end); 0 = only at the end.
-      eval_batch_size: global batch size for evaluation (the last batch is padded and masked); divisible
-        by mesh.n like ``batch_size``.
-      log_every: fetch metrics, append to ``metrics.jsonl`` and check for NaN/inf every this many steps.
-    """
+    key_path: ClassVar[str] = "train"
 
-    steps: int = 500
-    batch_size: int = 64
-    eval_every: int = 100
-    eval_batch_size: int = 128
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "eval_batch_size", "log_every"):
-            _check(getattr(self, key) >= 1, f"train.{key}: must be >= 1, got {getattr(self, key)}")
-        _check(self.eval_every >= 0, f"train.eval_every: must be >= 0, got {self.eval_every}")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """Optax optimizer and learning-rate schedule.
-
-    Attributes:
-      name: ``sgd``, ``momentum`` (SGD with Nesterov-free momentum), ``adam`` or ``adamw``.
-      learning_rate: peak learning rate.
-      schedule: ``constant``, ``cosine`` (decay to ``final_lr_fraction`` over ``train.steps``) or
-        ``warmup_cosine`` (linear warmup over ``warmup_steps`` then cosine).
-      warmup_steps: warmup length for ``warmup_cosine``.
-      final_lr_fraction: final learning rate as a fraction of the peak (cosine schedules).
-      momentum: momentum coefficient (``momentum``).
-      b1: Adam beta1.
-      b2: Adam beta2.
-      weight_decay: decoupled weight decay (``adamw``) or L2 added to the gradient (others); 0 = off.
-      grad_clip_norm: clip the global gradient norm to this value; 0 = off.
-    """
-
-    name: Literal["sgd", "momentum", "adam", "adamw"] = "adam"
-    learning_rate: float = 1e-3
-    schedule: Literal["constant", "cosine", "warmup_cosine"] = "constant"
-    warmup_steps: int = 0
-    final_lr_fraction: float = 0.0
-    momentum: float = 0.9
-    b1: float = 0.9
-    b2: float = 0.999
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, f"optimizer.learning_rate: must be > 0, got {self.learning_rate}")
-        _check(self.warmup_steps >= 0, f"optimizer.warmup_steps: must be >= 0, got {self.warmup_steps}")
-        _check(self.weight_decay >= 0, f"optimizer.weight_decay: must be >= 0, got {self.weight_decay}")
-        _check(self.grad_clip_norm >= 0, f"optimizer.grad_clip_norm: must be >= 0, got {self.grad_clip_norm}")
+    steps: PositiveInt = Field(
+        500, description="optimizer steps in total (a resumed run continues up to this many)"
+    )
+    batch_size: PositiveInt = Field(
+        64,
+        description="global batch size (all devices, all hosts); divisible by mesh.n (with mesh.n=-1 and "
+        "model.algorithms: auto any size works: see MeshConfig.resolve). It may be smaller than the "
+        "device count: devices that share a batch shard hold the same rows (replicas), and each process "
+        "loads the rows its devices hold",
+    )
+    eval_every: NonNegativeInt = Field(
+        100,
+        description="evaluate on the test split every this many steps (and at the end); 0 = only at the end",
+    )
+    eval_batch_size: PositiveInt = Field(
+        128,
+        description="global batch size for evaluation (the last batch is padded and masked); divisible "
+        "by mesh.n like batch_size",
+    )
+    log_every: PositiveInt = Field(
+        10, description="fetch metrics, append to metrics.jsonl and check for NaN/inf every this many steps"
+    )
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-    """Orbax checkpoints under ``<run dir>/checkpoints``.
+class OptimizerConfig(Section):
+    """Optax optimizer and learning-rate schedule."""
 
-    Attributes:
-      every: save every this many steps (and always at the end); 0 = only at the end.
-      max_to_keep: keep this many most recent checkpoints.
-      enabled: write checkpoints at all.
-    """
+    key_path: ClassVar[str] = "optimizer"
 
-    every: int = 100
-    max_to_keep: int = 3
-    enabled: bool = True
+    name: Literal["sgd", "momentum", "adam", "adamw"] = Field(
+        "adam", description="sgd, momentum (SGD with Nesterov-free momentum), adam or adamw"
+    )
+    learning_rate: Float = Field(1e-3, gt=0, description="peak learning rate")
+    schedule: Literal["constant", "cosine", "warmup_cosine"] = Field(
+        "constant",
+        description="constant, cosine (decay to final_lr_fraction over train.steps) or warmup_cosine "
+        "(linear warmup over warmup_steps then cosine)",
+    )
+    warmup_steps: NonNegativeInt = Field(0, description="warmup length for warmup_cosine")
+    final_lr_fraction: Float = Field(
+        0.0, description="final learning rate as a fraction of the peak (cosine schedules)"
+    )
+    momentum: Float = Field(0.9, description="momentum coefficient (momentum)")
+    b1: Float = Field(0.9, description="Adam beta1 (adam, adamw)")
+    b2: Float = Field(0.999, description="Adam beta2 (adam, adamw)")
+    weight_decay: NonNegativeFloat = Field(
+        0.0, description="decoupled weight decay (adamw) or L2 added to the gradient (others); 0 = off"
+    )
+    grad_clip_norm: NonNegativeFloat = Field(
+        0.0, description="clip the global gradient norm to this value; 0 = off"
+    )
 
-    def __post_init__(self) -> None:
-        _check(self.every >= 0, f"checkpoint.every: must be >= 0, got {self.every}")
-        _check(self.max_to_keep >= 1, f"checkpoint.max_to_keep: must be >= 1, got {self.max_to_keep}")
+
+class CheckpointConfig(Section):
+    """Orbax checkpoints under ``<run dir>/checkpoints``."""
+
+    key_path: ClassVar[str] = "checkpoint"
+
+    enabled: Bool = Field(True, description="write checkpoints at all (every host writes its shards)")
+    every: NonNegativeInt = Field(
+        100, description="save every this many steps (and always at the end); 0 = only at the end"
+    )
+    max_to_keep: PositiveInt = Field(3, description="keep this many most recent checkpoints")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """A whole run.
+class Config(Section):
+    """A whole run: top-level keys and one section per concern."""
 
-    Attributes:
-      name: run name; outputs go to ``<output_dir>/<name>``.
-      output_dir: parent directory of run directories.
-      seed: seed for parameters, data split and shuffling (per epoch).
-      resume: continue from the latest checkpoint in the run directory (bit-identical to not stopping).
-      distributed: call ``jax.distributed.initialize()`` first (multi-host; arguments from the environment).
-      model: see :class:`ModelConfig`.
-      mesh: see :class:`MeshConfig`.
-      data: see :class:`DataConfig`.
-      train: see :class:`TrainConfig`.
-      optimizer: see :class:`OptimizerConfig`.
-      checkpoint: see :class:`CheckpointConfig`.
-    """
+    name: Str = Field(
+        "run",
+        description="run name; outputs go to <output_dir>/<name> (config.yaml, metrics.jsonl, plots, "
+        "checkpoints)",
+    )
+    output_dir: Str = Field("runs", description="parent directory of run directories")
+    seed: Int = Field(0, description="seed for parameters, data split and shuffling (per epoch)")
+    resume: Bool = Field(
+        False,
+        description="continue from the latest checkpoint in the run directory (bit-identical to not "
+        "stopping); false starts over (deleting old checkpoints)",
+    )
+    distributed: Bool = Field(
+        False,
+        description="call jax.distributed.initialize() first (multi-host; arguments from the environment)",
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="see ModelConfig")
+    mesh: MeshConfig = Field(default_factory=MeshConfig, description="see MeshConfig")
+    data: DataConfig = Field(default_factory=DataConfig, description="see DataConfig")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="see TrainConfig")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="see OptimizerConfig")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="see CheckpointConfig")
 
-    name: str = "run"
-    output_dir: str = "runs"
-    seed: int = 0
-    resume: bool = False
-    distributed: bool = False
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """A section written with no value (``model:``) means all its defaults."""
+        if isinstance(data, Mapping):
+            sections = [
+                k
+                for k, f in cls.model_fields.items()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, Section)
+            ]
+            return {k: {} if v is None and k in sections else v for k, v in data.items()}
+        return data
 
-    def __post_init__(self) -> None:
-        _check(
-            bool(self.name) and "/" not in self.name,
-            f"name: must be a non-empty file name, got {self.name!r}",
-        )
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name: str) -> str:
+        if not name or "/" in name:
+            fail(f"must be a non-empty file name, got {name!r}")
+        return name
 
     def mesh_sizes(self, num_devices: int) -> dict[str, int]:
         """The run mesh on ``num_devices`` devices: :meth:`MeshConfig.resolve` with this run's train and
@@ -393,12 +407,16 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain YAML-safe data (loading it back gives an equal config)."""
-        return typed.to_plain(self)
+        return to_plain(self)
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:
-    """Validates plain data into a :class:`Config` (see :func:`typed.build`)."""
-    return typed.build(Config, data)
+    """Validates plain data into a :class:`Config`.
+
+    Raises:
+      ConfigError: the first problem, on one line, naming the key (see :func:`typed.explain`).
+    """
+    return validate(Config, data)
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:

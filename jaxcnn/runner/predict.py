@@ -1,8 +1,11 @@
-"""The whole-step communication prediction of a built model (``predicted_comm_bytes_per_step_max_device``).
+"""A run's communication figures: metered from the compiled step, and predicted from the model.
+
+``comm_bytes_per_step_max_device`` (:func:`metered_bytes`) and
+``predicted_comm_bytes_per_step_max_device`` (:func:`predict_step`).
 
 Reads the model's plan graph (:mod:`jaxcnn.planner.graph`) and each convolution's placement (its
 algorithm and mesh), traces the convolutions' geometries for the run's batch
-(:func:`jaxcnn.runner.autoplan.trace_layers`), and evaluates :func:`jaxcnn.planner.step.step_cost`.
+(:func:`jaxcnn.models.trace.trace_layers`), and evaluates :func:`jaxcnn.planner.step.step_cost`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,21 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.mesh import mesh_sizes
+from jaxcnn.models.trace import named_convs, trace_layers
 from jaxcnn.planner.step import StepCost, choices_for, first_conv, grid_key, step_cost
-from jaxcnn.runner.autoplan import _named_convs, trace_layers
+
+
+def metered_bytes(compiled: Any) -> tuple[float | None, str]:
+    """Max bytes a device receives per step of a compiled program (:mod:`jaxcnn.measure`), and a note.
+
+    The meter is advisory: if it cannot parse the program, the value is None and the note says why.
+    """
+    from jaxcnn import measure
+
+    try:
+        return float(measure.meter_compiled(compiled).max_bytes), ""
+    except measure.HloParseError as e:  # never stop a run over the meter
+        return None, f"jaxcnn.measure could not meter this program: {e}"
 
 
 def model_for_prediction(graphs: Any, state: Any) -> nnx.Module:
@@ -31,7 +47,7 @@ def model_for_prediction(graphs: Any, state: Any) -> nnx.Module:
 
 
 def predict_step(
-    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], num_classes: int, dtype: str
+    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
 ) -> StepCost | None:
     """Predicted bytes per device of one train step of ``model`` (None for a model without a plan graph).
 
@@ -40,15 +56,14 @@ def predict_step(
       mesh: the run's mesh.
       batch: global batch size.
       image_shape: ``(H, W, C)``.
-      num_classes: logits per example.
       dtype: the model's computation dtype.
     """
     graph = getattr(model, "plan_graph", None)
     if graph is None:
         return None
     placements: dict[str, Any] = {
-        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in _named_convs(model).values()
+        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in named_convs(model).values()
     }
     layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
     choices = choices_for(layers, placements, dtype, first=first_conv(graph))
-    return step_cost(graph, layers, choices, (P("n"), grid_key(mesh_sizes(mesh))), num_classes, dtype)
+    return step_cost(graph, layers, choices, (P("n"), grid_key(mesh_sizes(mesh))), dtype)

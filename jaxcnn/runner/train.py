@@ -27,7 +27,7 @@ from jaxcnn.runner import display, metrics, optim, setup
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import Dataset, load_dataset
-from jaxcnn.runner.predict import model_for_prediction, predict_step
+from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_step
 from jaxcnn.runner.state import Graphs, TrainState, abstract, init_state
 from jaxcnn.runner.step import abstract_batch, jit_eval_step, jit_train_step
 
@@ -67,21 +67,6 @@ def evaluate(
         "eval_accuracy": sum(float(s["correct"]) for s in sums) / count,
         "eval_loss": sum(float(s["loss_sum"]) for s in sums) / count,
     }
-
-
-def bytes_per_step(compiled: Any) -> tuple[float | None, str]:
-    """Max bytes a device receives per train step (:mod:`jaxcnn.measure`, if present) and a note.
-
-    The meter is advisory: if it is missing or fails, the value is None and the note says why.
-    """
-    try:
-        from jaxcnn import measure
-    except ImportError:
-        return None, "jaxcnn.measure is not available"
-    try:
-        return float(measure.meter_compiled(compiled).max_bytes), ""
-    except Exception as e:  # never stop a run over the meter
-        return None, f"jaxcnn.measure failed: {type(e).__name__}: {e}"
 
 
 def _stop(bad_step: int, ckpt: Checkpointer | None) -> NonFiniteLossError:
@@ -150,13 +135,12 @@ def train(
     ).compile()
     eval_step = jit_eval_step(graphs, state, mesh)
     compile_s = time.perf_counter() - t0
-    comm_bytes, comm_note = bytes_per_step(compiled)
+    comm_bytes, comm_note = metered_bytes(compiled)
     predicted = predict_step(
         model_for_prediction(graphs, state),
         mesh,
         cfg.train.batch_size,
         data.image_shape,
-        data.num_classes,
         cfg.model.dtype,
     )
     batches = data_lib.TrainBatches(data, cfg.train.batch_size, cfg.seed, mesh)

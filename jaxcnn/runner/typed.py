@@ -1,41 +1,200 @@
-"""Plain YAML data → frozen, typed dataclasses, with errors that name the key.
+"""Pydantic v2 glue for configs: strict field types, frozen sections, byte sizes and one-line errors.
 
-Supported field types: ``bool``, ``int``, ``float`` (ints are accepted, and so are strings in scientific
-notation such as ``1e-3``, which YAML 1.1 reads as strings), ``str``, ``Literal[...]``
-(the message lists the choices), ``tuple[T, ...]`` (from a YAML list), ``Mapping[str, T]`` (from a YAML
-mapping; stored read-only), unions of these (``str | tuple[str, ...]``), and nested dataclasses (from a
-YAML mapping). Every dataclass field has a default, so a YAML file only lists what it changes.
+The config sections (:mod:`jaxcnn.runner.config`) are :class:`Section` models: frozen, unknown keys
+forbidden, every field with a default and a ``Field(description=...)``. Field types are strict (YAML
+``"10"`` is not an int, ``1`` is not a bool); an int is accepted where a float is expected, and a YAML
+list where a tuple is. Every pydantic ``ValidationError`` becomes a one-line :class:`ConfigError` naming
+the dotted key and the valid choices (see :func:`explain`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
-T = TypeVar("T")
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the valid choices."""
 
 
-def _type_name(tp: Any) -> str:
+def check(ok: bool, message: str) -> None:
+    """Raises :class:`ConfigError` ``message`` unless ``ok`` (for checks outside model validation)."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def fail(message: str, sub: str = "") -> typing.NoReturn:
+    """Rejects a value inside a pydantic validator; :func:`explain` prints ``<key><sub>: <message>``.
+
+    Args:
+      message: what is wrong and what would be valid (without the key).
+      sub: key suffix below the validated field or section, e.g. ``"[1]"`` or ``".path"``.
+    """
+    raise PydanticCustomError("config", "{message}", {"message": message, "sub": sub})
+
+
+class FrozenDict(dict):
+    """A read-only, hashable ``dict`` (config mappings such as ``model.options``)."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> typing.NoReturn:
+        raise TypeError("config mappings are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=repr)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Float = Annotated[float, Strict()]  # strict float still takes an int (1 -> 1.0), never a bool or str
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
+FrozenMapping = Annotated[Mapping[K, V], AfterValidator(FrozenDict)]
+"""``FrozenMapping[Str, Int]``: a YAML mapping, stored as a :class:`FrozenDict`."""
+
+_BYTE_UNITS = {"": 1, "b": 1}
+_BYTE_UNITS |= {p + "b": 10 ** (3 * i) for i, p in enumerate("kmgt", 1)}
+_BYTE_UNITS |= {p + "ib": 2 ** (10 * i) for i, p in enumerate("kmgt", 1)}
+_BYTE_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+BYTE_SIZE_FORMS = "a size such as 16GiB, 512MiB, 8GB, 2e9 or a number of bytes"
+
+
+def parse_bytes(value: Any) -> int | float:
+    """Bytes of a memory size: ``16GiB``, ``512MiB``, ``2e9``, ``8GB``, ``1.5 kib``, ``inf`` or a number.
+
+    Binary units (KiB, MiB, GiB, TiB) are powers of 1024, decimal ones (KB, MB, GB, TB) powers of 1000,
+    case-insensitive; ``inf`` / ``infinity`` / ``none`` mean unlimited. The one parser of memory sizes
+    for ``jaxcnn train`` (``model.plan_memory_bytes``) and ``jaxcnn plan`` (``--memory``).
+
+    Returns:
+      A whole number of bytes as an ``int``, or ``math.inf`` (a fractional result stays a float).
+
+    Raises:
+      ValueError: not a size with a known unit, or negative; the message starts with "must be".
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be {BYTE_SIZE_FORMS}, got {value!r}")
+    if isinstance(value, str):
+        if value.strip().lower() in ("inf", "infinity", "none"):
+            return math.inf
+        m = _BYTE_SIZE.match(value)
+        if not m or m.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(
+                f"must be {BYTE_SIZE_FORMS} (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB; inf: unlimited), "
+                f"got {value!r}"
+            )
+        size = float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]
+    else:
+        size = float(value)
+    if math.isnan(size) or size < 0:
+        raise ValueError(f"must be a size >= 0 such as 16GiB, got {value!r}")
+    return int(size) if math.isfinite(size) and size.is_integer() else size
+
+
+def _byte_size(value: Any) -> int | float:
+    try:
+        return parse_bytes(value)
+    except ValueError as e:
+        fail(str(e))
+
+
+ByteSize = Annotated[int | float, PlainValidator(_byte_size, json_schema_input_type=int | float | str)]
+"""Bytes given as ``16GiB``, ``512MiB``, ``2e9``, ``inf`` or a number (see :func:`parse_bytes`)."""
+
+
+class _SectionMeta(type(BaseModel)):
+    """Turns the ``ValidationError`` of a direct construction (``MeshConfig(n=0)``) into a ConfigError.
+
+    (Not an ``__init__`` override: pydantic would call that for nested sections too.)
+    """
+
+    def __call__(cls, *args: Any, **data: Any) -> Any:
+        try:
+            return super().__call__(*args, **data)
+        except ValidationError as e:
+            raise ConfigError(explain(e, cls, data, cls.key_path)) from None
+
+
+class Section(BaseModel, metaclass=_SectionMeta):
+    """A frozen config model: unknown keys are errors; construction errors are :class:`ConfigError`.
+
+    ``key_path`` is the dotted path of the section in the whole config (``"mesh"``), so that building
+    one directly (``MeshConfig(n=0)``) names the same key as loading a file does (``mesh.n: ...``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key_path: ClassVar[str] = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"the config is frozen: cannot set {name!r} (build a new one with from_dict)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"the config is frozen: cannot delete {name!r}")
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def validate(cls: type[S], data: Any, prefix: str = "") -> S:
+    """Validates plain data (YAML-loaded) into ``cls``.
+
+    Raises:
+      ConfigError: the first problem, on one line (see :func:`explain`).
+    """
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(explain(e, cls, data, prefix)) from None
+
+
+def _strip(tp: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, *meta]`` -> ``(T, meta)``."""
+    meta: list[Any] = []
+    while typing.get_origin(tp) is Annotated:
+        tp, *more = typing.get_args(tp)
+        meta = [*more, *meta]
+    return tp, meta
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _is_mapping(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    return origin is not None and isinstance(origin, type) and issubclass(origin, Mapping)
+
+
+def type_name(tp: Any) -> str:
+    """A field type in words: ``int``, ``one of 'sgd', 'adam'``, ``list of str``, ``mapping of ...``."""
+    tp, _ = _strip(tp)
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if origin in (Mapping, dict, typing.Mapping) or tp is Mapping:
+        return f"list of {type_name(typing.get_args(tp)[0])}"
+    if _is_mapping(tp):
         key_t, val_t = typing.get_args(tp)
-        return f"mapping of {_type_name(key_t)} to {_type_name(val_t)}"
-    if dataclasses.is_dataclass(tp):
+        return f"mapping of {type_name(key_t)} to {type_name(val_t)}"
+    if _is_model(tp):
         return f"mapping (section {tp.__name__})"
     return getattr(tp, "__name__", str(tp))
 
@@ -44,105 +203,94 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def convert(tp: Any, value: Any, key: str) -> Any:
-    """Checks ``value`` against the field type ``tp`` and returns the stored (frozen) value.
+def _bounds(meta: list[Any]) -> str:
+    """``Field(gt=0, lt=1)`` metadata -> ``in (0, 1)``; ``Field(ge=1)`` -> ``>= 1``."""
+    low = next(((m.ge, "[", ">=") for m in meta if getattr(m, "ge", None) is not None), None)
+    low = low or next(((m.gt, "(", ">") for m in meta if getattr(m, "gt", None) is not None), None)
+    high = next(((m.le, "]", "<=") for m in meta if getattr(m, "le", None) is not None), None)
+    high = high or next(((m.lt, ")", "<") for m in meta if getattr(m, "lt", None) is not None), None)
+    if low and high:
+        return f"in {low[1]}{low[0]}, {high[0]}{high[1]}"
+    bound = low or high
+    return f"{bound[2]} {bound[0]}" if bound else "within its bounds"
+
+
+_CONSTRAINTS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def explain(error: ValidationError, cls: type[BaseModel], data: Any, prefix: str = "") -> str:
+    """The first error of ``error`` as one line: ``<dotted key>: <problem>, <valid choices>``.
+
+    Forms: ``unknown config key 'train.stepz'; valid keys at 'train': steps, ...``;
+    ``train.steps: expected int, got 'ten' (str)``; ``train.steps: must be >= 1, got 0``; and a
+    validator's own message (:func:`fail`) after its key.
 
     Args:
-      tp: the resolved field type.
-      value: the YAML-loaded value.
-      key: dotted key path, for messages.
-
-    Returns:
-      The value to store: a dataclass instance, tuple, read-only mapping or scalar.
-
-    Raises:
-      ConfigError: the value does not have the expected type.
+      error: from validating ``data`` into ``cls``.
+      cls: the model validated.
+      data: the plain data validated (values in messages are the data's own, e.g. a whole list).
+      prefix: dotted key of ``cls`` in the config ("" for the top level).
     """
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
-        return build(tp, value, key)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            try:
-                return convert(arg, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if isinstance(value, bool) or value not in choices:
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
-        return value
-    if origin is tuple:
-        (elem,) = typing.get_args(tp)[:1]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
-        return tuple(convert(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is not None and (origin is Mapping or issubclass(origin, Mapping)):
-        key_t, val_t = typing.get_args(tp)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
-        out = {convert(key_t, k, f"{key} key"): convert(val_t, v, f"{key}.{k}") for k, v in value.items()}
-        return types.MappingProxyType(out)
-    if tp is float:
-        if isinstance(value, str) and _SCIENTIFIC.match(value):
-            return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected float, got {_describe(value)}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {_describe(value)}")
-        return value
-    if tp in (bool, str):
-        if not isinstance(value, tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {_describe(value)}")
-        return value
-    raise TypeError(f"unsupported config field type {tp!r} at {key}")  # a schema bug, not a user error
+    err = error.errors(include_url=False)[0]
+    tp: Any = cls
+    meta: list[Any] = []
+    path, value = prefix, data
+    loc = list(err["loc"])
+    for i, part in enumerate(loc):
+        tp, more = _strip(tp)
+        meta = [*meta, *more]
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            break  # the rest of loc names union members: report the union as a whole
+        if _is_model(tp):
+            if part not in tp.model_fields:
+                where = f"'{path}'" if path else "the top level"
+                return f"unknown config key '{_join(path, part)}'; valid keys at {where}: " + ", ".join(
+                    tp.model_fields
+                )
+            field = tp.model_fields[part]
+            tp, meta, path = field.annotation, list(field.metadata), _join(path, part)
+        elif typing.get_origin(tp) is tuple:
+            tp, meta, path = typing.get_args(tp)[0], [], f"{path}[{part}]"
+        elif _is_mapping(tp):
+            if i + 1 < len(loc) and loc[i + 1] == "[key]":
+                return f"{path}: keys must be {type_name(typing.get_args(tp)[0])}, got {_describe(part)}"
+            tp, meta, path = typing.get_args(tp)[1], [], _join(path, part)
+        else:
+            break
+        value = _child(value, part)
+    kind = err["type"]
+    if kind == "config":
+        return f"{path}{err['ctx']['sub']}: {err['ctx']['message']}"
+    if kind in _CONSTRAINTS:
+        return f"{path}: must be {_bounds(meta)}, got {err['input']!r}"
+    if kind.endswith(("_type", "_parsing", "_from_float")) or kind == "literal_error":
+        got = err["input"] if value is _MISSING else value
+        return f"{path or 'config'}: expected {type_name(tp)}, got {_describe(got)}"
+    return (
+        f"{path or 'config'}: {' '.join(str(err['msg']).split())}"  # pragma: no cover - other pydantic errors
+    )
 
 
-def build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Builds dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+_MISSING = object()
 
-    Args:
-      cls: a dataclass whose fields all have defaults.
-      data: the YAML mapping for this section.
-      prefix: dotted path of this section ("" for the top level), for messages.
 
-    Returns:
-      An instance of ``cls`` (its ``__post_init__`` runs any cross-field checks).
+def _child(value: Any, part: Any) -> Any:
+    """``value[part]`` of the plain data, or ``_MISSING``."""
+    if isinstance(value, Mapping) and part in value:
+        return value[part]
+    if isinstance(part, int) and isinstance(value, list | tuple) and 0 <= part < len(value):
+        return value[part]
+    return _MISSING
 
-    Raises:
-      ConfigError: unknown key (the message lists the valid keys at that level) or wrong type.
-    """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    where = f"'{prefix}'" if prefix else "the top level"
-    for k in data:
-        if k not in names:
-            full = f"{prefix}.{k}" if prefix else str(k)
-            raise ConfigError(f"unknown config key '{full}'; valid keys at {where}: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name in data:
-            kwargs[name] = convert(hints[name], data[name], f"{prefix}.{name}" if prefix else name)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:  # pragma: no cover - schema bugs surface here
-        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+def _join(path: str, part: Any) -> str:
+    return f"{path}.{part}" if path else str(part)
 
 
 def to_plain(obj: Any) -> Any:
-    """Dataclasses / tuples / mappings → dicts / lists / scalars (YAML-safe)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    """Models / tuples / mappings -> dicts / lists / scalars (YAML-safe), in field order."""
+    if isinstance(obj, BaseModel):
+        return {name: to_plain(getattr(obj, name)) for name in type(obj).model_fields}
     if isinstance(obj, Mapping):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

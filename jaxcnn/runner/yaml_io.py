@@ -1,31 +1,51 @@
 """Reading config YAML: ``base_config`` chains and ``key.sub=value`` overrides, on plain dicts.
 
-Validation into the typed config happens afterwards, in :mod:`jaxcnn.runner.config`.
+Used by ``jaxcnn train`` (validation into the typed config happens afterwards, in
+:mod:`jaxcnn.runner.config`) and by ``jaxcnn plan --config``. Scalars are read as YAML 1.1 does
+(PyYAML's safe loader), except that ``1e-3`` and ``2e9`` are floats as in YAML 1.2 (YAML 1.1 wants a dot).
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.typed import ConfigError, check
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` / ``2e9`` (no dot) as floats."""
 
 
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> plain data (see the module docstring for the float rule).
+
+    Raises:
+      yaml.YAMLError: invalid YAML.
+    """
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, recursively for mappings in both; neither input is changed."""
+    out = copy.deepcopy(dict(base))
     for k, v in top.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(dict(out[k]), v)
+            out[k] = _deep_merge(out[k], v)
         else:
-            out[k] = v
+            out[k] = copy.deepcopy(v)
     return out
 
 
@@ -36,27 +56,42 @@ def load_yaml(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
       ConfigError: missing file, invalid YAML, a non-mapping document, or a ``base_config`` cycle.
     """
     real = os.path.realpath(path)
-    _check(real not in _seen, f"base_config cycle: {' -> '.join([*_seen, real])}")
-    _check(os.path.isfile(path), f"config file not found: {path}")
+    check(real not in _seen, f"base_config cycle: {' -> '.join([*_seen, real])}")
+    check(os.path.isfile(path), f"config file not found: {path}")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = parse_yaml(f.read())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
-    _check(isinstance(data, dict), f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
+    data = {} if data is None else data
+    check(isinstance(data, dict), f"{path}: the top level must be a mapping, got {type(data).__name__}")
     base = data.pop("base_config", None)
     if base is None:
         return data
-    _check(isinstance(base, str), f"{path}: base_config must be a relative path string, got {base!r}")
+    check(isinstance(base, str), f"{path}: base_config must be a relative path string, got {base!r}")
     parent = load_yaml(os.path.join(os.path.dirname(path), base), (*_seen, real))
     return _deep_merge(parent, data)
+
+
+def _valueless_colon_keys(value: Any) -> list[str]:
+    """Keys like ``'width:0.125'`` with no value: YAML's reading of ``{width:0.125}`` (no space)."""
+    found = []
+    if isinstance(value, Mapping):
+        found += [k for k, v in value.items() if v is None and isinstance(k, str) and ":" in k]
+        value = list(value.values())
+    if isinstance(value, list):
+        for v in value:
+            found += _valueless_colon_keys(v)
+    return found
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.steps=10"`` → ``(["train", "steps"], 10)`` (the value is parsed as YAML).
 
     Raises:
-      ConfigError: not of the form ``key.sub=value`` with non-empty identifier-like key parts.
+      ConfigError: not of the form ``key.sub=value`` with non-empty identifier-like key parts, a value
+        that is not valid YAML, or a flow mapping written without a space after a colon
+        (``{width:0.125}``, which YAML reads as the key ``'width:0.125'`` with no value).
     """
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
@@ -66,14 +101,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             "(keys are dotted names, the value is YAML)"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"bad override {text!r}: the value is not valid YAML: {e}") from e
+        raise ConfigError(
+            f"bad override {text!r}: the value is not valid YAML: {' '.join(str(e).split())}"
+        ) from e
+    bad = _valueless_colon_keys(value)
+    if bad:
+        fixed = re.sub(r":(?=[^\s/\\])", ": ", raw.strip())
+        raise ConfigError(
+            f"bad override {text!r}: YAML reads {bad[0]!r} as a key without a value; put a space after "
+            f"each colon: '{key.strip()}={fixed}'"
+        )
     return parts, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Applies ``key.sub=value`` overrides in order (a copy; the input is not changed).
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Applies ``key.sub=value`` overrides in order to a copy of ``data`` (``data`` is not changed).
 
     Raises:
       ConfigError: bad syntax, or a key path through a value that is not a mapping.

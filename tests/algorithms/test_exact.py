@@ -6,6 +6,8 @@ different order than the reference's).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,16 +15,23 @@ import pytest
 
 import jaxcnn
 from tests.algorithms.cases import CASES, GRIDS, K_OUT, X_SHAPE, case_id, mesh_kwargs
-from tests.utils import assert_close, numpy_conv, random_inputs, reference_conv
+from tests.utils import assert_close, first_fast, numpy_conv, random_inputs, reference_conv
 
 RTOL = 2e-5
 
 # Every case runs on every algorithm; on each algorithm's grids they alternate (grid j takes the cases
 # of parity j), except the two hardest (explicit asymmetric padding with an even kernel, and a 7×7 kernel
 # dilated to reach across several blocks), which run on every grid. Keeps `make test` fast.
+# `make test-fast` runs the two hard cases on the first grid of each algorithm.
 HARD = (3, 7)
 PARAMS = [
-    pytest.param(alg, grid, case, id=f"{alg}-{'x'.join(map(str, grid))}-{case_id(case)}")
+    pytest.param(
+        alg,
+        grid,
+        case,
+        id=f"{alg}-{'x'.join(map(str, grid))}-{case_id(case)}",
+        marks=() if j == 0 and i in HARD else pytest.mark.slow,
+    )
     for alg, grids in GRIDS.items()
     for j, grid in enumerate(grids)
     for i, case in enumerate(CASES)
@@ -38,6 +47,14 @@ def _loss_and_grads(conv):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
 
+@functools.cache
+def _reference_loss_and_grads(strides, padding, dilation):
+    """The reference program of one case, jitted once: grids sharing a case share its compilation."""
+    return _loss_and_grads(
+        functools.partial(reference_conv, strides=strides, padding=padding, dilation=dilation)
+    )
+
+
 @pytest.mark.parametrize(("algorithm", "grid", "case"), PARAMS)
 def test_forward_and_gradients_match_single_device(algorithm, grid, case):
     strides, padding, dilation, (r, s) = case
@@ -47,7 +64,7 @@ def test_forward_and_gradients_match_single_device(algorithm, grid, case):
     (_, y), (gx, gk) = _loss_and_grads(
         lambda a, b: jaxcnn.conv2d(a, b, mesh=mesh, algorithm=algorithm, **kw)
     )(x, kernel)
-    (_, y_ref), (gx_ref, gk_ref) = _loss_and_grads(lambda a, b: reference_conv(a, b, **kw))(x, kernel)
+    (_, y_ref), (gx_ref, gk_ref) = _reference_loss_and_grads(**kw)(x, kernel)
     assert_close(y, y_ref, RTOL, "y")
     assert_close(gx, gx_ref, RTOL, "dx")
     assert_close(gk, gk_ref, RTOL, "dkernel")
@@ -55,12 +72,15 @@ def test_forward_and_gradients_match_single_device(algorithm, grid, case):
 
 @pytest.mark.parametrize(
     ("algorithm", "grid", "strides", "pads", "dilation", "rs"),
-    [
-        ("3d", (2, 1, 1, 2, 2), (1, 1), ((1, 1), (1, 1)), (1, 1), (3, 3)),
-        ("spatial", (1, 2, 2, 1, 1), (2, 3), ((0, 2), (1, 0)), (2, 1), (3, 4)),
-        ("2d", (1, 2, 2, 2, 1), (2, 2), ((3, 3), (3, 3)), (1, 1), (7, 7)),
-        ("2.5d", (1, 2, 1, 2, 2), (1, 2), ((0, 0), (2, 1)), (3, 2), (2, 2)),
-    ],
+    first_fast(
+        [
+            ("3d", (2, 1, 1, 2, 2), (1, 1), ((1, 1), (1, 1)), (1, 1), (3, 3)),
+            ("spatial", (1, 2, 2, 1, 1), (2, 3), ((0, 2), (1, 0)), (2, 1), (3, 4)),
+            ("2d", (1, 2, 2, 2, 1), (2, 2), ((3, 3), (3, 3)), (1, 1), (7, 7)),
+            ("2.5d", (1, 2, 1, 2, 2), (1, 2), ((0, 0), (2, 1)), (3, 2), (2, 2)),
+        ],
+        keep=2,
+    ),
 )
 def test_matches_numpy_loop(algorithm, grid, strides, pads, dilation, rs):
     """An independent reference: the convolution's definition as a NumPy loop in float64."""
@@ -75,15 +95,17 @@ def test_matches_numpy_loop(algorithm, grid, strides, pads, dilation, rs):
 
 @pytest.mark.parametrize(
     ("algorithm", "grid", "x_shape", "k_out"),
-    [
-        ("spatial", (1, 2, 2, 1, 1), (2, 7, 7, 3), 4),  # 7×7 map on 2-way h and w splits
-        ("data", (2, 1, 1, 1, 1), (3, 6, 6, 3), 4),  # 3 images on 2-way n
-        ("channel", (1, 1, 1, 1, 2), (2, 6, 6, 3), 5),  # 3 input / 5 output channels on 2-way c
-        ("filter", (1, 1, 1, 4, 1), (2, 6, 6, 3), 5),  # 5 output channels on 4-way k
-        ("3d", (1, 2, 1, 2, 2), (3, 7, 5, 5), 3),  # everything uneven at once
-        ("2.5d", (2, 1, 2, 1, 2), (3, 5, 9, 3), 7),
-        ("2d", (1, 1, 2, 4, 1), (2, 6, 5, 6), 6),
-    ],
+    first_fast(
+        [
+            ("3d", (1, 2, 1, 2, 2), (3, 7, 5, 5), 3),  # everything uneven at once
+            ("spatial", (1, 2, 2, 1, 1), (2, 7, 7, 3), 4),  # 7×7 map on 2-way h and w splits
+            ("data", (2, 1, 1, 1, 1), (3, 6, 6, 3), 4),  # 3 images on 2-way n
+            ("channel", (1, 1, 1, 1, 2), (2, 6, 6, 3), 5),  # 3 input / 5 output channels on 2-way c
+            ("filter", (1, 1, 1, 4, 1), (2, 6, 6, 3), 5),  # 5 output channels on 4-way k
+            ("2.5d", (2, 1, 2, 1, 2), (3, 5, 9, 3), 7),
+            ("2d", (1, 1, 2, 4, 1), (2, 6, 5, 6), 6),
+        ]
+    ),
 )
 def test_uneven_shapes_are_exact(algorithm, grid, x_shape, k_out):
     """Uneven shards are zero-padded internally; the result is exact (forward and gradients)."""
@@ -102,7 +124,7 @@ def test_uneven_shapes_are_exact(algorithm, grid, x_shape, k_out):
         assert_close(gk, gk_ref, RTOL, f"dkernel stride {strides}")
 
 
-@pytest.mark.parametrize("algorithm", ["3d", "2.5d", "2d", "channel"])
+@pytest.mark.parametrize("algorithm", first_fast(["channel", "3d", "2.5d", "2d"], one_argument=True))
 def test_bfloat16_inputs_with_float32_accumulation(algorithm):
     grid = {"3d": (2, 1, 1, 2, 2), "2.5d": (1, 2, 1, 2, 2), "2d": (2, 2, 1, 2, 1), "channel": (1, 1, 1, 1, 8)}
     mesh = jaxcnn.make_mesh(**mesh_kwargs(grid[algorithm]))
@@ -148,8 +170,13 @@ def test_any_input_sharding_and_jit_reuse():
         for _ in range(3):
             step(x, kernel).block_until_ready()
     assert compiled[0] == 0
+    half = x[:2]
+    with count_compilations() as compiled:  # the counter does count: a new batch size compiles
+        step(half, kernel).block_until_ready()
+    assert compiled[0] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["2d", "3d"])
 def test_regression_gspmd_16894_batch_and_output_channel_split_stride_2(algorithm):
     """jax#16894: GSPMD's conv with x split by batch and the kernel by output channel, stride 2,

@@ -100,6 +100,7 @@ def test_2d_streams_panels_never_gathers_a_whole_operand(metered):
     assert kinds == {"all-gather", "reduce-scatter"}  # recomputed panel gathers + their duals
 
 
+@pytest.mark.slow
 def test_2_5d_reduce_scatters_over_depth(metered):
     fwd, bwd = metered("2.5d", h=2, k=2, c=2)
     assert {op.kind for op in fwd.ops} == {"collective-permute", "all-gather", "reduce-scatter"}
@@ -109,6 +110,7 @@ def test_2_5d_reduce_scatters_over_depth(metered):
     assert "all-reduce" not in {op.kind for op in bwd.ops}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [dict(n=4, k=2), dict(n=2, h=2, k=2)])
 def test_2d_uses_less_memory_than_3d_on_the_same_grid(metered, grid):
     for pass_ in (0, 1):  # forward, backward

@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxcnn
-from tests.utils import reference_conv
+from tests.utils import first_fast, reference_conv
 
 X_SHAPE = (4, 8, 8, 16)
 K_SHAPE = (3, 3, 16, 16)
@@ -66,7 +66,7 @@ _reference_two = jax.jit(
 )
 
 
-@pytest.mark.parametrize("switch", SWITCHES, ids=_switch_id)
+@pytest.mark.parametrize("switch", first_fast(SWITCHES, one_argument=True), ids=_switch_id)
 def test_eager_kernel_laid_out_on_the_other_mesh(switch):
     """The second layer's kernel is laid out for the first layer's mesh, x is uncommitted."""
     (alg1, grid1), (alg2, grid2) = switch
@@ -77,6 +77,7 @@ def test_eager_kernel_laid_out_on_the_other_mesh(switch):
     chex.assert_trees_all_close(_value_and_vjp(conv2, x, k, ct), _reference_one(x, k, ct), **TOL)
 
 
+@pytest.mark.slow
 def test_eager_grad_on_one_mesh_then_another():
     """One gradient step of a layer on ``c=8``, then its gradient on ``n=2, c=4`` with the kernel the
     step left laid out on ``c=8``."""
@@ -92,7 +93,7 @@ def test_eager_grad_on_one_mesh_then_another():
     chex.assert_trees_all_close(grads, jax.grad(loss(reference_conv), argnums=(0, 1))(x, k), **TOL)
 
 
-@pytest.mark.parametrize("switch", [SWITCHES[0], SWITCHES[3]], ids=_switch_id)
+@pytest.mark.parametrize("switch", first_fast([SWITCHES[0], SWITCHES[3]], one_argument=True), ids=_switch_id)
 def test_jit_two_layers(switch):
     """Both layers in one ``jit``, every argument placed on the first layer's mesh (as a data loader
     would place a batch): forward and the gradients w.r.t. x and both kernels."""
@@ -105,6 +106,7 @@ def test_jit_two_layers(switch):
     chex.assert_trees_all_close(got, _reference_two(*args), **TOL)
 
 
+@pytest.mark.slow
 def test_jit_uncommitted_loss_and_grads():
     """All arguments uncommitted (placement left to ``jit``); a loss and gradients come back."""
     _, _, conv1 = _layer(*C8)

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.nn as jnn
+from tests.utils import first_fast
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -35,7 +36,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("sizes,spec,shape,fast", CASES)
+@pytest.mark.parametrize("sizes,spec,shape,fast", first_fast(CASES))
 def test_batch_norm_equals_nnx_batch_norm(sizes, spec, shape, fast):
     mesh = jaxcnn.make_mesh(**sizes)
     c = shape[-1]

@@ -52,7 +52,7 @@ def _chain(placements):
         # 3d → 3d: y channels over (k, c), x over (c, k): one collective-permute each time.
         [("3d", dict(n=2, k=2, c=2))] * 3,
         # 2d → spatial: channels over k become rows over h, w: one all-to-all.
-        [("2d", dict(n=4, k=2)), ("spatial", dict(n=2, h=2, w=2))],
+        pytest.param([("2d", dict(n=4, k=2)), ("spatial", dict(n=2, h=2, w=2))], marks=pytest.mark.slow),
     ],
     ids=["3d-3d-3d", "2d-spatial"],
 )

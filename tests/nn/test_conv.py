@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.nn as jnn
+from tests.utils import first_fast
 
 RTOL, ATOL = 1e-5, 1e-5  # reductions of at most 3*3*8 = 72 terms
 
@@ -32,7 +33,7 @@ def _loss_and_grads(layer, x):
     return y, g_layer, g_x
 
 
-@pytest.mark.parametrize("sizes,algorithm,c,k,kernel,strides,padding,dilation", CASES)
+@pytest.mark.parametrize("sizes,algorithm,c,k,kernel,strides,padding,dilation", first_fast(CASES))
 def test_conv_equals_nnx_conv(sizes, algorithm, c, k, kernel, strides, padding, dilation):
     mesh = jaxcnn.make_mesh(**sizes)
     kw = dict(strides=strides, padding=padding, kernel_dilation=dilation)

@@ -1,4 +1,4 @@
-"""Layout chaining: reshard moves values unchanged; transition_bytes matches the CONVENTIONS formulas and
+"""Layout chaining: reshard moves values unchanged; transition_bytes matches docs/conventions.md and
 the bytes of the collective XLA actually emits (parsed from compiled HLO)."""
 
 import re

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.nn as jnn
+from tests.utils import first_fast
 
 TOL = dict(rtol=1e-6, atol=1e-6)
 
@@ -59,10 +60,12 @@ def _loss(outs):  # a different weight for every output, so each one's gradient 
 
 @pytest.mark.parametrize(
     "sizes,spec,shape,combos",
-    [
-        (dict(h=2, w=2, n=2), P("n", "h", "w"), (2, 9, 7, 3), GRID),  # uneven blocks
-        (dict(h=4, w=2), P(None, "h", "w"), (1, 8, 6, 2), MULTI_HOP),  # 2-row blocks: multi-hop halos
-    ],
+    first_fast(
+        [
+            (dict(h=4, w=2), P(None, "h", "w"), (1, 8, 6, 2), MULTI_HOP),  # 2-row blocks: multi-hop halos
+            (dict(h=2, w=2, n=2), P("n", "h", "w"), (2, 9, 7, 3), GRID),  # uneven blocks
+        ]
+    ),
 )
 def test_pooling_equals_flax(sizes, spec, shape, combos):
     mesh = jaxcnn.make_mesh(**sizes)

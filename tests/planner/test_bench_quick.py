@@ -22,7 +22,7 @@ def test_bench_comm_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "bench_P8.log").read_text()[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert [r["layer"] for r in summary] == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
+    assert [r["layer"] for r in summary] == ["stem", "layer1.0.proj", "layer1.0.conv1"]
     for row in summary:
         assert row["planned_equals_prediction"], row
         assert row["planned_bytes"] <= row["gspmd_bytes"], row

@@ -74,7 +74,7 @@ def test_small_memory_picks_a_memory_saving_algorithm(capsys):
     """Below data parallelism's peak for the 18 MiB kernel of layer ``deep`` (replicated by data
     parallelism), the plan splits the kernel; the table shows plan_layer's choice."""
     deep = layers_from_yaml(NETWORK, 32)[-1]
-    data_peak = plan_layer(deep, 8, algorithms_=("data",)).best.memory.peak
+    data_peak = plan_layer(deep, 8, allowed=("data",)).best.memory.peak
     budget = int(data_peak) - 1
     best = plan_layer(deep, 8, budget).best
     argv = [
@@ -128,7 +128,10 @@ def test_shipped_configs_load_and_start_with_their_command(path, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--model", "alexnet"], "unknown model 'alexnet'; valid models are ['resnet50', 'vgg16']"),
+        (
+            ["--model", "alexnet"],
+            "unknown model 'alexnet'; valid models are ['resnet18', 'resnet50', 'small_cnn', 'vgg16']",
+        ),
         (["--memory", "lots"], "memory must be a size"),
         (["--devices", "0"], "devices must be a positive integer"),
         (["--batch", "-3"], "batch must be a positive integer"),

@@ -1,7 +1,8 @@
 """The training loop: distributed = single device, bit-identical resume, NaN stop, run-directory outputs.
 
-Models are ``small_cnn`` at width 8 (tiny, so each compile takes seconds). A persistent compilation cache
-shared by the tests of this module lets repeated runs of the same config reuse executables.
+Models are ``small_cnn`` at width 0.25 (8 channels: each compile takes seconds). A persistent
+compilation cache shared by the tests of this module lets repeated runs of the same config reuse
+executables.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _config(tmp_path, name: str, **overrides):
     base = {
         "name": name,
         "output_dir": str(tmp_path),
-        "model": {"algorithms": MIXED, "options": {"width": 8}},
+        "model": {"algorithms": MIXED, "options": {"width": 0.25}},
         "mesh": {"n": 8},
         "train": {"steps": 6, "batch_size": 32, "log_every": 1, "eval_every": 0, "eval_batch_size": 120},
         "optimizer": {"name": "adam", "learning_rate": 0.01, "schedule": "cosine"},
@@ -93,7 +94,7 @@ def test_distributed_step_matches_single_device():
             mesh=mesh,
             algorithms=algorithms,
             rngs=nnx.Rngs(0),
-            width=8,
+            width=0.25,
         )
 
     model8 = build(mesh8, MIXED)

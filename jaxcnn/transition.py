@@ -4,8 +4,9 @@ A layout is a ``PartitionSpec`` on a mesh; each device holds, per array dimensio
 range (JAX's ceil-sized blocks). Redistributing from layout A to layout B, a device receives what it
 must hold under B and did not hold under A: ``|B_d| - |A_d ∩ B_d|`` elements. That is exactly what a
 bandwidth-optimal collective delivers (S·(p-1)/p for an all-gather or all-to-all, S for a
-collective-permute; CONVENTIONS.md); a lowering that moves more is above this count. The backward pass
-moves the cotangent the other way (``|A_d| - |A_d ∩ B_d|``).
+collective-permute; ``docs/conventions.md``): the least any redistribution can move, the bound
+:mod:`jaxcnn.redistribute`'s planned collectives are compared with. The backward pass moves the
+cotangent the other way (``|A_d| - |A_d ∩ B_d|``).
 
 Two entry points share one vectorised computation:
 

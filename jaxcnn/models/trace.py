@@ -1,0 +1,85 @@
+"""The convolutions a model runs, traced abstractly: names, placements and exact geometries.
+
+:func:`trace_layers` runs the model under ``jax.eval_shape`` (nothing is allocated or computed) with
+each convolution's ``conv_general_dilated`` hook wrapped to record its input and kernel shapes,
+strides, padding and dilation, so the geometries are exactly those the model computes, in execution
+order, under the names its blocks carry (a module with a ``name`` and a ``conv``). The planner, the
+whole-step prediction and :mod:`jaxcnn.networks` all read layers from here, so names and shapes
+cannot drift from the models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxcnn.geometry import conv_geometry
+from jaxcnn.networks import ConvLayer
+
+
+class UnnamedConvolutions(ValueError):
+    """Some convolutions of a model are not in blocks with a ``name`` (``names``: the model's names
+    that no block carries)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(f"convolutions {names[:4]} are not in named blocks")
+        self.names = names
+
+
+@dataclasses.dataclass
+class Recorder:
+    """A ``conv_general_dilated`` hook that records the call and forwards it."""
+
+    inner: Any
+    name: str
+    records: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any, Any]]
+
+    def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kw):
+        self.records.append((self.name, lhs.shape, rhs.shape, tuple(window_strides), padding, rhs_dilation))
+        return self.inner(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kw)
+
+
+def named_convs(model: nnx.Module) -> dict[int, tuple[str, nnx.Module]]:
+    """``{id(conv): (name, conv)}`` of every ``jaxcnn.nn.Conv`` held by a block with a ``name``."""
+    from jaxcnn.nn import Conv
+
+    found = {}
+    for _, node in nnx.iter_graph(model):
+        conv, name = getattr(node, "conv", None), getattr(node, "name", None)
+        if isinstance(conv, Conv) and isinstance(name, str):
+            found[id(conv)] = (name, conv)
+    return found
+
+
+def trace_layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) -> list[Any]:
+    """The convolutions ``model`` runs on a batch of ``batch`` images, as ``ConvLayer`` s in execution
+    order (abstractly: ``jax.eval_shape``, nothing is computed; the model may be abstract itself).
+
+    Raises:
+      UnnamedConvolutions: some of the model's convolutions have no names to key a plan by.
+    """
+    from jaxcnn.models import conv_layer_names
+
+    records: list[Any] = []
+    graphdef, state = nnx.split(model)
+
+    def forward(state: Any, x: jax.Array) -> jax.Array:
+        local = nnx.merge(graphdef, state)
+        named = named_convs(local)
+        missing = sorted(set(conv_layer_names(local)) - {n for n, _ in named.values()})
+        if missing:
+            raise UnnamedConvolutions(missing)
+        for name, conv in named.values():
+            conv.conv_general_dilated = Recorder(conv.conv_general_dilated, name, records)
+        local.train()
+        return local(x)
+
+    jax.eval_shape(forward, state, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
+    return [
+        ConvLayer(name, conv_geometry(x, k, strides, padding, 1 if dil is None else tuple(dil)))
+        for name, x, k, strides, padding, dil in records
+    ]
