@@ -255,3 +255,18 @@ def conv_geometry(
                 f"is smaller than the dilated kernel extent {dim.extent}"
             )
     return geom
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLayer:
+    """One convolution of a network.
+
+    Attributes:
+      name: unique, readable name (e.g. ``"layer2.0.conv2"``).
+      geom: its geometry (batch included).
+      repeat: how many identical convolutions this entry stands for (1 unless deduplicated).
+    """
+
+    name: str
+    geom: ConvGeometry
+    repeat: int = 1

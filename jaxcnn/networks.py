@@ -20,22 +20,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from jaxcnn.geometry import ConvGeometry, conv_geometry
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvLayer:
-    """One convolution of a network.
-
-    Attributes:
-      name: unique, readable name (e.g. ``"layer2.0.conv2"``).
-      geom: its geometry (batch included).
-      repeat: how many identical convolutions this entry stands for (1 unless deduplicated).
-    """
-
-    name: str
-    geom: ConvGeometry
-    repeat: int = 1
+from jaxcnn.geometry import ConvGeometry, ConvLayer, conv_geometry
 
 
 def _check_sizes(batch: int, image: int) -> None:

@@ -11,7 +11,7 @@ Layouts flow explicitly: every block is called with its input *and the layout th
 :func:`jaxcnn.redistribute.redistribute` (collectives jaxcnn plans and counts; nothing is left to
 XLA's partitioner). Activations leave a block in its convolution's output layout; BatchNorm, ReLU and
 pooling work in the layout they are given. Each model also describes itself as a plan graph
-(:attr:`graph`, see :mod:`jaxcnn.planner.graph`) so that the planner places all layers jointly.
+(:attr:`graph`, see :mod:`jaxcnn.models.graph`) so that the planner places all layers jointly.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Convolution names: ``stem``; ``layer{s}.{b}.conv1`` … (``conv2`` for basic blocks, ``conv3`` for
 bottlenecks) and ``layer{s}.{b}.proj`` for a projection shortcut; stages s = 1..4, blocks b from 0.
 A residual sum is formed in the layout of the block's last convolution (the shortcut is moved into
-it explicitly, and the planner prices that move: :mod:`jaxcnn.planner.graph`).
+it explicitly, and the planner prices that move: :mod:`jaxcnn.models.graph`).
 
 References:
   K. He, X. Zhang, S. Ren, J. Sun. Deep Residual Learning for Image Recognition. CVPR 2016.
@@ -21,8 +21,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, pool
-from jaxcnn.planner.graph import Conv as ConvNode
-from jaxcnn.planner.graph import Pool, Residual
+from jaxcnn.models.graph import Conv as ConvNode
+from jaxcnn.models.graph import Pool, Residual
 from jaxcnn.redistribute import redistribute
 
 

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.geometry import conv_geometry
-from jaxcnn.networks import ConvLayer
+from jaxcnn.geometry import ConvLayer, conv_geometry
 
 
 class UnnamedConvolutions(ValueError):

@@ -11,7 +11,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, pool
-from jaxcnn.planner.graph import Conv, Pool
+from jaxcnn.models.graph import Conv, Pool
 
 #: Channels of the 13 convolutions, ``"M"`` a 2×2/2 max pool.
 VGG16_CONFIG: tuple[int | str, ...] = (

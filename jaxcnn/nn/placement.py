@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -88,6 +89,13 @@ def _parse_sizes(text: str, placement: str) -> dict[str, int]:
             )
         sizes[name] = int(value)
     return sizes
+
+
+def format_placement(algorithm: str, grid: Mapping[str, int]) -> str:
+    """``"3d@n=2,k=2,c=2"`` for an algorithm on a grid (axes of size 1 omitted); :func:`parse_placement`
+    reads it back."""
+    sizes = ",".join(f"{a}={s}" for a, s in dict(grid).items() if s > 1)
+    return f"{algorithm}@{sizes}" if sizes else algorithm
 
 
 def parse_placement(placement: str, mesh: Mesh) -> Placement:

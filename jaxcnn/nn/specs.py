@@ -16,6 +16,7 @@ __all__ = ["REPLICATED", "as_spec", "padded_shape", "parts"]
 #: The spec of a replicated (or single-device) array, the layers' default.
 REPLICATED = P()
 
+
 def parts(axes: Sequence[str], mesh: Mesh) -> int:
     """Number of blocks a dimension split over ``axes`` has."""
     return math.prod(int(mesh.shape[a]) for a in axes)

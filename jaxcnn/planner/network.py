@@ -26,7 +26,7 @@ import numpy as np
 from jaxcnn import algorithms
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
-from jaxcnn.planner.graph import Conv, Node, Pool, Residual
+from jaxcnn.models.graph import Conv, Node, Pool, Residual
 from jaxcnn.planner.plan import plan_layer
 from jaxcnn.planner.step import (
     Layout,

@@ -1,6 +1,6 @@
 """Whole-training-step communication: every collective of a jaxcnn model's train step, predicted.
 
-A train step of a model whose plan graph (:mod:`jaxcnn.planner.graph`) places every convolution moves,
+A train step of a model whose plan graph (:mod:`jaxcnn.models.graph`) places every convolution moves,
 per device (bytes received, max over devices; the counting rule of :mod:`jaxcnn.cost`):
 
 ==========================  =================================================================
@@ -41,7 +41,7 @@ from jaxcnn import redistribute
 from jaxcnn.cost import Cost, Ledger, add_halo, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry, halo_plan
 from jaxcnn.mesh import AXES
-from jaxcnn.planner.graph import Conv, Node, Pool, Residual
+from jaxcnn.models.graph import Conv, Node, Pool, Residual
 
 Layout = tuple[P, tuple[tuple[str, int], ...]]  # (spec, mesh axes and sizes), as redistribute.plan takes
 

@@ -42,9 +42,9 @@ def whole_step(
     import jaxcnn
     from jaxcnn import models
     from jaxcnn.models.trace import trace_layers
+    from jaxcnn.nn.placement import format_placement
     from jaxcnn.planner.network import plan_graph
     from jaxcnn.planner.step import grid_key, step_cost
-    from jaxcnn.runner.autoplan import placement
 
     sizes = input_mesh_sizes(batch, devices)
     mesh = jaxcnn.make_mesh(**sizes)
@@ -65,7 +65,7 @@ def whole_step(
     chosen = plan_graph(built.plan_graph, layers, devices, source, memory_bytes, dtype=dtype)
     cost = step_cost(built.plan_graph, layers, chosen, source, dtype)
     return {
-        "placements": {name: placement(c.algorithm, c.grid) for name, c in chosen.items()},
+        "placements": {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,
         "components": dict(cost.components),
     }

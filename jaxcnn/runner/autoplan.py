@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.trace import UnnamedConvolutions, trace_layers
+from jaxcnn.nn.placement import format_placement
 from jaxcnn.runner.typed import ConfigError
 
 
@@ -47,12 +48,6 @@ def conv_layers(build: Any, num_devices: int, batch: int, image_shape: tuple[int
       ConfigError: the model's convolutions have no names to key the plan by.
     """
     return _layers(nnx.eval_shape(lambda: build(f"data@n={num_devices}")), batch, image_shape)
-
-
-def placement(algorithm: str, grid: Any) -> str:
-    """``"3d@n=2,k=2,c=2"`` from a planner choice (axes of size 1 omitted)."""
-    sizes = ",".join(f"{a}={s}" for a, s in dict(grid).items() if s > 1)
-    return f"{algorithm}@{sizes}" if sizes else algorithm
 
 
 def plan_algorithms(
@@ -90,7 +85,7 @@ def plan_algorithms(
     budget = memory_bytes or math.inf
     if graph is None:
         plan = jaxcnn.plan_network(layers, devices, budget, dtype=dtype)
-        return {step.name: placement(step.choice.algorithm, step.choice.grid) for step in plan.steps}
+        return {step.name: format_placement(step.choice.algorithm, step.choice.grid) for step in plan.steps}
     geoms = {layer.name: layer.geom for layer in layers}
     chosen = plan_graph(graph, geoms, devices, (P("n"), grid_key(mesh_sizes(mesh))), budget, dtype=dtype)
-    return {name: placement(c.algorithm, c.grid) for name, c in chosen.items()}
+    return {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()}

@@ -3,7 +3,7 @@
 ``comm_bytes_per_step_max_device`` (:func:`metered_bytes`) and
 ``predicted_comm_bytes_per_step_max_device`` (:func:`predict_step`).
 
-Reads the model's plan graph (:mod:`jaxcnn.planner.graph`) and each convolution's placement (its
+Reads the model's plan graph (:mod:`jaxcnn.models.graph`) and each convolution's placement (its
 algorithm and mesh), traces the convolutions' geometries for the run's batch
 (:func:`jaxcnn.models.trace.trace_layers`), and evaluates :func:`jaxcnn.planner.step.step_cost`.
 """

@@ -7,14 +7,15 @@ import math
 import jaxcnn
 from jaxcnn.geometry import conv_geometry
 from jaxcnn.networks import ConvLayer
+from jaxcnn.nn.placement import format_placement
 from jaxcnn.runner import autoplan, setup
 from jaxcnn.runner.config import from_dict
 from tests.runner import tiny_model
 
 
 def test_placement_strings():
-    assert autoplan.placement("3d", {"n": 2, "h": 1, "w": 1, "k": 2, "c": 2}) == "3d@n=2,k=2,c=2"
-    assert autoplan.placement("data", {"n": 1, "h": 1, "w": 1, "k": 1, "c": 1}) == "data"
+    assert format_placement("3d", {"n": 2, "h": 1, "w": 1, "k": 2, "c": 2}) == "3d@n=2,k=2,c=2"
+    assert format_placement("data", {"n": 1, "h": 1, "w": 1, "k": 1, "c": 1}) == "data"
 
 
 def test_auto_plans_the_traced_layers():
@@ -32,7 +33,7 @@ def test_auto_plans_the_traced_layers():
 
     assert autoplan.conv_layers(build, 8, 16, (12, 12, 3)) == layers
     expected = jaxcnn.plan_network(layers, 8, math.inf)
-    placements = {s.name: autoplan.placement(s.choice.algorithm, s.choice.grid) for s in expected.steps}
+    placements = {s.name: format_placement(s.choice.algorithm, s.choice.grid) for s in expected.steps}
     built = {b.name: (b.conv.algorithm, dict(b.conv.mesh.shape)) for b in (model.first, model.second)}
     for name, text in placements.items():
         algorithm, _, sizes = text.partition("@")
