@@ -47,8 +47,7 @@ from jaxcnn.planner.report import (
     make_plan,
     measure_rows,
 )
-from jaxcnn.runner.typed import parse_bytes
-from jaxcnn.runner.yaml_io import load_yaml
+from jaxcnn.yaml_io import load_yaml, parse_bytes
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONFIG_KEYS = (
@@ -74,7 +73,7 @@ def parse_memory(text: str | float | int) -> float:
     """Bytes of a memory size: ``"16GiB"``, ``"512MiB"``, ``"2e9"``, ``"8GB"``, ``"inf"`` or a number.
 
     The same forms and units as the run config's ``model.plan_memory_bytes``
-    (:func:`jaxcnn.runner.typed.parse_bytes`): binary units (KiB, MiB, GiB, TiB) are powers of 1024,
+    (:func:`jaxcnn.yaml_io.parse_bytes`): binary units (KiB, MiB, GiB, TiB) are powers of 1024,
     decimal ones (KB, MB, GB, TB) powers of 1000, case-insensitive.
 
     Raises:
@@ -124,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_config(path: str) -> dict[str, Any]:
-    """The plan config at ``path``, read like a run config (:func:`jaxcnn.runner.yaml_io.load_yaml`:
+    """The plan config at ``path``, read like a run config (:func:`jaxcnn.yaml_io.load_yaml`:
     ``base_config`` chains, one-line ``ConfigError`` s); ``network`` is relative to the file."""
     data = load_yaml(path)
     unknown = sorted(set(data) - set(CONFIG_KEYS))

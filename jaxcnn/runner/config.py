@@ -6,7 +6,7 @@ Config flow (``docs/conventions.md``, "Config flow"):
    file is deep-merged on top, recursively (a chain of bases is fine, a cycle is an error);
 2. command-line overrides ``key.sub=value`` (the value is parsed as YAML, so ``3``, ``1e-3``,
    ``true``, ``[a, b]`` and ``{conv1: 3d}`` have their natural types), applied in order
-   (:mod:`jaxcnn.runner.yaml_io`);
+   (:mod:`jaxcnn.yaml_io`);
 3. pydantic validates the merged mapping into :class:`Config`: unknown keys, wrong types and bad values
    are one-line :class:`ConfigError` s naming the key and the valid choices (:mod:`jaxcnn.runner.typed`).
 
@@ -43,7 +43,7 @@ from jaxcnn.runner.typed import (
     to_plain,
     validate,
 )
-from jaxcnn.runner.yaml_io import apply_overrides, load_yaml, parse_override
+from jaxcnn.yaml_io import apply_overrides, load_yaml, parse_override
 
 
 class ModelConfig(Section):

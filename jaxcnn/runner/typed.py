@@ -9,8 +9,6 @@ the dotted key and the valid choices (see :func:`explain`).
 
 from __future__ import annotations
 
-import math
-import re
 import types
 import typing
 from collections.abc import Mapping
@@ -19,15 +17,12 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError
 from pydantic_core import PydanticCustomError
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the valid choices."""
-
-
-def check(ok: bool, message: str) -> None:
-    """Raises :class:`ConfigError` ``message`` unless ``ok`` (for checks outside model validation)."""
-    if not ok:
-        raise ConfigError(message)
+# The error, the check and the size parser live below the runner (jaxcnn.yaml_io, shared with
+# `jaxcnn plan`); re-exported here for the config models.
+from jaxcnn.yaml_io import BYTE_SIZE_FORMS as BYTE_SIZE_FORMS
+from jaxcnn.yaml_io import ConfigError as ConfigError
+from jaxcnn.yaml_io import check as check
+from jaxcnn.yaml_io import parse_bytes as parse_bytes
 
 
 def fail(message: str, sub: str = "") -> typing.NoReturn:
@@ -67,44 +62,6 @@ NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
 FrozenMapping = Annotated[Mapping[K, V], AfterValidator(FrozenDict)]
 """``FrozenMapping[Str, Int]``: a YAML mapping, stored as a :class:`FrozenDict`."""
-
-_BYTE_UNITS = {"": 1, "b": 1}
-_BYTE_UNITS |= {p + "b": 10 ** (3 * i) for i, p in enumerate("kmgt", 1)}
-_BYTE_UNITS |= {p + "ib": 2 ** (10 * i) for i, p in enumerate("kmgt", 1)}
-_BYTE_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-BYTE_SIZE_FORMS = "a size such as 16GiB, 512MiB, 8GB, 2e9 or a number of bytes"
-
-
-def parse_bytes(value: Any) -> int | float:
-    """Bytes of a memory size: ``16GiB``, ``512MiB``, ``2e9``, ``8GB``, ``1.5 kib``, ``inf`` or a number.
-
-    Binary units (KiB, MiB, GiB, TiB) are powers of 1024, decimal ones (KB, MB, GB, TB) powers of 1000,
-    case-insensitive; ``inf`` / ``infinity`` / ``none`` mean unlimited. The one parser of memory sizes
-    for ``jaxcnn train`` (``model.plan_memory_bytes``) and ``jaxcnn plan`` (``--memory``).
-
-    Returns:
-      A whole number of bytes as an ``int``, or ``math.inf`` (a fractional result stays a float).
-
-    Raises:
-      ValueError: not a size with a known unit, or negative; the message starts with "must be".
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"must be {BYTE_SIZE_FORMS}, got {value!r}")
-    if isinstance(value, str):
-        if value.strip().lower() in ("inf", "infinity", "none"):
-            return math.inf
-        m = _BYTE_SIZE.match(value)
-        if not m or m.group(2).lower() not in _BYTE_UNITS:
-            raise ValueError(
-                f"must be {BYTE_SIZE_FORMS} (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB; inf: unlimited), "
-                f"got {value!r}"
-            )
-        size = float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]
-    else:
-        size = float(value)
-    if math.isnan(size) or size < 0:
-        raise ValueError(f"must be a size >= 0 such as 16GiB, got {value!r}")
-    return int(size) if math.isfinite(size) and size.is_integer() else size
 
 
 def _byte_size(value: Any) -> int | float:

@@ -1,13 +1,16 @@
-"""Reading config YAML: ``base_config`` chains and ``key.sub=value`` overrides, on plain dicts.
+"""Reading config YAML: ``base_config`` chains, ``key.sub=value`` overrides and memory sizes, on plain
+dicts, with the one-line :class:`ConfigError`.
 
 Used by ``jaxcnn train`` (validation into the typed config happens afterwards, in
-:mod:`jaxcnn.runner.config`) and by ``jaxcnn plan --config``. Scalars are read as YAML 1.1 does
-(PyYAML's safe loader), except that ``1e-3`` and ``2e9`` are floats as in YAML 1.2 (YAML 1.1 wants a dot).
+:mod:`jaxcnn.runner.config`) and by ``jaxcnn plan --config``; it sits below both. Scalars are read
+as YAML 1.1 does (PyYAML's safe loader), except that ``1e-3`` and ``2e9`` are floats as in YAML 1.2
+(YAML 1.1 wants a dot).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -15,7 +18,54 @@ from typing import Any
 
 import yaml
 
-from jaxcnn.runner.typed import ConfigError, check
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the valid choices."""
+
+
+def check(ok: bool, message: str) -> None:
+    """Raises :class:`ConfigError` ``message`` unless ``ok`` (for checks outside model validation)."""
+    if not ok:
+        raise ConfigError(message)
+
+
+_BYTE_UNITS = {"": 1, "b": 1}
+_BYTE_UNITS |= {p + "b": 10 ** (3 * i) for i, p in enumerate("kmgt", 1)}
+_BYTE_UNITS |= {p + "ib": 2 ** (10 * i) for i, p in enumerate("kmgt", 1)}
+_BYTE_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+BYTE_SIZE_FORMS = "a size such as 16GiB, 512MiB, 8GB, 2e9 or a number of bytes"
+
+
+def parse_bytes(value: Any) -> int | float:
+    """Bytes of a memory size: ``16GiB``, ``512MiB``, ``2e9``, ``8GB``, ``1.5 kib``, ``inf`` or a number.
+
+    Binary units (KiB, MiB, GiB, TiB) are powers of 1024, decimal ones (KB, MB, GB, TB) powers of 1000,
+    case-insensitive; ``inf`` / ``infinity`` / ``none`` mean unlimited. The one parser of memory sizes
+    for ``jaxcnn train`` (``model.plan_memory_bytes``) and ``jaxcnn plan`` (``--memory``).
+
+    Returns:
+      A whole number of bytes as an ``int``, or ``math.inf`` (a fractional result stays a float).
+
+    Raises:
+      ValueError: not a size with a known unit, or negative; the message starts with "must be".
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be {BYTE_SIZE_FORMS}, got {value!r}")
+    if isinstance(value, str):
+        if value.strip().lower() in ("inf", "infinity", "none"):
+            return math.inf
+        m = _BYTE_SIZE.match(value)
+        if not m or m.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(
+                f"must be {BYTE_SIZE_FORMS} (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB; inf: unlimited), "
+                f"got {value!r}"
+            )
+        size = float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]
+    else:
+        size = float(value)
+    if math.isnan(size) or size < 0:
+        raise ValueError(f"must be a size >= 0 such as 16GiB, got {value!r}")
+    return int(size) if math.isfinite(size) and size.is_integer() else size
 
 
 class _Loader(yaml.SafeLoader):
