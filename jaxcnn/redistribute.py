@@ -71,7 +71,8 @@ def spec_entries(spec: P, ndim: int) -> Entries:
     return tuple(_entry_axes(e) for e in entries) + ((),) * (ndim - len(entries))
 
 
-def _as_spec(entries: Entries) -> P:
+def as_spec(entries: Sequence[Sequence[str]]) -> P:
+    """A PartitionSpec from axis-name tuples (``()`` → ``None``, one name → that name)."""
     return P(*(None if not e else e[0] if len(e) == 1 else tuple(e) for e in entries))
 
 
@@ -132,6 +133,15 @@ class Step:
     local_before: int = 0
 
 
+#: The HLO collective each step kind compiles to (slices are local).
+_HLO_KIND = {
+    "permute": "collective-permute",
+    "gather-all": "all-gather",
+    "all-gather": "all-gather",
+    "all-to-all": "all-to-all",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Redistribution:
     """A planned layout change of an array of ``shape`` (padded so every split divides it).
@@ -165,8 +175,9 @@ class Redistribution:
         names = [a for a, _ in self.fine]
         kinds: dict[str, np.ndarray] = {}
         for step in self.steps:
-            kind = {"permute": "collective-permute", "gather-all": "all-gather"}.get(step.kind, step.kind)
-            out = kinds.setdefault(kind, np.zeros(max(1, self.num_devices)))
+            if step.kind == "slice":
+                continue
+            out = kinds.setdefault(_HLO_KIND[step.kind], np.zeros(max(1, self.num_devices)))
             group = math.prod(sizes[a] for a in step.axes) if step.kind != "gather-all" else len(out)
             if step.kind == "all-gather" or step.kind == "gather-all":
                 out += step.local_before * (group - 1) * itemsize
@@ -179,7 +190,6 @@ class Redistribution:
                 for a in step.axes:
                     lin = lin * sizes[a] + coords[names.index(a)]
                 out += np.isin(lin, list(moved)) * step.local_before * itemsize
-        kinds.pop("slice", None)
         return kinds
 
     def bytes(self, itemsize: int) -> float:
@@ -188,17 +198,11 @@ class Redistribution:
 
     def counts(self) -> dict[str, int]:
         """Collectives by HLO kind (slices are local and not counted)."""
-        kinds = {"permute": "collective-permute", "gather-all": "all-gather"}
         out: dict[str, int] = {}
         for step in self.steps:
             if step.kind != "slice":
-                kind = kinds.get(step.kind, step.kind)
-                out[kind] = out.get(kind, 0) + 1
+                out[_HLO_KIND[step.kind]] = out.get(_HLO_KIND[step.kind], 0) + 1
         return out
-
-    def peak_local(self) -> int:
-        """Largest local block (elements) the change ever holds."""
-        return max([s.local_before for s in self.steps] + [_local(self.padded, self.dst, dict(self.fine))])
 
 
 def _parts(entry: Sequence[str], sizes: dict[str, int]) -> int:
@@ -467,7 +471,7 @@ def _gather(x: jax.Array, axes: tuple[str, ...], dim: int) -> jax.Array:
     return lax.all_gather(x, axes if len(axes) > 1 else axes[0], axis=dim, tiled=True)
 
 
-def _body(steps: tuple[Step, ...], dst: Entries):
+def _body(steps: tuple[Step, ...]):
     def run(x: jax.Array) -> jax.Array:
         for step in steps:
             if step.kind == "slice":
@@ -520,10 +524,10 @@ def _move(x: jax.Array, src: NamedSharding, dst: NamedSharding) -> jax.Array:
     else:
         fine = _fine_mesh(src.mesh, r.fine)
         y = jax.shard_map(
-            _body(r.steps, r.dst),
+            _body(r.steps),
             mesh=fine,
-            in_specs=(_as_spec(r.src),),
-            out_specs=_as_spec(r.dst),
+            in_specs=(as_spec(r.src),),
+            out_specs=as_spec(r.dst),
             check_vma=False,
         )(xp)
     return crop_to(y, r.shape)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.redistribute import as_spec as as_spec
 from jaxcnn.redistribute import spec_entries
 
 __all__ = ["REPLICATED", "as_spec", "padded_shape", "parts"]
@@ -26,8 +27,3 @@ def padded_shape(shape: Sequence[int], spec: P, mesh: Mesh) -> tuple[int, ...]:
     """``shape`` with every split dimension rounded up to a multiple of its number of blocks."""
     entries = spec_entries(spec, len(shape))
     return tuple(-(-s // parts(a, mesh)) * parts(a, mesh) for s, a in zip(shape, entries, strict=True))
-
-
-def as_spec(entries: Sequence[tuple[str, ...]]) -> P:
-    """A PartitionSpec from axis-name tuples (``()`` → ``None``, one name → that name)."""
-    return P(*(None if not e else e[0] if len(e) == 1 else tuple(e) for e in entries))

@@ -100,7 +100,7 @@ def plan_graph(
                 extras = head_extras(c, input_layout, c.layout.padded[4], geom.batch, itemsize)
                 cost += float(total(extras).max())
             else:
-                cost += float(total(batchnorm(c, geom.y_shape)).max())
+                cost += float(total(batchnorm(c)).max())
             if name in pools:
                 cost += float(total(pooling(c, pools[name], geom.y_shape, itemsize)).max())
             if name == last_conv:
@@ -126,13 +126,13 @@ def plan_graph(
                     extra = edge(src_shape, pooled_layout(chosen[last_conv]), x_layout(c))
                 else:
                     extra = edge(src_shape, s, x_layout(c), backward=not first)
-                total = cost + extra
-                if best is None or total < best[0]:
-                    best = (total, chosen)
-            total = best[0] + node_cost[name, i]
+                so_far = cost + extra
+                if best is None or so_far < best[0]:
+                    best = (so_far, chosen)
+            so_far = best[0] + node_cost[name, i]
             key = y_layout(c)
-            if key not in out or total < out[key][0]:
-                out[key] = (total, {**best[1], name: c})
+            if key not in out or so_far < out[key][0]:
+                out[key] = (so_far, {**best[1], name: c})
         return out
 
     states: dict[Layout, State] = {input_layout: (0.0, {})}
@@ -142,7 +142,7 @@ def plan_graph(
             states = step(states, node.name, first)
             first = False
         elif isinstance(node, Residual):
-            states = _residual(node, states, layers, options, node_cost, edge, step)
+            states = _residual(node, states, layers, edge, step)
             first = False
     return dict(min(states.values(), key=lambda st: st[0])[1])
 
@@ -155,7 +155,7 @@ def _names(node: Node) -> tuple[str, ...]:
     return ()
 
 
-def _residual(node, states, layers, options, node_cost, edge, step) -> dict[Layout, State]:
+def _residual(node, states, layers, edge, step) -> dict[Layout, State]:
     """Exact DP of one residual block for every (input state, output candidate) pair."""
     end = node.main[-1]
     shape = layers[end].y_shape
@@ -177,7 +177,7 @@ def _residual(node, states, layers, options, node_cost, edge, step) -> dict[Layo
                 )
         for t, (cost, chosen) in inner.items():
             extra, more = shortcuts[t]
-            total = cost + extra
-            if t not in out or total < out[t][0]:
-                out[t] = (total, {**chosen, **more})
+            so_far = cost + extra
+            if t not in out or so_far < out[t][0]:
+                out[t] = (so_far, {**chosen, **more})
     return out

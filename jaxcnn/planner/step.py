@@ -97,7 +97,7 @@ def _entries(spec: P) -> tuple[tuple[str, ...], ...]:
     return redistribute.spec_entries(spec, 4)
 
 
-def batchnorm(choice: Cost, y_shape: Sequence[int]) -> Kinds:
+def batchnorm(choice: Cost) -> Kinds:
     """Per-device bytes of a BatchNorm on a convolution's output (float32 statistics)."""
     lay = choice.layout
     ledger = Ledger(choice.grid)
@@ -108,7 +108,6 @@ def batchnorm(choice: Cost, y_shape: Sequence[int]) -> Kinds:
     # a time: one all-reduce per split row dimension.
     for entry in _entries(lay.y_spec)[:3]:
         ledger.group("all-reduce", 3 * channels * 4, entry)
-    del y_shape
     return _ledger(ledger)
 
 
@@ -218,7 +217,7 @@ def step_cost(
         add("conv", conv_kinds(choice))
         add("layout", move(geom.x_shape, src, x_layout(choice), itemsize, backward=src is not input_layout))
         if name != "head":
-            add("batchnorm", batchnorm(choice, geom.y_shape))
+            add("batchnorm", batchnorm(choice))
         return y_layout(choice)
 
     at: Layout = input_layout
