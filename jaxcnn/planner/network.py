@@ -21,22 +21,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
 from jaxcnn import algorithms
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
-from jaxcnn.models.graph import Conv, Node, Pool, Residual
+from jaxcnn.models.graph import Conv, Node, Residual
 from jaxcnn.planner.plan import plan_layer
 from jaxcnn.planner.step import (
     Layout,
-    batchnorm,
     first_conv,
-    global_pool,
-    head_extras,
+    graph_nodes,
     move,
+    node_kinds,
     pooled_layout,
-    pooling,
     total,
     x_layout,
     y_layout,
@@ -77,10 +73,8 @@ def plan_graph(
       NoPlanError: a layer fits no placement (names it and the memory that would do).
     """
     itemsize = itemsize_of(dtype)
-    pools = {node.after: node for node in graph if isinstance(node, Pool)}
-    names = [n for node in graph for n in _names(node)]
+    names, pools, feeds_head = graph_nodes(graph)
     first = first_conv(graph)
-    last_conv = names[names.index("head") - 1] if "head" in names else None
     options: dict[str, tuple[Cost, ...]] = {}
     node_cost: dict[tuple[str, int], float] = {}
     for name in names:
@@ -94,17 +88,10 @@ def plan_graph(
                 predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False) for c in options[name]
             )
         for i, c in enumerate(options[name]):
-            geom = layers[name]
-            cost = float((np.asarray(c.forward.per_device) + np.asarray(c.backward.per_device)).max())
-            if name == "head":
-                extras = head_extras(c, input_layout, c.layout.padded[4], geom.batch, itemsize)
-                cost += float(total(extras).max())
-            else:
-                cost += float(total(batchnorm(c)).max())
-            if name in pools:
-                cost += float(total(pooling(c, pools[name], geom.y_shape, itemsize)).max())
-            if name == last_conv:
-                cost += float(total(global_pool(c, geom.y_shape, itemsize)).max())
+            parts = node_kinds(
+                name, c, layers[name], input_layout, itemsize, pools.get(name), name == feeds_head
+            )
+            cost = sum(float(total(kinds).max()) for kinds in parts.values())
             node_cost[name, i] = cost
     edges: dict[tuple, float] = {}
 
@@ -123,7 +110,7 @@ def plan_graph(
             best = None
             for s, (cost, chosen) in states.items():
                 if name == "head":
-                    extra = edge(src_shape, pooled_layout(chosen[last_conv]), x_layout(c))
+                    extra = edge(src_shape, pooled_layout(chosen[feeds_head]), x_layout(c))
                 else:
                     extra = edge(src_shape, s, x_layout(c), backward=not first)
                 so_far = cost + extra
@@ -145,14 +132,6 @@ def plan_graph(
             states = _residual(node, states, layers, edge, step)
             first = False
     return dict(min(states.values(), key=lambda st: st[0])[1])
-
-
-def _names(node: Node) -> tuple[str, ...]:
-    if isinstance(node, Conv):
-        return (node.name,)
-    if isinstance(node, Residual):
-        return (*node.main, *((node.shortcut,) if node.shortcut else ()))
-    return ()
 
 
 def _residual(node, states, layers, edge, step) -> dict[Layout, State]:

@@ -169,6 +169,52 @@ def head_extras(head: Cost, input_layout: Layout, classes: int, batch: int, item
     return _merge(out, move((batch,), labels_src, (spec, grid), 4, backward=False))
 
 
+def graph_nodes(graph: Sequence[Node]) -> tuple[list[str], dict[str, Pool], str | None]:
+    """The graph's convolutions in execution order, the pooling after each, and the one feeding the
+    head (the last main convolution before it)."""
+    names: list[str] = []
+    pools: dict[str, Pool] = {}
+    feeds_head = last = None
+    for node in graph:
+        if isinstance(node, Conv):
+            if node.name == "head":
+                feeds_head = last
+            names.append(node.name)
+            last = node.name
+        elif isinstance(node, Pool):
+            pools[node.after] = node
+        elif isinstance(node, Residual):
+            names += [*node.main, *((node.shortcut,) if node.shortcut else ())]
+            last = node.main[-1]
+        else:
+            raise TypeError(f"unknown plan-graph node {node!r}")
+    return names, pools, feeds_head
+
+
+def node_kinds(
+    name: str,
+    choice: Cost,
+    geom: ConvGeometry,
+    input_layout: Layout,
+    itemsize: int,
+    pool: Pool | None = None,
+    feeds_head: bool = False,
+) -> dict[str, Kinds]:
+    """Everything one placement moves on its own, by component: the convolution; its BatchNorm, or
+    for the head its extras; a pooling window in its output layout; global pooling if it feeds the
+    head. The planner's node cost and :func:`step_cost` both read this."""
+    parts = {"conv": conv_kinds(choice)}
+    if name == "head":  # the head's classes as placed (padded to its k * c, jaxcnn.models.common.Head)
+        parts["loss"] = head_extras(choice, input_layout, choice.layout.padded[4], geom.batch, itemsize)
+    else:
+        parts["batchnorm"] = batchnorm(choice)
+    if pool is not None:
+        parts["pooling"] = pooling(choice, pool, geom.y_shape, itemsize)
+    if feeds_head:
+        parts["head"] = global_pool(choice, geom.y_shape, itemsize)
+    return parts
+
+
 @dataclasses.dataclass(frozen=True)
 class StepCost:
     """Predicted bytes per device of one train step.
@@ -206,47 +252,46 @@ def step_cost(
     """
     itemsize = itemsize_of(dtype)
     num = math.prod(s for _, s in input_layout[1])
-    names = ("conv", "layout", "batchnorm", "pooling", "head", "loss")
-    parts: dict[str, Kinds] = {k: {} for k in names}
+    components = ("conv", "layout", "batchnorm", "pooling", "head", "loss")
+    parts: dict[str, Kinds] = {k: {} for k in components}
+    names, pools, feeds_head = graph_nodes(graph)
+    for name in names:
+        node = node_kinds(
+            name, choices[name], layers[name], input_layout, itemsize, pools.get(name), name == feeds_head
+        )
+        for part, kinds in node.items():
+            _merge(parts[part], kinds)
 
-    def add(part: str, kinds: Kinds) -> None:
-        _merge(parts[part], kinds)
-
-    def conv(name: str, src: Layout) -> Layout:
-        choice, geom = choices[name], layers[name]
-        add("conv", conv_kinds(choice))
-        add("layout", move(geom.x_shape, src, x_layout(choice), itemsize, backward=src is not input_layout))
-        if name != "head":
-            add("batchnorm", batchnorm(choice))
-        return y_layout(choice)
+    def moved(shape: Sequence[int], src: Layout, dst: Layout, backward: bool = True) -> None:
+        _merge(parts["layout"], move(shape, src, dst, itemsize, backward))
 
     at: Layout = input_layout
-    last: str | None = None
     for node in graph:
         if isinstance(node, Conv) and node.name == "head":
-            assert last is not None
-            prev = choices[last]
-            add("head", global_pool(prev, layers[last].y_shape, itemsize))
             head = choices["head"]
-            add("layout", move(layers["head"].x_shape, pooled_layout(prev), x_layout(head), itemsize))
-            add("conv", conv_kinds(head))
-            padded = layers["head"].channels_out  # the head's classes, padded (jaxcnn.models.common.Head)
-            add("loss", head_extras(head, input_layout, padded, layers["head"].batch, itemsize))
-            at, last = y_layout(head), "head"
+            moved(layers["head"].x_shape, pooled_layout(choices[feeds_head]), x_layout(head))
+            at = y_layout(head)
         elif isinstance(node, Conv):
-            at, last = conv(node.name, at), node.name
-        elif isinstance(node, Pool):
-            add("pooling", pooling(choices[node.after], node, layers[node.after].y_shape, itemsize))
+            moved(
+                layers[node.name].x_shape, at, x_layout(choices[node.name]), backward=at is not input_layout
+            )
+            at = y_layout(choices[node.name])
         elif isinstance(node, Residual):
             start = at
             for name in node.main:
-                at = conv(name, at)
-            end = node.main[-1]
-            where = conv(node.shortcut, start) if node.shortcut is not None else start
-            add("layout", move(layers[end].y_shape, where, at, itemsize))
-            last = end
-        else:
-            raise TypeError(f"unknown plan-graph node {node!r}")
+                moved(layers[name].x_shape, at, x_layout(choices[name]), backward=at is not input_layout)
+                at = y_layout(choices[name])
+            where = start
+            if node.shortcut is not None:
+                shortcut = choices[node.shortcut]
+                moved(
+                    layers[node.shortcut].x_shape,
+                    start,
+                    x_layout(shortcut),
+                    backward=start is not input_layout,
+                )
+                where = y_layout(shortcut)
+            moved(layers[node.main[-1]].y_shape, where, at)
     kinds: Kinds = {}
     for part in parts.values():
         _merge(kinds, part)
