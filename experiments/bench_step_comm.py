@@ -72,6 +72,11 @@ TARGETS = {"weak": 1.0, "strong": 0.5, "hires": 0.5}  # auto / best GSPMD
 BOUND_TARGET = 1.3  # auto / bound
 
 
+def _relative(cmd: list[str]) -> str:
+    """A command as recorded in the results: paths relative to the repository (no machine's paths)."""
+    return " ".join(os.path.relpath(a, ROOT) if os.path.isabs(a) else a for a in cmd)
+
+
 def sizes(regime: str, p: int) -> tuple[int, int]:
     return SIZES[(regime, p)]
 
@@ -180,7 +185,7 @@ def run_auto(model: str, p: int, regime: str, timeout: float) -> dict[str, Any]:
         "predicted_components": _literal(kv.get("predicted_components")),
         "remat_warnings": (out + err).count(REMAT),
         "wall_s": round(seconds, 1),
-        "command": " ".join(cmd),
+        "command": _relative(cmd),
     }
     if code is None:
         entry |= {"status": "timeout", "note": f"timed out after {timeout:.0f} s"}
@@ -226,7 +231,7 @@ def run_gspmd(model: str, p: int, regime: str, strategy: str, timeout: float) ->
         "method": f"gspmd:{strategy}",
         "meshes": meshes,
         "wall_s": round(seconds, 1),
-        "command": " ".join(cmd[1:]),
+        "command": _relative(cmd[1:]),
     }
     notes = [f"{m['mesh']}: {m['error']}" for m in meshes if m.get("error")]
     if code is None:
