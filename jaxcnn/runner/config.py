@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
 
+from jaxcnn.runner.cluster import ClusterConfig
 from jaxcnn.runner.typed import (
     Bool,
     ByteSize,
@@ -357,8 +358,10 @@ class Config(Section):
     )
     distributed: Bool = Field(
         False,
-        description="call jax.distributed.initialize() first (multi-host; arguments from the environment)",
+        description="join a multi-process job first: jax.distributed.initialize() with the cluster "
+        "section (auto-detected on TPU, SLURM, Open MPI)",
     )
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="see ClusterConfig")
     model: ModelConfig = Field(default_factory=ModelConfig, description="see ModelConfig")
     mesh: MeshConfig = Field(default_factory=MeshConfig, description="see MeshConfig")
     data: DataConfig = Field(default_factory=DataConfig, description="see DataConfig")

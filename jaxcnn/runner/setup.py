@@ -1,6 +1,6 @@
 """Everything a run needs before its first step: processes, mesh, model, run directory.
 
-This is the only jaxcnn module that calls ``jax.distributed.initialize()``; the mesh it builds is passed
+Processes join a multi-process job through :mod:`jaxcnn.runner.cluster`; the mesh it builds is passed
 explicitly to the model (no global mesh is set).
 """
 
@@ -18,10 +18,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import jaxcnn
+from jaxcnn.runner import cluster
 from jaxcnn.runner.config import Config, save_config
 
 ModelBuilder = Callable[..., nnx.Module]
-_initialized = False
 
 
 def is_main_process() -> bool:
@@ -30,11 +30,10 @@ def is_main_process() -> bool:
 
 
 def init_distributed(cfg: Config) -> None:
-    """Calls ``jax.distributed.initialize()`` (arguments from the environment) once, if asked."""
-    global _initialized
-    if cfg.distributed and not _initialized:
-        jax.distributed.initialize()
-        _initialized = True
+    """Joins the multi-process job (``jax.distributed.initialize``, see :mod:`jaxcnn.runner.cluster`)
+    once, if ``distributed`` is set."""
+    if cfg.distributed:
+        cluster.initialize(cfg.cluster)
 
 
 def build_mesh(cfg: Config) -> Mesh:

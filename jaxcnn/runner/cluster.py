@@ -1,0 +1,139 @@
+"""Joining a multi-process job: the ``cluster`` config section and ``jax.distributed.initialize()``.
+
+A pod or cluster job runs the same command on every host (``jaxcnn train CONFIG distributed=true``).
+``jax.distributed.initialize()`` finds the coordinator, the process count and this process's id by
+itself on Cloud TPU, under SLURM and under Open MPI; everywhere else (and to override what it detects)
+the ``cluster`` section gives them explicitly. ``jaxcnn launch`` (:mod:`jaxcnn.runner.launch`) sets
+them through ``JAXCNN_*`` environment variables, which take precedence over the file, so one config
+serves a laptop launch and a pod.
+
+Timeouts default far below JAX's own (300 s to connect, 100 s heartbeat, 300 s shutdown), so a job
+whose peer died ends in bounded time instead of sitting in a barrier for minutes.
+
+This is the only module of jaxcnn that calls ``jax.distributed.initialize()``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from jaxcnn.runner.typed import ConfigError, Int, NonNegativeFloat, PositiveInt, Section, Str, fail
+
+#: Environment variables (set by ``jaxcnn launch``) that override the ``cluster`` section.
+ENV = {
+    "coordinator_address": "JAXCNN_COORDINATOR_ADDRESS",
+    "num_processes": "JAXCNN_NUM_PROCESSES",
+    "process_id": "JAXCNN_PROCESS_ID",
+}
+
+
+class ClusterConfig(Section):
+    """How this process joins a multi-process job (read only with ``distributed: true``)."""
+
+    key_path: ClassVar[str] = "cluster"
+
+    coordinator_address: Str = Field(
+        "",
+        description="host:port of process 0's coordinator service; empty: auto-detected (TPU, SLURM, "
+        "Open MPI) or $JAXCNN_COORDINATOR_ADDRESS",
+    )
+    num_processes: Int = Field(
+        0, ge=0, description="processes in the job; 0: auto-detected or $JAXCNN_NUM_PROCESSES"
+    )
+    process_id: Int = Field(
+        -1, ge=-1, description="this process's id in [0, num_processes); -1: auto-detected or $JAXCNN_PROCESS_ID"
+    )
+    cluster_detection_method: Literal["", "slurm", "ompi", "gce_tpu", "gke_tpu", "mpi4py"] = Field(
+        "", description="force one of JAX's cluster detectors; empty: try each"
+    )
+    initialization_timeout_s: PositiveInt = Field(
+        120, description="seconds to wait for every process to connect to the coordinator"
+    )
+    heartbeat_timeout_s: PositiveInt = Field(
+        30, description="a process that misses heartbeats this long is declared dead and the job stops"
+    )
+    shutdown_timeout_s: PositiveInt = Field(
+        30, description="seconds the shutdown barrier waits for the other processes at exit"
+    )
+    dcn_cost_factor: NonNegativeFloat = Field(
+        10.0,
+        description="how much dearer a byte over the data-center network (between hosts or slices) is "
+        "than one over the chip interconnect; the planner weights bytes of collectives that cross "
+        "hosts by it (1: all links equal)",
+    )
+
+    @field_validator("coordinator_address")
+    @classmethod
+    def _host_port(cls, address: str) -> str:
+        if address and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+            fail(f"expected host:port (e.g. 10.0.0.1:1234), got {address!r}")
+        return address
+
+
+def resolved(cfg: ClusterConfig, environ: os._Environ | dict[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``jax.distributed.initialize``: the section, overridden by ``JAXCNN_*``.
+
+    Unset values are left out, so JAX auto-detects them.
+
+    Raises:
+      ConfigError: a ``JAXCNN_*`` variable that is not a valid value, or ``process_id`` outside
+        ``[0, num_processes)``.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {
+        "coordinator_address": cfg.coordinator_address or None,
+        "num_processes": cfg.num_processes or None,
+        "process_id": None if cfg.process_id < 0 else cfg.process_id,
+    }
+    for key, var in ENV.items():
+        text = env.get(var, "")
+        if not text:
+            continue
+        if key == "coordinator_address":
+            values[key] = text
+            continue
+        if not text.isdigit():
+            raise ConfigError(f"cluster.{key}: ${var}={text!r} is not a non-negative integer")
+        values[key] = int(text)
+    n, pid = values["num_processes"], values["process_id"]
+    if n is not None and pid is not None and not 0 <= pid < n:
+        raise ConfigError(f"cluster.process_id: {pid} is outside [0, num_processes={n})")
+    kwargs = {k: v for k, v in values.items() if v is not None}
+    if cfg.cluster_detection_method:
+        kwargs["cluster_detection_method"] = cfg.cluster_detection_method
+    kwargs.update(
+        initialization_timeout=cfg.initialization_timeout_s,
+        heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
+        shutdown_timeout_seconds=cfg.shutdown_timeout_s,
+    )
+    return kwargs
+
+
+_initialized = False
+
+
+def initialize(cfg: ClusterConfig) -> None:
+    """Calls ``jax.distributed.initialize(**resolved(cfg))`` once per process.
+
+    Raises:
+      ConfigError: from :func:`resolved`, or JAX could not determine the job from the environment
+        (names the keys to set).
+    """
+    global _initialized
+    if _initialized:
+        return
+    import jax
+
+    kwargs = resolved(cfg)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # "coordinator_address should be defined." / "Number of processes ..."
+        raise ConfigError(
+            f"cluster: jax.distributed.initialize could not set up the job ({e}); outside TPU, SLURM and "
+            "Open MPI set cluster.coordinator_address, cluster.num_processes and cluster.process_id (or "
+            "use `jaxcnn launch` on one machine)"
+        ) from None
+    _initialized = True
