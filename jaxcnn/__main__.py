@@ -1,4 +1,4 @@
-"""Command line: ``jaxcnn train CONFIG.yaml [key=value ...]`` and ``jaxcnn plan ...``."""
+"""Command line: ``jaxcnn train CONFIG.yaml [key=value ...]``, ``jaxcnn launch|plan|data ...``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import sys
 
 COMMANDS = {
     "train": ("jaxcnn.runner.cli", "Train a model from a YAML config."),
+    "launch": ("jaxcnn.runner.launch", "Run a multi-process training job on this machine (CPU devices)."),
     "plan": (
         "jaxcnn.planner.cli",
         "Plan per-layer algorithms for a network under a memory budget.",
     ),
+    "data": ("jaxcnn.runner.data_cli", "Prepare training data: data convert FOLDER OUT.array_record."),
 }
 
 

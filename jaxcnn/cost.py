@@ -5,7 +5,9 @@ Counting follows ``docs/conventions.md``: bytes *received* per device, bandwidth
 group size ``p``, full buffer ``S``: all-gather / reduce-scatter / all-to-all ``S(p-1)/p``, all-reduce
 ``2S(p-1)/p``, collective-permute ``S`` at each target. Each collective is evaluated on every device
 of the mesh (a vector over devices), so ``max_bytes`` is the true maximum over devices of each
-device's total, and ``total_bytes`` the sum over devices.
+device's total, and ``total_bytes`` the sum over devices. On ``hosts > 1`` (:mod:`jaxcnn.links`) each
+collective's bytes are also counted as DCN bytes when they cross hosts (``dcn_per_device``); the exact
+bytes do not change.
 
 The formulas per algorithm are in the algorithm modules' docstrings and derived in
 ``docs/cost_model.md``. In short, with local window ``Xw = (N/n)·Hwin·Wwin`` (Hwin = halo window
@@ -28,7 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jaxcnn import algorithms
+from jaxcnn import algorithms, links
 from jaxcnn.algorithms.base import Layout
 from jaxcnn.geometry import ConvGeometry, HaloPlan
 from jaxcnn.mesh import AXES
@@ -45,6 +47,8 @@ class CommCost:
       per_device: bytes each device receives (row-major over the grid's axes ``n, h, w, k, c``, which
         is the flat device order of every mesh :func:`jaxcnn.make_mesh` lays over the same devices).
       kind_per_device: ``per_device`` split by collective kind.
+      dcn_per_device: the part of ``per_device`` that crosses hosts (:mod:`jaxcnn.links`; zeros on
+        one host).
     """
 
     per_kind: Mapping[str, tuple[int, float, float]]
@@ -52,6 +56,18 @@ class CommCost:
     total_bytes: float
     per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     kind_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    dcn_per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def dcn_max_bytes(self) -> float:
+        """Max over devices of the bytes each device receives over the DCN."""
+        return float(self.dcn_per_device.max()) if self.dcn_per_device.size else 0.0
+
+    def weighted(self, factor: float) -> float:
+        """Max over devices of ``ICI + factor · DCN`` bytes (``max_bytes`` when nothing crosses hosts)."""
+        if not self.dcn_per_device.any():
+            return self.max_bytes
+        return float(links.weighted(self.per_device, self.dcn_per_device, factor).max())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,26 +107,48 @@ class Cost:
     memory: MemoryCost
     layout: Layout
     geom: ConvGeometry | None = None  # the layer predicted (its output channels padded, for a head)
+    hosts: int = 1  # hosts the devices are split over (jaxcnn.links)
 
     @property
     def bytes(self) -> float:
         """Max bytes per device of a training step's convolution (forward + backward)."""
         return self.forward.max_bytes + self.backward.max_bytes
 
+    @property
+    def dcn_bytes(self) -> float:
+        """Max bytes per device over the DCN, forward + backward (0 on one host)."""
+        return self.forward.dcn_max_bytes + self.backward.dcn_max_bytes
+
+    def weighted(self, factor: float) -> float:
+        """Forward + backward max over devices of ``ICI + factor · DCN`` bytes (``bytes`` on one host)."""
+        return self.forward.weighted(factor) + self.backward.weighted(factor)
+
 
 class Ledger:
-    """Accumulates per-device received bytes by collective kind."""
+    """Accumulates per-device received bytes by collective kind, and the part that crosses hosts.
 
-    def __init__(self, sizes: Mapping[str, int]):
-        self.sizes = dict(sizes)
-        self.coords = {a: c.ravel() for a, c in zip(AXES, np.indices([sizes[a] for a in AXES]), strict=True)}
-        self.num_devices = math.prod(sizes.values())
+    Args:
+      sizes: the grid ``{axis: size}`` (devices row-major over ``AXES``).
+      hosts: hosts the flat device order is split over (:mod:`jaxcnn.links`); a collective whose group
+        spans hosts counts all its received bytes as DCN bytes, a permute those from another host.
+    """
+
+    def __init__(self, sizes: Mapping[str, int], hosts: int = 1):
+        self.sizes = {a: int(sizes.get(a, 1)) for a in AXES}
+        self.shape = [self.sizes[a] for a in AXES]
+        self.coords = {a: c.ravel() for a, c in zip(AXES, np.indices(self.shape), strict=True)}
+        self.num_devices = math.prod(self.shape)
+        links.check_hosts(self.num_devices, hosts)
+        self.hosts = hosts
         self.kinds: dict[str, list] = {}
+        self.dcn = np.zeros(self.num_devices)
 
-    def _add(self, kind: str, received: np.ndarray, count: int) -> None:
+    def _add(self, kind: str, received: np.ndarray, count: int, crosses: np.ndarray) -> None:
         entry = self.kinds.setdefault(kind, [0, np.zeros(self.num_devices)])
         entry[0] += count
         entry[1] = entry[1] + received * count
+        if self.hosts > 1:
+            self.dcn = self.dcn + received * count * crosses
 
     def group(self, kind: str, full_bytes: float, axes: tuple[str, ...], count: int = 1) -> None:
         """All-gather / reduce-scatter / all-reduce over ``axes`` of a buffer of ``full_bytes``."""
@@ -118,18 +156,24 @@ class Ledger:
         if p <= 1 or count == 0:
             return
         factor = 2.0 if kind == "all-reduce" else 1.0
-        self._add(kind, np.full(self.num_devices, factor * full_bytes * (p - 1) / p), count)
+        crosses = links.group_crosses(self.shape, [AXES.index(a) for a in axes], self.hosts)
+        self._add(kind, np.full(self.num_devices, factor * full_bytes * (p - 1) / p), count, crosses)
 
     def permute(self, nbytes: float, axis: str, hop: int) -> None:
         """A non-cyclic shift by ``hop`` along ``axis``: device b receives from b - hop."""
         src = self.coords[axis] - hop
-        self._add("collective-permute", nbytes * ((src >= 0) & (src < self.sizes[axis])), 1)
+        valid = (src >= 0) & (src < self.sizes[axis])
+        stride = math.prod(self.shape[AXES.index(axis) + 1 :])
+        sources = np.where(valid, np.arange(self.num_devices) - hop * stride, -1)
+        self._add("collective-permute", nbytes * valid, 1, links.source_crosses(sources, self.hosts))
 
     def result(self) -> CommCost:
         total = sum((v[1] for v in self.kinds.values()), np.zeros(self.num_devices))
         per_kind = {k: (v[0], float(v[1].max()), float(v[1].sum())) for k, v in self.kinds.items()}
         kinds = {k: _frozen(v[1]) for k, v in self.kinds.items()}
-        return CommCost(per_kind, float(total.max()), float(total.sum()), _frozen(total), kinds)
+        return CommCost(
+            per_kind, float(total.max()), float(total.sum()), _frozen(total), kinds, _frozen(self.dcn)
+        )
 
 
 def _frozen(vec: np.ndarray) -> np.ndarray:
@@ -164,6 +208,7 @@ def predict(
     out_dtype=None,
     wire_dtype=None,
     input_grad: bool = True,
+    hosts: int = 1,
 ) -> Cost:
     """Predicts the communication and memory of ``conv2d`` for one layer on one grid.
 
@@ -178,6 +223,8 @@ def predict(
         Default: x / kernel buffers in ``dtype``, output buffers in ``out_dtype``.
       input_grad: the backward pass computes dx. A network's first layer (whose input is the images)
         needs only the kernel gradient: XLA drops dx's reduce-scatters over k and its reversed halos.
+      hosts: hosts the devices are split over (:mod:`jaxcnn.links`): the costs then also say which
+        bytes cross hosts (``CommCost.dcn_per_device``).
 
     Returns:
       The :class:`Cost`; ``cost.bytes`` is forward + backward max bytes per device.
@@ -205,7 +252,7 @@ def predict(
     kernel_block = r * s * (c_pad // pc) * (k_pad // pk) * b_in  # a kernel replicated over the rows
     rows = lay.rows
 
-    fwd, bwd = Ledger(sizes), Ledger(sizes)
+    fwd, bwd = Ledger(sizes, hosts), Ledger(sizes, hosts)
     for ledger, backward in ((fwd, False), (bwd, True)) if input_grad else ((fwd, False),):
         add_halo(ledger, lay.h_plan, "h", nl * wb * cx * b_in, backward)
         add_halo(ledger, lay.w_plan, "w", nl * win_h * cx * b_in, backward)
@@ -237,4 +284,4 @@ def predict(
         forward_temp=float(window + gathered_x + gathered_k + acc),
         layout_copy=float(max(gathered_x, partial_acc if pc > 1 else 0)),
     )
-    return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom)
+    return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom, hosts)

@@ -9,18 +9,81 @@
 | ``c`` | input channels (the 2.5d replication depth) | channel, 2.5d, 3d |
 
 Library code takes a mesh argument; it never sets a global mesh.
+
+Every mesh lays the same flat device order (:func:`device_order`) out row-major over the five axes, so
+all placements of a run re-arrange one order. In a multi-host job the hosts (or TPU slices) are
+outermost in it: the batch axis ``n`` crosses hosts, and ``k`` and ``c`` (innermost) stay inside one
+host whenever their product divides the devices per host (:mod:`jaxcnn.links` prices the difference).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 AXES: tuple[str, ...] = ("n", "h", "w", "k", "c")
 ROW_AXES: tuple[str, ...] = ("n", "h", "w")
+
+
+def _granule_attr(devices: Sequence[Any]) -> str:
+    """``"slice_index"`` when the devices lie on several TPU slices, else ``"process_index"``."""
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    return "slice_index" if None not in slices and len(slices) > 1 else "process_index"
+
+
+def host_count(devices: Sequence[Any]) -> int:
+    """The number of hosts the devices lie on: distinct TPU slices when there are several, else
+    distinct processes (the ``hosts`` of :mod:`jaxcnn.links`)."""
+    attr = _granule_attr(devices)
+    return len({getattr(d, attr) for d in devices})
+
+
+def device_order(devices: Sequence[Any]) -> list[Any]:
+    """The flat device order of every jaxcnn mesh: hosts (or TPU slices) outermost.
+
+    Devices are grouped by ``slice_index`` when they span several slices, else by ``process_index``;
+    groups come in increasing index, so consecutive devices share a host. Within a host, on TPU and
+    GPU, :func:`jax.experimental.mesh_utils.create_hybrid_device_mesh` (several hosts) or
+    ``create_device_mesh`` (one) orders the devices for interconnect locality; elsewhere (CPU), or
+    where those helpers refuse the device set (hosts of unequal size, a partial topology), the order
+    is a plain sort by (host, id). One CPU process keeps ``devices`` as given.
+
+    Args:
+      devices: the devices (objects with ``id`` and ``process_index``, optionally ``slice_index``,
+        ``platform``).
+
+    Returns:
+      The devices reordered.
+    """
+    devices = list(devices)
+    if not devices:
+        return devices
+    attr = _granule_attr(devices)
+    hosts = sorted({getattr(d, attr) for d in devices})
+    platform = getattr(devices[0], "platform", "cpu")
+    if platform in ("tpu", "gpu"):
+        try:
+            if len(hosts) == 1:
+                mesh = mesh_utils.create_device_mesh((len(devices),), devices)
+            else:
+                mesh = mesh_utils.create_hybrid_device_mesh(
+                    (len(devices) // len(hosts),),
+                    (len(hosts),),
+                    devices,
+                    process_is_granule=attr == "process_index",
+                )
+            return list(np.asarray(mesh).flat)
+        except (ValueError, NotImplementedError, AssertionError):
+            pass  # fall back to the plain sort below
+    elif len(hosts) == 1:
+        return devices
+    return sorted(devices, key=lambda d: (getattr(d, attr), d.id))
 
 
 def make_mesh(
@@ -36,7 +99,9 @@ def make_mesh(
 
     Args:
       n, h, w, k, c: axis sizes (positive ints); their product is the number of devices used.
-      devices: devices to lay out; defaults to the first ``n*h*w*k*c`` of ``jax.devices()``.
+      devices: devices to lay out, in this flat order; defaults to the first ``n*h*w*k*c`` of
+        :func:`device_order` of ``jax.devices()`` (hosts outermost; ``jax.devices()`` itself on one
+        CPU process).
 
     Returns:
       A ``jax.sharding.Mesh`` with ``Auto`` axis types (so GSPMD baselines compile on it too).
@@ -49,18 +114,15 @@ def make_mesh(
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"mesh axis {name!r} must be a positive int, got {size!r}")
     total = math.prod(sizes.values())
-    available = list(jax.devices()) if devices is None else list(devices)
+    available = device_order(jax.devices()) if devices is None else list(devices)
     if total > len(available):
         raise ValueError(
             f"mesh {sizes} needs {total} devices but only {len(available)} are available; "
             f"choose sizes whose product is at most {len(available)}"
         )
-    return jax.make_mesh(
-        tuple(sizes.values()),
-        AXES,
-        axis_types=(AxisType.Auto,) * len(AXES),
-        devices=available[:total],
-    )
+    grid = np.empty(total, dtype=object)
+    grid[:] = available[:total]
+    return Mesh(grid.reshape(tuple(sizes.values())), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
 def mesh_sizes(mesh: Mesh) -> dict[str, int]:

@@ -29,7 +29,9 @@ all-gather      tail axes of a dimension that cannot move      |local|·(G-1)
 
 (``|local|`` is the local block before the step, ``G`` the product of the step's axis sizes.) The
 planner prices a change with exactly these steps (:meth:`Redistribution.traffic`), and
-``tests/test_redistribute.py`` checks them against the compiled HLO.
+``tests/test_redistribute.py`` checks them against the compiled HLO. On several hosts,
+:meth:`Redistribution.dcn_traffic` gives the part of those bytes that crosses hosts
+(:mod:`jaxcnn.links`); the steps themselves are chosen by bytes alone.
 
 **Backward pass.** A layout change is the identity on the logical (global) array, so its VJP is the
 identity on the cotangent, moved back from the target layout to the source: :func:`redistribute` is
@@ -52,6 +54,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn import links
 from jaxcnn.padding import crop_to, pad_to
 
 Entries = tuple[tuple[str, ...], ...]
@@ -171,26 +174,74 @@ class Redistribution:
 
     def traffic_by_kind(self, itemsize: int) -> dict[str, np.ndarray]:
         """:meth:`traffic` split by HLO collective kind."""
-        sizes = dict(self.fine)
-        names = [a for a, _ in self.fine]
         kinds: dict[str, np.ndarray] = {}
+        for step in self.steps:
+            if step.kind != "slice":
+                out = kinds.setdefault(_HLO_KIND[step.kind], np.zeros(max(1, self.num_devices)))
+                out += self._received(step, itemsize)
+        return kinds
+
+    def dcn_traffic(self, itemsize: int, hosts: int) -> np.ndarray:
+        """The part of :meth:`traffic` that crosses hosts when the devices (in this flat order) are split
+        over ``hosts`` hosts (:mod:`jaxcnn.links`: all of a step whose group spans hosts; of a permute,
+        what comes from another host)."""
+        out = np.zeros(max(1, self.num_devices))
+        if hosts == 1:
+            return out
+        shape = [s for _, s in self.fine]
+        names = [a for a, _ in self.fine]
         for step in self.steps:
             if step.kind == "slice":
                 continue
-            out = kinds.setdefault(_HLO_KIND[step.kind], np.zeros(max(1, self.num_devices)))
-            group = math.prod(sizes[a] for a in step.axes) if step.kind != "gather-all" else len(out)
-            if step.kind == "all-gather" or step.kind == "gather-all":
-                out += step.local_before * (group - 1) * itemsize
-            elif step.kind == "all-to-all":
-                out += step.local_before * (group - 1) / group * itemsize
-            elif step.kind == "permute":
-                moved = {t for s, t in step.perm if s != t}
-                coords = np.indices([sizes[a] for a in names]).reshape(len(names), -1)
-                lin = np.zeros(coords.shape[1], np.int64)
-                for a in step.axes:
-                    lin = lin * sizes[a] + coords[names.index(a)]
-                out += np.isin(lin, list(moved)) * step.local_before * itemsize
-        return kinds
+            if step.kind == "permute":
+                crosses = links.source_crosses(self._sources(step), hosts)
+            else:
+                dims = [names.index(a) for a in step.axes]
+                crosses = links.group_crosses(shape, dims, hosts)
+            out += self._received(step, itemsize) * crosses
+        return out
+
+    def _received(self, step: Step, itemsize: int) -> np.ndarray | float:
+        """Bytes each device receives in one (non-slice) step (a scalar where all receive the same)."""
+        sizes = dict(self.fine)
+        group = math.prod(sizes[a] for a in step.axes) if step.kind != "gather-all" else self.num_devices
+        if step.kind in ("all-gather", "gather-all"):
+            return step.local_before * (group - 1) * itemsize
+        if step.kind == "all-to-all":
+            return step.local_before * (group - 1) / group * itemsize
+        moved = {t for s, t in step.perm if s != t}
+        return np.isin(self._linear(step.axes), list(moved)) * step.local_before * itemsize
+
+    def _linear(self, axes: Sequence[str]) -> np.ndarray:
+        """Each device's linear index over the fine ``axes`` (major to minor)."""
+        sizes = dict(self.fine)
+        names = [a for a, _ in self.fine]
+        coords = np.indices([sizes[a] for a in names]).reshape(len(names), -1)
+        lin = np.zeros(coords.shape[1], np.int64)
+        for a in axes:
+            lin = lin * sizes[a] + coords[names.index(a)]
+        return lin
+
+    def _sources(self, step: Step) -> np.ndarray:
+        """For a permute step, the flat index of the device each device receives from (-1: none)."""
+        sizes = dict(self.fine)
+        names = [a for a, _ in self.fine]
+        strides = {a: math.prod(s for _, s in self.fine[names.index(a) + 1 :]) for a in names}
+        source_of = np.full(math.prod(sizes[a] for a in step.axes), -1, np.int64)
+        for s, t in step.perm:
+            if s != t:
+                source_of[t] = s
+        lin = self._linear(step.axes)
+        src = source_of[lin]
+        offset = np.zeros_like(lin)
+        for a, here, there in zip(
+            step.axes,
+            np.unravel_index(lin, [sizes[a] for a in step.axes]),
+            np.unravel_index(np.maximum(src, 0), [sizes[a] for a in step.axes]),
+            strict=True,
+        ):
+            offset += (there - here) * strides[a]
+        return np.where(src >= 0, np.arange(len(lin)) + offset, -1)
 
     def bytes(self, itemsize: int) -> float:
         """Max over devices of the bytes received."""

@@ -2,7 +2,7 @@
 
     jaxcnn plan --model resnet50 --batch 256 --devices 64 --memory 16GiB [--image 224]
         [--dtype float32] [--network FILE.yaml] [--config configs/plan_resnet50.yaml] [--measure]
-        [--per-layer-only]
+        [--per-layer-only] [--hosts H [--dcn-cost-factor F]]
 
 Prints one row per convolution: its shape, the chosen algorithm and grid (axes > 1), the predicted
 bytes received per device (max over devices, forward + backward, :func:`jaxcnn.cost.predict`), the
@@ -27,11 +27,17 @@ as a graph (:mod:`jaxcnn.planner.network`: residual blocks, the classifier head,
 and prints its ``predicted_comm_bytes_per_step_max_device``, the figure ``jaxcnn train CONFIG
 --compile-only`` prints next to the metered one, by component, with the placements as a
 ``model.algorithms`` mapping.
+
+``--hosts H`` splits the devices into ``H`` hosts (equal consecutive groups of the flat device order,
+:mod:`jaxcnn.links`, as :func:`jaxcnn.make_mesh` lays out a multi-host job): the planner then minimises
+``bytes + F x (bytes between hosts)`` (``--dcn-cost-factor F``, default 10), and the table adds the
+bytes over the DCN per device (``dcn f+b``); ``--whole-step`` prints the step's DCN bytes too.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -62,6 +68,8 @@ CONFIG_KEYS = (
     "per_layer_only",
     "whole_step",
     "classes",
+    "hosts",
+    "dcn_cost_factor",
 )
 
 
@@ -113,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--classes", type=int, help="classifier width for --whole-step (default 1000)")
     p.add_argument(
+        "--hosts", type=int, help="hosts (or TPU slices) the devices are split over; must divide --devices"
+    )
+    p.add_argument(
+        "--dcn-cost-factor",
+        dest="dcn_cost_factor",
+        type=float,
+        help="how much dearer a byte between hosts is than one within a host (default 10)",
+    )
+    p.add_argument(
         "--per-layer-only",
         dest="per_layer_only",
         action="store_true",
@@ -140,8 +157,9 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     """Parses flags (over an optional ``--config`` YAML) into validated :class:`PlanArgs`.
 
     Raises:
-      PlanCliError: an unknown model / dtype / config key, a bad memory string, or a non-positive
-        batch, image or device count.
+      PlanCliError: an unknown model / dtype / config key, a bad memory string, a non-positive
+        batch, image, device or host count, hosts that do not divide the devices, or a negative
+        DCN cost factor.
       ConfigError: the ``--config`` file is missing, not YAML, not a mapping, or has a ``base_config``
         cycle.
     """
@@ -161,11 +179,19 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     if network is not None and not os.path.exists(str(network)):
         raise PlanCliError(f"network file {network} does not exist")
     ints = {}
-    for key in ("batch", "devices", "image", "classes"):
+    for key in ("batch", "devices", "image", "classes", "hosts"):
         value = values.get(key, getattr(defaults, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PlanCliError(f"{key} must be a positive integer (>= 1), got {value!r}")
         ints[key] = value
+    if ints["devices"] % ints["hosts"]:
+        raise PlanCliError(
+            f"hosts ({ints['hosts']}) must divide devices ({ints['devices']}): "
+            "every host holds as many devices"
+        )
+    factor = values.get("dcn_cost_factor", defaults.dcn_cost_factor)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 <= factor < math.inf:
+        raise PlanCliError(f"dcn_cost_factor must be a non-negative number, got {factor!r}")
     dtype = str(values.get("dtype", defaults.dtype))
     if dtype not in DTYPES:
         raise PlanCliError(f"unknown dtype {dtype!r}; valid dtypes are {list(DTYPES)}")
@@ -180,6 +206,7 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
         memory_bytes=parse_memory(values.get("memory", "16GiB")),
         dtype=dtype,
         network=None if network is None else str(network),
+        dcn_cost_factor=float(factor),
         **ints,
         **flags,
     )
@@ -242,7 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             result = whole_step(
-                args.model, args.batch, args.devices, args.image, args.memory_bytes, args.dtype, args.classes
+                args.model,
+                args.batch,
+                args.devices,
+                args.image,
+                args.memory_bytes,
+                args.dtype,
+                args.classes,
+                hosts=args.hosts,
+                dcn_cost_factor=args.dcn_cost_factor,
             )
         except (NoPlanError, ValueError) as err:
             print(f"jaxcnn plan: error: {err}", file=sys.stderr)

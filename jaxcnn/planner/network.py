@@ -13,7 +13,8 @@ main convolution: the inner chain by the same recurrence from ``s``, plus the ch
 identity moved from ``s`` into ``c``'s output layout, or a projection placed between them). So the
 plan is optimal for the series-parallel graph over the candidate sets, with the objective summing
 each term's maximum over devices (the prediction, :func:`jaxcnn.planner.step.step_cost`, takes the
-maximum of the sum; they differ only where permutes leave some devices idle).
+maximum of the sum; they differ only where permutes leave some devices idle). On ``hosts > 1`` each
+term is the weighted ``ICI + dcn_cost_factor · DCN`` bytes (:mod:`jaxcnn.links`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from jaxcnn import algorithms
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
+from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.models.graph import Conv, Node, Residual
 from jaxcnn.planner.plan import plan_layer
 from jaxcnn.planner.step import (
@@ -33,7 +35,6 @@ from jaxcnn.planner.step import (
     move,
     node_kinds,
     pooled_layout,
-    total,
     x_layout,
     y_layout,
 )
@@ -52,6 +53,8 @@ def plan_graph(
     allowed: Sequence[str] = algorithms.ALGORITHMS,
     dtype="float32",
     fixed: Mapping[str, str] | None = None,
+    hosts: int = 1,
+    dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
 ) -> dict[str, Cost]:
     """One placement per convolution of ``graph`` minimising the predicted bytes of the train step.
 
@@ -65,12 +68,17 @@ def plan_graph(
       allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
       dtype: activation dtype.
       fixed: ``{layer name: algorithm}`` pins.
+      hosts: hosts the devices are split over (equal consecutive groups of the flat device order).
+      dcn_cost_factor: how much dearer a byte that crosses hosts is; the plan minimises
+        ``ICI + dcn_cost_factor · DCN`` bytes (only with ``hosts > 1``).
 
     Returns:
-      ``{name: Cost}`` (``cost.algorithm``, ``cost.grid``) for every convolution of the graph.
+      ``{name: Cost}`` (``cost.algorithm``, ``cost.grid``; predicted for ``hosts``) for every
+      convolution of the graph.
 
     Raises:
       NoPlanError: a layer fits no placement (names it and the memory that would do).
+      ValueError: ``hosts`` does not divide ``num_devices``.
     """
     itemsize = itemsize_of(dtype)
     names, pools, feeds_head = graph_nodes(graph)
@@ -80,25 +88,34 @@ def plan_graph(
     for name in names:
         algs = (fixed[name],) if fixed and name in fixed else allowed
         table = plan_layer(
-            layers[name], num_devices, memory_bytes, allowed=algs, dtype=dtype, pad_outputs=name == "head"
+            layers[name],
+            num_devices,
+            memory_bytes,
+            allowed=algs,
+            dtype=dtype,
+            pad_outputs=name == "head",
+            hosts=hosts,
+            dcn_cost_factor=dcn_cost_factor,
         )
         options[name] = table.candidates[:candidates]
         if name == first:  # the images need no gradient
             options[name] = tuple(
-                predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False) for c in options[name]
+                predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts)
+                for c in options[name]
             )
         for i, c in enumerate(options[name]):
             parts = node_kinds(
                 name, c, layers[name], input_layout, itemsize, pools.get(name), name == feeds_head
             )
-            cost = sum(float(total(kinds).max()) for kinds in parts.values())
+            cost = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
             node_cost[name, i] = cost
     edges: dict[tuple, float] = {}
 
     def edge(shape: Sequence[int], src: Layout, dst: Layout, backward: bool = True) -> float:
         key = (tuple(shape), src, dst, backward)
         if key not in edges:
-            edges[key] = float(total(move(shape, src, dst, itemsize, backward)).max())
+            moved = move(shape, src, dst, itemsize, backward, hosts)
+            edges[key] = float(moved.weighted(dcn_cost_factor).max())
         return edges[key]
 
     def step(states: dict[Layout, State], name: str, first: bool = False) -> dict[Layout, State]:

@@ -6,6 +6,10 @@ fits. ``plan_network`` chooses one candidate per layer by dynamic programming ov
 layers, adding the cost of changing the activation's layout between consecutive layers
 (the explicit changes of :mod:`jaxcnn.redistribute`), so the plan minimises the network's total, not
 each layer's. Networks with residual blocks are placed as graphs by :mod:`jaxcnn.planner.network`.
+
+On ``hosts > 1`` (devices split into equal consecutive groups of the flat order, :mod:`jaxcnn.links`)
+both rank by the weighted bytes ``ICI + dcn_cost_factor · DCN`` (max over devices) instead, so traffic
+moves off the links between hosts; the exact bytes and the DCN bytes are reported next to each other.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
-from jaxcnn import algorithms, redistribute
+from jaxcnn import algorithms, links, redistribute
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry
+from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.planner.grids import grids_for
 from jaxcnn.planner.step import grid_key
 
@@ -64,6 +69,8 @@ def plan_layer(
     allowed: Sequence[str] = algorithms.ALGORITHMS,
     dtype="float32",
     pad_outputs: bool | None = None,
+    hosts: int = 1,
+    dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
 ) -> LayerPlan:
     """Best (algorithm, grid) for one layer by predicted bytes under a per-device memory cap.
 
@@ -77,16 +84,22 @@ def plan_layer(
         classifier does, :class:`jaxcnn.models.common.Head`); each grid is then ranked with the channel
         count it will really have (its candidate's ``layout.padded``). Default: for a layer named
         ``"head"``.
+      hosts: hosts the devices are split over (equal consecutive groups of the flat device order,
+        :mod:`jaxcnn.links`); candidates are predicted for them (``Cost.dcn_bytes``).
+      dcn_cost_factor: with ``hosts > 1``, candidates are ranked by ``Cost.weighted(dcn_cost_factor)``
+        (bytes over the DCN count this many times) instead of ``Cost.bytes``.
 
     Returns:
       A :class:`LayerPlan`; ``.best`` is the choice, ``.candidates`` the ranked runner-up table.
 
     Raises:
       NoPlanError: nothing fits; the message gives the smallest budget that would.
+      ValueError: ``hosts`` is not a positive divisor of ``num_devices``.
     """
     name, geom = _geom(layer)
     if not isinstance(num_devices, int) or num_devices < 1:
         raise ValueError(f"num_devices must be a positive int, got {num_devices!r}")
+    links.check_hosts(num_devices, hosts)
     if pad_outputs is None:
         pad_outputs = name == "head"
     costs = []
@@ -95,7 +108,7 @@ def plan_layer(
         for alg in allowed:
             for grid in grids_for(alg, g, num_devices):
                 if parts is None or grid["k"] * grid["c"] == parts:
-                    costs.append(predict(g, alg, grid, dtype))
+                    costs.append(predict(g, alg, grid, dtype, hosts=hosts))
     costs = [c for c in costs if c.layout.is_even(c.geom)]  # the model is exact for even splits
     if not costs:
         raise ValueError(
@@ -103,7 +116,8 @@ def plan_layer(
             "use a device count whose factors divide the batch, spatial or channel sizes"
         )
     fitting = sorted(
-        (c for c in costs if c.memory.peak <= memory_bytes), key=lambda c: (c.bytes, c.memory.peak)
+        (c for c in costs if c.memory.peak <= memory_bytes),
+        key=lambda c: (c.weighted(dcn_cost_factor), c.bytes, c.memory.peak),
     )
     if not fitting:
         least = min(c.memory.peak for c in costs)
@@ -125,17 +139,29 @@ def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkStep:
-    """One layer of a network plan: its choice and the layout change into it."""
+    """One layer of a network plan: its choice and the layout change into it.
+
+    Attributes:
+      transition_forward, transition_backward: max bytes per device of the layout change into the
+        layer and of its reverse.
+      transition_dcn: max bytes per device of those that cross hosts (forward + backward).
+    """
 
     name: str
     geom: ConvGeometry
     choice: Cost
     transition_forward: float
     transition_backward: float
+    transition_dcn: float = 0.0
 
     @property
     def bytes(self) -> float:
         return self.choice.bytes + self.transition_forward + self.transition_backward
+
+    @property
+    def dcn_bytes(self) -> float:
+        """Max bytes per device over the DCN: the convolution's and the layout change's."""
+        return self.choice.dcn_bytes + self.transition_dcn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,25 +171,49 @@ class NetworkPlan:
     steps: tuple[NetworkStep, ...]
     num_devices: int
     memory_bytes: float
+    hosts: int = 1
 
     @property
     def bytes(self) -> float:
         """Sum over layers of max bytes per device (forward + backward + layout changes)."""
         return sum(s.bytes for s in self.steps)
 
+    @property
+    def dcn_bytes(self) -> float:
+        """Sum over layers of max bytes per device over the DCN."""
+        return sum(s.dcn_bytes for s in self.steps)
+
     def algorithms(self) -> dict[str, str]:
         return {s.name: s.choice.algorithm for s in self.steps}
 
 
-def _transition(prev: Cost, nxt: Cost, geom: ConvGeometry, itemsize: int) -> tuple[float, float]:
-    """Bytes of the explicit layout change (:mod:`jaxcnn.redistribute`) from ``prev``'s output layout to
-    ``nxt``'s input layout, forward and backward (the reverse change)."""
+@dataclasses.dataclass(frozen=True)
+class _Change:
+    """A layout change between two layers: max bytes per device forward and backward, the max of those
+    over the DCN, and the weighted ``ICI + factor · DCN`` bytes (forward + backward)."""
+
+    forward: float
+    backward: float
+    dcn: float
+    weighted: float
+
+
+def _transition(prev: Cost, nxt: Cost, geom: ConvGeometry, itemsize: int, factor: float) -> _Change:
+    """The explicit layout change (:mod:`jaxcnn.redistribute`) from ``prev``'s output layout to
+    ``nxt``'s input layout, forward and backward (the reverse change), on ``nxt.hosts`` hosts."""
     src = (prev.layout.y_spec, grid_key(prev.grid))
     dst = (nxt.layout.x_spec, grid_key(nxt.grid))
     shape = tuple(geom.x_shape)
-    return redistribute.plan(shape, src, dst).bytes(itemsize), redistribute.plan(shape, dst, src).bytes(
-        itemsize
+    fwd, bwd = redistribute.plan(shape, src, dst), redistribute.plan(shape, dst, src)
+    out = [fwd.bytes(itemsize), bwd.bytes(itemsize)]
+    if nxt.hosts == 1:
+        return _Change(out[0], out[1], 0.0, out[0] + out[1])
+    dcn = [r.dcn_traffic(itemsize, nxt.hosts) for r in (fwd, bwd)]
+    weighted = sum(
+        float(links.weighted(r.traffic(itemsize), d, factor).max())
+        for r, d in zip((fwd, bwd), dcn, strict=True)
     )
+    return _Change(out[0], out[1], float(dcn[0].max() + dcn[1].max()), weighted)
 
 
 def plan_network(
@@ -175,6 +225,8 @@ def plan_network(
     allowed: Sequence[str] = algorithms.ALGORITHMS,
     dtype="float32",
     fixed: Mapping[str, str] | None = None,
+    hosts: int = 1,
+    dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
 ) -> NetworkPlan:
     """Chooses one (algorithm, grid) per layer minimising total bytes including layout changes.
 
@@ -192,28 +244,42 @@ def plan_network(
       allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
       dtype: element type.
       fixed: optional ``{layer name: algorithm}`` to pin some layers.
+      hosts: hosts the devices are split over (:func:`plan_layer`).
+      dcn_cost_factor: with ``hosts > 1`` the DP minimises the weighted ``ICI + dcn_cost_factor · DCN``
+        bytes of layers and layout changes (:mod:`jaxcnn.links`).
 
     Raises:
       NoPlanError: some layer fits no candidate (names it and the memory that would do).
+      ValueError: ``hosts`` is not a positive divisor of ``num_devices``.
     """
     itemsize = itemsize_of(dtype)
     tables = []
     for layer in layers:
         name, _ = _geom(layer)
         algs = (fixed[name],) if fixed and name in fixed else allowed
-        tables.append(plan_layer(layer, num_devices, memory_bytes, allowed=algs, dtype=dtype))
+        tables.append(
+            plan_layer(
+                layer,
+                num_devices,
+                memory_bytes,
+                allowed=algs,
+                dtype=dtype,
+                hosts=hosts,
+                dcn_cost_factor=dcn_cost_factor,
+            )
+        )
     options = [t.candidates[:candidates] for t in tables]
-    best = [[c.bytes for c in options[0]]]
+    best = [[c.weighted(dcn_cost_factor) for c in options[0]]]
     back: list[list[int]] = [[-1] * len(options[0])]
     for i in range(1, len(options)):
         row, arg = [], []
         for cur in options[i]:
             totals = [
-                best[i - 1][j] + sum(_transition(prev, cur, tables[i].geom, itemsize))
+                best[i - 1][j] + _transition(prev, cur, tables[i].geom, itemsize, dcn_cost_factor).weighted
                 for j, prev in enumerate(options[i - 1])
             ]
             j = min(range(len(totals)), key=totals.__getitem__)
-            row.append(totals[j] + cur.bytes)
+            row.append(totals[j] + cur.weighted(dcn_cost_factor))
             arg.append(j)
         best.append(row)
         back.append(arg)
@@ -226,10 +292,12 @@ def plan_network(
     steps = []
     for i, j in enumerate(chosen):
         cur = options[i][j]
-        fwd, bwd = (
-            (0.0, 0.0)
+        change = (
+            _Change(0.0, 0.0, 0.0, 0.0)
             if i == 0
-            else _transition(options[i - 1][chosen[i - 1]], cur, tables[i].geom, itemsize)
+            else _transition(options[i - 1][chosen[i - 1]], cur, tables[i].geom, itemsize, dcn_cost_factor)
         )
-        steps.append(NetworkStep(tables[i].name, tables[i].geom, cur, fwd, bwd))
-    return NetworkPlan(tuple(steps), num_devices, memory_bytes)
+        steps.append(
+            NetworkStep(tables[i].name, tables[i].geom, cur, change.forward, change.backward, change.dcn)
+        )
+    return NetworkPlan(tuple(steps), num_devices, memory_bytes, hosts)

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxcnn.bounds import lower_bound
 from jaxcnn.cost import Cost, itemsize_of, predict
+from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.networks import ConvLayer
 from jaxcnn.planner.plan import NoPlanError, plan_layer, plan_network
 
@@ -61,6 +62,9 @@ class PlanArgs:
       per_layer_only: plan layers independently (no layout transitions).
       whole_step: also place the model as a graph and predict its whole train step.
       classes: classifier width for ``whole_step``.
+      hosts: hosts the devices are split over (:mod:`jaxcnn.links`); > 1 ranks by weighted bytes and
+        adds a column of the bytes over the DCN.
+      dcn_cost_factor: how much dearer a byte between hosts is than one within a host.
     """
 
     model: str = "resnet50"
@@ -74,6 +78,8 @@ class PlanArgs:
     per_layer_only: bool = False
     whole_step: bool = False
     classes: int = 1000
+    hosts: int = 1
+    dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +92,7 @@ class Row:
     bound: float
     metered: float | None = None
     expected: float | None = None
+    dcn: float = 0.0  # of bytes + transition, those over the DCN (max per device)
 
     @property
     def ratio(self) -> float:
@@ -114,15 +121,19 @@ def make_plan(args: PlanArgs, layers: Sequence[ConvLayer]) -> list[Row]:
     Raises:
       NoPlanError: some layer fits nothing; the message names the smallest budget that fits every layer.
     """
+    links = {"hosts": args.hosts, "dcn_cost_factor": args.dcn_cost_factor}
     try:
         if args.per_layer_only:
-            picks = [
-                (plan_layer(layer, args.devices, args.memory_bytes, dtype=args.dtype).best, 0.0)
+            best = [
+                plan_layer(layer, args.devices, args.memory_bytes, dtype=args.dtype, **links).best
                 for layer in layers
             ]
+            picks = [(c, 0.0, c.dcn_bytes) for c in best]
         else:
-            plan = plan_network(layers, args.devices, args.memory_bytes, dtype=args.dtype)
-            picks = [(s.choice, s.transition_forward + s.transition_backward) for s in plan.steps]
+            plan = plan_network(layers, args.devices, args.memory_bytes, dtype=args.dtype, **links)
+            picks = [
+                (s.choice, s.transition_forward + s.transition_backward, s.dcn_bytes) for s in plan.steps
+            ]
     except NoPlanError as err:
         need = _smallest_memory(layers, args.devices, args.dtype)
         raise NoPlanError(
@@ -132,7 +143,7 @@ def make_plan(args: PlanArgs, layers: Sequence[ConvLayer]) -> list[Row]:
         ) from None
     itemsize = itemsize_of(args.dtype)
     rows = []
-    for layer, (choice, transition) in zip(layers, picks, strict=True):
+    for layer, (choice, transition, dcn) in zip(layers, picks, strict=True):
         bound = sum(
             lower_bound(
                 layer.geom,
@@ -143,7 +154,7 @@ def make_plan(args: PlanArgs, layers: Sequence[ConvLayer]) -> list[Row]:
             ).bytes
             for p in ("forward", "backward")
         )
-        rows.append(Row(layer, choice, transition, bound))
+        rows.append(Row(layer, choice, transition, bound, dcn=dcn))
     return rows
 
 
@@ -193,6 +204,9 @@ def format_table(args: PlanArgs, rows: Sequence[Row]) -> str:
         "ratio",
         "memory",
     ]
+    hosts = args.hosts > 1
+    if hosts:
+        head.insert(6, "dcn f+b")
     if args.measure:
         head += ["metered f+b", "match"]
     table = [head]
@@ -208,6 +222,8 @@ def format_table(args: PlanArgs, rows: Sequence[Row]) -> str:
             f"{row.ratio:.2f}",
             fmt_bytes(row.choice.memory.peak),
         ]
+        if hosts:
+            line.insert(6, fmt_bytes(row.dcn))
         if args.measure:
             line += [fmt_bytes(row.metered), "yes" if row.metered == row.expected else "NO"]
         table.append(line)
@@ -228,6 +244,8 @@ def format_table(args: PlanArgs, rows: Sequence[Row]) -> str:
         f"{(total_pred + total_tr) / total_bound:.2f}" if total_bound else "inf",
         fmt_bytes(max(r.choice.memory.peak for r in rows)),
     ]
+    if hosts:
+        total.insert(6, fmt_bytes(float(rep @ [r.dcn for r in rows])))
     if args.measure:
         metered = float(rep @ [r.metered for r in rows])
         total += [fmt_bytes(metered), "yes" if all(r.metered == r.expected for r in rows) else "NO"]
@@ -250,4 +268,9 @@ def format_table(args: PlanArgs, rows: Sequence[Row]) -> str:
         f"{args.dtype}; {mode}\nbytes = received per device (max over devices), forward + backward; "
         "ratio = (bytes + transition) / bound"
     )
+    if hosts:
+        header += (
+            f"\n{args.hosts} hosts of {args.devices // args.hosts} devices; dcn = of bytes + transition, "
+            f"those between hosts (max per device); ranked by bytes + {args.dcn_cost_factor:g} x dcn"
+        )
     return header + "\n" + "\n".join(out)

@@ -25,7 +25,8 @@ component                   what moves
 
 Every term is a vector over devices (row-major over the run's devices, the flat order of every mesh
 :func:`jaxcnn.make_mesh` lays over them), summed, then maximised: the figure the HLO meter reports
-(``jaxcnn train --compile-only``'s ``comm_bytes_per_step_max_device``).
+(``jaxcnn train --compile-only``'s ``comm_bytes_per_step_max_device``). On ``hosts > 1`` each term
+also carries the bytes that cross hosts (:mod:`jaxcnn.links`), which the planner weights.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from jaxcnn import redistribute
 from jaxcnn.cost import Cost, Ledger, add_halo, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry, halo_plan
+from jaxcnn.links import LinkBytes
 from jaxcnn.mesh import AXES
 from jaxcnn.models.graph import Conv, Node, Pool, Residual
 
@@ -59,37 +61,31 @@ def y_layout(choice: Cost) -> Layout:
     return choice.layout.y_spec, grid_key(choice.grid)
 
 
-Kinds = dict[str, np.ndarray]  # per-device bytes by collective kind
-
-
-def total(kinds: Kinds) -> np.ndarray:
-    """Per-device bytes over all kinds."""
-    return sum(kinds.values(), np.zeros(1))
-
-
-def _merge(into: Kinds, more: Kinds) -> Kinds:
-    for kind, vec in more.items():
-        into[kind] = into.get(kind, 0) + np.asarray(vec)
-    return into
+Kinds = LinkBytes  # per-device bytes by collective kind, and the part of them over the DCN
 
 
 def _ledger(ledger: Ledger) -> Kinds:
-    return {k: np.asarray(v) for k, v in ledger.result().kind_per_device.items()}
+    comm = ledger.result()
+    return LinkBytes({k: np.asarray(v) for k, v in comm.kind_per_device.items()}, comm.dcn_per_device)
 
 
 def conv_kinds(choice: Cost) -> Kinds:
     """Per-device bytes of a convolution, forward + backward, by kind."""
-    out: Kinds = {}
+    out = LinkBytes()
     for comm in (choice.forward, choice.backward):
-        _merge(out, {k: np.asarray(v) for k, v in comm.kind_per_device.items()})
+        out.merge(LinkBytes({k: np.asarray(v) for k, v in comm.kind_per_device.items()}, comm.dcn_per_device))
     return out
 
 
-def move(shape: Sequence[int], src: Layout, dst: Layout, itemsize: int, backward: bool = True) -> Kinds:
-    """Per-device bytes of a layout change (forward, plus the reverse change backward), by kind."""
-    out = dict(redistribute.plan(tuple(shape), src, dst).traffic_by_kind(itemsize))
-    if backward:
-        _merge(out, redistribute.plan(tuple(shape), dst, src).traffic_by_kind(itemsize))
+def move(
+    shape: Sequence[int], src: Layout, dst: Layout, itemsize: int, backward: bool = True, hosts: int = 1
+) -> Kinds:
+    """Per-device bytes of a layout change (forward, plus the reverse change backward), by kind, and
+    the part of them that crosses ``hosts`` hosts."""
+    out = LinkBytes()
+    for a, b in ((src, dst), (dst, src)) if backward else ((src, dst),):
+        r = redistribute.plan(tuple(shape), a, b)
+        out.merge(LinkBytes(dict(r.traffic_by_kind(itemsize)), r.dcn_traffic(itemsize, hosts)))
     return out
 
 
@@ -100,7 +96,7 @@ def _entries(spec: P) -> tuple[tuple[str, ...], ...]:
 def batchnorm(choice: Cost) -> Kinds:
     """Per-device bytes of a BatchNorm on a convolution's output (float32 statistics)."""
     lay = choice.layout
-    ledger = Ledger(choice.grid)
+    ledger = Ledger(choice.grid, choice.hosts)
     channels = lay.padded[4] // (lay.size("k") * lay.size("c"))
     ledger.group("all-reduce", 2 * channels * 4, lay.rows)  # forward: sums of x and x^2, one psum
     # backward: XLA reduces the three per-channel sums the gradients are made of (of dy, dy * x and
@@ -125,7 +121,7 @@ def pooling(choice: Cost, node: Pool, y_shape: Sequence[int], itemsize: int) -> 
     hb, wb = -(-y_shape[1] // parts[1]), -(-y_shape[2] // parts[2])
     cl = -(-y_shape[3] // parts[3])
     win_h = plans[0].window if plans[0] else hb
-    ledger = Ledger(sizes)
+    ledger = Ledger(sizes, choice.hosts)
     for backward in (False, True):
         add_halo(ledger, plans[0], entries[1][0] if plans[0] else "h", nl * wb * cl * itemsize, backward)
         add_halo(ledger, plans[1], entries[2][0] if plans[1] else "w", nl * win_h * cl * itemsize, backward)
@@ -137,7 +133,7 @@ def global_pool(choice: Cost, y_shape: Sequence[int], itemsize: int) -> Kinds:
     entries = _entries(choice.layout.y_spec)
     sizes = dict(choice.grid)
     parts = [math.prod(sizes[a] for a in e) for e in entries]
-    ledger = Ledger(sizes)
+    ledger = Ledger(sizes, choice.hosts)
     local = -(-y_shape[0] // parts[0]) * -(-y_shape[3] // parts[3])
     ledger.group("all-reduce", local * itemsize, entries[1] + entries[2])
     return _ledger(ledger)
@@ -158,15 +154,15 @@ def logits_layout(head: Cost) -> Layout:
 def head_extras(head: Cost, input_layout: Layout, classes: int, batch: int, itemsize: int) -> Kinds:
     """Classifier bias gradient, logits out of the head, labels into it, loss and accuracy sums."""
     lay = head.layout
-    ledger = Ledger(head.grid)
+    ledger = Ledger(head.grid, head.hosts)
     ledger.group("all-reduce", lay.padded[4] // (lay.size("k") * lay.size("c")) * 4, lay.rows)
     ledger.group("all-reduce", 2 * 4, lay.rows)  # loss and accuracy sums (float32 scalars)
     out = _ledger(ledger)
     spec, grid = logits_layout(head)
     four = (P(*spec, None, None, None), grid)
-    _merge(out, move((batch, 1, 1, classes), y_layout(head), four, itemsize))
+    out.merge(move((batch, 1, 1, classes), y_layout(head), four, itemsize, hosts=head.hosts))
     labels_src = (P(*tuple(input_layout[0])[:1]), input_layout[1])
-    return _merge(out, move((batch,), labels_src, (spec, grid), 4, backward=False))
+    return out.merge(move((batch,), labels_src, (spec, grid), 4, backward=False, hosts=head.hosts))
 
 
 def graph_nodes(graph: Sequence[Node]) -> tuple[list[str], dict[str, Pool], str | None]:
@@ -223,15 +219,27 @@ class StepCost:
       per_device: bytes each device receives.
       components: ``{component: max-over-devices bytes of that component alone}`` (see module docs).
       kinds: ``{collective kind: max-over-devices bytes of that kind alone}``.
+      dcn_per_device: the part of ``per_device`` that crosses hosts (:mod:`jaxcnn.links`).
     """
 
     per_device: tuple[float, ...]
     components: Mapping[str, float]
     kinds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    dcn_per_device: tuple[float, ...] = ()
 
     @property
     def max_bytes(self) -> float:
         return max(self.per_device, default=0.0)
+
+    @property
+    def dcn_max_bytes(self) -> float:
+        """Max over devices of the bytes each device receives over the DCN."""
+        return max(self.dcn_per_device, default=0.0)
+
+    def weighted(self, factor: float) -> float:
+        """Max over devices of ``ICI + factor · DCN`` bytes."""
+        dcn = np.asarray(self.dcn_per_device) if self.dcn_per_device else 0.0
+        return float(np.max(np.asarray(self.per_device) + (float(factor) - 1.0) * dcn, initial=0.0))
 
 
 def step_cost(
@@ -240,6 +248,7 @@ def step_cost(
     choices: Mapping[str, Cost],
     input_layout: Layout,
     dtype="float32",
+    hosts: int = 1,
 ) -> StepCost:
     """Predicts the communication of one train step of a model placed by ``choices``.
 
@@ -249,21 +258,29 @@ def step_cost(
       choices: ``{conv name: jaxcnn.cost.predict(...)}`` of the placements the model runs.
       input_layout: the images' layout (``(P("n"), grid of the run mesh)``).
       dtype: activation dtype (collectives carry it).
+      hosts: hosts the devices are split over (:mod:`jaxcnn.links`); ``choices`` must be predicted
+        for the same (``Cost.hosts``).
+
+    Raises:
+      ValueError: a choice was predicted for another number of hosts.
     """
     itemsize = itemsize_of(dtype)
     num = math.prod(s for _, s in input_layout[1])
+    mismatched = sorted(name for name, c in choices.items() if c.hosts != hosts)
+    if mismatched:
+        raise ValueError(f"choices {mismatched[:4]} were predicted for other than {hosts} hosts")
     components = ("conv", "layout", "batchnorm", "pooling", "head", "loss")
-    parts: dict[str, Kinds] = {k: {} for k in components}
+    parts: dict[str, Kinds] = {k: LinkBytes() for k in components}
     names, pools, feeds_head = graph_nodes(graph)
     for name in names:
         node = node_kinds(
             name, choices[name], layers[name], input_layout, itemsize, pools.get(name), name == feeds_head
         )
         for part, kinds in node.items():
-            _merge(parts[part], kinds)
+            parts[part].merge(kinds)
 
     def moved(shape: Sequence[int], src: Layout, dst: Layout, backward: bool = True) -> None:
-        _merge(parts["layout"], move(shape, src, dst, itemsize, backward))
+        parts["layout"].merge(move(shape, src, dst, itemsize, backward, hosts))
 
     at: Layout = input_layout
     for node in graph:
@@ -292,14 +309,15 @@ def step_cost(
                 )
                 where = y_layout(shortcut)
             moved(layers[node.main[-1]].y_shape, where, at)
-    kinds: Kinds = {}
+    kinds = LinkBytes()
     for part in parts.values():
-        _merge(kinds, part)
-    vec = total(kinds) + np.zeros(num)
+        kinds.merge(part)
+    vec = kinds.total() + np.zeros(num)
     return StepCost(
         tuple(float(v) for v in vec),
-        {k: float(total(v).max()) for k, v in parts.items()},
-        {k: float(np.asarray(v).max()) for k, v in kinds.items()},
+        {k: float(v.total().max()) for k, v in parts.items()},
+        {k: float(np.asarray(v).max()) for k, v in kinds.kinds.items()},
+        tuple(float(v) for v in kinds.dcn + np.zeros(num)),
     )
 
 
@@ -308,11 +326,12 @@ def choices_for(
     placements: Mapping[str, tuple[str, Mapping[str, int]]],
     dtype="float32",
     first: str | None = None,
+    hosts: int = 1,
 ) -> dict[str, Cost]:
     """``{name: predict(geom, algorithm, grid)}`` for ``{name: (algorithm, grid)}``; the layer ``first``
-    (the one reading the images) without an input gradient."""
+    (the one reading the images) without an input gradient; costs on ``hosts`` hosts."""
     return {
-        name: predict(layers[name], alg, dict(grid), dtype, input_grad=name != first)
+        name: predict(layers[name], alg, dict(grid), dtype, input_grad=name != first, hosts=hosts)
         for name, (alg, grid) in placements.items()
     }
 

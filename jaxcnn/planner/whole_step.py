@@ -14,6 +14,8 @@ from typing import Any
 
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
+
 
 def input_mesh_sizes(batch: int, devices: int) -> dict[str, int]:
     """The run mesh of ``auto`` for the images: batch over ``n = gcd(batch, devices)``, the rest on ``c``."""
@@ -29,13 +31,18 @@ def whole_step(
     memory_bytes: float,
     dtype: str,
     num_classes: int,
+    hosts: int = 1,
+    dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
     **options: Any,
 ) -> dict[str, Any]:
     """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices).
 
+    ``hosts`` and ``dcn_cost_factor`` are :func:`jaxcnn.planner.network.plan_graph`'s (the plan
+    minimises ``ICI + dcn_cost_factor · DCN`` bytes on ``hosts > 1``).
+
     Returns:
       ``{"placements": {layer: placement}, "predicted_comm_bytes_per_step_max_device": float,
-      "components": {...}}``.
+      "predicted_dcn_bytes_per_step_max_device": float, "hosts": int, "components": {...}}``.
     """
     from flax import nnx
 
@@ -62,11 +69,22 @@ def whole_step(
     )
     layers = {layer.name: layer.geom for layer in trace_layers(built, batch, (image, image, 3))}
     source = (P("n"), grid_key(sizes))
-    chosen = plan_graph(built.plan_graph, layers, devices, source, memory_bytes, dtype=dtype)
-    cost = step_cost(built.plan_graph, layers, chosen, source, dtype)
+    chosen = plan_graph(
+        built.plan_graph,
+        layers,
+        devices,
+        source,
+        memory_bytes,
+        dtype=dtype,
+        hosts=hosts,
+        dcn_cost_factor=dcn_cost_factor,
+    )
+    cost = step_cost(built.plan_graph, layers, chosen, source, dtype, hosts)
     return {
         "placements": {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,
+        "predicted_dcn_bytes_per_step_max_device": cost.dcn_max_bytes,
+        "hosts": hosts,
         "components": dict(cost.components),
     }
 
@@ -78,6 +96,9 @@ def format_whole_step(result: dict[str, Any]) -> str:
         "whole train step (the model's graph placed jointly: residual blocks, head, every layout change):",
         f"predicted_comm_bytes_per_step_max_device: {result['predicted_comm_bytes_per_step_max_device']:.0f}",
     ]
+    if result.get("hosts", 1) > 1:
+        dcn = result["predicted_dcn_bytes_per_step_max_device"]
+        lines.append(f"predicted_dcn_bytes_per_step_max_device: {dcn:.0f} ({result['hosts']} hosts)")
     lines += [f"  {k}: {v:,.0f}" for k, v in result["components"].items()]
     lines.append("model.algorithms:")
     lines += [f"  {name}: {p}" for name, p in result["placements"].items()]

@@ -7,6 +7,10 @@
    :func:`jaxcnn.planner.network.plan_graph`; any other by ``jaxcnn.plan_network`` (a chain).
 3. Each choice becomes a placement ``"alg@axis=size,..."`` on the run's devices, keyed by layer name.
 
+In a multi-host job (``hosts > 1``) the planner knows that the mesh's batch axis crosses hosts
+(:func:`jaxcnn.mesh.device_order`) and weights bytes between hosts by ``dcn_cost_factor``
+(:mod:`jaxcnn.links`).
+
 Layer names come from the model's Conv+BN blocks (a module with a ``name`` and a ``conv``); a model
 without them cannot be planned and says so.
 """
@@ -20,6 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.links import DEFAULT_DCN_COST_FACTOR, check_hosts
 from jaxcnn.models.trace import UnnamedConvolutions, trace_layers
 from jaxcnn.nn.placement import format_placement
 from jaxcnn.runner.typed import ConfigError
@@ -57,6 +62,8 @@ def plan_algorithms(
     image_shape: tuple[int, ...],
     memory_bytes: float,
     dtype: str,
+    hosts: int = 1,
+    dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
 ) -> dict[str, str]:
     """``{layer: placement}`` for the run's devices and batch.
 
@@ -72,6 +79,12 @@ def plan_algorithms(
       image_shape: ``(H, W, C)``.
       memory_bytes: per-device memory budget of every layer (0: unlimited).
       dtype: ``model.dtype``.
+      hosts: hosts (or TPU slices) the mesh's devices lie on, as equal consecutive groups of its flat
+        order (``jaxcnn.mesh.host_count``).
+      dcn_cost_factor: ``cluster.dcn_cost_factor``: how much dearer a byte between hosts is.
+
+    Raises:
+      ConfigError: the convolutions have no names, or ``hosts`` does not divide the device count.
     """
     import jaxcnn
     from jaxcnn.mesh import mesh_sizes
@@ -83,9 +96,15 @@ def plan_algorithms(
     layers = _layers(model, batch, image_shape)
     graph = getattr(model, "plan_graph", None)
     budget = memory_bytes or math.inf
+    try:
+        check_hosts(devices, hosts)
+    except ValueError as err:
+        raise ConfigError(f"model.algorithms: 'auto' on {devices} devices: {err}") from None
+    links = {"hosts": hosts, "dcn_cost_factor": dcn_cost_factor}
     if graph is None:
-        plan = jaxcnn.plan_network(layers, devices, budget, dtype=dtype)
+        plan = jaxcnn.plan_network(layers, devices, budget, dtype=dtype, **links)
         return {step.name: format_placement(step.choice.algorithm, step.choice.grid) for step in plan.steps}
     geoms = {layer.name: layer.geom for layer in layers}
-    chosen = plan_graph(graph, geoms, devices, (P("n"), grid_key(mesh_sizes(mesh))), budget, dtype=dtype)
+    source = (P("n"), grid_key(mesh_sizes(mesh)))
+    chosen = plan_graph(graph, geoms, devices, source, budget, dtype=dtype, **links)
     return {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()}

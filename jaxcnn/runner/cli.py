@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parses arguments, loads the config and trains.
 
     Returns:
-      0 on success; 2 for a config error; 1 when the loss became NaN/inf.
+      0 on success; 2 for a config or checkpoint error (one line); 1 when the loss became NaN/inf.
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     if args.cpu_devices is not None:
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    from jaxcnn.runner.checkpoint import CheckpointError
     from jaxcnn.runner.train import NonFiniteLossError, train
 
     try:
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg)
     except ConfigError as e:
         print(f"jaxcnn train: config error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"jaxcnn train: checkpoint error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"jaxcnn train: {e}", file=sys.stderr)

@@ -44,7 +44,9 @@ class ClusterConfig(Section):
         0, ge=0, description="processes in the job; 0: auto-detected or $JAXCNN_NUM_PROCESSES"
     )
     process_id: Int = Field(
-        -1, ge=-1, description="this process's id in [0, num_processes); -1: auto-detected or $JAXCNN_PROCESS_ID"
+        -1,
+        ge=-1,
+        description="this process's id in [0, num_processes); -1: auto-detected or $JAXCNN_PROCESS_ID",
     )
     cluster_detection_method: Literal["", "slurm", "ompi", "gce_tpu", "gke_tpu", "mpi4py"] = Field(
         "", description="force one of JAX's cluster detectors; empty: try each"

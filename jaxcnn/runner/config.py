@@ -235,13 +235,19 @@ class DataConfig(Section):
 
     key_path: ClassVar[str] = "data"
 
-    source: Literal["digits", "synthetic", "npz", "folder"] = Field(
+    source: Literal["digits", "synthetic", "npz", "folder", "array_record"] = Field(
         "digits",
         description="digits (scikit-learn's bundled 8x8 digits), synthetic (random images and labels, "
-        "for benchmarks), npz (arrays x_train, y_train, x_test, y_test in path) or folder "
-        "(path/<class>/*.png|jpg, one subfolder per class)",
+        "for benchmarks), npz (arrays x_train, y_train, x_test, y_test in path), folder "
+        "(path/<class>/*.png|jpg, one subfolder per class) or array_record (written by jaxcnn data "
+        "convert; read from disk by row, never loaded whole)",
     )
-    path: Str = Field("", description="file (npz) or directory (folder); ignored otherwise")
+    path: Str = Field(
+        "",
+        description="file (npz), directory (folder) or the OUT.array_record name given to jaxcnn data "
+        "convert (array_record: OUT.array_record.json, OUT-train.array_record, OUT-test.array_record); "
+        "ignored otherwise",
+    )
     test_fraction: Float = Field(
         0.2, gt=0, lt=1, description="fraction held out as the test split (digits, folder), fixed by seed"
     )
@@ -254,6 +260,14 @@ class DataConfig(Section):
     num_classes: PositiveInt = Field(10, description="synthetic label count")
     num_train: PositiveInt = Field(1024, description="synthetic training-set size")
     num_test: PositiveInt = Field(256, description="synthetic test-set size")
+    workers: NonNegativeInt = Field(
+        0,
+        description="grain worker processes reading training batches, per process (0: read in the "
+        "training process)",
+    )
+    prefetch: PositiveInt = Field(
+        2, description="training batches read ahead, and read threads, per process (and per worker)"
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -264,7 +278,7 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataConfig:
-        if self.source in ("npz", "folder") and not self.path:
+        if self.source in ("npz", "folder", "array_record") and not self.path:
             fail(f"required for data.source={self.source!r}", ".path")
         if self.source == "synthetic" and len(self.image_size) != 2:
             fail("synthetic data needs [H, W]", ".image_size")

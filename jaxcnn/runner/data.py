@@ -1,9 +1,10 @@
 """Global batches from per-host data: deterministic shuffling by (seed, epoch), batch dim over mesh ``n``.
 
 Every process computes the same permutation of the training set for each epoch (``seed``, ``epoch``),
-cuts global batch ``i`` from it, and loads only the rows its devices hold; the global ``jax.Array`` is
-assembled with ``jax.make_array_from_process_local_data``. Global batch ``step`` depends only on the
-step number, so a resumed run sees exactly the batches an uninterrupted run would.
+cuts global batch ``i`` from it, and loads only the rows its devices hold (the grain pipeline of
+:mod:`jaxcnn.runner.pipeline`); the global ``jax.Array`` is assembled with
+``jax.make_array_from_process_local_data``. Global batch ``step`` depends only on the step number, so a
+resumed run sees exactly the batches an uninterrupted run would.
 
 Images are sharded ``P("n")`` (batch over the mesh's ``n`` axis, replicated over the others); each
 convolution reshards to its algorithm's layout. ``n`` may be smaller than the device count (a batch
@@ -16,6 +17,7 @@ expects).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,7 +25,18 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.runner.datasets import Dataset
+from jaxcnn.runner.pipeline import LocalBatches, epoch_permutation, normalize
 from jaxcnn.runner.typed import ConfigError
+
+__all__ = [
+    "TrainBatches",
+    "batch_sharding",
+    "epoch_permutation",
+    "eval_batches",
+    "local_rows",
+    "normalize",
+    "to_global",
+]
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -56,11 +69,6 @@ def local_rows(sharding: NamedSharding, global_batch: int) -> slice:
     return slice(start, stop)
 
 
-def epoch_permutation(num: int, seed: int, epoch: int) -> np.ndarray:
-    """The training-set order of ``epoch`` (same on every host, independent of the process count)."""
-    return np.random.default_rng([seed, epoch]).permutation(num)
-
-
 def to_global(sharding: NamedSharding, local: np.ndarray, global_rows: int) -> jax.Array:
     """This process's rows ``local`` of a global batch of ``global_rows`` rows as one global array.
 
@@ -72,52 +80,100 @@ def to_global(sharding: NamedSharding, local: np.ndarray, global_rows: int) -> j
         return jax.make_array_from_process_local_data(sharding, local, (global_rows, *local.shape[1:]))
 
 
-def normalize(x: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """``(x - mean) / std`` as float32."""
-    return ((x.astype(np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32)
-
-
 class TrainBatches:
-    """Global training batch number ``step``: an epoch-shuffled, drop-remainder slice of the train split.
+    """Global training batches: :class:`~jaxcnn.runner.pipeline.LocalBatches` (the grain pipeline of
+    this process's rows) assembled into sharded ``jax.Array`` s.
+
+    ``next(batches)`` returns global batch ``batches.step`` as ``(images, labels)`` and advances;
+    ``batches(step)`` returns any step without moving. :meth:`get_state` / :meth:`set_state` save and
+    restore the position (valid for any process count: see :mod:`jaxcnn.runner.pipeline`).
 
     Args:
       data: the dataset.
       batch_size: global batch size.
       seed: shuffling seed.
       mesh: the device mesh (batch over ``n``, replicated over the other axes).
+      workers: grain worker processes per process (0: read in this process).
+      prefetch: batches read ahead, and read threads.
+      start: the first step ``next`` returns.
 
     Raises:
       ConfigError: the batch is larger than the training set or does not divide over ``n``.
     """
 
-    def __init__(self, data: Dataset, batch_size: int, seed: int, mesh: Mesh) -> None:
-        if batch_size > len(data.x_train):
-            raise ConfigError(
-                f"train.batch_size={batch_size} exceeds the {len(data.x_train)} training images; use a "
-                "smaller batch or more data"
-            )
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+    def __init__(
+        self,
+        data: Dataset,
+        batch_size: int,
+        seed: int,
+        mesh: Mesh,
+        *,
+        workers: int = 0,
+        prefetch: int = 2,
+        start: int = 0,
+    ) -> None:
         self.sharding = batch_sharding(mesh)
-        self.rows = local_rows(self.sharding, batch_size)
-        self.steps_per_epoch = len(data.x_train) // batch_size
-        self._epoch, self._perm = -1, np.empty(0, np.int64)
+        self.batch_size = batch_size
+        self.local_batches = LocalBatches(
+            data,
+            batch_size,
+            seed,
+            local_rows(self.sharding, batch_size),
+            workers=workers,
+            prefetch=prefetch,
+            start=start,
+        )
+
+    @property
+    def rows(self) -> slice:
+        """This process's rows of every global batch."""
+        return self.local_batches.rows
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches per epoch (the remainder is dropped)."""
+        return self.local_batches.steps_per_epoch
+
+    @property
+    def step(self) -> int:
+        """The step the next ``next`` returns."""
+        return self.local_batches.step
 
     def indices(self, step: int) -> np.ndarray:
         """Training-set indices of this process's rows of global batch ``step`` (0-based)."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._perm = epoch, epoch_permutation(len(self.data.x_train), self.seed, epoch)
-        return self._perm[i * self.batch_size : (i + 1) * self.batch_size][self.rows]
+        return self.local_batches.indices(step)
 
     def local(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """This process's rows of batch ``step``: normalised float32 images and int32 labels."""
-        idx = self.indices(step)
-        return normalize(self.data.x_train[idx], self.data.mean, self.data.std), self.data.y_train[idx]
+        return self.local_batches.local(step)
+
+    def get_state(self) -> dict[str, int]:
+        """The position (JSON-serialisable; :meth:`.pipeline.LocalBatches.get_state`)."""
+        return self.local_batches.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Moves the position to ``state["step"]`` (:meth:`.pipeline.LocalBatches.set_state`)."""
+        self.local_batches.set_state(state)
+
+    def _global(self, x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        return to_global(self.sharding, x, self.batch_size), to_global(self.sharding, y, self.batch_size)
 
     def __call__(self, step: int) -> tuple[jax.Array, jax.Array]:
-        """Global batch ``step`` as sharded ``jax.Array`` s (an explicit host-to-device transfer)."""
-        x, y = self.local(step)
-        return to_global(self.sharding, x, self.batch_size), to_global(self.sharding, y, self.batch_size)
+        """Global batch ``step`` as sharded ``jax.Array`` s, read now (an explicit host-to-device
+        transfer; the position does not move)."""
+        return self._global(*self.local(step))
+
+    def __iter__(self) -> TrainBatches:
+        return self
+
+    def __next__(self) -> tuple[jax.Array, jax.Array]:
+        """Global batch ``step`` from the grain iterator (an explicit host-to-device transfer); the
+        position advances by one."""
+        return self._global(*next(self.local_batches))
+
+    def close(self) -> None:
+        """Stops the grain iterator's threads and worker processes."""
+        self.local_batches.close()
 
 
 def eval_batches(
@@ -136,7 +192,9 @@ def eval_batches(
     for start in range(0, num, batch_size):
         idx = np.arange(start, start + batch_size)[rows]
         valid = idx < num
-        idx = np.where(valid, idx, 0)
-        x = normalize(data.x_test[idx], data.mean, data.std) * valid[:, None, None, None]
-        y = np.where(valid, data.y_test[idx], 0).astype(np.int32)
-        yield tuple(to_global(sharding, a, batch_size) for a in (x.astype(np.float32), y, valid.astype(np.float32)))
+        x, y = data.read("test", np.where(valid, idx, 0))
+        x = normalize(x, data.mean, data.std) * valid[:, None, None, None]
+        y = np.where(valid, y, 0).astype(np.int32)
+        yield tuple(
+            to_global(sharding, a, batch_size) for a in (x.astype(np.float32), y, valid.astype(np.float32))
+        )

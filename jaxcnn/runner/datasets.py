@@ -1,17 +1,22 @@
-"""Image sources as host NumPy arrays: scikit-learn digits, synthetic, ``.npz`` files and image folders.
+"""Image sources: scikit-learn digits, synthetic, ``.npz`` files, image folders and ArrayRecord files.
 
 Every source returns a :class:`Dataset`: NHWC images (any numeric dtype; normalised per batch by
-:mod:`jaxcnn.runner.data` with the training set's mean and standard deviation) and int32 labels. Every
-process loads the same arrays (they are small, or synthetic) and takes its rows of each global batch.
+:mod:`jaxcnn.runner.pipeline` with the training set's mean and standard deviation) and int32 labels,
+read by row index (:meth:`Dataset.read`). The first four are host NumPy arrays every process loads
+whole (they are small, or synthetic); ``array_record`` (:mod:`jaxcnn.runner.records`, written by
+``jaxcnn data convert``) stays on disk, and each process reads only the rows of each global batch it
+holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Literal
 
 import numpy as np
 
+from jaxcnn.runner import records
 from jaxcnn.runner.config import DataConfig
 from jaxcnn.runner.typed import ConfigError
 
@@ -23,8 +28,9 @@ class Dataset:
     """Train and test splits.
 
     Attributes:
-      x_train: ``(N, H, W, C)`` images.
-      y_train: ``(N,)`` int32 labels in ``[0, num_classes)``.
+      x_train: ``(N, H, W, C)`` images: a NumPy array, or for ``array_record`` a
+        :class:`~jaxcnn.runner.records.RecordColumn` (``len``, ``shape``, indexing; read from disk).
+      y_train: ``(N,)`` int32 labels in ``[0, num_classes)`` (array or record column, like ``x_train``).
       x_test: ``(M, H, W, C)`` images.
       y_test: ``(M,)`` int32 labels.
       num_classes: number of classes.
@@ -33,10 +39,10 @@ class Dataset:
       class_names: one name per class (folder names; digits ``"0".."9"``).
     """
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_train: np.ndarray | records.RecordColumn
+    y_train: np.ndarray | records.RecordColumn
+    x_test: np.ndarray | records.RecordColumn
+    y_test: np.ndarray | records.RecordColumn
     num_classes: int
     mean: float
     std: float
@@ -46,6 +52,13 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)``."""
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def read(self, split: Literal["train", "test"], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images and int32 labels of rows ``idx`` of ``split`` (one read per record for ArrayRecord)."""
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        if isinstance(x, records.RecordColumn):
+            return x.split.read(idx)
+        return x[idx], y[idx]
 
 
 def _make(x_train, y_train, x_test, y_test, num_classes=None, class_names=()) -> Dataset:
@@ -117,8 +130,9 @@ def npz(path: str) -> Dataset:
         return _make(f["x_train"], f["y_train"], f["x_test"], f["y_test"])
 
 
-def _read_image(path: str, size: tuple[int, ...]) -> np.ndarray:
-    """One image as uint8 ``(H, W, C)``; Pillow if installed (any format, resizing), else matplotlib (PNG)."""
+def read_image(path: str, size: tuple[int, ...]) -> np.ndarray:
+    """One image as uint8 ``(H, W, C)``, ``C`` 1 (grey) or 3 (colour), resized (bilinear) to ``size``
+    ``(H, W)`` unless it is ``()``; Pillow if installed (any format, resizing), else matplotlib (PNG)."""
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow ships with matplotlib
@@ -141,20 +155,40 @@ def _read_image(path: str, size: tuple[int, ...]) -> np.ndarray:
     return a[..., None] if a.ndim == 2 else a
 
 
-def _read_folder(root: str, size: tuple[int, ...], classes: list[str] | None = None):
+def list_folder(root: str, classes: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """The image files under ``root/<class>/`` (classes and files sorted by name), their int32 labels
+    (indices into ``classes``) and the class names (default: ``root``'s sorted subfolders).
+
+    Raises:
+      ConfigError: no class subfolders, a class folder is missing, or no images.
+    """
     if classes is None:
         classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise ConfigError(f"data.path: {root} has no class subfolders (expected {root}/<class>/*.png)")
-    images, labels = [], []
+    paths, labels = [], []
     for label, name in enumerate(classes):
         folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            raise ConfigError(f"data.path: {root} lacks the class folder {name!r}")
         files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-        for f in files:
-            images.append(_read_image(os.path.join(folder, f), size))
-            labels.append(label)
-    if not images:
+        paths += [os.path.join(folder, f) for f in files]
+        labels += [label] * len(files)
+    if not paths:
         raise ConfigError(f"data.path: no {IMAGE_EXTENSIONS} images under {root}")
+    return paths, np.asarray(labels, np.int32), classes
+
+
+def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices of a stratified ``test_fraction`` split fixed by ``seed`` (the rows,
+    in order, that :func:`digits` and :func:`folder` put in each split)."""
+    train, test, _, _ = _split(np.arange(len(labels)), labels, test_fraction, seed)
+    return train, test
+
+
+def _read_folder(root: str, size: tuple[int, ...], classes: list[str] | None = None):
+    paths, labels, classes = list_folder(root, classes)
+    images = [read_image(p, size) for p in paths]
     channels = max(a.shape[-1] for a in images)
     images = [np.repeat(a, channels, -1) if a.shape[-1] != channels else a for a in images]
     shapes = sorted({a.shape for a in images})
@@ -163,7 +197,7 @@ def _read_folder(root: str, size: tuple[int, ...], classes: list[str] | None = N
             f"data.path: images under {root} have different sizes {shapes[:3]}...; "
             "set data.image_size: [H, W] to resize them"
         )
-    return np.stack(images), np.asarray(labels, np.int32), classes
+    return np.stack(images), labels, classes
 
 
 def folder(path: str, image_size: tuple[int, ...] = (), test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -184,6 +218,32 @@ def folder(path: str, image_size: tuple[int, ...] = (), test_fraction: float = 0
     return _make(x_tr, y_tr, x_te, y_te, len(classes), classes)
 
 
+def array_record(path: str) -> Dataset:
+    """The ArrayRecord dataset named ``path`` (``OUT.array_record``, see :mod:`jaxcnn.runner.records`).
+
+    Reads only the JSON sidecar: images and labels stay on disk, read by row (:meth:`Dataset.read`).
+
+    Raises:
+      ConfigError: the name, the sidecar or a split file is wrong or missing.
+    """
+    try:
+        meta = records.read_meta(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.path: {e}") from None
+    shape = tuple(meta["shape"])
+    train, test = (records.RecordSplit(meta["files"][s], shape, meta["counts"][s]) for s in ("train", "test"))
+    return Dataset(
+        records.RecordColumn(train, labels=False),
+        records.RecordColumn(train, labels=True),
+        records.RecordColumn(test, labels=False),
+        records.RecordColumn(test, labels=True),
+        int(meta["num_classes"]),
+        float(meta["mean"]),
+        float(meta["std"]),
+        tuple(meta.get("class_names", ())),
+    )
+
+
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """The dataset ``cfg`` describes (split and synthetic contents fixed by ``seed``)."""
     if cfg.source == "digits":
@@ -192,6 +252,8 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         return synthetic(cfg.image_size, cfg.channels, cfg.num_classes, cfg.num_train, cfg.num_test, seed)
     if cfg.source == "npz":
         return npz(cfg.path)
+    if cfg.source == "array_record":
+        return array_record(cfg.path)
     return folder(cfg.path, cfg.image_size, cfg.test_fraction, seed)
 
 

@@ -52,14 +52,24 @@ def _algorithms(
 ) -> Any:
     """``model.algorithms`` in the form ``jaxcnn.models.build`` takes (a str, dict or list).
 
-    ``auto`` asks ``jaxcnn.plan_network`` (see :mod:`jaxcnn.runner.autoplan`).
+    ``auto`` asks the planner (see :mod:`jaxcnn.runner.autoplan`), telling it how many hosts (TPU
+    slices when there are several, else processes) the mesh's devices lie on and
+    ``cluster.dcn_cost_factor``.
     """
     algs = cfg.model.algorithms
     if isinstance(algs, str) and algs == "auto":
+        from jaxcnn.mesh import host_count
         from jaxcnn.runner.autoplan import plan_algorithms
 
         return plan_algorithms(
-            build, mesh, cfg.train.batch_size, image_shape, cfg.model.plan_memory_bytes, cfg.model.dtype
+            build,
+            mesh,
+            cfg.train.batch_size,
+            image_shape,
+            cfg.model.plan_memory_bytes,
+            cfg.model.dtype,
+            hosts=host_count(list(mesh.devices.flat)),
+            dcn_cost_factor=cfg.cluster.dcn_cost_factor,
         )
     if isinstance(algs, Mapping):
         return dict(algs)

@@ -120,8 +120,14 @@ def train(
         else None
     )
     start = 0
+    data_state: dict[str, Any] = {}
     if cfg.resume and ckpt is not None and ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
+
+        def warn(line: str) -> None:
+            if main:
+                console.print(f"[yellow]warning:[/yellow] {line}")
+
+        state, data_state, _ = ckpt.restore(state, warn=warn)
         start = int(jax.device_get(state["step"]))
     elif cfg.resume and main:
         console.print("[yellow]note:[/yellow] resume=true but there is no checkpoint yet; starting at step 0")
@@ -143,7 +149,17 @@ def train(
         data.image_shape,
         cfg.model.dtype,
     )
-    batches = data_lib.TrainBatches(data, cfg.train.batch_size, cfg.seed, mesh)
+    batches = data_lib.TrainBatches(
+        data,
+        cfg.train.batch_size,
+        cfg.seed,
+        mesh,
+        workers=cfg.data.workers,
+        prefetch=cfg.data.prefetch,
+        start=start,
+    )
+    if data_state:  # a checkpoint's pipeline position; checks it was written for this data and seed
+        batches.set_state(data_state)
     if main:
         console.print(
             f"[bold]jaxcnn[/bold] {cfg.model.name} on mesh {dict(mesh.shape)} ({jax.device_count()} devices, "
@@ -161,7 +177,7 @@ def train(
     try:
         for step in range(start, total):
             with jax.transfer_guard("disallow"):
-                images, labels = batches(step)
+                images, labels = next(batches)  # global batch `step` (batches.step == step)
                 state, step_metrics = compiled(state, images, labels)
             pending.append(step_metrics)
             done = step + 1
@@ -197,12 +213,13 @@ def train(
                     f"loss {last_eval['eval_loss']:.4f}"
                 )
             if is_ckpt:
-                ckpt.save(done, state)
+                ckpt.save(done, state, batches.get_state())  # the pipeline's position (== done)
             if callback is not None:
                 callback(done, state)
             t_last = time.perf_counter()
     finally:
         bar.close()
+        batches.close()  # the grain iterator's threads and worker processes
         if ckpt is not None:
             ckpt.close()
     if not last_eval:  # nothing left to train (a resumed, finished run): still report the test accuracy
