@@ -230,6 +230,11 @@ class Head(nnx.Module):
         self.logits_sharding = NamedSharding(placement.mesh, P(rows, None))
         self.label_sharding = NamedSharding(placement.mesh, P(rows))
 
+    @property
+    def padding_params(self) -> int:
+        """Parameters of the padded classes (always zero: kernel columns and biases)."""
+        return (self.conv.out_features - self.num_classes) * (self.conv.in_features + 1)
+
     def __call__(self, x: jax.Array, last: ConvBN) -> jax.Array:
         """``x`` is in ``last``'s output layout; returns ``(N, num_classes)`` float32 logits."""
         spec = tuple(last.output_sharding.spec) + (None,) * 4

@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 import jax
+from flax import nnx
 
+from jaxcnn.models.common import Head
 from jaxcnn.runner import optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import image_spec
@@ -30,7 +32,8 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
       builder: model builder (default ``jaxcnn.models.build``).
 
     Returns:
-      ``{"compiled", "compile_time_s", "mesh", "num_params", "temp_bytes", "argument_bytes",
+      ``{"compiled", "compile_time_s", "mesh", "num_params" (without the head's zero class padding),
+      "head_padding_params", "temp_bytes", "argument_bytes",
       "comm_bytes_per_step_max_device"}`` (memory figures per device, from XLA's memory analysis; the
       communication figure from :mod:`jaxcnn.measure` when available, else None).
     """
@@ -45,6 +48,9 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     compiled = step.lower(state, *abstract_batch(mesh, cfg.train.batch_size, shape)).compile()
     elapsed = time.perf_counter() - t0
     memory = compiled.memory_analysis()
+    num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    model = nnx.merge(graphs.train, state["params"], state["rest"])  # abstract: nothing allocated
+    padding = sum(m.padding_params for _, m in model.iter_modules() if isinstance(m, Head))
     predicted = predict_step(
         model_for_prediction(graphs, state), mesh, cfg.train.batch_size, shape, cfg.model.dtype
     )
@@ -52,7 +58,8 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "compiled": compiled,
         "compile_time_s": elapsed,
         "mesh": dict(mesh.shape),
-        "num_params": sum(x.size for x in jax.tree.leaves(state["params"])),
+        "num_params": num_params - padding,
+        "head_padding_params": padding,
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
         "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
         "comm_bytes_per_step_max_device": metered_bytes(compiled)[0],

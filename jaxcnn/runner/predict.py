@@ -46,6 +46,16 @@ def model_for_prediction(graphs: Any, state: Any) -> nnx.Module:
     )
 
 
+#: Float dtypes narrower than 32 bits that XLA:CPU communicates as float32 (its float normalization wraps
+#: each such collective in converts, so the bytes on the wire are f32 bytes); GPU and TPU send them as is.
+_CPU_WIDENED = ("bfloat16", "float16")
+
+
+def wire_dtype(dtype: str, platform: str) -> str:
+    """The dtype a ``dtype`` model's collectives carry on ``platform`` (``"cpu"``, ``"gpu"``, ``"tpu"``)."""
+    return "float32" if platform == "cpu" and str(dtype) in _CPU_WIDENED else str(dtype)
+
+
 def predict_step(
     model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
 ) -> StepCost | None:
@@ -56,11 +66,12 @@ def predict_step(
       mesh: the run's mesh.
       batch: global batch size.
       image_shape: ``(H, W, C)``.
-      dtype: the model's computation dtype.
+      dtype: the model's computation dtype (priced as :func:`wire_dtype` on the mesh's platform).
     """
     graph = getattr(model, "plan_graph", None)
     if graph is None:
         return None
+    dtype = wire_dtype(dtype, mesh.devices.flat[0].platform)
     placements: dict[str, Any] = {
         name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in named_convs(model).values()
     }

@@ -2,7 +2,8 @@
 
 One reference run (``jaxcnn train --cpu-devices 8``, 24 steps) against:
 - a 2 x 4 launch of the first 12 steps: the same loss at every logged step and the same parameters;
-- that 2 x 4 checkpoint resumed on 1 x 8 for the remaining 12 steps: the reference's losses again;
+- that 2 x 4 checkpoint resumed on 1 x 8 up to step 18, and that checkpoint resumed on 2 x 4 up to step
+  24: the reference's losses and final parameters again;
 - a 2 x 4 launch of all 24 steps with one process killed (SIGKILL) part-way: ``launch`` exits non-zero
   within 60 s; relaunched with ``resume=true`` it finishes with the reference's losses.
 
@@ -25,7 +26,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-pytestmark = pytest.mark.slow
+from jaxcnn.runner import launch
+
+# Slow, and on one xdist worker (`--dist loadgroup`) so the module's reference run is made once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "default.yaml")
@@ -112,9 +116,32 @@ def test_two_processes_equal_one_and_resume_across_process_counts(reference, tmp
     for a, b in zip(_leaves(tmp_path / "mp", 12), _leaves(reference, 12), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
-    # Its checkpoint (written by 2 processes) resumed by 1 process with 8 devices.
-    _assert_ok(_train(tmp_path, "mp", f"train.steps={STEPS}", "resume=true"))
+    # Its checkpoint (written by 2 processes) resumed by 1 process with 8 devices ...
+    _assert_ok(_train(tmp_path, "mp", "train.steps=18", "resume=true"))
+    # ... and that one's checkpoint (1 process) resumed by 2 processes.
+    _assert_ok(_launch(tmp_path, "mp", f"train.steps={STEPS}", "resume=true"))
     _assert_same_losses(_losses(tmp_path / "mp"), want, range(2, STEPS + 1, 2))
+    for a, b in zip(_leaves(tmp_path / "mp", STEPS), _leaves(reference, STEPS), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _collect(proc: subprocess.Popen) -> list[str]:
+    """The process's output lines, gathered by a thread as they come."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return lines
+
+
+def _wait_for_step(job: subprocess.Popen, lines: list[str], run_dir, step: int) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if metrics.exists() and any(s >= step for s in _losses(run_dir)):
+            return
+        assert job.poll() is None, "".join(lines[-40:])
+        time.sleep(0.2)
+    job.kill()
+    pytest.fail(f"the job did not reach step {step} in 240 s:\n" + "".join(lines[-40:]))
 
 
 def test_killed_process_ends_the_job_and_resume_finishes_it(reference, tmp_path):
@@ -122,19 +149,8 @@ def test_killed_process_ends_the_job_and_resume_finishes_it(reference, tmp_path)
     job = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
-    reader.start()
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # wait for step 8 (a checkpoint at step 4 or 8 exists then)
-        if metrics.exists() and any(s >= 8 for s in _losses(tmp_path / "killed")):
-            break
-        assert job.poll() is None, "".join(lines[-40:])
-        time.sleep(0.2)
-    else:
-        job.kill()
-        pytest.fail("the job did not reach step 8 in 240 s:\n" + "".join(lines[-40:]))
+    lines = _collect(job)
+    _wait_for_step(job, lines, tmp_path / "killed", 8)  # a checkpoint at step 4 or 8 exists then
     pids = dict(
         (int(m.group(1)), int(m.group(2)))
         for m in (re.match(r"\[launch\] process (\d) pid (\d+)", line) for line in list(lines))
@@ -153,3 +169,34 @@ def test_killed_process_ends_the_job_and_resume_finishes_it(reference, tmp_path)
     proc = _launch(tmp_path, "killed", f"train.steps={STEPS}", "resume=true")
     _assert_ok(proc)
     _assert_same_losses(_losses(tmp_path / "killed"), _losses(reference), range(2, STEPS + 1, 2))
+
+
+def test_without_the_launcher_a_dead_peer_ends_the_survivor_within_the_heartbeat_timeout(tmp_path):
+    # What a pod or cluster job sees: no launcher watching; the survivor's JAX client notices the
+    # missing heartbeats (cluster.heartbeat_timeout_s) and ends the process with a non-zero code.
+    port = launch.free_port()
+    cmd = launch.train_command(
+        CONFIG, [f"output_dir={tmp_path}", "name=bare", *COMMON, "cluster.heartbeat_timeout_s=10"], 4
+    )
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env=launch.process_env(_env(), i, 2, 4, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    lines = _collect(procs[0])
+    _collect(procs[1])
+    _wait_for_step(procs[0], lines, tmp_path / "bare", 4)
+    procs[1].kill()
+    t0 = time.monotonic()
+    try:
+        code = procs[0].wait(timeout=90)
+    finally:
+        procs[0].kill()
+    elapsed = time.monotonic() - t0
+    assert code != 0 and elapsed < 45, (code, elapsed, "".join(lines[-20:]))

@@ -1,5 +1,5 @@
-"""Compile-only ("golden") checks of the big configs nobody can run in CI: ResNet-50 on a 256-chip TPU pod
-and on an 8-GPU node, lowered and compiled on fake CPU meshes of the same size (small batch and images;
+"""Compile-only ("golden") checks of the big configs nobody can run in CI: ResNet-50 on a 256-chip TPU pod,
+an 8-GPU node and a 32-GPU SLURM cluster, lowered and compiled on fake CPU meshes of the same size (small batch and images;
 XLA's CPU backend optimisations off, since only partitioning and lowering are under test).
 """
 
@@ -30,7 +30,13 @@ def _compile_only(config: str, devices: int, *overrides: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_resnet50_tpu_pod_compiles_on_256_devices():
-    figures = _compile_only("resnet50_tpu_pod.yaml", 256, "train.batch_size=256", "data.image_size=[32, 32]")
+    figures = _compile_only(
+        "resnet50_tpu_pod.yaml",
+        256,
+        "train.batch_size=256",
+        "data.source=synthetic",
+        "data.image_size=[32, 32]",
+    )
     assert figures["mesh"] == "{'n': 64, 'h': 1, 'w': 1, 'k': 2, 'c': 2}"
     assert int(figures["num_params"]) == RESNET50_PARAMS
 
@@ -40,3 +46,19 @@ def test_resnet50_gpu_node_compiles_on_8_devices():
     figures = _compile_only("resnet50_gpu_node.yaml", 8, "train.batch_size=16", "data.image_size=[32, 32]")
     assert figures["mesh"] == "{'n': 8, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
     assert int(figures["num_params"]) == RESNET50_PARAMS
+
+
+@pytest.mark.slow
+def test_resnet50_slurm_gpu_compiles_on_32_devices_with_auto():
+    figures = _compile_only(
+        "resnet50_slurm_gpu.yaml",
+        32,
+        "train.batch_size=32",
+        "train.eval_batch_size=32",
+        "data.source=synthetic",
+        "data.image_size=[32, 32]",
+    )
+    assert figures["mesh"] == "{'n': 32, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
+    assert int(figures["num_params"]) == RESNET50_PARAMS
+    metered = float(figures["comm_bytes_per_step_max_device"])
+    assert metered == pytest.approx(float(figures["predicted_comm_bytes_per_step_max_device"]), rel=0.01)
