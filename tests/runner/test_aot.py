@@ -1,6 +1,7 @@
-"""Compile-only ("golden") checks of the big configs nobody can run in CI: ResNet-50 on a 256-chip TPU pod,
-an 8-GPU node and a 32-GPU SLURM cluster, lowered and compiled on fake CPU meshes of the same size (small batch and images;
-XLA's CPU backend optimisations off, since only partitioning and lowering are under test).
+"""Compile-only ("golden") checks of the big configs nobody can run in CI: ResNet-50 on a 256-chip TPU
+pod, an 8-GPU node and a 32-GPU SLURM cluster, lowered and compiled on fake CPU meshes of the same size
+(small batch and images; XLA's CPU backend optimisations off, since only partitioning and lowering are
+under test).
 """
 
 from __future__ import annotations
