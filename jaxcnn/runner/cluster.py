@@ -97,7 +97,7 @@ def resolved(cfg: ClusterConfig, environ: os._Environ | dict[str, str] | None = 
         if key == "coordinator_address":
             values[key] = text
             continue
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ConfigError(f"cluster.{key}: ${var}={text!r} is not a non-negative integer")
         values[key] = int(text)
     n, pid = values["num_processes"], values["process_id"]

@@ -6,6 +6,7 @@ ignores SIGTERM. No training runs here (tests/multiprocess does real launches).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -23,6 +24,25 @@ def _py(code: str) -> list[str]:
 
 def _env() -> dict[str, str]:
     return dict(os.environ)
+
+
+@pytest.fixture
+def jobs():
+    """Makes :class:`Job` s; kills whatever of theirs is still running when the test ends (even failing)."""
+    made: list[Job] = []
+
+    def make(commands, verbose=False):
+        job = Job(commands, [_env() for _ in commands], verbose=verbose)
+        made.append(job)
+        return job
+
+    yield make
+    for job in made:
+        for p in job.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
 
 
 def _lines(text: str) -> list[str]:
@@ -108,7 +128,7 @@ def test_main_missing_config_file(capsys, tmp_path):
     assert err.splitlines() == [f"jaxcnn launch: config file not found: {missing}"]
 
 
-def test_job_all_succeed_prefixes_output_and_drops_gloo_chatter(capsys):
+def test_job_all_succeed_prefixes_output_and_drops_gloo_chatter(capsys, jobs):
     code = (
         "import sys\n"
         "i = sys.argv[1]\n"
@@ -116,25 +136,22 @@ def test_job_all_succeed_prefixes_output_and_drops_gloo_chatter(capsys):
         "print('Rank 0 is connected peer ranks: [1] [gloo]')\n"
         "print('bye from', i, file=sys.stderr)\n"
     )
-    job = Job([[*_py(code), "0"], [*_py(code), "1"]], [_env(), _env()])
+    job = jobs([[*_py(code), "0"], [*_py(code), "1"]])
     assert job.wait(grace_s=1.0) == 0
     lines = _lines(capsys.readouterr().out)
     assert sorted(lines) == ["[p0] bye from 0", "[p0] hello from 0", "[p1] bye from 1", "[p1] hello from 1"]
     assert all(p.returncode == 0 for p in job.procs)
 
 
-def test_job_verbose_keeps_gloo_chatter(capsys):
-    job = Job([_py("print('x connected peer ranks y')")], [_env()], verbose=True)
+def test_job_verbose_keeps_gloo_chatter(capsys, jobs):
+    job = jobs([_py("print('x connected peer ranks y')")], verbose=True)
     assert job.wait(grace_s=1.0) == 0
     assert _lines(capsys.readouterr().out) == ["[p0] x connected peer ranks y"]
 
 
-def test_job_first_failure_stops_the_others(capsys):
+def test_job_first_failure_stops_the_others(capsys, jobs):
     start = time.monotonic()
-    job = Job(
-        [_py("import time; time.sleep(600)"), _py("import time, sys; time.sleep(0.3); sys.exit(3)")],
-        [_env(), _env()],
-    )
+    job = jobs([_py("import time; time.sleep(600)"), _py("import time, sys; time.sleep(0.3); sys.exit(3)")])
     assert job.wait(grace_s=5.0) == 3
     elapsed = time.monotonic() - start
     assert elapsed < 10, elapsed
@@ -143,13 +160,13 @@ def test_job_first_failure_stops_the_others(capsys):
     assert "[launch] process 1 exited with 3; stopping the others" in capsys.readouterr().out
 
 
-def test_job_child_killed_by_signal_gives_128_plus_signal(capsys):
-    job = Job([_py("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")], [_env()])
+def test_job_child_killed_by_signal_gives_128_plus_signal(capsys, jobs):
+    job = jobs([_py("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")])
     assert job.wait(grace_s=1.0) == 137
     assert "[launch] process 0 exited with 137" in capsys.readouterr().out
 
 
-def test_job_sigkills_child_that_ignores_sigterm(tmp_path, capsys):
+def test_job_sigkills_child_that_ignores_sigterm(tmp_path, capsys, jobs):
     ready = tmp_path / "ready"
     stubborn = (
         "import signal, time, pathlib, sys\n"
@@ -161,7 +178,7 @@ def test_job_sigkills_child_that_ignores_sigterm(tmp_path, capsys):
     failing = (
         "import os, sys, time\nwhile not os.path.exists(sys.argv[1]):\n    time.sleep(0.02)\nsys.exit(4)\n"
     )
-    job = Job([[*_py(stubborn), str(ready)], [*_py(failing), str(ready)]], [_env(), _env()])
+    job = jobs([[*_py(stubborn), str(ready)], [*_py(failing), str(ready)]])
     start = time.monotonic()
     assert job.wait(grace_s=1.0) == 4
     elapsed = time.monotonic() - start
