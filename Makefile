@@ -3,12 +3,14 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# 8 virtual CPU devices for tests and the default training run.
+# JAX picks the platform: a GPU or TPU where there is one, else the CPU. XLA_FLAGS gives the CPU
+# platform 8 virtual devices (tests, and `make train` on a machine without an accelerator); it only
+# affects the CPU platform, so it is harmless on accelerator machines. Nothing here sets JAX_PLATFORMS
+# (tests/test_makefile.py checks it); tests/conftest.py keeps the test suite on the 8 CPU devices.
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
-export JAX_PLATFORMS ?= cpu
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast lint format train bench-comm bench-step-comm clean
+.PHONY: setup test test-fast test-accelerator lint format train bench-comm bench-step-comm clean
 
 setup: $(STAMP)
 
@@ -36,11 +38,23 @@ FAST_TESTS ?= tests/test_*.py tests/algorithms tests/nn
 test-fast: setup lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(FAST_TESTS)
 
-train: setup
-	$(BIN)/jaxcnn train configs/default.yaml
+# A GPU/TPU smoke test (a distributed conv and a short training run on the accelerator, in a subprocess
+# without JAX_PLATFORMS); skipped on a machine without one.
+test-accelerator: setup
+	$(BIN)/python -m pytest -q -rs tests/test_accelerator.py
 
+# configs/default.yaml places its convolutions on 8 devices: the virtual CPU devices where there is no
+# accelerator, the accelerators where there are 8 or more. With fewer accelerators (one GPU), the planner
+# places every layer on what there is (mesh.n=-1, model.algorithms=auto); TRAIN_ARGS=... overrides.
+TRAIN_CONFIG ?= configs/default.yaml
+TRAIN_ARGS   ?= $(shell $(BIN)/python -c "import jax; print('' if jax.default_backend() == 'cpu' or jax.device_count() >= 8 else 'mesh.n=-1 model.algorithms=auto')")
+train: setup
+	$(BIN)/jaxcnn train $(TRAIN_CONFIG) $(TRAIN_ARGS)
+
+# BENCH_ARGS: e.g. --P 64 --networks vgg16 --regimes hires (a subset), --from-cache (no measuring)
+BENCH_ARGS ?=
 bench-comm: setup
-	$(BIN)/python experiments/bench_comm.py
+	$(BIN)/python experiments/bench_comm.py $(BENCH_ARGS)
 
 bench-step-comm: setup
 	nice $(BIN)/python experiments/bench_step_comm.py

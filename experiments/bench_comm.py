@@ -1,7 +1,9 @@
 """Side by side: bytes received per device by jaxcnn's planned convolution vs GSPMD, per layer.
 
     nice .venv/bin/python experiments/bench_comm.py            # full sweep (resumes from cached CSVs)
-    .venv/bin/python experiments/bench_comm.py --quick         # 8 devices, 4 small layers, seconds
+    .venv/bin/python experiments/bench_comm.py --quick         # 8 devices, 3 small layers, seconds
+    .venv/bin/python experiments/bench_comm.py --P 64 --networks vgg16 --regimes hires   # a subset
+    .venv/bin/python experiments/bench_comm.py --from-cache    # summary, tables, plot from the CSVs
 
 For every distinct convolution of ResNet-50 and VGG-16 (identical shapes merged, weighted by their
 repeat count), at P = 64 and P = 512 fake CPU devices (compile only; each P in its own subprocess),
@@ -18,7 +20,13 @@ in three regimes (``weak``: batch 1024 at 224², ``strong``: batch 32 at 224², 
 
 The lower bound is ``jaxcnn.bounds.lower_bound`` (forward + backward, with the memory budget).
 Rows are cached in ``experiments/results/comm_<network>_P<P>_<regime>.csv``; a rerun skips layers
-already there. Afterwards ``comm_summary.csv``, ``comm_tables.md`` and ``comm_bytes.png`` are written.
+already there. Afterwards ``comm_summary.csv``, ``comm_tables.md`` and ``comm_bytes.png`` are written
+from every cached CSV in the folder (a subset run measures only its part, and leaves the others' rows in
+the summary), and ``gspmd_numerics.json``. Stdout gets a table of the summed bytes per network, P and
+regime. The written files are a function of the cached rows: a rerun rewrites them byte for byte (sorted
+JSON keys, relative errors to 4 significant digits, no timestamps or machine paths; the CSVs' ``seconds``
+column, compile wall time rounded to 0.01 s, is written once, when a layer is measured). Worker logs
+(timings) go to the untracked ``logs/`` folder beside the results.
 """
 
 from __future__ import annotations
@@ -159,7 +167,7 @@ def run_worker(
                 rows = _layer_rows(layer, p, memory, args.meter_all, args.per_family, meta)
                 new = not path.exists()
                 with open(path, "a", newline="") as f:
-                    writer = csv.DictWriter(f, FIELDS)
+                    writer = csv.DictWriter(f, FIELDS, lineterminator="\n")
                     if new:
                         writer.writeheader()
                     writer.writerows(rows)
@@ -184,11 +192,18 @@ print(json.dumps(gspmd.check_numerics(geom, specs)))
 """
 
 
+def _significant(value: float, digits: int = 4) -> float:
+    """``value`` rounded to ``digits`` significant digits (relative errors: last-bit noise dropped)."""
+    return float(f"{value:.{digits - 1}e}")
+
+
 def check_numerics(out: pathlib.Path) -> list[dict]:
-    """GSPMD numerics on 8 devices (subprocess); writes ``gspmd_numerics.json``."""
+    """GSPMD numerics on 8 devices (subprocess); writes ``gspmd_numerics.json`` (sorted keys, errors to
+    4 significant digits: the same bytes on every rerun)."""
     res = _subprocess(8, ["-c", NUMERICS_SCRIPT, str(ROOT)])
     rows = json.loads(res.strip().splitlines()[-1])
-    (out / "gspmd_numerics.json").write_text(json.dumps(rows, indent=1) + "\n")
+    rows = [{k: _significant(v) if k.startswith("err_") else v for k, v in r.items()} for r in rows]
+    (out / "gspmd_numerics.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
     return rows
 
 
@@ -217,43 +232,53 @@ def _subprocess(devices: int, cmd: list[str], log=None) -> str:
     return proc.stdout or ""
 
 
+def cached_groups(out: pathlib.Path, ps: list[int], networks: list[str], regimes: list[str]) -> list[tuple]:
+    """``(P, network, regime)`` of the given ones and of every cached CSV in ``out``, by P, then in
+    ``NETWORKS`` and ``REGIMES`` order."""
+    found = {(p, n, r) for p in ps for n in networks for r in regimes}
+    for path in out.glob("comm_*_P*_*.csv"):
+        network, _, rest = path.stem.removeprefix("comm_").partition("_P")
+        p, _, regime = rest.partition("_")
+        if network in NETWORKS and regime in REGIMES and p.isdigit():
+            found.add((int(p), network, regime))
+    return sorted(found, key=lambda g: (g[0], NETWORKS.index(g[1]), list(REGIMES).index(g[2])))
+
+
 def summarise(out: pathlib.Path, ps: list[int], networks: list[str], regimes: list[str]) -> list[dict]:
     """Per layer: planned, GSPMD best, best single algorithm, bound and the ratios; written to
-    ``comm_summary.csv``."""
+    ``comm_summary.csv`` (every cached group in ``out``, not only the given ones)."""
     summary = []
-    for p in ps:
-        for network in networks:
-            for regime in regimes:
-                rows = _read(csv_path(out, network, p, regime))
-                for layer in dict.fromkeys(r["layer"] for r in rows):
-                    mine = [r for r in rows if r["layer"] == layer]
-                    planned = next(r for r in mine if r["method"] == "planned")
-                    gsp = [r for r in mine if r["method"].startswith("gspmd:") and r["source"] == "metered"]
-                    algs = [r for r in mine if r["method"].startswith("alg:") and r["source"] != "infeasible"]
-                    g_best = min(gsp, key=lambda r: float(r["bytes"]), default=None)
-                    a_best = min(algs, key=lambda r: float(r["bytes"]), default=None)
-                    bound = float(planned["bound_fwd"]) + float(planned["bound_bwd"])
-                    pb = float(planned["bytes"]) if planned["bytes"] else math.nan
-                    gb = float(g_best["bytes"]) if g_best else math.nan
-                    summary.append(
-                        {
-                            "network": network, "P": p, "regime": regime, "layer": layer,
-                            "repeat": int(planned["repeat"]), "shape": planned["shape"],
-                            "planned": planned["variant"], "planned_bytes": pb,
-                            "planned_equals_prediction": planned["pred_fwd"] != ""
-                            and float(planned["fwd"]) == float(planned["pred_fwd"])
-                            and float(planned["bwd"]) == float(planned["pred_bwd"]),
-                            "gspmd_best": f"{g_best['method'][6:]}@{g_best['variant']}" if g_best else "none",
-                            "gspmd_bytes": gb,
-                            "best_alg": f"{a_best['method'][4:]}@{a_best['variant']}" if a_best else "none",
-                            "best_alg_bytes": float(a_best["bytes"]) if a_best else math.nan,
-                            "bound": bound,
-                            "vs_gspmd": pb / gb if gb else (math.inf if pb else 1.0),
-                            "vs_bound": pb / bound if bound else math.inf,
-                        }
-                    )  # fmt: skip
+    for p, network, regime in cached_groups(out, ps, networks, regimes):
+        rows = _read(csv_path(out, network, p, regime))
+        for layer in dict.fromkeys(r["layer"] for r in rows):
+            mine = [r for r in rows if r["layer"] == layer]
+            planned = next(r for r in mine if r["method"] == "planned")
+            gsp = [r for r in mine if r["method"].startswith("gspmd:") and r["source"] == "metered"]
+            algs = [r for r in mine if r["method"].startswith("alg:") and r["source"] != "infeasible"]
+            g_best = min(gsp, key=lambda r: float(r["bytes"]), default=None)
+            a_best = min(algs, key=lambda r: float(r["bytes"]), default=None)
+            bound = float(planned["bound_fwd"]) + float(planned["bound_bwd"])
+            pb = float(planned["bytes"]) if planned["bytes"] else math.nan
+            gb = float(g_best["bytes"]) if g_best else math.nan
+            summary.append(
+                {
+                    "network": network, "P": p, "regime": regime, "layer": layer,
+                    "repeat": int(planned["repeat"]), "shape": planned["shape"],
+                    "planned": planned["variant"], "planned_bytes": pb,
+                    "planned_equals_prediction": planned["pred_fwd"] != ""
+                    and float(planned["fwd"]) == float(planned["pred_fwd"])
+                    and float(planned["bwd"]) == float(planned["pred_bwd"]),
+                    "gspmd_best": f"{g_best['method'][6:]}@{g_best['variant']}" if g_best else "none",
+                    "gspmd_bytes": gb,
+                    "best_alg": f"{a_best['method'][4:]}@{a_best['variant']}" if a_best else "none",
+                    "best_alg_bytes": float(a_best["bytes"]) if a_best else math.nan,
+                    "bound": bound,
+                    "vs_gspmd": pb / gb if gb else (math.inf if pb else 1.0),
+                    "vs_bound": pb / bound if bound else math.inf,
+                }
+            )  # fmt: skip
     with open(out / "comm_summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(summary[0]) if summary else ["network"])
+        writer = csv.DictWriter(f, list(summary[0]) if summary else ["network"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(summary)
     return summary
@@ -316,6 +341,55 @@ def tables(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def totals(summary: list[dict]) -> list[dict]:
+    """Per (network, P, regime): layers, bytes summed over layers (weighted by repeats) and ratios."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in summary:
+        groups.setdefault((r["network"], r["P"], r["regime"]), []).append(r)
+    out = []
+    for (net, p, regime), rows in groups.items():
+        w = [r["repeat"] for r in rows]
+        sp, sg, sb = (sum(x * r[f] for x, r in zip(w, rows, strict=True)) for f in FIELDS_SUMMED)
+        out.append(
+            dict(network=net, P=p, regime=regime, layers=len(rows), convs=sum(w), planned=sp, gspmd=sg)
+            | dict(bound=sb, worse=sum(r["planned_bytes"] > r["gspmd_bytes"] for r in rows))
+        )
+    return out
+
+
+FIELDS_SUMMED = ("planned_bytes", "gspmd_bytes", "bound")
+
+
+def stdout_table(summary: list[dict]) -> str:
+    """The readable summary ``main`` prints: one line per (network, P, regime)."""
+    head = ("network", "P", "regime", "layers", "Σ jaxcnn", "Σ best GSPMD", "Σ bound", "jaxcnn/GSPMD")
+    head += ("jaxcnn/bound", "layers jaxcnn > GSPMD")
+
+    def cells(t: dict) -> tuple[str, ...]:
+        sums = (_fmt(t["planned"]), _fmt(t["gspmd"]), _fmt(t["bound"]))
+        ratios = (_ratio(t["planned"], t["gspmd"]), _ratio(t["planned"], t["bound"]))
+        return (
+            t["network"],
+            str(t["P"]),
+            t["regime"],
+            f"{t['layers']} ({t['convs']})",
+            *sums,
+            *ratios,
+            str(t["worse"]),
+        )
+
+    body = [cells(t) for t in totals(summary)]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    left = 3  # network, P, regime: left-aligned; numbers right-aligned
+
+    def line(row: tuple) -> str:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = (c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in pairs)
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, body)])
+
+
 def plot(summary: list[dict], path: pathlib.Path) -> None:
     """Per-layer bytes (log scale): planned vs GSPMD best vs bound, one panel per (network, P, regime)."""
     import matplotlib
@@ -340,15 +414,22 @@ def plot(summary: list[dict], path: pathlib.Path) -> None:
         ):
             ax.plot(xs, [max(r[field], 1.0) for r in rows], style, ms=3, lw=1, label=label)
         ax.set_yscale("log")
-        ax.set_title(f"{key[0]} P={key[1]} {key[2]}", fontsize=9)
-        ax.set_xlabel("layer (deduplicated, forward order)", fontsize=8)
-        ax.set_ylabel("bytes/device fwd+bwd", fontsize=8)
+        batch, image = REGIMES.get(key[2], ("?", "?"))
+        ax.set_title(f"{key[0]}, P={key[1]} devices, {key[2]} (batch {batch} at {image}²)", fontsize=9)
+        ax.set_xlabel("convolution layer (deduplicated, forward order; index)", fontsize=8)
+        ax.set_ylabel("bytes received per device, fwd+bwd (B, log)", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
+    fig.suptitle(
+        "make bench-comm: per-layer convolution communication, jaxcnn planned vs best GSPMD vs lower bound\n"
+        "bytes received per device, forward + backward, max over devices (compiled HLO, fake CPU devices)",
+        fontsize=10,
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # no matplotlib version: same bytes
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="GSPMD splits per family (default: 2 for P <= 64, 1 above (compile budget); quick: 1)",
+    )
+    ap.add_argument(
+        "--from-cache",
+        action="store_true",
+        help="measure nothing: rewrite the summary, tables, numerics and plot from the cached CSVs",
     )
     ap.add_argument("--out", default=None, help="results folder (default experiments/results)")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -388,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         args.per_family = args.per_family or 1
         run_worker(args.worker, args.networks, args.regimes, memory, out, args)
         return 0
-    for p in ps:
+    logs = out / "logs"  # timings: untracked (.gitignore)
+    logs.mkdir(exist_ok=True)
+    for p in [] if args.from_cache else ps:
         t = time.time()
         cmd = [
             str(pathlib.Path(__file__).resolve()),
@@ -405,15 +493,21 @@ def main(argv: list[str] | None = None) -> int:
             + ["--meter-all"] * args.meter_all
             + ["--per-family", str(args.per_family or (1 if args.quick or p > 64 else 2))]
         )
-        with open(out / f"bench_P{p}.log", "a") as log:
+        with open(logs / f"bench_P{p}.log", "a") as log:
             _subprocess(p, cmd, log)
         print(f"P={p}: {time.time() - t:.0f}s", flush=True)
     summary = summarise(out, ps, args.networks, args.regimes)
     (out / "comm_tables.md").write_text(tables(summary))
+    written = ["comm_summary.csv", "comm_tables.md"]
     if not args.quick:
         check_numerics(out)
         plot(summary, out / "comm_bytes.png")
-    print(json.dumps(summary))
+        written += ["gspmd_numerics.json", "comm_bytes.png"]
+    print("\nper-layer convolution communication, bytes received per device (fwd + bwd, max over devices),")
+    print("summed over each network's layers x repeats; jaxcnn = planned, GSPMD = best sharding per layer\n")
+    print(stdout_table(summary))
+    where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    print(f"\nwrote {', '.join(written)} in {where}/ (per-layer tables: comm_tables.md)")
     return 0
 
 

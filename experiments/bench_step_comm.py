@@ -480,6 +480,7 @@ def write_png(rows: list[dict[str, Any]]) -> None:
         ax.set_xlim(-0.6, max(len(sums), 1) - 0.4)
         ax.set_title(model)
         ax.set_ylabel("MiB received per device per train step (max over devices)", fontsize=9)
+        ax.set_xlabel("device count P, regime, global batch and image size (pixels²)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         if not sums:
             ax.text(0.5, 0.5, "no rows", ha="center", transform=ax.transAxes)

@@ -10,6 +10,7 @@ from jaxcnn.conv import conv2d, conv_layout, layer_geometry
 from jaxcnn.cost import predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.mesh import AXES, make_mesh
+from jaxcnn.nn.layout import reshard
 from jaxcnn.planner import NoPlanError, plan_layer, plan_network
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "plan_layer",
     "plan_network",
     "predict",
+    "reshard",
 ]

@@ -13,6 +13,7 @@ from jaxcnn.algorithms.engine import build
 from jaxcnn.geometry import ConvGeometry, PaddingLike, conv_geometry
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.padding import crop_to, pad_to
+from jaxcnn.redistribute import redistribute
 
 
 def _check_array(value: object, name: str) -> None:
@@ -31,16 +32,36 @@ def _check_mesh(mesh: object) -> dict[str, int]:
     return sizes
 
 
-def _on_mesh(value: jax.Array, sharding: NamedSharding) -> jax.Array:
-    """``value`` constrained to ``sharding`` (returned as is when it already has exactly that one).
+def same_device_order(a: Mesh, b: Mesh) -> bool:
+    """Whether two meshes lay out the same devices in the same flat order (every ``jaxcnn.make_mesh``
+    over the same devices does), so that :func:`jaxcnn.redistribute.redistribute` can move between them."""
+    return [d.id for d in a.devices.flat] == [d.id for d in b.devices.flat]
 
-    The algorithm's jitted shard_map must only ever see arguments on its own mesh: ``jit`` names the
-    layout it picks for an uncommitted argument on the mesh of the first committed one, so an
-    argument left on another layer's mesh (whose axes cannot tile this mesh's layout) made JAX raise
-    ``IndivisibleError``.
+
+def known_layout(value: object) -> NamedSharding | None:
+    """The NamedSharding ``value`` is laid out as, when it is known: a concrete ``jax.Array`` (not a
+    tracer; inside ``jit`` an Auto-axes array's type carries its mesh but not its PartitionSpec)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    sharding = getattr(value, "sharding", None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+
+
+def _on_mesh(value: jax.Array, sharding: NamedSharding) -> jax.Array:
+    """``value`` moved to ``sharding`` (returned as is when it already has exactly that one).
+
+    A concrete array laid out on another mesh over the same devices (another layer's) is moved
+    explicitly (:func:`jaxcnn.redistribute.redistribute`, planned collectives, never XLA's "replicate,
+    then re-partition"); anything else gets a sharding constraint. The algorithm's jitted shard_map
+    must only ever see arguments on its own mesh: ``jit`` names the layout it picks for an uncommitted
+    argument on the mesh of the first committed one, so an argument left on another layer's mesh
+    (whose axes cannot tile this mesh's layout) made JAX raise ``IndivisibleError``.
     """
-    if not isinstance(value, jax.core.Tracer) and getattr(value, "sharding", None) == sharding:
+    src = known_layout(value)
+    if src == sharding:
         return value
+    if src is not None and src.mesh != sharding.mesh and same_device_order(src.mesh, sharding.mesh):
+        value = redistribute(value, src, sharding)
     return jax.lax.with_sharding_constraint(value, sharding)
 
 
@@ -87,7 +108,11 @@ def conv2d(
     the algorithm's layout (see the algorithm modules in :mod:`jaxcnn.algorithms`). The result has
     the algorithm's output layout, ``jaxcnn.conv_layout(geom, mesh=mesh, algorithm=algorithm).y_spec``
     (``geom`` from :func:`layer_geometry`; when a split does not divide the output, the result is
-    cropped from the zero-padded output in that layout).
+    cropped from the zero-padded output in that layout). An input laid out on another mesh over the
+    same devices (another layer's) is moved to this one (explicitly, with
+    :func:`jaxcnn.redistribute.redistribute`, when it is a concrete array). The result lives on
+    ``mesh``: to combine it with a result on another mesh (``y1 + y2``, which JAX rejects with
+    ``IndivisibleError``), move one first with :func:`jaxcnn.nn.reshard`.
 
     Args:
       x: ``(N, H, W, C)`` activations.

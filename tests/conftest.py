@@ -7,6 +7,11 @@ changes the machine code: the optimised HLO that the meter reads and ``memory_an
 (``tests/test_measure.py::test_fast_compilation_leaves_hlo_and_memory_unchanged`` checks it). Being an
 environment variable, it also reaches the subprocesses tests start (``tests/fake_devices.py``, the CLIs).
 Run ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test`` for fully optimised programs.
+
+The suite runs on the CPU platform even where there is an accelerator: its meshes need 8 devices of one
+platform (a 1-GPU machine has one), and its byte counts and numerics are pinned to the CPU backend. The
+Makefile sets no platform (``make train`` uses the GPU/TPU); ``tests/test_accelerator.py`` (``make
+test-accelerator``) runs its smoke test on the accelerator in a subprocess without ``JAX_PLATFORMS``.
 """
 
 import os
@@ -19,7 +24,7 @@ os.environ["XLA_FLAGS"] = " ".join(
     ]
     + ["--xla_force_host_platform_device_count=8"]
 )
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # 8-device meshes: see above
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax

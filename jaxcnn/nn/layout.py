@@ -19,6 +19,7 @@ import jax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 
+from jaxcnn.conv import known_layout, same_device_order
 from jaxcnn.redistribute import redistribute
 from jaxcnn.transition import ShardingLike, Traffic, transition_bytes, transition_traffic
 
@@ -36,12 +37,53 @@ def _named(to: ShardingLike, mesh: Mesh | None) -> NamedSharding:
 def reshard(
     x: jax.Array, to: ShardingLike, *, mesh: Mesh | None = None, src: NamedSharding | None = None
 ) -> jax.Array:
-    """Moves ``x`` to the layout ``to`` (a NamedSharding, or a PartitionSpec on ``mesh``).
+    """Moves ``x`` to the layout ``to``, possibly on another mesh over the same devices.
 
-    With ``src`` (the NamedSharding ``x`` is laid out as), the move is explicit
-    (:func:`jaxcnn.redistribute.redistribute`); otherwise a sharding constraint. Works under ``jit``
-    and ``grad`` (the backward pass moves the cotangent back).
+    The way to combine activations that live on differently shaped meshes (two layers with different
+    algorithms, ``jaxcnn.make_mesh(c=8)`` and ``jaxcnn.make_mesh(n=2, c=4)``): move one operand onto
+    the other's layout first. Without it, ``y1 + y2`` (eagerly or under ``jit``), or a ``jit`` whose
+    arguments are all uncommitted and whose result lies on another mesh than the program's first
+    sharding, raises JAX's ``IndivisibleError`` ("shape=[2, 1, 1, 1, 4] is incompatible with
+    mesh_shape=...: dim_size=2 is not divisible by axis_size=8"): JAX names the layout XLA picked for
+    the result on that other mesh, which cannot express it.
+
+    How it moves: with ``src`` (the NamedSharding ``x`` is laid out as; under ``jit`` the caller
+    asserts it, e.g. the producing layer's ``NamedSharding(mesh, layout.y_spec)``), or eagerly on a
+    concrete ``jax.Array`` with a NamedSharding (then ``src`` defaults to ``x.sharding``), the move
+    is explicit (:func:`jaxcnn.redistribute.redistribute`: planned collectives, priced by
+    :func:`jaxcnn.redistribute.cost`); otherwise (a traced value without ``src``) it is one
+    sharding constraint, which XLA's SPMD partitioner lowers as it sees fit (sometimes by
+    replicating the array first). Works under ``jit`` and ``grad`` (the cotangent moves back).
+
+    Example::
+
+        m1, m2 = jaxcnn.make_mesh(c=8), jaxcnn.make_mesh(n=2, c=4)
+        y1 = jaxcnn.conv2d(x, k1, mesh=m1, algorithm="channel")  # P(None, None, None, "c") on m1
+        y2 = jaxcnn.conv2d(x, k2, mesh=m2, algorithm="channel")  # P("n", None, None, "c") on m2
+        geom = jaxcnn.layer_geometry(x, k1)
+        s1 = NamedSharding(m1, jaxcnn.conv_layout(geom, mesh=m1, algorithm="channel").y_spec)
+        s2 = NamedSharding(m2, jaxcnn.conv_layout(geom, mesh=m2, algorithm="channel").y_spec)
+        y = y1 + jaxcnn.nn.reshard(y2, to=s1, src=s2)  # on m1, in y1's layout
+
+    Args:
+      x: the array.
+      to: the target layout: a NamedSharding, or a PartitionSpec on ``mesh``.
+      mesh: the mesh of a PartitionSpec ``to``.
+      src: the NamedSharding ``x`` is laid out as (its mesh must hold the same devices in the same
+        order as the target's).
+
+    Returns:
+      ``x`` (values unchanged) laid out as ``to``, on ``to``'s mesh.
+
+    Raises:
+      ValueError: ``to`` is a PartitionSpec without ``mesh``, or ``src`` lies on other devices (or in
+        another order) than ``to``.
     """
+    dst = _named(to, mesh)
+    if src is None:
+        known = known_layout(x)
+        if known is not None and known != dst and same_device_order(known.mesh, dst.mesh):
+            src = known
     if src is not None:
-        return redistribute(x, src, _named(to, mesh))
-    return lax.with_sharding_constraint(x, _named(to, mesh))
+        x = redistribute(x, src, dst)  # its result may name an internal (finer) mesh: relabel below
+    return lax.with_sharding_constraint(x, dst)

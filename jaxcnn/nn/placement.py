@@ -82,10 +82,17 @@ def _parse_sizes(text: str, placement: str) -> dict[str, int]:
     for item in text.split(","):
         name, _, value = item.partition("=")
         name = name.strip()
-        if name not in AXES or not value.strip().isdigit() or name in sizes:
+        if name not in AXES or not value.strip().isdigit() or int(value) < 1 or name in sizes:
+            problem = (
+                f"unknown axis {name!r}"
+                if name not in AXES
+                else f"axis {name!r} given twice"
+                if name in sizes
+                else f"size {value.strip()!r} of axis {name!r} is not an int >= 1"
+            )
             raise ValueError(
-                f"bad mesh shape {text!r} in placement {placement!r}: expected comma-separated "
-                f"axis=size items with axes from {AXES}, e.g. '3d@n=2,k=2,c=2'"
+                f"bad mesh shape {text!r} in placement {placement!r}: {problem}; expected comma-separated "
+                f"axis=size items with axes from {', '.join(AXES)} and sizes >= 1, e.g. '3d@n=2,k=2,c=2'"
             )
         sizes[name] = int(value)
     return sizes

@@ -5,6 +5,12 @@
 ``jax.ShapeDtypeStruct`` inputs carrying their shardings, and compiles it. With
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` this checks a TPU-pod or GPU-node config on one
 CPU machine (shrink ``train.batch_size`` / ``data.image_size`` with overrides to keep it quick).
+
+It also reports whether the step fits the devices' memory (:mod:`jaxcnn.runner.fit`: the train state
+per device before compiling, XLA's memory analysis after, against what a device has) but never stops
+on it: with hundreds of fake CPU devices the host RAM split per device is meaningless, and checking a
+config meant for bigger devices is the point. ``jaxcnn train`` (:func:`jaxcnn.runner.train.train`)
+stops on the same figures.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.models.common import Head
-from jaxcnn.runner import optim, setup
+from jaxcnn.runner import fit, optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import image_spec
 from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_step
@@ -34,8 +40,16 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     Returns:
       ``{"compiled", "compile_time_s", "mesh", "num_params" (without the head's zero class padding),
       "head_padding_params", "temp_bytes", "argument_bytes",
-      "comm_bytes_per_step_max_device"}`` (memory figures per device, from XLA's memory analysis; the
-      communication figure from :mod:`jaxcnn.measure` when available, else None).
+      "comm_bytes_per_step_max_device", "predicted_comm_bytes_per_step_max_device",
+      "predicted_components", "predicted_kinds", "memory_state_bytes_per_device",
+      "memory_compiled_bytes_per_device", "device_memory_bytes", "device_memory_source",
+      "memory_fits"}`` (memory figures per device, from XLA's memory analysis and
+      :func:`jaxcnn.runner.fit.report` - reported, never raised; the communication figure from
+      :mod:`jaxcnn.measure` when available, else None).
+
+    Raises:
+      ConfigError: the mesh does not fit the devices or batches, or the builder rejects the
+        ``model`` section (see :func:`jaxcnn.runner.setup.build_model`).
     """
     mesh = setup.build_mesh(cfg)
     shape, num_classes = image_spec(cfg.data, cfg.seed)
@@ -43,9 +57,11 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     graphs, state = abstract_state(
         lambda: setup.build_model(cfg, mesh, num_classes, shape, builder), tx, mesh
     )
+    batch = abstract_batch(mesh, cfg.train.batch_size, shape)
+    footprint = fit.state_footprint(state, batch)  # reported, never a stop (see the module docstring)
     t0 = time.perf_counter()
     step = jit_train_step(graphs, tx, state, mesh)
-    compiled = step.lower(state, *abstract_batch(mesh, cfg.train.batch_size, shape)).compile()
+    compiled = step.lower(state, *batch).compile()
     elapsed = time.perf_counter() - t0
     memory = compiled.memory_analysis()
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -66,6 +82,7 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
         "predicted_components": None if predicted is None else dict(predicted.components),
         "predicted_kinds": None if predicted is None else dict(predicted.kinds),
+        **fit.report(footprint, compiled, list(mesh.devices.flat)),
     }
 
 

@@ -12,18 +12,25 @@ pipeline's position, so a resumed run reads exactly the batches an uninterrupted
   checkpoint written by 2 processes x 4 devices restores on 1 x 8 (or onto another mesh) and back.
 - **A damaged newest checkpoint is skipped.** :meth:`Checkpointer.restore` tries steps newest first; a
   step that cannot be read (truncated or garbage files) is reported through ``warn`` and the next older
-  one is tried. All processes agree on the step they restore.
+  one is tried. All processes agree on the step they restore. Once one is restored, the unreadable newer
+  steps are renamed to ``<step>.unreadable`` (kept for inspection, no longer steps), so the resumed run
+  can save those steps again.
 - **Failed saves are one clear error.** A save that fails (read-only directory, disk full) raises
-  :class:`CheckpointError` naming the step, the directory and the reason; earlier checkpoints are kept
-  (orbax deletes old steps only after a new one is complete).
+  :class:`CheckpointError` naming the step, the directory and the reason (the OS error, e.g. "No space
+  left on device"); earlier checkpoints are kept (orbax deletes old steps only after a new one is
+  complete). The tracebacks orbax's writer threads log for such a failure are held back (the error says
+  it once); a save that succeeds passes any such log on.
 
 Saving is synchronous: a step's checkpoint is complete on disk when :meth:`Checkpointer.save` returns.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -51,8 +58,40 @@ def _all_agree(ok: bool) -> bool:
 
 
 def _reason(e: BaseException) -> str:
+    """One line: the OS error first when there is one (an ``OSError``, or tensorstore's
+    ``[os_error_code='28']``), then the exception, cut to 300 characters."""
     text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}"
+    reason = f"{type(e).__name__}: {text[:300]}" + ("..." if len(text) > 300 else "")
+    code = re.search(r"os_error_code='?(\d+)", text)
+    os_error = e.strerror if isinstance(e, OSError) and e.strerror else None
+    if os_error is None and code is not None:
+        os_error = os.strerror(int(code.group(1)))
+    if os_error and os_error not in reason:
+        reason = f"{os_error}; {reason}"
+    return reason
+
+
+@contextmanager
+def _held_back_tracebacks(failed: list[bool]) -> Iterator[None]:
+    """Holds back the absl log records with a traceback (orbax's writer threads log one per failed
+    write) while a save runs; passes them on afterwards unless ``failed[0]`` was set."""
+    held: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno >= logging.ERROR:
+            held.append(record)
+            return False
+        return True
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+        if not failed[0]:
+            for record in held:
+                logger.handle(record)
 
 
 class Checkpointer:
@@ -98,17 +137,23 @@ class Checkpointer:
           CheckpointError: the write failed (earlier checkpoints are intact).
         """
         leaves = jax.tree.leaves(state)
+        failed = [False]
         try:
-            self.manager.save(
-                step,
-                args=ocp.args.Composite(
-                    leaves=ocp.args.StandardSave(leaves),
-                    meta=ocp.args.JsonSave({"step": step, "paths": _paths(state)}),
-                    data=ocp.args.JsonSave(data_state or {}),
-                ),
-                force=True,
-            )
-            self.manager.wait_until_finished()
+            with _held_back_tracebacks(failed):
+                try:
+                    self.manager.save(
+                        step,
+                        args=ocp.args.Composite(
+                            leaves=ocp.args.StandardSave(leaves),
+                            meta=ocp.args.JsonSave({"step": step, "paths": _paths(state)}),
+                            data=ocp.args.JsonSave(data_state or {}),
+                        ),
+                        force=True,
+                    )
+                    self.manager.wait_until_finished()
+                except Exception:
+                    failed[0] = True
+                    raise
         except Exception as e:  # OSError, or orbax/tensorstore's wrappers of it (e.g. RESOURCE_EXHAUSTED)
             kept = [s for s in self.all_steps() if s != step]
             raise CheckpointError(
@@ -150,12 +195,12 @@ class Checkpointer:
         Raises:
           FileNotFoundError: no checkpoint.
           ValueError: the checkpoint holds a different state structure (other model or optimizer).
-          CheckpointError: every checkpoint is damaged.
+          CheckpointError: every checkpoint is damaged, or a skipped one cannot be renamed aside.
         """
         steps = self.all_steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        failures = []
+        failures, skipped = [], []
         for step in reversed(steps):
             try:
                 state, data_state = self._restore_step(like, step)
@@ -167,15 +212,46 @@ class Checkpointer:
             except Exception as e:  # damaged files: tensorstore, JSON, orbax metadata errors
                 ok, err = False, e
             if _all_agree(ok):
+                self._move_aside(skipped)
                 return state, data_state, step
             reason = _reason(err) if not ok else "damaged on another process"
             failures.append(f"step {step}: {reason}")
+            skipped.append(step)
             if warn is not None:
                 warn(f"checkpoint step {step} in {self.directory} unreadable ({reason}); trying an older one")
         raise CheckpointError(
             f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}); rerun with resume=false "
             "to start over"
         )
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Renames the unreadable ``steps`` to ``<step>.unreadable`` (process 0; all processes wait), so
+        they stop being steps and the resumed run can save them again.
+
+        Raises:
+          CheckpointError: a rename failed.
+        """
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                dst, n = f"{src}.unreadable", 1
+                while os.path.exists(dst):
+                    n += 1
+                    dst = f"{src}.unreadable-{n}"
+                try:
+                    os.rename(src, dst)
+                except OSError as e:
+                    raise CheckpointError(
+                        f"cannot move unreadable checkpoint step {step} aside ({_reason(e)}); remove {src} "
+                        "and rerun"
+                    ) from None
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxcnn.runner.checkpoint.move_aside")
+        self.manager.reload()
 
     def close(self) -> None:
         """Waits for pending writes and releases the manager."""

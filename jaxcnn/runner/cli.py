@@ -43,11 +43,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(kind: str, error: Exception) -> int:
+    """Prints ``jaxcnn train: <kind>: <message>`` on one line (whitespace runs collapsed) to stderr; 2."""
+    print(f"jaxcnn train: {kind}: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parses arguments, loads the config and trains.
 
     Returns:
-      0 on success; 2 for a config or checkpoint error (one line); 1 when the loss became NaN/inf.
+      0 on success; 2 for a config or checkpoint error: one line, no traceback (bad values at load time;
+      a mesh, placement or model the devices cannot take, or a model that does not fit their memory,
+      before anything is allocated); 1 when the loss became NaN/inf.
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     if args.cpu_devices is not None:
@@ -60,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"jaxcnn train: config error: {e}", file=sys.stderr)
-        return 2
+        return _error("config error", e)
     if args.print_config:
         import yaml
 
@@ -77,12 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(compile_train_step(cfg)))
             return 0
         train(cfg)
-    except ConfigError as e:
-        print(f"jaxcnn train: config error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError as e:  # the mesh, the model section, the memory fit (jaxcnn.runner.fit)
+        return _error("config error", e)
     except CheckpointError as e:
-        print(f"jaxcnn train: checkpoint error: {e}", file=sys.stderr)
-        return 2
+        return _error("checkpoint error", e)
     except NonFiniteLossError as e:
         print(f"jaxcnn train: {e}", file=sys.stderr)
         return 1

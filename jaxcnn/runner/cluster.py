@@ -62,6 +62,7 @@ class ClusterConfig(Section):
     )
     dcn_cost_factor: NonNegativeFloat = Field(
         10.0,
+        allow_inf_nan=False,
         description="how much dearer a byte over the data-center network (between hosts or slices) is "
         "than one over the chip interconnect; the planner weights bytes of collectives that cross "
         "hosts by it (1: all links equal)",

@@ -8,11 +8,17 @@ Config flow (``docs/conventions.md``, "Config flow"):
    ``true``, ``[a, b]`` and ``{conv1: 3d}`` have their natural types), applied in order
    (:mod:`jaxcnn.yaml_io`);
 3. pydantic validates the merged mapping into :class:`Config`: unknown keys, wrong types and bad values
-   are one-line :class:`ConfigError` s naming the key and the valid choices (:mod:`jaxcnn.runner.typed`).
+   (every float finite and bounded) are one-line :class:`ConfigError` s naming the key and the valid
+   choices (:mod:`jaxcnn.runner.typed`). What needs only the config is checked here, before JAX starts:
+   an explicit ``mesh.n`` must divide the batches, placement strings must parse, and with every mesh
+   size explicit each layer mesh must use all the devices. What needs the devices or the network is
+   checked when the mesh and model are built (:mod:`jaxcnn.runner.setup`), and whether the model fits
+   the devices' memory before it is allocated (:mod:`jaxcnn.runner.fit`).
 
-The models below are the one definition of every key: its type, default, constraints and
-``Field(description=...)``. ``configs/base.yaml`` lists every key with its default (a test checks it
-against these models); ``Config.model_json_schema()`` gives the whole schema.
+The models below (the ``model`` section in :mod:`jaxcnn.runner.config_model`, the training sections in
+:mod:`jaxcnn.runner.config_train`, all re-exported here) are the one definition of every key: its type,
+default, constraints and ``Field(description=...)``. ``configs/base.yaml`` lists every key with its
+default (a test checks it against these models); ``Config.model_json_schema()`` gives the whole schema.
 """
 
 from __future__ import annotations
@@ -26,15 +32,12 @@ import yaml
 from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
 
 from jaxcnn.runner.cluster import ClusterConfig
+from jaxcnn.runner.config_model import MESH_AXES, ModelConfig, parse_placement_text
+from jaxcnn.runner.config_train import CheckpointConfig, Fraction, OptimizerConfig, TrainConfig, bounded_float
 from jaxcnn.runner.typed import (
     Bool,
-    ByteSize,
     ConfigError,
-    Float,
-    FrozenDict,
-    FrozenMapping,
     Int,
-    NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
     Section,
@@ -45,66 +48,6 @@ from jaxcnn.runner.typed import (
     validate,
 )
 from jaxcnn.yaml_io import apply_overrides, load_yaml, parse_override
-
-
-class ModelConfig(Section):
-    """Which network to train and how its convolutions are distributed."""
-
-    key_path: ClassVar[str] = "model"
-
-    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16"] = Field(
-        "small_cnn", description="network from jaxcnn.models"
-    )
-    algorithms: Str | tuple[Str, ...] | FrozenMapping[Str, Str] = Field(
-        "data",
-        description="distributed convolution algorithm(s): one name for every conv layer (data), a list "
-        "with one name per conv layer in order (jaxcnn.models.conv_layer_names), a mapping "
-        "{layer_name: algorithm} (key '*': the default for layers not listed), or 'auto' to let "
-        "jaxcnn.plan_network choose (jaxcnn/runner/autoplan.py). A name may carry its own arrangement "
-        "of the same devices, '3d@n=2,k=2,c=2' (jaxcnn.nn.placement), so layers can mix algorithms "
-        "that split different mesh axes",
-    )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="computation dtype (parameters and logits stay float32)"
-    )
-    options: FrozenMapping[Str, Int | Float | Bool | Str] = Field(
-        default_factory=FrozenDict,
-        description="extra keyword arguments of the model's constructor, e.g. {width: 0.5} (channel "
-        "multiplier) or {small_images: true} for the ResNets on 32x32 images",
-    )
-    plan_memory_bytes: ByteSize = Field(
-        0,
-        description="algorithms: auto only: per-device memory budget of each layer, in bytes or as "
-        "16GiB, 512MiB, 2e9 (the units of jaxcnn plan --memory); 0: unlimited",
-    )
-
-    @field_validator("algorithms")
-    @classmethod
-    def _known_algorithms(cls, algorithms: Any) -> Any:
-        import jaxcnn
-
-        valid = tuple(jaxcnn.ALGORITHMS)
-        if isinstance(algorithms, str):
-            if algorithms == "auto":
-                return algorithms
-            names = [("", algorithms)]
-        elif isinstance(algorithms, Mapping):
-            names = [(f".{k}", v) for k, v in algorithms.items()]
-        else:
-            if not algorithms:
-                fail("the list of algorithms is empty")
-            names = [(f"[{i}]", v) for i, v in enumerate(algorithms)]
-        for sub, alg in names:
-            if alg.partition("@")[0] not in valid:
-                fail(
-                    f"unknown algorithm {alg!r}; valid algorithms are {valid}, optionally with a layer "
-                    "mesh such as '3d@n=2,k=2,c=2'",
-                    sub,
-                )
-        return algorithms
-
-
-MESH_AXES = ("n", "h", "w", "k", "c")
 
 
 def _mesh_size(size: int) -> int:
@@ -124,9 +67,11 @@ class MeshConfig(Section):
 
     The run's input batches (train and eval) are sharded ``P("n")`` on this mesh: split over ``n``,
     replicated over the other axes, so ``n`` must divide ``train.batch_size`` and
-    ``train.eval_batch_size``. With ``model.algorithms: auto`` and ``n: -1`` a batch smaller than (or
-    not divisible by) the device count still works: ``n`` becomes the largest divisor of the rest of the
-    devices that divides the batches, and the remaining factor goes to ``c`` (see :meth:`resolve`).
+    ``train.eval_batch_size`` (an explicit ``n`` is checked when the config loads,
+    :meth:`check_batches`; ``-1`` once the devices are known, :meth:`resolve`). With
+    ``model.algorithms: auto`` and ``n: -1`` a batch smaller than (or not divisible by) the device count
+    still works: ``n`` becomes the largest divisor of the rest of the devices that divides the batches,
+    and the remaining factor goes to ``c`` (see :meth:`resolve`).
     """
 
     key_path: ClassVar[str] = "mesh"
@@ -218,16 +163,43 @@ class MeshConfig(Section):
                 f"split over mesh.n like train batches: use a multiple of {n} (the last eval batch is "
                 f"padded and masked), or {auto_hint}"
             )
-        fit = math.gcd(n, *batches.values())
-        other = wild[0] if wild and wild[0] != "n" else None
-        if other:
-            mesh = f"mesh.n={fit} (mesh.{other}=-1 takes the rest) and placements that use {other}"
-        else:
-            mesh = f"mesh.n={fit} with mesh.c={sizes['c'] * (n // fit)} and a placement that uses c"
+        mesh = self._mesh_hint(n, sizes["c"], math.gcd(n, *batches.values()))
         raise ConfigError(
             f"{key}={bad} does not divide over mesh.n={n} ({where}); the input batch is split over "
             f"mesh.n, so use {mesh}, or {auto_hint}, or a batch divisible by {n}"
         )
+
+    def _mesh_hint(self, n: int, c: int, fit: int) -> str:
+        """A mesh whose ``n`` is ``fit`` (a divisor of ``n`` that divides the batches), same devices."""
+        other = next((a for a, s in self.sizes().items() if s == -1 and a != "n"), None)
+        if other:
+            return f"mesh.n={fit} (mesh.{other}=-1 takes the rest) and placements that use {other}"
+        return f"mesh.n={fit} with mesh.c={c * (n // fit)} and a placement that uses c"
+
+    def check_batches(self, batch_size: int, eval_batch_size: int) -> None:
+        """The load-time half of :meth:`resolve`'s batch check: an explicit ``mesh.n`` must divide both
+        batch sizes, whatever the device count (``-1`` is checked by :meth:`resolve`, once the devices
+        are known).
+
+        Raises:
+          PydanticCustomError: (inside validation) naming the batch key, ``mesh.n``, the nearest valid
+            batches and a mesh that would work.
+        """
+        n = self.n
+        if n == -1:
+            return
+        for key, bad in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if bad % n == 0:
+                continue
+            near = " or ".join(str(b) for b in (bad // n * n, bad // n * n + n) if b > 0)
+            if key == "eval_batch_size":
+                why = "eval batches are split over mesh.n like train batches (the last is padded and masked)"
+                hint = f"use {near}, or mesh.n=-1 with model.algorithms=auto"
+            else:
+                why = "the input batch is split over mesh.n (each process loads the rows its devices hold)"
+                mesh = self._mesh_hint(n, max(self.c, 1), math.gcd(n, batch_size, eval_batch_size))
+                hint = f"use {near}, or {mesh}, or mesh.n=-1 with model.algorithms=auto"
+            fail(f"must be a multiple of mesh.n={n}, got {bad}: {why}; {hint}", f"train.{key}")
 
 
 class DataConfig(Section):
@@ -248,8 +220,8 @@ class DataConfig(Section):
         "convert (array_record: OUT.array_record.json, OUT-train.array_record, OUT-test.array_record); "
         "ignored otherwise",
     )
-    test_fraction: Float = Field(
-        0.2, gt=0, lt=1, description="fraction held out as the test split (digits, folder), fixed by seed"
+    test_fraction: Fraction = Field(
+        0.2, description="fraction held out as the test split (digits, folder), fixed by seed"
     )
     image_size: tuple[Int, ...] = Field(
         (),
@@ -283,76 +255,6 @@ class DataConfig(Section):
         if self.source == "synthetic" and len(self.image_size) != 2:
             fail("synthetic data needs [H, W]", ".image_size")
         return self
-
-
-class TrainConfig(Section):
-    """The training loop."""
-
-    key_path: ClassVar[str] = "train"
-
-    steps: PositiveInt = Field(
-        500, description="optimizer steps in total (a resumed run continues up to this many)"
-    )
-    batch_size: PositiveInt = Field(
-        64,
-        description="global batch size (all devices, all hosts); divisible by mesh.n (with mesh.n=-1 and "
-        "model.algorithms: auto any size works: see MeshConfig.resolve). It may be smaller than the "
-        "device count: devices that share a batch shard hold the same rows (replicas), and each process "
-        "loads the rows its devices hold",
-    )
-    eval_every: NonNegativeInt = Field(
-        100,
-        description="evaluate on the test split every this many steps (and at the end); 0 = only at the end",
-    )
-    eval_batch_size: PositiveInt = Field(
-        128,
-        description="global batch size for evaluation (the last batch is padded and masked); divisible "
-        "by mesh.n like batch_size",
-    )
-    log_every: PositiveInt = Field(
-        10, description="fetch metrics, append to metrics.jsonl and check for NaN/inf every this many steps"
-    )
-
-
-class OptimizerConfig(Section):
-    """Optax optimizer and learning-rate schedule."""
-
-    key_path: ClassVar[str] = "optimizer"
-
-    name: Literal["sgd", "momentum", "adam", "adamw"] = Field(
-        "adam", description="sgd, momentum (SGD with Nesterov-free momentum), adam or adamw"
-    )
-    learning_rate: Float = Field(1e-3, gt=0, description="peak learning rate")
-    schedule: Literal["constant", "cosine", "warmup_cosine"] = Field(
-        "constant",
-        description="constant, cosine (decay to final_lr_fraction over train.steps) or warmup_cosine "
-        "(linear warmup over warmup_steps then cosine)",
-    )
-    warmup_steps: NonNegativeInt = Field(0, description="warmup length for warmup_cosine")
-    final_lr_fraction: Float = Field(
-        0.0, description="final learning rate as a fraction of the peak (cosine schedules)"
-    )
-    momentum: Float = Field(0.9, description="momentum coefficient (momentum)")
-    b1: Float = Field(0.9, description="Adam beta1 (adam, adamw)")
-    b2: Float = Field(0.999, description="Adam beta2 (adam, adamw)")
-    weight_decay: NonNegativeFloat = Field(
-        0.0, description="decoupled weight decay (adamw) or L2 added to the gradient (others); 0 = off"
-    )
-    grad_clip_norm: NonNegativeFloat = Field(
-        0.0, description="clip the global gradient norm to this value; 0 = off"
-    )
-
-
-class CheckpointConfig(Section):
-    """Orbax checkpoints under ``<run dir>/checkpoints``."""
-
-    key_path: ClassVar[str] = "checkpoint"
-
-    enabled: Bool = Field(True, description="write checkpoints at all (every host writes its shards)")
-    every: NonNegativeInt = Field(
-        100, description="save every this many steps (and always at the end); 0 = only at the end"
-    )
-    max_to_keep: PositiveInt = Field(3, description="keep this many most recent checkpoints")
 
 
 class Config(Section):
@@ -395,6 +297,49 @@ class Config(Section):
             ]
             return {k: {} if v is None and k in sections else v for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _mesh_fits(self) -> Config:
+        """What can be checked against the mesh before JAX starts: an explicit ``mesh.n`` divides the
+        batches; with every mesh size explicit, each layer mesh uses all the devices and each plain
+        algorithm can run on the run mesh (with a ``-1`` these are checked when the model is built)."""
+        self.mesh.check_batches(self.train.batch_size, self.train.eval_batch_size)
+        sizes = self.mesh.sizes()
+        known = {a: max(s, 1) for a, s in sizes.items()}  # a -1 axis counts as 1 for the axis-use check
+        devices = math.prod(sizes.values()) if -1 not in sizes.values() else None
+        for sub, placement in self.model.placements():
+            name, shape = parse_placement_text(placement, f"model.algorithms{sub}")
+            if shape is None:
+                from jaxcnn import algorithms
+
+                try:
+                    algorithms.get(name).check_mesh(known)
+                except ValueError as e:
+                    fail(
+                        f"placement {placement!r} runs on the run mesh {sizes}: {e}, or give the layer "
+                        f"its own arrangement such as '{name}@n=...'",
+                        f"model.algorithms{sub}",
+                    )
+            elif devices is not None and math.prod(shape.values()) != devices:
+                used = math.prod(shape.values())
+                example = (
+                    f", e.g. '{name}@"
+                    + ",".join(
+                        f"{a}={s * devices // used if a == 'n' else s}"
+                        for a, s in shape.items()
+                        if s > 1 or a == "n"
+                    )
+                    + "'"
+                    if devices % used == 0
+                    else ""
+                )
+                fail(
+                    f"placement {placement!r} uses {used} devices but the mesh {sizes} has {devices}; a "
+                    f"layer mesh re-arranges all the run's devices, so its sizes must multiply to "
+                    f"{devices}{example}",
+                    f"model.algorithms{sub}",
+                )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -469,9 +414,11 @@ __all__ = [
     "OptimizerConfig",
     "TrainConfig",
     "apply_overrides",
+    "bounded_float",
     "from_dict",
     "load_config",
     "load_yaml",
     "parse_override",
+    "parse_placement_text",
     "save_config",
 ]

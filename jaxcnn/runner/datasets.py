@@ -6,12 +6,22 @@ read by row index (:meth:`Dataset.read`). The first four are host NumPy arrays e
 whole (they are small, or synthetic); ``array_record`` (:mod:`jaxcnn.runner.records`, written by
 ``jaxcnn data convert``) stays on disk, and each process reads only the rows of each global batch it
 holds.
+
+Bad data is a one-line :class:`~jaxcnn.runner.typed.ConfigError` naming the file, the array or the
+record and what would be valid, never a silent wrong answer: an ``.npz`` is read without unpickling
+(``allow_pickle=False``) and its arrays checked whole (it is loaded whole anyway): ranks, numeric
+dtypes, finite images, matching lengths, non-empty splits, integer labels in ``[0, num_classes)``
+(``num_classes`` is 1 + the largest label). Folder images name the file that cannot be decoded.
+ArrayRecord files are checked cheaply: the sidecar's keys at load, each split file's index when it is
+opened (at load), and each record's header and label as it is read (:mod:`jaxcnn.runner.records`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+import zlib
 from typing import Literal
 
 import numpy as np
@@ -119,20 +129,179 @@ def synthetic(
     )
 
 
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _examples(values: np.ndarray, rows: np.ndarray, n: int = 3) -> str:
+    """``"-1 (row 3), 12 (row 7), ..."``: the first ``n`` of ``values`` at ``rows``."""
+    shown = ", ".join(f"{v.item()!r} (row {int(r)})" for v, r in zip(values[:n], rows[:n], strict=True))
+    return shown + (", ..." if len(rows) > n else "")
+
+
+def _check_images(where: str, name: str, x: np.ndarray) -> None:
+    """Raises :class:`ConfigError` unless ``x`` is a non-empty, finite, numeric NHW or NHWC array."""
+    if x.dtype.kind not in "biuf":
+        raise ConfigError(
+            f"{where}: {name} has dtype {x.dtype}; images must be numeric (uint8, int or float arrays)"
+        )
+    if x.ndim not in (3, 4):
+        raise ConfigError(
+            f"{where}: {name} has shape {x.shape} (rank {x.ndim}); expected (N, H, W) or (N, H, W, C)"
+        )
+    if len(x) == 0:
+        raise ConfigError(f"{where}: {name} is empty (shape {x.shape}); each split needs at least one image")
+    if 0 in x.shape[1:]:
+        raise ConfigError(f"{where}: {name} has shape {x.shape}; image sizes H, W (and C) must be positive")
+    # A NaN or inf anywhere makes the float64 sum non-finite: one pass, no mask, unless there is one.
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = x.dtype.kind != "f" or np.isfinite(x.sum(dtype=np.float64))
+    if not finite:
+        bad = ~np.isfinite(x.reshape(len(x), -1))
+        images = np.flatnonzero(bad.any(axis=1))
+        raise ConfigError(
+            f"{where}: {name} has {int(bad.sum())} NaN/inf values in {len(images)} images (first: image "
+            f"{int(images[0])}); images must be finite"
+        )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _check_labels(where: str, name: str, y: np.ndarray, num_images: int) -> np.ndarray:
+    """``y`` as ``(N,)`` after checking it: ``(N,)`` or ``(N, 1)`` integer-valued numbers, one per image
+    (``num_images``); the range is :func:`_check_label_range`'s."""
+    if y.dtype.kind not in "biuf":
+        raise ConfigError(f"{where}: {name} has dtype {y.dtype}; labels must be integer class indices")
+    if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+        raise ConfigError(
+            f"{where}: {name} has shape {y.shape}; expected (N,) integer class indices (one-hot labels: "
+            "store their argmax)"
+        )
+    y = y.reshape(-1)
+    if len(y) != num_images:
+        x_name = "x" + name[1:]
+        raise ConfigError(
+            f"{where}: {x_name} has {num_images} images but {name} has {len(y)} labels; "
+            "need one label per image"
+        )
+    if y.dtype.kind == "f":
+        rows = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(rows):
+            raise ConfigError(
+                f"{where}: {name} has {_plural(len(rows), 'non-integer label')}: {_examples(y[rows], rows)}; "
+                "labels must be integer class indices 0, 1, ..."
+            )
+    return y
+
+
+def _check_label_range(where: str, labels: dict[str, np.ndarray], num_classes: int | None = None) -> int:
+    """``num_classes`` (default: 1 + the largest label below ``2**31``) after checking that every label
+    of every split (``{"y_train": y, ...}``) is in ``[0, num_classes)``."""
+    if num_classes is None:
+        ok = [y[(y >= 0) & (y <= _INT32_MAX)] for y in labels.values()]
+        num_classes = 1 + max((int(y.max()) for y in ok if len(y)), default=0)
+        rule = "num_classes being 1 + the largest label"
+    else:
+        rule = "num_classes"
+    for name, y in labels.items():
+        rows = np.flatnonzero((y < 0) | (y >= num_classes))
+        if len(rows):
+            raise ConfigError(
+                f"{where}: {name} has {_plural(len(rows), 'label')} outside [0, {num_classes}): "
+                f"{_examples(y[rows], rows)}; labels must be class indices 0 .. {num_classes - 1} ({rule})"
+            )
+    return num_classes
+
+
+def _load_npz_arrays(path: str) -> dict[str, np.ndarray]:
+    """The four arrays of the ``.npz`` file ``path``, read without unpickling anything."""
+    invalid = f"data.path: {path} is not a valid .npz (x_train, y_train, x_test, y_test)"
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise ConfigError(f"{invalid}: it is a single .npy array (np.save); write the four with np.savez")
+    if not zipfile.is_zipfile(path):
+        what = "a truncated or damaged zip archive" if magic[:2] == b"PK" else "not a zip archive"
+        raise ConfigError(f"{invalid}: {what} (np.savez writes one)")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"{invalid}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+    with f:
+        missing = [k for k in NPZ_KEYS if k not in f]
+        if missing:
+            raise ConfigError(
+                f"data.path: {path} lacks arrays {missing}; it has {sorted(f.keys())} (a valid .npz has "
+                "x_train, y_train, x_test, y_test)"
+            )
+        arrays = {}
+        for key in NPZ_KEYS:
+            try:
+                arrays[key] = f[key]
+            except ValueError as e:
+                if "allow_pickle" in str(e):  # an object array: never unpickled
+                    raise ConfigError(
+                        f"{invalid}: {key} holds Python objects (dtype object), which are never unpickled; "
+                        "save numeric arrays"
+                    ) from None
+                raise ConfigError(f"{invalid}: {key}: {' '.join(str(e).split())}") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+                raise ConfigError(
+                    f"{invalid}: {key} cannot be read ({type(e).__name__}: {' '.join(str(e).split())})"
+                ) from None
+    return arrays
+
+
 def npz(path: str) -> Dataset:
-    """Arrays ``x_train, y_train, x_test, y_test`` from an ``.npz`` file (x as NHW or NHWC)."""
+    """Arrays ``x_train, y_train, x_test, y_test`` from an ``.npz`` file (x as NHW or NHWC).
+
+    Nothing is unpickled (``allow_pickle=False``). ``num_classes`` is 1 + the largest label.
+
+    Raises:
+      ConfigError: the file is missing, not an ``.npz``, lacks an array, or an array is invalid: x not
+        numeric NHW / NHWC, empty, with NaN/inf, or of other image sizes in train and test; y not one
+        integer-valued label in ``[0, 2**31)`` per image.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"data.path: npz file not found: {path}")
-    with np.load(path) as f:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-        if missing:
-            raise ConfigError(f"data.path: {path} lacks arrays {missing}; it has {sorted(f.keys())}")
-        return _make(f["x_train"], f["y_train"], f["x_test"], f["y_test"])
+    a = _load_npz_arrays(path)
+    where = f"data.path: {path}"
+    for key in ("x_train", "x_test"):
+        _check_images(where, key, a[key])
+    y_train = _check_labels(where, "y_train", a["y_train"], len(a["x_train"]))
+    y_test = _check_labels(where, "y_test", a["y_test"], len(a["x_test"]))
+    x_train, x_test = (x if x.ndim == 4 else x[..., None] for x in (a["x_train"], a["x_test"]))
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ConfigError(
+            f"{where}: x_train images are {x_train.shape[1:]} but x_test images are {x_test.shape[1:]} "
+            "(H, W, C); both splits need the same image shape"
+        )
+    num_classes = _check_label_range(where, {"y_train": y_train, "y_test": y_test})
+    return _make(x_train, y_train, x_test, y_test, num_classes)
 
 
 def read_image(path: str, size: tuple[int, ...]) -> np.ndarray:
     """One image as uint8 ``(H, W, C)``, ``C`` 1 (grey) or 3 (colour), resized (bilinear) to ``size``
-    ``(H, W)`` unless it is ``()``; Pillow if installed (any format, resizing), else matplotlib (PNG)."""
+    ``(H, W)`` unless it is ``()``; Pillow if installed (any format, resizing), else matplotlib (PNG).
+
+    Raises:
+      ConfigError: the file cannot be read or decoded (naming it).
+    """
+    try:
+        return _read_image(path, size)
+    except ConfigError:
+        raise
+    except Exception as e:  # any decoder failure on a bad file: name the file
+        text = " ".join(str(e).split())
+        raise ConfigError(
+            f"cannot read image {path} ({type(e).__name__}{': ' + text if text else ''}); "
+            "fix or remove the file"
+        ) from None
+
+
+def _read_image(path: str, size: tuple[int, ...]) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow ships with matplotlib
@@ -221,17 +390,23 @@ def folder(path: str, image_size: tuple[int, ...] = (), test_fraction: float = 0
 def array_record(path: str) -> Dataset:
     """The ArrayRecord dataset named ``path`` (``OUT.array_record``, see :mod:`jaxcnn.runner.records`).
 
-    Reads only the JSON sidecar: images and labels stay on disk, read by row (:meth:`Dataset.read`).
+    Reads only the JSON sidecar and the split files' indexes: images and labels stay on disk, read by
+    row (:meth:`Dataset.read`), each record's header and label checked as it is read.
 
     Raises:
-      ConfigError: the name, the sidecar or a split file is wrong or missing.
+      ConfigError: the name, the sidecar or a split file is wrong, missing, truncated or damaged.
     """
     try:
         meta = records.read_meta(path)
     except (OSError, ValueError) as e:
         raise ConfigError(f"data.path: {e}") from None
-    shape = tuple(meta["shape"])
-    train, test = (records.RecordSplit(meta["files"][s], shape, meta["counts"][s]) for s in ("train", "test"))
+    shape, num_classes = tuple(meta["shape"]), int(meta["num_classes"])
+    train, test = (
+        records.RecordSplit(meta["files"][s], shape, meta["counts"][s], num_classes)
+        for s in ("train", "test")
+    )
+    for split in (train, test):
+        split.check()  # opens the file: reads its index, not its records
     return Dataset(
         records.RecordColumn(train, labels=False),
         records.RecordColumn(train, labels=True),

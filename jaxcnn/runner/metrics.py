@@ -17,6 +17,13 @@ import json
 import os
 from typing import Any
 
+from jaxcnn.yaml_io import ConfigError
+
+
+def _unwritable(path: str, e: OSError) -> ConfigError:
+    """One line for a run output that cannot be written (disk full, read-only, ...)."""
+    return ConfigError(f"cannot write {path}: {e.strerror or e}; free space or choose another output_dir")
+
 
 class MetricsLog:
     """Appends records to ``<run dir>/metrics.jsonl`` (no-op unless ``enabled``).
@@ -34,15 +41,21 @@ class MetricsLog:
             return
         if resume_step is not None and os.path.exists(path):
             self.records = [r for r in read_jsonl(path) if r["step"] <= resume_step]
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.records)
+        try:
+            with open(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.records)
+        except OSError as e:
+            raise _unwritable(path, e) from None
 
     def write(self, record: dict[str, Any]) -> None:
         """Appends one record (floats at full precision, so a resumed run's losses compare exactly)."""
         self.records.append(record)
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise _unwritable(self.path, e) from None
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -51,8 +64,44 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot(records: list[dict[str, Any]], run_dir: str) -> list[str]:
-    """Writes ``loss.png`` and ``accuracy.png`` into ``run_dir`` (matplotlib Agg); returns their paths."""
+def run_title(run_dir: str) -> str:
+    """``"<name>: <model> on mesh n=8 h=1 ... (8 devices)"`` from the run directory's ``config.yaml``
+    and ``summary.json`` (what is there; the directory's name otherwise)."""
+    import yaml
+
+    def load(name: str, reader: Any) -> dict[str, Any]:
+        try:
+            with open(os.path.join(run_dir, name)) as f:
+                value = reader(f)
+        except (OSError, ValueError, yaml.YAMLError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    cfg, summary = load("config.yaml", yaml.safe_load), load("summary.json", json.load)
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    mesh = summary.get("mesh") or cfg.get("mesh") or {}
+    title = str(cfg.get("name") or os.path.basename(os.path.normpath(run_dir)))
+    if model.get("name"):
+        title += f": {model['name']}"
+    if isinstance(mesh, dict) and mesh:
+        title += " on mesh " + " ".join(f"{k}={v}" for k, v in mesh.items())
+    if summary.get("devices"):
+        title += f" ({summary['devices']} devices)"
+    return title
+
+
+#: Per plot: (file name, train key, eval key, y-axis label with its unit, title metric).
+PLOTS = (
+    ("loss", "loss", "eval_loss", "cross-entropy loss (nats per image, log scale)", "loss"),
+    ("accuracy", "accuracy", "eval_accuracy", "accuracy (fraction of images correct)", "accuracy"),
+)
+
+
+def plot(records: list[dict[str, Any]], run_dir: str, title: str | None = None) -> list[str]:
+    """Writes ``loss.png`` and ``accuracy.png`` into ``run_dir`` (matplotlib Agg); returns their paths.
+
+    Each plot's title names the run (``title``; default :func:`run_title`) and the metric.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,24 +109,26 @@ def plot(records: list[dict[str, Any]], run_dir: str) -> list[str]:
 
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_accuracy" in r]
+    run = run_title(run_dir) if title is None else title
     paths = []
-    for name, train_key, eval_key in (
-        ("loss", "loss", "eval_loss"),
-        ("accuracy", "accuracy", "eval_accuracy"),
-    ):
+    for name, train_key, eval_key, ylabel, metric in PLOTS:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["step"] for r in train], [r[train_key] for r in train], label=f"train {name}")
         if evals:
             ax.plot([r["step"] for r in evals], [r[eval_key] for r in evals], "o-", label=f"test {name}")
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
+        ax.set_title(f"{run}\ntrain and test {metric}", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
         if name == "loss":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         path = os.path.join(run_dir, f"{name}.png")
-        fig.savefig(path, dpi=100)
+        try:
+            fig.savefig(path, dpi=100)
+        except OSError as e:
+            raise _unwritable(path, e) from None
         plt.close(fig)
         paths.append(path)
     return paths

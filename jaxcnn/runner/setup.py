@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 import jaxcnn
 from jaxcnn.runner import cluster
-from jaxcnn.runner.config import Config, save_config
+from jaxcnn.runner.config import Config, ConfigError, save_config
 
 ModelBuilder = Callable[..., nnx.Module]
 
@@ -84,6 +84,8 @@ def build_model(
     num_classes: int,
     image_shape: tuple[int, ...],
     builder: ModelBuilder | None = None,
+    *,
+    before_init: Callable[[Callable[[], nnx.Module]], None] | None = None,
 ) -> nnx.Module:
     """Builds the configured network on ``mesh`` with parameters from ``nnx.Rngs(cfg.seed)``.
 
@@ -93,17 +95,25 @@ def build_model(
       num_classes: classifier width.
       image_shape: ``(H, W, C)`` of the inputs.
       builder: a function with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
+      before_init: called, before any parameter is created, with a zero-argument function that builds
+        the model (placements resolved, ``auto`` planned once); it may build it abstractly
+        (``nnx.eval_shape``, e.g. through :func:`jaxcnn.runner.state.abstract_state`) and raise to stop
+        before anything is allocated (:func:`jaxcnn.runner.fit.check_state`).
 
     Raises:
-      ValueError: from the builder: layer names in ``model.algorithms`` that the network does not have,
-        a list whose length differs from the number of conv layers, or a placement the mesh cannot take.
+      ConfigError: one line naming the key, for what the builder rejects: layer names in
+        ``model.algorithms`` the network does not have, a list whose length differs from the number of
+        conv layers (both listing the network's convolutions), a placement the mesh cannot take, a
+        ``model.options`` key the model's constructor does not take.
     """
+    from jaxcnn.runner.typed import to_plain
+
     if builder is None:
         from jaxcnn import models
 
         builder = models.build
 
-    def build(algorithms: Any) -> nnx.Module:
+    def construct(algorithms: Any) -> nnx.Module:
         return builder(
             cfg.model.name,
             num_classes=num_classes,
@@ -115,7 +125,46 @@ def build_model(
             **dict(cfg.model.options),
         )
 
-    return build(_algorithms(cfg, mesh, image_shape, build))
+    def conv_names() -> tuple[str, ...] | None:
+        """The network's convolutions in list order (an abstract build with ``data``), if it says."""
+        try:
+            model = nnx.eval_shape(lambda: construct(f"data@n={mesh.devices.size}"))
+            return tuple(model.conv_names)
+        except Exception:
+            return None
+
+    def build(algorithms: Any) -> nnx.Module:
+        try:
+            return construct(algorithms)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            message = " ".join(str(e).split())
+            if isinstance(e, TypeError):
+                if "keyword argument" not in message:
+                    raise
+                raise ConfigError(
+                    f"model.options={to_plain(cfg.model.options)}: model {cfg.model.name!r} rejects them: "
+                    f"{message}"
+                ) from None
+            given = to_plain(cfg.model.algorithms)
+            if "placement" not in message and "algorithm" not in message:
+                raise ConfigError(
+                    f"model.name={cfg.model.name!r} with model.options={to_plain(cfg.model.options)}: "
+                    f"{message}"
+                ) from None
+            names = None if isinstance(given, str) else conv_names()
+            listing = (
+                f"; its {len(names)} convolutions, in list order: {', '.join(names)}"
+                if names and not all(name in message for name in names)
+                else ""
+            )
+            raise ConfigError(f"model.algorithms={given}: {message}{listing}") from None
+
+    algorithms = _algorithms(cfg, mesh, image_shape, build)
+    if before_init is not None:
+        before_init(lambda: build(algorithms))
+    return build(algorithms)
 
 
 def prepare_run_dir(cfg: Config) -> str:
@@ -123,16 +172,31 @@ def prepare_run_dir(cfg: Config) -> str:
 
     Without ``resume`` an existing run of the same name is replaced (its checkpoints and metrics are
     deleted), so a run always starts from step 0.
+
+    Raises:
+      ConfigError: the directory cannot be created or written (read-only or full file system,
+        ``output_dir`` under a file): one line naming ``output_dir``, the path and the OS reason.
     """
     run_dir = cfg.run_dir
     if is_main_process():
-        os.makedirs(run_dir, exist_ok=True)
-        if not cfg.resume:
-            shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
-            for f in ("metrics.jsonl", "summary.json", "loss.png", "accuracy.png"):
-                if os.path.exists(os.path.join(run_dir, f)):
-                    os.remove(os.path.join(run_dir, f))
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            if not cfg.resume:
+                shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+                for f in ("metrics.jsonl", "summary.json", "loss.png", "accuracy.png"):
+                    if os.path.exists(os.path.join(run_dir, f)):
+                        os.remove(os.path.join(run_dir, f))
+            save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        except OSError as e:
+            where = (
+                f" ({e.filename})"
+                if e.filename and os.path.abspath(e.filename) != os.path.abspath(run_dir)
+                else ""
+            )
+            raise ConfigError(
+                f"output_dir={cfg.output_dir}: cannot write the run directory {run_dir}{where}: "
+                f"{e.strerror or e}"
+            ) from None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxcnn.runner.prepare_run_dir")
     return run_dir

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from rich.console import Console
 
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import display, metrics, optim, setup
+from jaxcnn.runner import display, fit, metrics, optim, setup
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import Dataset, load_dataset
@@ -106,13 +106,22 @@ def train(
     main = setup.is_main_process()
     console = console or Console()
     mesh = setup.build_mesh(cfg)  # a mesh that does not fit fails before anything is written
-    run_dir = setup.prepare_run_dir(cfg)
     data = load_dataset(cfg.data, cfg.seed)
-    model = setup.build_model(cfg, mesh, data.num_classes, data.image_shape, builder)
     tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
     lr = optim.schedule(cfg.optimizer, cfg.train.steps)
+    batch = abstract_batch(mesh, cfg.train.batch_size, data.image_shape)
+    subject, footprint = fit.model_subject(cfg), []
+    model = setup.build_model(  # stops a state too big for the devices before allocating it (fit.py)
+        cfg,
+        mesh,
+        data.num_classes,
+        data.image_shape,
+        builder,
+        before_init=lambda build: footprint.append(fit.check_build(build, tx, mesh, batch, subject=subject)),
+    )
     graphs, state = init_state(model, tx, mesh)
     del model
+    run_dir = setup.prepare_run_dir(cfg)  # only now: a model that cannot fit leaves the old run untouched
 
     ckpt = (
         Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.max_to_keep)
@@ -136,9 +145,10 @@ def train(
 
     t0 = time.perf_counter()
     train_step = jit_train_step(graphs, tx, state, mesh)
-    compiled = train_step.lower(
-        abstract(state), *abstract_batch(mesh, cfg.train.batch_size, data.image_shape)
-    ).compile()
+    compiled = train_step.lower(abstract(state), *batch).compile()
+    fit.check_compiled(
+        compiled, subject=subject, devices=list(mesh.devices.flat), footprint=next(iter(footprint), None)
+    )
     eval_step = jit_eval_step(graphs, state, mesh)
     compile_s = time.perf_counter() - t0
     comm_bytes, comm_note = metered_bytes(compiled)

@@ -1,5 +1,6 @@
 """jaxcnn.nn.linen.Conv against flax.linen.Conv with the same parameters (fp32, rtol 1e-5)."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,5 +34,4 @@ def test_linen_conv_equals_flax_linen_conv():
     )
     (_, y_ref), grads_ref = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ref.apply, params, x)
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+    chex.assert_trees_all_close(grads, grads_ref, rtol=1e-5, atol=1e-4)

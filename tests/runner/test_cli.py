@@ -25,8 +25,9 @@ def test_config_errors_exit_2_with_the_message(capsys, tmp_path):
     assert jaxcnn_main(["train", "configs/nope.yaml"]) == 2
     assert "config file not found: configs/nope.yaml" in capsys.readouterr().err
     # A mesh that does not fit the 8 test devices is reported before anything is built.
-    assert jaxcnn_main(["train", "configs/default.yaml", "mesh.n=3", f"output_dir={tmp_path}"]) == 2
-    assert "product 3 != 8 available devices" in capsys.readouterr().err
+    args = ["mesh.n=16", "model.algorithms=data", f"output_dir={tmp_path}"]
+    assert jaxcnn_main(["train", "configs/default.yaml", *args]) == 2
+    assert "product 16 != 8 available devices" in capsys.readouterr().err
     assert not (tmp_path / "default").exists()
 
 

@@ -8,7 +8,15 @@ import os
 import pytest
 import yaml
 
-from jaxcnn.runner.config import Config, apply_overrides, from_dict, load_config, parse_override, save_config
+from jaxcnn.runner.config import (
+    Config,
+    MeshConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_override,
+    save_config,
+)
 from jaxcnn.runner.typed import ConfigError
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.yaml")))
@@ -22,7 +30,7 @@ def _command(path: str) -> str:
 # Train configs start with "# jaxcnn train"; plan configs ("# jaxcnn plan") are tested in tests/planner.
 CONFIGS = [p for p in ALL_CONFIGS if _command(p).startswith("# jaxcnn train")]
 # Devices each shipped config is written for (its mesh must resolve on exactly this many).
-DEVICES = {"resnet50_tpu_pod.yaml": 256}
+DEVICES = {"resnet50_tpu_pod.yaml": 256, "resnet50_slurm_gpu.yaml": 32}
 ALGORITHM_CONFIGS = {"data", "spatial", "filter", "channel", "2d", "2.5d", "3d"}
 
 
@@ -137,7 +145,7 @@ def test_unknown_keys(data, message):
         ({"model": "small_cnn"}, "model: expected mapping (section ModelConfig), got 'small_cnn' (str)"),
         ({"train": {"steps": 0}}, "train.steps: must be >= 1, got 0"),
         ({"train": {"eval_every": -1}}, "train.eval_every: must be >= 0, got -1"),
-        ({"data": {"test_fraction": 1.0}}, "data.test_fraction: must be in (0, 1), got 1.0"),
+        ({"data": {"test_fraction": 1.0}}, "data.test_fraction: must be finite and in (0, 1), got 1.0"),
         ({"data": {"image_size": [8, "x"]}}, "data.image_size[1]: expected int, got 'x' (str)"),
         ({"model": {"algorithms": []}}, "model.algorithms: the list of algorithms is empty"),
         ({"model": {"options": {"width": [1]}}}, "model.options.width: expected int or float or bool or str"),
@@ -171,7 +179,8 @@ def test_auto_algorithms():
 )
 def test_impossible_meshes(mesh, devices, message):
     with pytest.raises(ConfigError, match=message):
-        from_dict({"mesh": mesh}).mesh.resolve(devices)
+        # MeshConfig alone: in a whole config, n=3 (batch 64) and k=3 (algorithm data) fail at load time.
+        MeshConfig(**mesh).resolve(devices)
 
 
 def test_mesh_statics():

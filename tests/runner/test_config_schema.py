@@ -160,7 +160,7 @@ def test_scientific_notation_is_a_float_in_files_and_overrides(tmp_path):
         ({"mesh": {"n": 2.0}}, "mesh.n: expected int, got 2.0 (float)"),
         ({"mesh": {"n": "2"}}, "mesh.n: expected int, got '2' (str)"),
         ({"checkpoint": {"enabled": 1}}, "checkpoint.enabled: expected bool, got 1 (int)"),
-        ({"optimizer": {"weight_decay": -0.1}}, "optimizer.weight_decay: must be >= 0, got -0.1"),
+        ({"optimizer": {"weight_decay": -0.1}}, "optimizer.weight_decay: must be finite and >= 0, got -0.1"),
         ({"model": {"options": {3: 1}}}, "model.options: keys must be str, got 3 (int)"),
         (
             {"model": {"dtype": "float16"}},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from flax import nnx
 import jaxcnn
 from jaxcnn import models
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import datasets, optim, state, step
+from jaxcnn.runner import datasets, metrics, optim, state, step
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import OptimizerConfig, from_dict, load_config
 from jaxcnn.runner.train import NonFiniteLossError, train
@@ -71,8 +72,10 @@ def _jsonl(path) -> list[dict]:
     return [json.loads(line) for line in _read(path).splitlines() if line.strip()]
 
 
-def _leaves(tree) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+def _leaves(tree) -> dict[str, np.ndarray]:
+    """The leaves on the host, by path (so a mismatch names the parameter or statistic)."""
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
 
 
 def test_distributed_step_matches_single_device():
@@ -114,8 +117,7 @@ def test_distributed_step_matches_single_device():
     (l8, p8, r8), (l1, p1, r1) = results
     np.testing.assert_allclose(l8, l1, rtol=1e-4, atol=1e-6)
     assert l8[2] < l8[0]  # it learns
-    for a, b in zip(p8 + r8, p1 + r1, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close((p8, r8), (p1, r1), rtol=1e-4, atol=1e-6)
 
 
 class Preempted(Exception):
@@ -134,8 +136,8 @@ def test_resume_is_bit_identical_and_run_dir_is_complete(tmp_path):
     assert Checkpointer(str(tmp_path / "resumed" / "checkpoints")).all_steps() == [3]
     resumed = train(_config(tmp_path, "resumed", resume=True))
 
-    for a, b in zip(_leaves(straight.state), _leaves(resumed.state), strict=True):
-        np.testing.assert_array_equal(a, b)  # params, BatchNorm stats, optimizer state, step: bitwise
+    # params, BatchNorm stats, optimizer state, step: bitwise (and the same dtypes and shapes)
+    chex.assert_trees_all_equal(_leaves(straight.state), _leaves(resumed.state), strict=True)
     losses = [[r["loss"] for r in run.records if "loss" in r] for run in (straight, resumed)]
     assert len(losses[0]) == 6 and losses[0] == losses[1]  # every step's loss, exactly
 
@@ -160,7 +162,32 @@ def test_resume_is_bit_identical_and_run_dir_is_complete(tmp_path):
     assert json.loads(_read(run_dir / "summary.json"))["final_step"] == 6
     for plot in ("loss.png", "accuracy.png"):
         assert _read(run_dir / plot, "rb")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert metrics.run_title(str(run_dir)) == "straight: small_cnn on mesh n=8 h=1 w=1 k=1 c=1 (8 devices)"
     assert Checkpointer(str(run_dir / "checkpoints")).all_steps() == [3, 6]
+
+
+def test_plots_name_the_run_and_the_metric_and_label_their_axes(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    seen = {}
+
+    def savefig(fig, path, **_):
+        ax = fig.axes[0]
+        seen[os.path.basename(path)] = (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    (tmp_path / "config.yaml").write_text("name: demo\nmodel: {name: resnet18}\nmesh: {n: -1}\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"mesh": {"n": 4, "k": 2}, "devices": 8}))
+    records = [{"step": 1, "loss": 2.0, "accuracy": 0.1}, {"step": 1, "eval_loss": 1.5, "eval_accuracy": 0.4}]
+    metrics.plot(records, str(tmp_path))
+    run = "demo: resnet18 on mesh n=4 k=2 (8 devices)"
+    assert seen == {
+        "loss.png": (f"{run}\ntrain and test loss", "optimizer step", metrics.PLOTS[0][3]),
+        "accuracy.png": (f"{run}\ntrain and test accuracy", "optimizer step", metrics.PLOTS[1][3]),
+    }
+    assert "nats" in metrics.PLOTS[0][3] and "fraction" in metrics.PLOTS[1][3]  # units
+    metrics.plot(records, str(tmp_path / "missing"), title="given")  # title given: no files read
+    assert seen["loss.png"][0] == "given\ntrain and test loss"
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
