@@ -25,6 +25,15 @@ def _unwritable(path: str, e: OSError) -> ConfigError:
     return ConfigError(f"cannot write {path}: {e.strerror or e}; free space or choose another output_dir")
 
 
+def write_json(path: str, value: Any) -> None:
+    """Writes ``value`` as indented JSON to ``path`` (a one-line ConfigError if it cannot be written)."""
+    try:
+        with open(path, "w") as f:
+            json.dump(value, f, indent=2)
+    except OSError as e:
+        raise _unwritable(path, e) from None
+
+
 class MetricsLog:
     """Appends records to ``<run dir>/metrics.jsonl`` (no-op unless ``enabled``).
 

@@ -11,7 +11,6 @@ is saved, so the newest checkpoint is the last good one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -253,8 +252,7 @@ def train(
         "run_dir": run_dir,
     }
     if main:
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        metrics.write_json(os.path.join(run_dir, "summary.json"), summary)
         metrics.plot(log.records, run_dir)
         console.print(display.summary_table(_summary_rows(summary)))
     return RunResult(state, graphs, log.records, summary)
