@@ -5,9 +5,9 @@
   warns, restores the newest complete step and trains on (saving the damaged step's number again);
 - ``output_dir`` under a regular file, or on a read-only file system; a file system that fills up at a
   checkpoint (or while metrics are written);
-- a save killed half-way (``kill -9``) is simulated deterministically: copies of a step under orbax's
-  temporary names with truncated files; ``resume=true`` ignores them (a real kill test was too slow to
-  hit its window on a loaded 2-core machine).
+- a save killed half-way: for real (``kill -9`` while orbax's temporary directory exists, checkpoints
+  every step) and simulated deterministically (copies of a step under orbax's temporary names with
+  truncated files); ``resume=true`` ignores them.
 
 The read-only and disk-full cases mount a small tmpfs (root and ``mount`` needed; chmod does not stop
 root) and skip with the reason where mounting is not permitted.
@@ -22,7 +22,10 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -209,3 +212,46 @@ def test_damaged_newest_and_unfinished_saves_resume_from_the_newest_complete_ste
     # The damaged step is kept aside; steps 4 and 6 are written again; the temporary directories are gone.
     assert steps_on_disk(checkpoints) == ["2", "4", "4.unreadable", "6"]
     assert Checkpointer(checkpoints).all_steps() == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_real_save_then_resume_ignores_the_partial_save(tmp_path):
+    # A checkpoint every step with a wider model: the process spends much of each step saving, so
+    # polling for orbax's temporary directory catches a save in flight; SIGKILL it right there.
+    out = tmp_path / "runs"
+    args = ["train.steps=400", "train.log_every=1", "checkpoint.every=1", "checkpoint.max_to_keep=2"]
+    args += ["train.eval_every=0", "model.options={width: 4.0}", f"output_dir={out}"]
+    cmd = [sys.executable, "-m", "jaxcnn", "train", os.path.join(ROOT, "configs/default.yaml"), *args]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    checkpoints = out / "default" / "checkpoints"
+    partial = []
+    deadline = time.monotonic() + 240
+    try:
+        while not partial and time.monotonic() < deadline and proc.poll() is None:
+            names = os.listdir(checkpoints) if checkpoints.is_dir() else []
+            complete = [n for n in names if n.isdigit()]
+            partial = [n for n in names if ".orbax-checkpoint-tmp" in n] if complete else []
+            if partial:
+                proc.send_signal(signal.SIGKILL)
+            else:
+                time.sleep(0.002)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert partial, "never saw a save in flight within 240 s"
+    left = os.listdir(checkpoints)
+    if not any(".orbax-checkpoint-tmp" in n for n in left):
+        pytest.skip(f"the save finished before SIGKILL landed ({left}); nothing partial to test")
+    complete = sorted(int(n) for n in left if n.isdigit())
+    resumed = subprocess.run(
+        [*cmd[:-1], "resume=true", f"train.steps={complete[-1] + 1}", f"output_dir={out}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"steps {complete[-1]}→{complete[-1] + 1}" in " ".join(resumed.stdout.split())
+    assert not any(".orbax-checkpoint-tmp" in n for n in os.listdir(checkpoints))  # cleaned up
