@@ -71,11 +71,12 @@ def layer_geometry(
     strides: int | Sequence[int] = 1,
     padding: PaddingLike = "SAME",
     dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
 ) -> ConvGeometry:
     """Validated geometry of ``conv2d(x, kernel, ...)`` (raises as :func:`conv2d` does)."""
     _check_array(x, "x")
     _check_array(kernel, "kernel")
-    return conv_geometry(x.shape, kernel.shape, strides, padding, dilation)
+    return conv_geometry(x.shape, kernel.shape, strides, padding, dilation, feature_group_count)
 
 
 def conv_layout(geom: ConvGeometry, *, mesh: Mesh, algorithm: str) -> algorithms.Layout:
@@ -97,31 +98,34 @@ def conv2d(
     strides: int | Sequence[int] = 1,
     padding: PaddingLike = "SAME",
     dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
     preferred_element_type: jnp.dtype | None = None,
 ) -> jax.Array:
     """Distributed 2-D convolution, equal to the single-device one.
 
     ``conv2d(x, kernel, ...)`` equals ``jax.lax.conv_general_dilated(x, kernel, strides, padding,
     rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    preferred_element_type=preferred_element_type)``. Works eagerly, under ``jax.jit`` and under
-    ``jax.grad`` (w.r.t. ``x`` and ``kernel``). Inputs may have any sharding; they are resharded to
-    the algorithm's layout (see the algorithm modules in :mod:`jaxcnn.algorithms`). The result has
-    the algorithm's output layout, ``jaxcnn.conv_layout(geom, mesh=mesh, algorithm=algorithm).y_spec``
-    (``geom`` from :func:`layer_geometry`; when a split does not divide the output, the result is
-    cropped from the zero-padded output in that layout). An input laid out on another mesh over the
-    same devices (another layer's) is moved to this one (explicitly, with
-    :func:`jaxcnn.redistribute.redistribute`, when it is a concrete array). The result lives on
-    ``mesh``: to combine it with a result on another mesh (``y1 + y2``, which JAX rejects with
+    feature_group_count=feature_group_count, preferred_element_type=preferred_element_type)``. Works
+    eagerly, under ``jax.jit`` and under ``jax.grad`` (w.r.t. ``x`` and ``kernel``). Inputs may have any
+    sharding; they are resharded to the algorithm's layout (see the algorithm modules in
+    :mod:`jaxcnn.algorithms`). The result has the algorithm's output layout, ``jaxcnn.conv_layout(geom,
+    mesh=mesh, algorithm=algorithm).y_spec`` (``geom`` from :func:`layer_geometry`; when a split does not
+    divide the output, the result is cropped from the zero-padded output in that layout). An input laid
+    out on another mesh over the same devices (another layer's) is moved to this one (explicitly, with
+    :func:`jaxcnn.redistribute.redistribute`, when it is a concrete array). The result lives on ``mesh``:
+    to combine it with a result on another mesh (``y1 + y2``, which JAX rejects with
     ``IndivisibleError``), move one first with :func:`jaxcnn.nn.reshard`.
 
     Args:
       x: ``(N, H, W, C)`` activations.
-      kernel: ``(R, S, C, K)`` kernel (HWIO).
+      kernel: ``(R, S, C/G, K)`` kernel (HWIO; ``(R, S, C, K)`` for G = 1).
       mesh: a mesh from :func:`jaxcnn.make_mesh` (axes n, h, w, k, c).
       algorithm: one of ``jaxcnn.ALGORITHMS``.
       strides: int or (σh, σw).
       padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))``.
       dilation: kernel dilation, int or (dh, dw).
+      feature_group_count: G, dividing C and K (G = C: depthwise). Which algorithm and grid run which
+        G is listed in :mod:`jaxcnn.algorithms.groups`; other combinations raise ``ValueError``.
       preferred_element_type: output / accumulation dtype (e.g. float32 for bfloat16 inputs).
         Low-precision inputs always accumulate local products in float32.
 
@@ -129,18 +133,20 @@ def conv2d(
       ``(N, Ho, Wo, K)``.
 
     Raises:
-      ValueError: bad shapes, channel mismatch, bad stride/dilation/padding, unknown algorithm, or a
-        mesh axis of size > 1 the algorithm does not use.
+      ValueError: bad shapes, channel mismatch, bad stride/dilation/padding, unknown algorithm, a
+        mesh axis of size > 1 the algorithm does not use, or a group count the algorithm cannot split
+        on this grid.
       TypeError: non-array or non-floating inputs, or a mesh that is not a ``jax.sharding.Mesh``.
     """
-    geom = layer_geometry(x, kernel, strides, padding, dilation)
+    geom = layer_geometry(x, kernel, strides, padding, dilation, feature_group_count)
     alg = algorithms.get(algorithm)
     sizes = _check_mesh(mesh)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
     layout, fn = build(alg, geom, mesh, tuple(sizes.items()), out_dtype)
-    n, h, w, c, k = layout.padded
+    n, h, w, c = layout.padded[:4]
     x = _on_mesh(pad_to(x, (n, h, w, c)), NamedSharding(mesh, layout.x_spec))
     kernel = _on_mesh(
-        pad_to(kernel, (geom.h.kernel, geom.w.kernel, c, k)), NamedSharding(mesh, layout.kernel_spec)
+        pad_to(kernel, (geom.h.kernel, geom.w.kernel, *layout.kernel_padded)),
+        NamedSharding(mesh, layout.kernel_spec),
     )
     return crop_to(fn(x, kernel), geom.y_shape)

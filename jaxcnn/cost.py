@@ -20,6 +20,11 @@ loop; panel 0 and the whole ``m = 1`` case keep their gathers as residuals); ``m
 over k of dx panels and ``m`` over the rows of dkernel panels; the reversed halo permutes; for the
 baselines that replicate the kernel over the rows (data, spatial, and filter / channel combined with
 row splits) one all-reduce of the kernel gradient block over the rows.
+
+Grouped layers (``geom.groups`` = G > 1, :mod:`jaxcnn.algorithms.groups`) use the same ledger with the
+grouped layout's collectives: the kernel block is ``R·S·(C/G)·K/(k·c)`` (``K/k`` for filter with
+selection), x is gathered over k only for filter with selection (whole, ``Xw·C``), and nothing is
+reduce-scattered over c.
 """
 
 from __future__ import annotations
@@ -213,7 +218,7 @@ def predict(
     """Predicts the communication and memory of ``conv2d`` for one layer on one grid.
 
     Args:
-      geom: the layer (``jaxcnn.conv_geometry``).
+      geom: the layer (``jaxcnn.conv_geometry``; its ``groups`` is the feature group count).
       algorithm: one of ``jaxcnn.ALGORITHMS``.
       grid: mesh sizes ``{axis: size}`` (missing axes are 1).
       dtype: dtype (or itemsize) of x and the kernel.
@@ -246,10 +251,12 @@ def predict(
     wo = lay.w_plan.out_block if lay.w_plan else geom.w.out
     r, s = geom.h.kernel, geom.w.kernel
     m = lay.panels
-    x_panel = nl * win_h * win_w * (c_pad // (pc * m)) * b_in  # gathered x panel (full buffer)
-    k_panel = r * s * (c_pad // (pc * m)) * (k_pad // pk) * b_in  # gathered kernel panel
+    x_gathered = cx * (pk if lay.k_gather else 1)  # x channels after the gather over k
+    k_in, k_out = lay.kernel_block  # kernel channels after the gather over the rows
+    x_panel = nl * win_h * win_w * (x_gathered // m) * b_in  # gathered x panel (full buffer)
+    k_panel = r * s * (k_in // m) * k_out * b_in  # gathered kernel panel
     partial = nl * ho * wo * (k_pad // pk) * b_out  # unreduced output block
-    kernel_block = r * s * (c_pad // pc) * (k_pad // pk) * b_in  # a kernel replicated over the rows
+    kernel_block = r * s * k_in * k_out * b_in  # a kernel replicated over the rows
     rows = lay.rows
 
     fwd, bwd = Ledger(sizes, hosts), Ledger(sizes, hosts)
@@ -270,18 +277,18 @@ def predict(
 
     x_local = nl * hb * wb * cx * s_in
     k_rows = math.prod(sizes[a] for a in lay.kernel_gather)
-    k_local = r * s * (c_pad // (pc * k_rows)) * (k_pad // pk) * s_in
+    k_local = r * s * k_in * k_out // k_rows * s_in
     window = nl * win_h * win_w * cx * s_in if (lay.h_plan or lay.w_plan) else 0
     gathered_x = x_panel // b_in * s_in if lay.k_gather else 0
     gathered_k = k_panel // b_in * s_in if lay.kernel_gather else 0
     partial_acc = nl * ho * wo * (k_pad // pk) * b_acc
     # Accumulation buffers beyond the output itself: the unreduced partial output when c > 1, and one
     # panel result in flight when streaming (m > 1).
-    acc = partial_acc * ((pc > 1) + (m > 1))
+    acc = partial_acc * (bool(lay.c_scatter) + (m > 1))
     memory = MemoryCost(
         inputs=float(x_local + k_local),
         output=float(nl * ho * wo * (k_pad // (pk * pc)) * s_out),
         forward_temp=float(window + gathered_x + gathered_k + acc),
-        layout_copy=float(max(gathered_x, partial_acc if pc > 1 else 0)),
+        layout_copy=float(max(gathered_x, partial_acc if lay.c_scatter else 0)),
     )
     return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom, hosts)

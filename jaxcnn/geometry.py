@@ -138,11 +138,13 @@ def halo_plan(dim: DimGeometry, parts: int) -> HaloPlan:
 
 @dataclasses.dataclass(frozen=True)
 class ConvGeometry:
-    """A 2-D convolution layer: NHWC input, HWIO kernel.
+    """A 2-D convolution layer: NHWC input, HWIO kernel ``(R, S, C/G, K)``.
 
     Attributes:
       batch, channels_in, channels_out: N, C, K.
       h, w: the two spatial dimensions.
+      groups: feature group count G (``lax.conv_general_dilated``'s ``feature_group_count``): output
+        channel block g of K/G reads only input channel block g of C/G. 1 = dense; C = depthwise.
     """
 
     batch: int
@@ -150,6 +152,7 @@ class ConvGeometry:
     channels_out: int
     h: DimGeometry
     w: DimGeometry
+    groups: int = 1
 
     @property
     def x_shape(self) -> tuple[int, int, int, int]:
@@ -157,7 +160,7 @@ class ConvGeometry:
 
     @property
     def kernel_shape(self) -> tuple[int, int, int, int]:
-        return (self.h.kernel, self.w.kernel, self.channels_in, self.channels_out)
+        return (self.h.kernel, self.w.kernel, self.channels_in // self.groups, self.channels_out)
 
     @property
     def y_shape(self) -> tuple[int, int, int, int]:
@@ -179,7 +182,7 @@ class ConvGeometry:
     def flops(self) -> int:
         """Multiply-adds x2 of the forward convolution."""
         n, ho, wo, k = self.y_shape
-        return 2 * n * ho * wo * k * self.channels_in * self.h.kernel * self.w.kernel
+        return 2 * n * ho * wo * k * (self.channels_in // self.groups) * self.h.kernel * self.w.kernel
 
 
 def _same_pads(size: int, extent: int, stride: int) -> tuple[int, int]:
@@ -194,15 +197,17 @@ def conv_geometry(
     strides: int | Sequence[int] = 1,
     padding: PaddingLike = "SAME",
     dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
 ) -> ConvGeometry:
     """Validates convolution arguments and returns their geometry.
 
     Args:
       x_shape: ``(N, H, W, C)``.
-      kernel_shape: ``(R, S, C, K)``.
+      kernel_shape: ``(R, S, C/G, K)`` (``(R, S, C, K)`` for G = 1).
       strides: int or (σh, σw), each ≥ 1.
       padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))`` of non-negative ints.
       dilation: int or (dh, dw), each ≥ 1 (kernel dilation).
+      feature_group_count: G ≥ 1, dividing C and K (G = C: depthwise).
 
     Raises:
       ValueError: naming the offending argument and what would be valid.
@@ -213,10 +218,19 @@ def conv_geometry(
         raise ValueError(f"kernel must have rank 4 (R, S, C, K), got shape {tuple(kernel_shape)}")
     n, h, w, c = (int(v) for v in x_shape)
     r, s, kc, k = (int(v) for v in kernel_shape)
-    if kc != c:
+    groups = feature_group_count
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"feature_group_count must be an int >= 1, got {groups!r}")
+    if groups > 1 and (c % groups or k % groups):
+        raise ValueError(
+            f"feature_group_count={groups} must divide both x channels C={c} and kernel output channels "
+            f"K={k} (kernel shape {tuple(kernel_shape)}, HWIO (R, S, C/G, K))"
+        )
+    if kc * groups != c:
         raise ValueError(
             f"kernel input channels {kc} (kernel shape {tuple(kernel_shape)}, HWIO) must equal "
             f"x channels {c} (x shape {tuple(x_shape)}, NHWC)"
+            + (f" divided by feature_group_count={groups}, i.e. {c // groups}" if groups > 1 else "")
         )
     if min(n, h, w, c, r, s, k) < 1:
         raise ValueError(f"empty dimension in x {tuple(x_shape)} or kernel {tuple(kernel_shape)}")
@@ -247,6 +261,7 @@ def conv_geometry(
         channels_out=k,
         h=DimGeometry(h, r, stride[0], dil[0], pads[0]),
         w=DimGeometry(w, s, stride[1], dil[1], pads[1]),
+        groups=groups,
     )
     for name, dim in (("H", geom.h), ("W", geom.w)):
         if dim.out < 1:

@@ -30,7 +30,9 @@ def first_fast(cases, keep: int = 1, *, one_argument: bool = False) -> list:
     ]
 
 
-def reference_conv(x, kernel, strides=1, padding="SAME", dilation=1, preferred_element_type=None):
+def reference_conv(
+    x, kernel, strides=1, padding="SAME", dilation=1, preferred_element_type=None, feature_group_count=1
+):
     """Single-device ``lax.conv_general_dilated`` at highest precision (the reference)."""
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
@@ -41,6 +43,7 @@ def reference_conv(x, kernel, strides=1, padding="SAME", dilation=1, preferred_e
         padding,
         rhs_dilation=dilation,
         dimension_numbers=DIMENSION_NUMBERS,
+        feature_group_count=feature_group_count,
         precision=lax.Precision.HIGHEST,
         preferred_element_type=preferred_element_type,
     )

@@ -13,15 +13,19 @@ Li et al. (SPAA'21):
 
 An :class:`Algorithm` names the axes it may use, how it treats the kernel and whether it streams;
 :func:`make_layout` turns that, a layer and the mesh sizes into shard_map specs, padding and panels.
+Grouped convolutions (``feature_group_count`` G > 1) take their channel decisions from
+:mod:`jaxcnn.algorithms.groups` instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.algorithms.groups import grouped_channels
 from jaxcnn.geometry import ConvGeometry, HaloPlan, halo_plan
 from jaxcnn.mesh import AXES, ROW_AXES
 
@@ -67,21 +71,31 @@ class Layout:
       sizes: mesh axis sizes, ``((axis, size), ...)`` in mesh order.
       rows: row axes of size > 1, in mesh order.
       x_channels: axes splitting x's channels, ``("c", "k")`` filtered to size > 1.
-      kernel_channels: axes splitting the kernel's input channels.
+      y_channels: axes splitting y's channels.
+      kernel_channels: axes splitting the kernel's input channels (dimension 2).
+      kernel_out: axes splitting the kernel's output channels (dimension 3).
       kernel_gather: axes the kernel is all-gathered over (the row axes, when split over them).
+      kernel_axis: kernel dimension gathered over ``kernel_gather`` (2 dense, 3 grouped).
       k_gather: axes x is all-gathered over (``k``, when > 1).
       c_scatter: axes the output is reduce-scattered over (``c``, when > 1).
       panels: channel panels streamed per depth layer (1 = gather at once).
       unit: channels per panel unit (a panel holds ``groups * unit`` local channels).
       padded: zero-padded global ``(N, H, W, C, K)`` the shard_map sees.
       h_plan, w_plan: halo plans of split spatial dims (None when unsplit).
+      groups: the layer's feature group count G (the kernel is ``(R, S, C/G, K)``).
+      local_groups: feature group count of each device's local convolution.
+      select: x is gathered whole over ``k`` and each device keeps its groups' channels
+        (:func:`jaxcnn.algorithms.groups.select_groups`; filter when k does not divide G).
     """
 
     sizes: tuple[tuple[str, int], ...]
     rows: tuple[str, ...]
     x_channels: tuple[str, ...]
+    y_channels: tuple[str, ...]
     kernel_channels: tuple[str, ...]
+    kernel_out: tuple[str, ...]
     kernel_gather: tuple[str, ...]
+    kernel_axis: int
     k_gather: tuple[str, ...]
     c_scatter: tuple[str, ...]
     panels: int
@@ -89,6 +103,9 @@ class Layout:
     padded: tuple[int, int, int, int, int]
     h_plan: HaloPlan | None
     w_plan: HaloPlan | None
+    groups: int = 1
+    local_groups: int = 1
+    select: bool = False
 
     def _row_specs(self) -> tuple[str | None, str | None, str | None]:
         return tuple(a if a in self.rows else None for a in ROW_AXES)  # type: ignore[return-value]
@@ -99,11 +116,23 @@ class Layout:
 
     @property
     def kernel_spec(self) -> P:
-        return P(None, None, _spec(self.kernel_channels), _spec(self.k_gather))
+        return P(None, None, _spec(self.kernel_channels), _spec(self.kernel_out))
 
     @property
     def y_spec(self) -> P:
-        return P(*self._row_specs(), _spec(self.k_gather + self.c_scatter))
+        return P(*self._row_specs(), _spec(self.y_channels))
+
+    @property
+    def kernel_padded(self) -> tuple[int, int]:
+        """The zero-padded kernel's channel dimensions ``(C/G, K)`` the shard_map sees."""
+        return (self.padded[3] // self.groups, self.padded[4])
+
+    @property
+    def kernel_block(self) -> tuple[int, int]:
+        """A device's kernel channel block ``(in, out)`` after its gather over ``kernel_gather``."""
+        split = lambda axes: math.prod(self.size(a) for a in axes if a not in self.kernel_gather)  # noqa: E731
+        c, k = self.kernel_padded
+        return (c // split(self.kernel_channels), k // split(self.kernel_out))
 
     def is_even(self, geom: ConvGeometry) -> bool:
         """True when no dimension needs zero-padding (every split divides its dimension).
@@ -144,6 +173,33 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
     """
     algorithm.check_mesh(sizes)
     rows = tuple(a for a in ROW_AXES if sizes[a] > 1)
+    h_plan = halo_plan(geom.h, sizes["h"]) if sizes["h"] > 1 else None
+    w_plan = halo_plan(geom.w, sizes["w"]) if sizes["w"] > 1 else None
+    if geom.groups > 1:
+        channels = grouped_channels(algorithm, geom, sizes, rows)
+    else:
+        channels = _dense_channels(algorithm, geom, sizes, rows)
+    c_pad, k_pad = channels.pop("channels")
+    return Layout(
+        sizes=tuple((a, sizes[a]) for a in AXES),
+        rows=rows,
+        padded=(
+            -(-geom.batch // sizes["n"]) * sizes["n"],
+            h_plan.in_block * h_plan.parts if h_plan else geom.h.size,
+            w_plan.in_block * w_plan.parts if w_plan else geom.w.size,
+            c_pad,
+            k_pad,
+        ),
+        h_plan=h_plan,
+        w_plan=w_plan,
+        **channels,
+    )
+
+
+def _dense_channels(
+    algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int], rows: tuple[str, ...]
+) -> dict[str, Any]:
+    """The channel fields of a dense (G = 1) layout (see :func:`make_layout`)."""
     pk, pc = sizes["k"], sizes["c"]
     prows = math.prod(sizes[a] for a in rows)
     kernel_rows = rows if algorithm.kernel_over_rows else ()
@@ -154,22 +210,18 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
     panels = _largest_divisor_at_most(per_depth_units, max(pk, pkr)) if algorithm.streaming else 1
     unit = c_pad // (pc * lcm * panels)
     k_pad = -(-geom.channels_out // (pk * pc)) * pk * pc
-    n_pad = -(-geom.batch // sizes["n"]) * sizes["n"]
-    h_plan = halo_plan(geom.h, sizes["h"]) if sizes["h"] > 1 else None
-    w_plan = halo_plan(geom.w, sizes["w"]) if sizes["w"] > 1 else None
-    h_pad = h_plan.in_block * h_plan.parts if h_plan else geom.h.size
-    w_pad = w_plan.in_block * w_plan.parts if w_plan else geom.w.size
-    return Layout(
-        sizes=tuple((a, sizes[a]) for a in AXES),
-        rows=rows,
+    k_gather = ("k",) if pk > 1 else ()
+    c_scatter = ("c",) if pc > 1 else ()
+    return dict(
         x_channels=tuple(a for a in ("c", "k") if sizes[a] > 1),
+        y_channels=k_gather + c_scatter,
         kernel_channels=tuple(a for a in ("c", *kernel_rows) if sizes[a] > 1),
+        kernel_out=k_gather,
         kernel_gather=kernel_rows,
-        k_gather=("k",) if pk > 1 else (),
-        c_scatter=("c",) if pc > 1 else (),
+        kernel_axis=2,
+        k_gather=k_gather,
+        c_scatter=c_scatter,
         panels=panels,
         unit=unit,
-        padded=(n_pad, h_pad, w_pad, c_pad, k_pad),
-        h_plan=h_plan,
-        w_plan=w_plan,
+        channels=(c_pad, k_pad),
     )

@@ -13,6 +13,10 @@ Collectives (Y = (N/n)·(Ho/h)·(Wo/w)·K, the local unreduced output):
   all-reduce over the row axes of R·S·C·K/Pc words (none when Pr = 1).
 
 Memory per device: |x|/P + |kernel|/Pc + the unreduced partial output Y.
+
+Grouped (G > 1, :mod:`.groups`): c must divide G. Then c splits the groups: x (N/n, H/h, W/w, C/Pc),
+kernel (R, S, C/G, K/Pc), y (N/n, Ho/h, Wo/w, K/Pc); no reduce-scatter (no collective forward but
+the halos), dkernel all-reduce of R·S·(C/G)·K/Pc over the rows.
 """
 
 from jaxcnn.algorithms.base import Algorithm

@@ -9,6 +9,9 @@ Collectives:
   (2·RSCK·(P-1)/P words received per device).
 
 Memory per device: |x|/P + |kernel| + |y|/P (plus the replicated kernel gradient in backward).
+
+Grouped (G > 1, :mod:`.groups`): any G; kernel (R, S, C/G, K) replicated, local conv with G groups;
+the dkernel all-reduce moves R·S·(C/G)·K words.
 """
 
 from jaxcnn.algorithms.base import Algorithm

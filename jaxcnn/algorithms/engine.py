@@ -10,6 +10,10 @@ Per device, in order:
    more than one gathered panel);
 3. reduce-scatter the partial output over ``c`` along the output channels.
 
+A grouped layout (:mod:`jaxcnn.algorithms.groups`) runs the same steps with one panel: x is gathered
+over ``k`` only when the filter algorithm must select its groups' channels, the kernel is gathered
+over the rows along its output channels, and the local convolution is itself grouped.
+
 Autodiff transposes each collective into its efficient dual (all-gather ↔ reduce-scatter, ppermute ↔
 reversed ppermute); the only all-reduce in a backward pass is the kernel gradient of the data /
 spatial baselines, whose kernel is replicated by definition. No custom VJP is needed.
@@ -26,6 +30,7 @@ from jax.sharding import Mesh
 
 from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
 from jaxcnn.algorithms.collectives import channel_panel, gather, halo_extend, reduce_scatter
+from jaxcnn.algorithms.groups import select_groups
 from jaxcnn.geometry import ConvGeometry
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -54,13 +59,14 @@ def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
             padding=padding,
             rhs_dilation=geom.dilation,
             dimension_numbers=DIMENSION_NUMBERS,
+            feature_group_count=layout.local_groups,
             preferred_element_type=acc_dtype,
         )
 
     def panel_conv(x: jax.Array, kernel: jax.Array, t: jax.Array | int) -> jax.Array:
         xp = gather(channel_panel(x, t, layout.panels, layout.unit, axis=3), layout.k_gather, 3)
-        kp = gather(channel_panel(kernel, t, layout.panels, layout.unit, axis=2), layout.kernel_gather, 2)
-        return conv(xp, kp)
+        kp = channel_panel(kernel, t, layout.panels, layout.unit, axis=2)
+        return conv(select_groups(xp, layout), gather(kp, layout.kernel_gather, layout.kernel_axis))
 
     def body(x: jax.Array, kernel: jax.Array) -> jax.Array:
         if layout.h_plan:

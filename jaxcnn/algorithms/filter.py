@@ -14,6 +14,11 @@ Collectives (Xw = local window batch·rows·cols, = N·H·W when no row axis is 
   all-reduce over the row axes of R·S·C·K/Pk words (none when Pr = 1).
 
 Memory per device: the gathered x window (Xw·C) + |kernel|/Pk + |y|/P.
+
+Grouped (G > 1, :mod:`.groups`): any G. When k divides G (group parallelism) x (N/n, H/h, W/w, C/Pk)
+already holds the channels of the device's G/Pk groups: no gather at all; kernel (R, S, C/G, K/Pk),
+dkernel all-reduce of R·S·(C/G)·K/Pk over the rows. Otherwise (C, K multiples of Pk) x is gathered
+over k as above and each device keeps its groups' channels (lcm(G, Pk)/Pk local groups).
 """
 
 from jaxcnn.algorithms.base import Algorithm

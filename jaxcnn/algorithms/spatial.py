@@ -16,6 +16,9 @@ Collectives:
   words (2·RSCK·(P-1)/P received).
 
 Memory per device: |x|/P plus halos, the replicated kernel, |y|/P.
+
+Grouped (G > 1, :mod:`.groups`): any G; the same halos, kernel
+(R, S, C/G, K) replicated, local conv with G groups; the dkernel all-reduce moves R·S·(C/G)·K words.
 """
 
 from jaxcnn.algorithms.base import Algorithm

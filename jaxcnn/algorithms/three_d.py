@@ -17,6 +17,9 @@ Collectives (words received per device, Xw = local window batch·rows·cols):
 Memory (forward temp, per device): Xw·C/Pc (gathered x) + R·S·(C/Pc)·(K/Pk) (gathered kernel) + the
 unreduced partial output (N/n)(Ho/h)(Wo/w)(K/Pk) when Pc > 1, on top of the 1/P shares. The same code
 as :mod:`two_half_d` with m = 1.
+
+Grouped (G > 1, :mod:`.groups`): as :mod:`two_half_d` (k·c must divide G, Pr must divide K/(Pk·Pc)):
+only the kernel moves, all-gathered over the rows along K.
 """
 
 from jaxcnn.algorithms.base import Algorithm

@@ -23,6 +23,10 @@ Collectives (words received per device, Xw = local window rows·cols·batch):
 
 Memory (forward temp, per device): halo window + one gathered x panel + one gathered kernel panel +
 one panel result in flight (``jaxcnn.cost.predict(...).memory``).
+
+Grouped (G > 1, :mod:`.groups`): k must divide G and Pr must divide K/Pk. x (…, C/Pk) holds whole
+groups: no x gather, no streaming (m = 1); kernel (R, S, C/G, K/(Pk·Pr)), split along K, all-gathered
+over the rows (R·S·(C/G)·K/Pk·(Pr-1)/Pr words) and its gradient reduce-scattered; y as above.
 """
 
 from jaxcnn.algorithms.base import Algorithm

@@ -18,6 +18,10 @@ Collectives (words received per device, Xw = local window batch·rows·cols):
   m of dkernel panels over rows, reversed halos.
 
 Memory: |x|/P + |kernel|/P + |y|·Pc/P (the unreduced partial output) + one panel of each operand.
+
+Grouped (G > 1, :mod:`.groups`): k·c must divide G and Pr must divide K/(Pk·Pc). x, the kernel's K and
+y are split over (k, c): x (…, C/(Pk·Pc)), kernel (R, S, C/G, K/(Pk·Pc·Pr)) all-gathered over the rows
+(R·S·(C/G)·K/(Pk·Pc)·(Pr-1)/Pr words), y (…, K/(Pk·Pc)); no x gather, no streaming, no reduce-scatter.
 """
 
 from jaxcnn.algorithms.base import Algorithm

@@ -118,9 +118,11 @@ def measure_conv(
     """
     geom = getattr(layer, "geom", layer)
     layout = conv_layout(geom, mesh=mesh, algorithm=algorithm)
-    n, h, w, c, k = layout.padded
+    n, h, w, c = layout.padded[:4]
     x_spec = _spec_for(geom.x_shape, (n, h, w, c), layout.x_spec)
-    k_spec = _spec_for(geom.kernel_shape, (geom.h.kernel, geom.w.kernel, c, k), layout.kernel_spec)
+    k_spec = _spec_for(
+        geom.kernel_shape, (geom.h.kernel, geom.w.kernel, *layout.kernel_padded), layout.kernel_spec
+    )
     x = jax.ShapeDtypeStruct(geom.x_shape, dtype, sharding=NamedSharding(mesh, x_spec))
     kernel = jax.ShapeDtypeStruct(geom.kernel_shape, dtype, sharding=NamedSharding(mesh, k_spec))
 
@@ -133,6 +135,7 @@ def measure_conv(
             strides=geom.strides,
             padding=geom.padding,
             dilation=geom.dilation,
+            feature_group_count=geom.groups,
         )
 
     if not backward:

@@ -42,7 +42,8 @@ class DistributedConvGeneralDilated:
     """``lax.conv_general_dilated`` computed by :func:`jaxcnn.conv2d` (hashable, compares by value).
 
     Supports 2-D convolutions in any dimension numbers, strides, ``"SAME"`` / ``"VALID"`` / explicit
-    padding and kernel (rhs) dilation. Operands are transposed to NHWC / HWIO and the result back.
+    padding, kernel (rhs) dilation and feature groups (where the algorithm splits them,
+    :mod:`jaxcnn.algorithms.groups`). Operands are transposed to NHWC / HWIO and the result back.
 
     Attributes:
       mesh: the mesh :func:`jaxcnn.conv2d` runs on.
@@ -71,7 +72,7 @@ class DistributedConvGeneralDilated:
 
         Raises:
           NotImplementedError: for what :func:`jaxcnn.conv2d` does not compute: input (lhs)
-            dilation, feature / batch groups, a non-default ``precision``, or a rank other than 4.
+            dilation, batch groups, a non-default ``precision``, or a rank other than 4.
         """
         if lhs.ndim != 4:
             raise NotImplementedError(
@@ -79,10 +80,9 @@ class DistributedConvGeneralDilated:
             )
         if not _ones(lhs_dilation):
             raise NotImplementedError(f"jaxcnn does not support input (lhs) dilation, got {lhs_dilation}")
-        if feature_group_count != 1 or batch_group_count != 1:
+        if batch_group_count != 1:
             raise NotImplementedError(
-                f"jaxcnn does not support grouped convolutions (feature_group_count={feature_group_count}, "
-                f"batch_group_count={batch_group_count})"
+                f"jaxcnn does not support batch-grouped convolutions (batch_group_count={batch_group_count})"
             )
         if precision not in (None, lax.Precision.DEFAULT, "default"):
             raise NotImplementedError(
@@ -99,6 +99,7 @@ class DistributedConvGeneralDilated:
             strides=tuple(window_strides),
             padding=padding,
             dilation=(1, 1) if rhs_dilation is None else tuple(rhs_dilation),
+            feature_group_count=feature_group_count,
             preferred_element_type=preferred_element_type,
         )
         # y is NHWC; out_spec[i] is the y dimension that holds logical dimension i of (N, C, H, W).
@@ -140,7 +141,9 @@ class Conv(nnx.Conv):
     The kernel is annotated (``out_sharding`` metadata, ``nnx.get_partition_spec``) with the
     algorithm's kernel layout, the bias with y's channel layout; both are replicated when the layout
     zero-pads their channels. With Flax's eager sharding (the default) they are created sharded.
-    ``input_dilation`` and ``feature_group_count`` other than 1 are not supported.
+    ``feature_group_count`` G works as in ``nnx.Conv`` (kernel ``(R, S, C/G, K)``; depthwise: G = C)
+    where the algorithm splits the groups on this mesh (:mod:`jaxcnn.algorithms.groups`; else
+    ``ValueError`` at construction). ``input_dilation`` other than 1 is not supported.
     """
 
     def __init__(
@@ -161,7 +164,7 @@ class Conv(nnx.Conv):
         size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         if len(size) != 2:
             raise ValueError(f"jaxcnn.nn.Conv is 2-D: kernel_size must have 2 entries, got {kernel_size!r}")
-        placement = Placement(algorithm, mesh)
+        placement = Placement(algorithm, mesh, kwargs.get("feature_group_count", 1))
         kernel_spec = placement.kernel_spec(in_features, out_features)
         bias_spec = placement.bias_spec(out_features)
         super().__init__(
@@ -181,9 +184,9 @@ class Conv(nnx.Conv):
     @property
     def input_spec(self) -> P:
         """PartitionSpec of the ``(N, H, W, C)`` input the algorithm computes on (no movement)."""
-        return Placement(self.algorithm, self.mesh).x_spec
+        return Placement(self.algorithm, self.mesh, self.feature_group_count).x_spec
 
     @property
     def output_spec(self) -> P:
         """PartitionSpec of the ``(N, Ho, Wo, K)`` output (the next layer's input layout)."""
-        return Placement(self.algorithm, self.mesh).y_spec
+        return Placement(self.algorithm, self.mesh, self.feature_group_count).y_spec

@@ -10,8 +10,9 @@ A layer's *placement* is written as a string so that configs and planners can ca
   arranged as its algorithm wants, and activations move between arrangements with
   :func:`jaxcnn.nn.reshard`.
 
-The activation specs of an algorithm depend only on the mesh sizes, never on the layer's shape, so
-they are computed here from a placeholder geometry.
+The activation specs of an algorithm depend only on the mesh sizes and the layer's feature group count
+(:mod:`jaxcnn.algorithms.groups`), never on its shape, so they are computed here from a placeholder
+geometry.
 """
 
 from __future__ import annotations
@@ -36,23 +37,30 @@ class Placement:
     Attributes:
       algorithm: one of ``jaxcnn.ALGORITHMS``.
       mesh: the mesh the layer's shard_map runs on.
+      groups: the layer's feature group count (1: dense).
     """
 
     algorithm: str
     mesh: Mesh
+    groups: int = 1
 
     @property
     def x_spec(self) -> P:
         """PartitionSpec of the layer's ``(N, H, W, C)`` input."""
-        return self._layout(1, 1).x_spec
+        return self._layout(self._channels, self._channels).x_spec
 
     @property
     def y_spec(self) -> P:
         """PartitionSpec of the layer's ``(N, Ho, Wo, K)`` output."""
-        return self._layout(1, 1).y_spec
+        return self._layout(self._channels, self._channels).y_spec
+
+    @property
+    def _channels(self) -> int:
+        """Placeholder channel count every split of a grouped layout divides (1 for dense layers)."""
+        return self.groups * (math.prod(mesh_sizes(self.mesh).values()) if self.groups > 1 else 1)
 
     def kernel_spec(self, channels_in: int, channels_out: int) -> P:
-        """PartitionSpec of a ``(R, S, C, K)`` kernel; ``P()`` when the layout pads C or K.
+        """PartitionSpec of a ``(R, S, C/G, K)`` kernel; ``P()`` when the layout pads C or K.
 
         A kernel whose channel counts the layout zero-pads cannot be stored in the padded layout, so
         it is stored replicated (``conv2d`` pads and distributes it at run time).
@@ -64,7 +72,7 @@ class Placement:
 
     def bias_spec(self, channels_out: int) -> P:
         """PartitionSpec of a ``(K,)`` bias: split like y's channels, ``P()`` when K is padded."""
-        layout = self._layout(1, channels_out)
+        layout = self._layout(self._channels, channels_out)
         if layout.padded[4] != channels_out:
             return P()
         return P(self.y_spec[3])
@@ -72,7 +80,11 @@ class Placement:
     def _layout(self, channels_in: int, channels_out: int) -> algorithms.Layout:
         sizes = mesh_sizes(self.mesh)
         geom = conv_geometry(
-            (sizes["n"], sizes["h"], sizes["w"], channels_in), (1, 1, channels_in, channels_out), 1, "VALID"
+            (sizes["n"], sizes["h"], sizes["w"], channels_in),
+            (1, 1, channels_in // self.groups, channels_out),
+            1,
+            "VALID",
+            feature_group_count=self.groups,
         )
         return conv_layout(geom, mesh=self.mesh, algorithm=self.algorithm)
 

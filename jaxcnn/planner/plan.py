@@ -134,7 +134,9 @@ def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:
     k = -(-geom.channels_out // parts) * parts
     if k == geom.channels_out:
         return geom
-    return conv_geometry(geom.x_shape, (*geom.kernel_shape[:3], k), geom.strides, geom.padding, geom.dilation)
+    return conv_geometry(
+        geom.x_shape, (*geom.kernel_shape[:3], k), geom.strides, geom.padding, geom.dilation, geom.groups
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,8 +102,17 @@ def test_hook_rejects_what_jaxcnn_does_not_compute():
     hook = jnn.conv_general_dilated(jaxcnn.make_mesh(n=2), "data")
     x, k = jnp.ones((2, 4, 4, 4)), jnp.ones((3, 3, 2, 4))
     dn = ("NHWC", "HWIO", "NHWC")
-    with pytest.raises(NotImplementedError, match="grouped"):
-        hook(x, k, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
+    with pytest.raises(NotImplementedError, match="batch-grouped"):
+        hook(x, jnp.ones((3, 3, 4, 4)), (1, 1), "SAME", dimension_numbers=dn, batch_group_count=2)
+    # Feature groups are computed (tests/algorithms/test_grouped.py covers every algorithm).
+    np.testing.assert_allclose(
+        np.asarray(hook(x, k, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)),
+        np.asarray(
+            lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
+        ),
+        rtol=RTOL,
+        atol=ATOL,
+    )
     with pytest.raises(NotImplementedError, match="lhs"):
         hook(x, jnp.ones((3, 3, 4, 4)), (1, 1), "SAME", lhs_dilation=(2, 2), dimension_numbers=dn)
     with pytest.raises(ValueError, match="'k'"):
