@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -44,9 +45,14 @@ COMMON = [
 RTOL = 1e-5
 
 
+CACHE = os.path.join(tempfile.gettempdir(), f"jaxcnn-test-compilation-cache-{os.getuid()}")
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
+    # The runs below compile the same few programs again and again: JAX's persistent cache keeps them.
+    env["JAX_COMPILATION_CACHE_DIR"] = CACHE
     return env
 
 
