@@ -9,7 +9,8 @@ learns its place from ``JAXCNN_COORDINATOR_ADDRESS`` / ``JAXCNN_NUM_PROCESSES`` 
 Output lines are prefixed ``[p<i>]`` (gloo's connection chatter is dropped unless ``--verbose``). The
 launcher exits 0 when every process does; as soon as one fails it stops the others (SIGTERM, then
 SIGKILL after ``--grace`` seconds) and exits with the first failure's code (128 + signal for a process
-killed by a signal), so a dead process ends the job in seconds, never a hang. Ctrl-C stops them all.
+killed by a signal), so a dead process ends the job in seconds; ``--timeout S`` also bounds a job whose
+processes are alive but stuck (exit 124). Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import IO
 from jaxcnn.devices import with_cpu_device_count
 
 POLL_S = 0.1
+#: Exit code of a job stopped by ``--timeout`` (as coreutils' ``timeout``).
+TIMEOUT_EXIT = 124
 #: gloo prints one line per connected peer group (from several threads, so lines may interleave).
 GLOO_CHATTER = "connected peer ranks"
 
@@ -128,14 +131,25 @@ class Job:
             while any(p.poll() is None for p in live) and time.monotonic() < deadline:
                 time.sleep(POLL_S)
 
-    def wait(self, grace_s: float) -> int:
+    def wait(self, grace_s: float, timeout_s: float = 0.0) -> int:
         """Waits for all processes; the first failure stops the rest.
 
+        Args:
+          grace_s: seconds between SIGTERM and SIGKILL when stopping.
+          timeout_s: stop everything after this many seconds (0: no limit), e.g. for a job whose
+            processes are alive but stuck.
+
         Returns:
-          0 if every process exited 0, else the first failure's exit code.
+          0 if every process exited 0, :data:`TIMEOUT_EXIT` after ``timeout_s``, else the first
+          failure's exit code.
         """
+        deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
         try:
             while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    print(f"[launch] the job exceeded --timeout {timeout_s:g} s; stopping it", flush=True)
+                    self.stop(grace_s)
+                    return TIMEOUT_EXIT
                 codes = [p.poll() for p in self.procs]
                 failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
                 if failed:
@@ -174,6 +188,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds between SIGTERM and SIGKILL when stopping",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop the job after S seconds, exit 124 (0: no limit)",
+    )
     p.add_argument("--verbose", action="store_true", help="keep gloo's connection messages")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (as for train)")
@@ -187,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
       0 when all succeed; 2 for bad arguments; otherwise the first failing process's exit code.
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    if not args.timeout >= 0 or args.grace < 0:
+        print(
+            f"jaxcnn launch: --timeout and --grace must be >= 0, got {args.timeout:g} and {args.grace:g}",
+            file=sys.stderr,
+        )
+        return 2
     for flag, value, low in (("--processes", args.processes, 1), ("--cpu-devices", args.cpu_devices, 1)):
         if value < low:
             print(f"jaxcnn launch: {flag} must be >= {low}, got {value}", file=sys.stderr)
@@ -207,4 +234,4 @@ def main(argv: list[str] | None = None) -> int:
         [process_env(dict(os.environ), i, n, m, port) for i in range(n)],
         verbose=args.verbose,
     )
-    return job.wait(args.grace)
+    return job.wait(args.grace, args.timeout)

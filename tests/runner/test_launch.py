@@ -108,6 +108,7 @@ def config_file(tmp_path):
         (["--processes", "2", "--cpu-devices", "0"], "--cpu-devices must be >= 1, got 0"),
         (["--processes", "2", "--port", "70000"], "--port must be in [0, 65535]"),
         (["--processes", "2", "--port", "-1"], "--port must be in [0, 65535]"),
+        (["--processes", "2", "--timeout", "-1"], "--timeout and --grace must be >= 0"),
     ],
 )
 def test_main_argument_errors(capsys, config_file, args, needle):
@@ -158,6 +159,15 @@ def test_job_first_failure_stops_the_others(capsys, jobs):
     sleeper = job.procs[0]
     assert sleeper.poll() == -signal.SIGTERM
     assert "[launch] process 1 exited with 3; stopping the others" in capsys.readouterr().out
+
+
+def test_job_timeout_stops_a_stuck_job(capsys, jobs):
+    start = time.monotonic()
+    job = jobs([_py("import time; time.sleep(600)"), _py("import time; time.sleep(600)")])
+    assert job.wait(grace_s=1.0, timeout_s=1.0) == launch.TIMEOUT_EXIT
+    assert time.monotonic() - start < 10
+    assert all(p.poll() == -signal.SIGTERM for p in job.procs)
+    assert "exceeded --timeout 1 s" in capsys.readouterr().out
 
 
 def test_job_child_killed_by_signal_gives_128_plus_signal(capsys, jobs):
