@@ -6,7 +6,7 @@
 
 from jaxcnn import cost
 from jaxcnn.algorithms import ALGORITHMS
-from jaxcnn.conv import conv2d, conv_layout, layer_geometry
+from jaxcnn.conv import conv2d, conv_layout, conv_transpose, layer_geometry
 from jaxcnn.cost import predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.mesh import AXES, make_mesh
@@ -21,6 +21,7 @@ __all__ = [
     "conv2d",
     "conv_geometry",
     "conv_layout",
+    "conv_transpose",
     "cost",
     "layer_geometry",
     "make_mesh",

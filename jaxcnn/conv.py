@@ -1,4 +1,5 @@
-"""``jaxcnn.conv2d``: one distributed 2-D convolution, any algorithm, any input sharding."""
+"""``jaxcnn.conv2d`` / ``jaxcnn.conv_transpose``: one distributed 2-D (transposed) convolution, any
+algorithm, any input sharding."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxcnn import algorithms
 from jaxcnn.algorithms.engine import build
-from jaxcnn.geometry import ConvGeometry, PaddingLike, conv_geometry
+from jaxcnn.geometry import ConvGeometry, PaddingLike, _pair, conv_geometry, transpose_padding
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.padding import crop_to, pad_to
 from jaxcnn.redistribute import redistribute
@@ -139,6 +140,18 @@ def conv2d(
       TypeError: non-array or non-floating inputs, or a mesh that is not a ``jax.sharding.Mesh``.
     """
     geom = layer_geometry(x, kernel, strides, padding, dilation, feature_group_count)
+    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)
+
+
+def _distributed(
+    x: jax.Array,
+    kernel: jax.Array,
+    geom: ConvGeometry,
+    mesh: Mesh,
+    algorithm: str,
+    preferred_element_type: jnp.dtype | None,
+) -> jax.Array:
+    """The distributed convolution of a validated ``geom`` (the body of :func:`conv2d`)."""
     alg = algorithms.get(algorithm)
     sizes = _check_mesh(mesh)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
@@ -150,3 +163,65 @@ def conv2d(
         NamedSharding(mesh, layout.kernel_spec),
     )
     return crop_to(fn(x, kernel), geom.y_shape)
+
+
+def conv_transpose(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    mesh: Mesh,
+    algorithm: str,
+    strides: int | Sequence[int],
+    padding: PaddingLike,
+    dilation: int | Sequence[int] = 1,
+    transpose_kernel: bool = False,
+    preferred_element_type: jnp.dtype | None = None,
+) -> jax.Array:
+    """Distributed 2-D transposed convolution, equal to the single-device one.
+
+    ``conv_transpose(x, kernel, ...)`` equals ``jax.lax.conv_transpose(x, kernel, strides, padding,
+    rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    transpose_kernel=transpose_kernel, preferred_element_type=preferred_element_type)`` (with
+    ``use_consistent_padding=False``: ``"SAME"`` / ``"VALID"`` name the padding of the forward
+    convolution, explicit pairs the padding of the stride-dilated input). It is the convolution, with
+    window stride 1, of ``x`` dilated by ``strides`` (``lhs_dilation``), run by :func:`conv2d`'s
+    distributed path: the same layouts and collectives for every algorithm (the k / c gathers and
+    reduce-scatters, and halo exchanges of undilated input rows where h or w is split: each block
+    receives only the input rows its outputs' dilated window contains, see
+    :func:`jaxcnn.geometry.halo_plan`). Works eagerly, under ``jax.jit`` and under ``jax.grad``.
+
+    Args:
+      x: ``(N, H, W, C)`` activations (global; inputs may have any sharding).
+      kernel: ``(R, S, C, K)`` (HWIO); with ``transpose_kernel``, ``(R, S, K, C)``: flipped
+        spatially and its channel axes swapped (the kernel of the forward convolution whose gradient
+        this is, Keras' ``Conv2DTranspose``).
+      mesh: a mesh from :func:`jaxcnn.make_mesh` (axes n, h, w, k, c).
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+      strides: the fractional stride σ, int or (σh, σw).
+      padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))`` of non-negative ints.
+      dilation: kernel dilation, int or (dh, dw).
+      transpose_kernel: flip the kernel spatially and swap its in / out channels first.
+      preferred_element_type: output / accumulation dtype.
+
+    Returns:
+      ``(N, Ho, Wo, K)`` with ``Ho = (H-1)σ + lo + hi - d(R-1) + 1``, in the algorithm's output
+      layout (``conv_layout(geom, ...).y_spec`` for ``geom`` the geometry with input dilation σ).
+
+    Raises:
+      ValueError / TypeError: as :func:`conv2d` (bad shapes, channels, strides, padding, mesh,
+        algorithm).
+    """
+    _check_array(x, "x")
+    _check_array(kernel, "kernel")
+    if transpose_kernel and kernel.ndim == 4:
+        kernel = jnp.swapaxes(jnp.flip(kernel, axis=(0, 1)), 2, 3)
+    stride = _pair(strides, "strides")
+    dil = _pair(dilation, "dilation")
+    if isinstance(padding, str):
+        mode = padding.upper()
+        padding = tuple(
+            transpose_padding(size, s, d, mode)
+            for size, s, d in zip(kernel.shape[:2], stride, dil, strict=False)
+        )
+    geom = conv_geometry(x.shape, kernel.shape, 1, padding, dil, input_dilation=stride)
+    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)

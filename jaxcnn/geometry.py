@@ -13,6 +13,11 @@ records the widest reach to the left and right over all blocks; every device rec
 many rows (zeros where they fall outside the image, which is exactly the zero padding), then cuts its
 own window at offset ``left - lo + b·(σ·Bo - Bi)``. Nothing here is special-cased by stride, dilation,
 kernel parity or padding.
+
+An input dilation ``σi`` (``lhs_dilation``, the transposed convolution) reads the input as if
+``σi - 1`` zero rows sat between its rows: the formulas above then hold for the dilated input of
+length ``(H-1)σi + 1``, and :func:`halo_plan` maps each block's dilated window back to the undilated
+rows it contains (the only rows devices exchange).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class DimGeometry:
       stride: stride σ.
       dilation: kernel (rhs) dilation d.
       pad: explicit (lo, hi) zero padding.
+      input_dilation: input (lhs) dilation σi: the input is read with σi - 1 zeros between its rows
+        (``lax.conv_general_dilated``'s ``lhs_dilation``; > 1 only for transposed convolutions).
     """
 
     size: int
@@ -53,6 +60,12 @@ class DimGeometry:
     stride: int
     dilation: int
     pad: tuple[int, int]
+    input_dilation: int = 1
+
+    @property
+    def dilated_size(self) -> int:
+        """Length of the input after input dilation: (H-1)σi + 1."""
+        return (self.size - 1) * self.input_dilation + 1
 
     @property
     def extent(self) -> int:
@@ -62,7 +75,7 @@ class DimGeometry:
     @property
     def out(self) -> int:
         """Output length Ho."""
-        return (self.size + self.pad[0] + self.pad[1] - self.extent) // self.stride + 1
+        return (self.dilated_size + self.pad[0] + self.pad[1] - self.extent) // self.stride + 1
 
     def window(self, out_rows: int) -> int:
         """Input rows read by ``out_rows`` consecutive output rows."""
@@ -79,9 +92,13 @@ class HaloPlan:
       out_block: output rows per block Bo = ⌈Ho/P⌉.
       left: rows every device receives from its left neighbours (max over blocks of the reach).
       right: rows every device receives from its right neighbours.
-      window: input rows a block's outputs read, σ(Bo-1) + d(R-1) + 1.
-      start: window offset of block 0 inside its extended buffer (left - lo).
-      step: how much the offset grows per block, σ·Bo - Bi (0 when input and output blocks align).
+      window: input rows a block's outputs read, σ(Bo-1) + d(R-1) + 1 (with input dilation σi: the
+        undilated input rows among those dilated rows).
+      start: window offset of block 0 inside its extended buffer (left - lo; left - ⌊lo/σi⌋).
+      step: how much the offset grows per block, σ·Bo - Bi (σ·Bo/σi - Bi; 0 when input and output
+        blocks align).
+      local_pad: ``(lo, hi)`` zero padding of the local convolution of the dilated window, so that it
+        covers exactly the σ(Bo-1) + d(R-1) + 1 dilated rows of the block ((0, 0) when σi = 1).
     """
 
     parts: int
@@ -92,6 +109,7 @@ class HaloPlan:
     window: int
     start: int
     step: int
+    local_pad: tuple[int, int] = (0, 0)
 
     def left_pieces(self) -> list[tuple[int, int]]:
         """``(hop, rows)`` for the left halo, farthest first: rows taken from the tail of block b-hop."""
@@ -117,13 +135,26 @@ def _pieces(width: int, block: int) -> list[tuple[int, int]]:
 
 
 def halo_plan(dim: DimGeometry, parts: int) -> HaloPlan:
-    """Plans the halo exchange for ``dim`` split into ``parts`` blocks (see the module docstring)."""
+    """Plans the halo exchange for ``dim`` split into ``parts`` blocks (see the module docstring).
+
+    With input dilation σi > 1, ``Bo`` is rounded up to a multiple of ``σi / gcd(σi, σ)`` so that
+    every block's first dilated row has the same phase: block b then reads the undilated rows from
+    ``b·σ·Bo/σi - ⌊lo/σi⌋`` on, the same number of them for every block, and its local convolution
+    pads the dilated window by the same ``local_pad`` (static shapes, one program for all devices).
+    """
+    sigma_in = dim.input_dilation
     bi = math.ceil(dim.size / parts)
     bo = math.ceil(dim.out / parts)
-    window = dim.window(bo)
+    multiple = sigma_in // math.gcd(sigma_in, dim.stride)
+    bo = -(-bo // multiple) * multiple
+    reach = dim.window(bo)  # dilated rows one block's outputs read
     lo = dim.pad[0]
-    left = max(0, max(b * bi - (dim.stride * b * bo - lo) for b in range(parts)))
-    right = max(0, max(dim.stride * b * bo - lo + window - (b + 1) * bi for b in range(parts)))
+    lo_in, pad_lo = divmod(lo, sigma_in)  # undilated rows before block start; phase of the first row
+    window = (reach - 1 - pad_lo) // sigma_in + 1
+    pad_hi = reach - pad_lo - ((window - 1) * sigma_in + 1)
+    advance = dim.stride * bo // sigma_in  # undilated rows per block
+    left = max(0, max(b * bi - (advance * b - lo_in) for b in range(parts)))
+    right = max(0, max(advance * b - lo_in + window - (b + 1) * bi for b in range(parts)))
     return HaloPlan(
         parts=parts,
         in_block=bi,
@@ -131,8 +162,9 @@ def halo_plan(dim: DimGeometry, parts: int) -> HaloPlan:
         left=left,
         right=right,
         window=window,
-        start=left - lo,
-        step=dim.stride * bo - bi,
+        start=left - lo_in,
+        step=advance - bi,
+        local_pad=(pad_lo, pad_hi),
     )
 
 
@@ -175,6 +207,10 @@ class ConvGeometry:
         return (self.h.dilation, self.w.dilation)
 
     @property
+    def input_dilation(self) -> tuple[int, int]:
+        return (self.h.input_dilation, self.w.input_dilation)
+
+    @property
     def padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return (self.h.pad, self.w.pad)
 
@@ -191,6 +227,21 @@ def _same_pads(size: int, extent: int, stride: int) -> tuple[int, int]:
     return (total // 2, total - total // 2)
 
 
+def transpose_padding(kernel: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+    """``(lo, hi)`` padding of the dilated input that ``lax.conv_transpose`` uses for ``"SAME"`` /
+    ``"VALID"`` (its ``_conv_transpose_padding`` on the dilated kernel extent ``d(R-1)+1``)."""
+    extent = dilation * (kernel - 1) + 1
+    if padding == "SAME":
+        total = extent + stride - 2
+        lo = extent - 1 if stride > extent - 1 else -(-total // 2)
+    elif padding == "VALID":
+        total = extent + stride - 2 + max(extent - stride, 0)
+        lo = extent - 1
+    else:
+        raise ValueError(f"padding must be 'SAME', 'VALID' or ((lo, hi), (lo, hi)), got {padding!r}")
+    return (lo, total - lo)
+
+
 def conv_geometry(
     x_shape: Sequence[int],
     kernel_shape: Sequence[int],
@@ -198,6 +249,7 @@ def conv_geometry(
     padding: PaddingLike = "SAME",
     dilation: int | Sequence[int] = 1,
     feature_group_count: int = 1,
+    input_dilation: int | Sequence[int] = 1,
 ) -> ConvGeometry:
     """Validates convolution arguments and returns their geometry.
 
@@ -208,6 +260,8 @@ def conv_geometry(
       padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))`` of non-negative ints.
       dilation: int or (dh, dw), each ≥ 1 (kernel dilation).
       feature_group_count: G ≥ 1, dividing C and K (G = C: depthwise).
+      input_dilation: int or (σih, σiw), each ≥ 1 (input / lhs dilation; ``"SAME"`` padding is
+        computed for the dilated input).
 
     Raises:
       ValueError: naming the offending argument and what would be valid.
@@ -236,10 +290,12 @@ def conv_geometry(
         raise ValueError(f"empty dimension in x {tuple(x_shape)} or kernel {tuple(kernel_shape)}")
     stride = _pair(strides, "strides")
     dil = _pair(dilation, "dilation")
+    lhs = _pair(input_dilation, "input_dilation")
+    h_in, w_in = (h - 1) * lhs[0] + 1, (w - 1) * lhs[1] + 1
     extents = (dil[0] * (r - 1) + 1, dil[1] * (s - 1) + 1)
     if isinstance(padding, str):
         if padding.upper() == "SAME":
-            pads = (_same_pads(h, extents[0], stride[0]), _same_pads(w, extents[1], stride[1]))
+            pads = (_same_pads(h_in, extents[0], stride[0]), _same_pads(w_in, extents[1], stride[1]))
         elif padding.upper() == "VALID":
             pads = ((0, 0), (0, 0))
         else:
@@ -259,14 +315,16 @@ def conv_geometry(
         batch=n,
         channels_in=c,
         channels_out=k,
-        h=DimGeometry(h, r, stride[0], dil[0], pads[0]),
-        w=DimGeometry(w, s, stride[1], dil[1], pads[1]),
+        h=DimGeometry(h, r, stride[0], dil[0], pads[0], lhs[0]),
+        w=DimGeometry(w, s, stride[1], dil[1], pads[1], lhs[1]),
         groups=groups,
     )
     for name, dim in (("H", geom.h), ("W", geom.w)):
         if dim.out < 1:
             raise ValueError(
-                f"output {name} would be {dim.out}: input {name}={dim.size} with padding {dim.pad} "
+                f"output {name} would be {dim.out}: input {name}={dim.size}"
+                + (f" dilated by {dim.input_dilation}" if dim.input_dilation > 1 else "")
+                + f" with padding {dim.pad} "
                 f"is smaller than the dilated kernel extent {dim.extent}"
             )
     return geom

@@ -47,8 +47,8 @@ def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
     """Returns the per-device function ``(x_block, kernel_block) -> y_block``."""
     acc_dtype = accumulation_dtype(out_dtype)
     padding = (
-        (0, 0) if layout.h_plan else geom.h.pad,
-        (0, 0) if layout.w_plan else geom.w.pad,
+        layout.h_plan.local_pad if layout.h_plan else geom.h.pad,
+        layout.w_plan.local_pad if layout.w_plan else geom.w.pad,
     )
 
     def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -57,6 +57,7 @@ def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
             kernel,
             window_strides=geom.strides,
             padding=padding,
+            lhs_dilation=geom.input_dilation,
             rhs_dilation=geom.dilation,
             dimension_numbers=DIMENSION_NUMBERS,
             feature_group_count=layout.local_groups,
