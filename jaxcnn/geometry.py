@@ -261,7 +261,7 @@ def conv_geometry(
       dilation: int or (dh, dw), each ≥ 1 (kernel dilation).
       feature_group_count: G ≥ 1, dividing C and K (G = C: depthwise).
       input_dilation: int or (σih, σiw), each ≥ 1 (input / lhs dilation; ``"SAME"`` padding is
-        computed for the dilated input).
+        computed for the dilated input); > 1 only with stride 1 in that dimension.
 
     Raises:
       ValueError: naming the offending argument and what would be valid.
@@ -291,6 +291,11 @@ def conv_geometry(
     stride = _pair(strides, "strides")
     dil = _pair(dilation, "dilation")
     lhs = _pair(input_dilation, "input_dilation")
+    if any(i > 1 and s > 1 for i, s in zip(lhs, stride, strict=True)):
+        raise ValueError(
+            f"input_dilation {input_dilation!r} > 1 needs strides 1 in that dimension (a transposed "
+            f"convolution), got strides {strides!r}"
+        )
     h_in, w_in = (h - 1) * lhs[0] + 1, (w - 1) * lhs[1] + 1
     extents = (dil[0] * (r - 1) + 1, dil[1] * (s - 1) + 1)
     if isinstance(padding, str):

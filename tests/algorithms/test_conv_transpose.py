@@ -113,13 +113,19 @@ def test_halo_plan_windows_cover_each_block_exactly(sigma, parts):
                 )
                 dim = geom.h
                 plan = halo_plan(dim, parts)
-                assert plan.out_block % sigma == 0 and plan.out_block * parts >= dim.out
+                assert plan.window >= 1 and plan.out_block % sigma == 0 and plan.out_block * parts >= dim.out
                 lo_pad, hi_pad = plan.local_pad
                 assert 0 <= lo_pad < sigma and 0 <= hi_pad < sigma
                 assert lo_pad + (plan.window - 1) * sigma + 1 + hi_pad == dim.window(plan.out_block)
                 for b in range(parts):
                     first = b * plan.in_block - plan.left + plan.start + b * plan.step  # undilated row
                     assert first * sigma - lo_pad == b * plan.out_block - dim.pad[0]
+
+
+def test_input_dilation_needs_stride_one():
+    with pytest.raises(ValueError, match="needs strides 1"):
+        conv_geometry((1, 5, 5, 1), (3, 3, 1, 1), (2, 1), "SAME", 1, input_dilation=(2, 1))
+    conv_geometry((1, 5, 5, 1), (3, 3, 1, 1), (1, 2), "SAME", 1, input_dilation=(2, 1))
 
 
 def test_bad_arguments_raise():
