@@ -105,3 +105,14 @@ def count_compilations() -> Iterator[list[int]]:
         yield counter
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def loss_and_grads(conv):
+    """``jit`` of ``(x, kernel) -> ((sum(sin(conv(x, kernel))), y), (dx, dkernel))``: one program checks the
+    forward value and both gradients of a convolution against a reference."""
+
+    def loss(x, kernel):
+        y = conv(x, kernel)
+        return jnp.sum(jnp.sin(y)), y
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))

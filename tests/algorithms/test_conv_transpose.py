@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import functools
 
-import jax
-import jax.numpy as jnp
 import pytest
 from jax import lax
 
 import jaxcnn
 from jaxcnn.geometry import conv_geometry, halo_plan
 from tests.algorithms.cases import GRIDS, mesh_kwargs
-from tests.utils import assert_close, random_inputs
+from tests.utils import assert_close, loss_and_grads, random_inputs
 
 RTOL = 2e-5
 X_SHAPE = (2, 5, 6, 8)  # N, H, W, C: uneven splits on every spatial grid
@@ -56,14 +54,6 @@ def _params() -> list:
     return params
 
 
-def _loss_and_grads(conv):
-    def loss(x, kernel):
-        y = conv(x, kernel)
-        return jnp.sum(jnp.sin(y)), y
-
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-
-
 @functools.cache
 def _reference(strides, padding, dilation, transpose_kernel):
     def conv(x, kernel):
@@ -78,7 +68,7 @@ def _reference(strides, padding, dilation, transpose_kernel):
             precision=lax.Precision.HIGHEST,
         )
 
-    return _loss_and_grads(conv)
+    return loss_and_grads(conv)
 
 
 @pytest.mark.parametrize(("algorithm", "grid", "case"), _params())
@@ -88,7 +78,7 @@ def test_forward_and_gradients_match_lax_conv_transpose(algorithm, grid, case):
     channels = (K_OUT, X_SHAPE[3]) if transpose_kernel else (X_SHAPE[3], K_OUT)
     x, kernel = random_inputs(sum(grid) + 7 * r + s, X_SHAPE, (r, s, *channels))
     kw = dict(strides=strides, padding=padding, dilation=dilation, transpose_kernel=transpose_kernel)
-    (_, y), (gx, gk) = _loss_and_grads(
+    (_, y), (gx, gk) = loss_and_grads(
         lambda a, b: jaxcnn.conv_transpose(a, b, mesh=mesh, algorithm=algorithm, **kw)
     )(x, kernel)
     (_, y_ref), (gx_ref, gk_ref) = _reference(strides, padding, dilation, transpose_kernel)(x, kernel)

@@ -15,7 +15,7 @@ import pytest
 
 import jaxcnn
 from tests.algorithms.cases import CASES, GRIDS, K_OUT, X_SHAPE, case_id, mesh_kwargs
-from tests.utils import assert_close, first_fast, numpy_conv, random_inputs, reference_conv
+from tests.utils import assert_close, first_fast, loss_and_grads, numpy_conv, random_inputs, reference_conv
 
 RTOL = 2e-5
 
@@ -39,18 +39,10 @@ PARAMS = [
 ]
 
 
-def _loss_and_grads(conv):
-    def loss(x, kernel):
-        y = conv(x, kernel)
-        return jnp.sum(jnp.sin(y)), y
-
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-
-
 @functools.cache
 def _reference_loss_and_grads(strides, padding, dilation):
     """The reference program of one case, jitted once: grids sharing a case share its compilation."""
-    return _loss_and_grads(
+    return loss_and_grads(
         functools.partial(reference_conv, strides=strides, padding=padding, dilation=dilation)
     )
 
@@ -61,9 +53,9 @@ def test_forward_and_gradients_match_single_device(algorithm, grid, case):
     mesh = jaxcnn.make_mesh(**mesh_kwargs(grid))
     x, kernel = random_inputs(sum(grid) + r * 7 + s, X_SHAPE, (r, s, X_SHAPE[3], K_OUT))
     kw = dict(strides=strides, padding=padding, dilation=dilation)
-    (_, y), (gx, gk) = _loss_and_grads(
-        lambda a, b: jaxcnn.conv2d(a, b, mesh=mesh, algorithm=algorithm, **kw)
-    )(x, kernel)
+    (_, y), (gx, gk) = loss_and_grads(lambda a, b: jaxcnn.conv2d(a, b, mesh=mesh, algorithm=algorithm, **kw))(
+        x, kernel
+    )
     (_, y_ref), (gx_ref, gk_ref) = _reference_loss_and_grads(**kw)(x, kernel)
     assert_close(y, y_ref, RTOL, "y")
     assert_close(gx, gx_ref, RTOL, "dx")
@@ -113,10 +105,10 @@ def test_uneven_shapes_are_exact(algorithm, grid, x_shape, k_out):
     x, kernel = random_inputs(3, x_shape, (3, 3, x_shape[3], k_out))
     for strides in (1, 2):
         kw = dict(strides=strides, padding="SAME")
-        (_, y), (gx, gk) = _loss_and_grads(
+        (_, y), (gx, gk) = loss_and_grads(
             lambda a, b, kw=kw: jaxcnn.conv2d(a, b, mesh=mesh, algorithm=algorithm, **kw)
         )(x, kernel)
-        (_, y_ref), (gx_ref, gk_ref) = _loss_and_grads(lambda a, b, kw=kw: reference_conv(a, b, **kw))(
+        (_, y_ref), (gx_ref, gk_ref) = loss_and_grads(lambda a, b, kw=kw: reference_conv(a, b, **kw))(
             x, kernel
         )
         assert_close(y, y_ref, RTOL, f"y stride {strides}")
