@@ -29,7 +29,7 @@ format: setup
 	$(BIN)/ruff format jaxcnn tests experiments
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 tests
 
 # The edit-test loop (about 2 minutes on 2 cores): ruff, then the library's tests not marked slow
 # (one or two cases of every check; `make test` runs them all). runner/, planner/ and models/ tests
