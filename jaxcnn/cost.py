@@ -24,7 +24,8 @@ row splits) one all-reduce of the kernel gradient block over the rows.
 Grouped layers (``geom.groups`` = G > 1, :mod:`jaxcnn.algorithms.groups`) use the same ledger with the
 grouped layout's collectives: the kernel block is ``R·S·(C/G)·K/(k·c)`` (``K/k`` for filter with
 selection), x is gathered over k only for filter with selection (whole, ``Xw·C``), and nothing is
-reduce-scattered over c.
+reduce-scattered over c. Transposed layers (input dilation σi > 1, ``jaxcnn.conv_transpose``) use the
+dense ledger with halo pieces of undilated rows (``HaloPlan.window`` rows, not the dilated window).
 """
 
 from __future__ import annotations
