@@ -99,7 +99,8 @@ def measure_conv(
     dtype: jnp.dtype = jnp.float32,
     backward: bool = True,
 ) -> tuple[CommReport, CommReport | None]:
-    """Meters ``jaxcnn.conv2d`` for one layer, forward and backward.
+    """Meters ``jaxcnn.conv2d`` for one layer, forward and backward (``jaxcnn.conv_transpose`` for an
+    input-dilated, i.e. transposed, layer: strides = its input dilation, its explicit padding).
 
     x ``(N, H, W, C)`` and the kernel ``(R, S, C, K)`` are abstract arrays laid out as the algorithm
     wants (``jaxcnn.conv_layout``); a dimension the layout zero-pads is left unsplit (replicated) so
