@@ -1,9 +1,11 @@
 """Communication lower bounds for one distributed convolution: bytes received per device (max over
 devices), forward or backward pass. Derivation and assumptions: ``docs/lower_bound.md``.
 
-Notation (element counts of the unpadded arrays): ``|x| = N·H·W·C``, ``|w| = R·S·C·K``,
+Notation (element counts of the unpadded arrays): ``|x| = N·H·W·C``, ``|w| = R·S·(C/G)·K``,
 ``|y| = N·Ho·Wo·K``; ``F`` = multiply-adds that touch a real input element (taps that fall into the
-zero padding are excluded); ``P`` devices, ``M`` words of memory per device.
+zero padding, or onto the zero rows a transposed convolution's input dilation inserts, are excluded;
+``G`` feature groups: ``F = N·K·(C/G)·taps``); ``P`` devices, ``M`` words of memory per device.
+Grouped and transposed layers take the same bound with these counts (``docs/lower_bound.md`` §9).
 
 - **Memory-independent** (each device does ``F/P`` multiply-adds, of each contraction in the
   backward pass, on the same iteration subset; arrays start / end evenly distributed, ``1/P`` each,
@@ -21,7 +23,7 @@ import dataclasses
 import math
 from collections.abc import Collection
 
-from jaxcnn.geometry import ConvGeometry, DimGeometry
+from jaxcnn.geometry import ConvGeometry
 
 PASSES = ("forward", "backward")
 
@@ -53,26 +55,12 @@ class Bound:
         return max(self.independent, self.memory_dependent or 0.0)
 
 
-def _taps(dim: DimGeometry) -> tuple[int, int, int, int]:
-    """Along one dimension: (valid (out, tap) pairs, max taps per output, max outputs per tap,
-    max (out, tap) pairs reading one input position)."""
-    lo = dim.pad[0]
-    per_out = [0] * dim.out
-    per_tap = [0] * dim.kernel
-    per_in = [0] * dim.size
-    for p in range(dim.out):
-        for r in range(dim.kernel):
-            i = dim.stride * p - lo + dim.dilation * r
-            if 0 <= i < dim.size:
-                per_out[p] += 1
-                per_tap[r] += 1
-                per_in[i] += 1
-    return sum(per_out), max(per_out), max(per_tap), max(per_in)
-
-
 def real_macs(geom: ConvGeometry) -> int:
-    """Multiply-adds that read a real input element (padding taps excluded)."""
-    return geom.batch * geom.channels_in * geom.channels_out * _taps(geom.h)[0] * _taps(geom.w)[0]
+    """Multiply-adds that read a real input element: ``N·K·(C/G)`` times the (output, tap) pairs of
+    each spatial dimension that hit a real input row (padding taps, and the zero rows a transposed
+    convolution's input dilation inserts, excluded; :meth:`jaxcnn.geometry.DimGeometry.real_taps`)."""
+    n, k, cg = geom.batch, geom.channels_out, geom.channels_in // geom.groups
+    return n * k * cg * geom.h.real_taps()[0] * geom.w.real_taps()[0]
 
 
 def _water_fill(
@@ -141,15 +129,16 @@ def lower_bound(
         raise ValueError(f"replicated must name forward inputs 'x' / 'kernel', got {sorted(replicated)}")
     p = num_devices
     f = real_macs(geom)
-    n, h, w, c = geom.x_shape
+    n, _, _, c = geom.x_shape
     r, s, _, k = geom.kernel_shape
-    size_x, size_w, size_y = n * h * w * c, r * s * c * k, math.prod(geom.y_shape)
-    _, out_h, tap_h, in_h = _taps(geom.h)
-    _, out_w, tap_w, in_w = _taps(geom.w)
-    cap_x = k * in_h * in_w  # multiply-adds one x element takes part in
+    g = geom.groups
+    size_x, size_w, size_y = (math.prod(shape) for shape in (geom.x_shape, geom.kernel_shape, geom.y_shape))
+    _, out_h, tap_h, in_h = geom.h.real_taps()
+    _, out_w, tap_w, in_w = geom.w.real_taps()
+    cap_x = k // g * in_h * in_w  # multiply-adds one x element takes part in (its group's K/G outputs)
     cap_w = n * tap_h * tap_w  # ... one kernel element
-    cap_y = c * out_h * out_w  # ... one output element
-    if p == 1:
+    cap_y = c // g * out_h * out_w  # ... one output element (its group's C/G inputs)
+    if p == 1 or f == 0:  # one device, or no real multiply-add (every tap on padding): nothing to move
         return Bound(pass_, p, f, 0.0, 0.0 if memory_bytes else None, (size_x, size_w, size_y))
     fi = f / p
     share = [

@@ -24,7 +24,8 @@ row splits) one all-reduce of the kernel gradient block over the rows.
 Grouped layers (``geom.groups`` = G > 1, :mod:`jaxcnn.algorithms.groups`) use the same ledger with the
 grouped layout's collectives: the kernel block is ``R·S·(C/G)·K/(k·c)`` (``K/k`` for filter with
 selection), x is gathered over k only for filter with selection (whole, ``Xw·C``), and nothing is
-reduce-scattered over c.
+reduce-scattered over c. Transposed layers (input dilation σi > 1, ``jaxcnn.conv_transpose``) use the
+dense ledger with halo pieces of undilated rows (``HaloPlan.window`` rows, not the dilated window).
 """
 
 from __future__ import annotations
@@ -84,9 +85,10 @@ class MemoryCost:
       output: local y block.
       forward_temp: largest live working set of the forward pass beyond inputs/outputs (halo window,
         one gathered x panel, one gathered kernel panel, the partial-output accumulator).
-      layout_copy: the largest buffer a backend may copy once more to change its layout (a gathered
-        x panel, or the unreduced output before the reduce-scatter): XLA:CPU gathers and scatters
-        along the major dimension and transposes; compiled temp memory lies between
+      layout_copy: the largest buffer a backend may hold once more (a gathered x panel, or the
+        unreduced output before the reduce-scatter: XLA:CPU gathers and scatters along the major
+        dimension and transposes; or the received halo pieces before they are concatenated into the
+        window, which XLA:CPU keeps for spatial splits); compiled temp memory lies between
         ``forward_temp`` and ``forward_temp + layout_copy`` (see docs/cost_model.md).
       peak: inputs + output + forward_temp.
     """
@@ -200,6 +202,13 @@ def add_halo(ledger: Ledger, plan: HaloPlan | None, axis: str, row_bytes: float,
             ledger.permute(rows * row_bytes, axis, -sign * hop)
 
 
+def _sent_rows(plan: HaloPlan | None) -> int:
+    """Rows of the halo pieces a device receives along one split dimension (0 when unsplit)."""
+    if plan is None:
+        return 0
+    return sum(rows for hop, rows in plan.left_pieces() + plan.right_pieces() if hop < plan.parts)
+
+
 def itemsize_of(dtype) -> int:
     """Bytes per element of a dtype (or an int itemsize passed through)."""
     return np.dtype(dtype).itemsize if not isinstance(dtype, int) else dtype
@@ -279,6 +288,7 @@ def predict(
     k_rows = math.prod(sizes[a] for a in lay.kernel_gather)
     k_local = r * s * k_in * k_out // k_rows * s_in
     window = nl * win_h * win_w * cx * s_in if (lay.h_plan or lay.w_plan) else 0
+    halo_pieces = (_sent_rows(lay.h_plan) * wb + _sent_rows(lay.w_plan) * win_h) * nl * cx * s_in
     gathered_x = x_panel // b_in * s_in if lay.k_gather else 0
     gathered_k = k_panel // b_in * s_in if lay.kernel_gather else 0
     partial_acc = nl * ho * wo * (k_pad // pk) * b_acc
@@ -289,6 +299,6 @@ def predict(
         inputs=float(x_local + k_local),
         output=float(nl * ho * wo * (k_pad // (pk * pc)) * s_out),
         forward_temp=float(window + gathered_x + gathered_k + acc),
-        layout_copy=float(max(gathered_x, partial_acc if lay.c_scatter else 0)),
+        layout_copy=float(max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)),
     )
     return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom, hosts)

@@ -81,6 +81,22 @@ class DimGeometry:
         """Input rows read by ``out_rows`` consecutive output rows."""
         return self.stride * (out_rows - 1) + self.extent
 
+    def real_taps(self) -> tuple[int, int, int, int]:
+        """Over the (output p, tap r) pairs whose tap hits a real input row - neither the zero padding
+        nor one of the σi - 1 zero rows input dilation inserts between rows: (how many pairs, most
+        taps of one output, most outputs of one tap, most pairs reading one input row)."""
+        per_out = [0] * self.out
+        per_tap = [0] * self.kernel
+        per_in = [0] * self.size
+        for p in range(self.out):
+            for r in range(self.kernel):
+                row, phase = divmod(self.stride * p - self.pad[0] + self.dilation * r, self.input_dilation)
+                if phase == 0 and 0 <= row < self.size:
+                    per_out[p] += 1
+                    per_tap[r] += 1
+                    per_in[row] += 1
+        return sum(per_out), max(per_out), max(per_tap), max(per_in)
+
 
 @dataclasses.dataclass(frozen=True)
 class HaloPlan:
@@ -216,9 +232,15 @@ class ConvGeometry:
 
     @property
     def flops(self) -> int:
-        """Multiply-adds x2 of the forward convolution."""
-        n, ho, wo, k = self.y_shape
-        return 2 * n * ho * wo * k * (self.channels_in // self.groups) * self.h.kernel * self.w.kernel
+        """2 × the multiply-adds of the forward convolution: ``N·K·(C/G)`` times, per spatial dimension,
+        ``Ho·R`` (every tap of every output, taps on the zero padding included: the usual count, e.g.
+        torchvision's 4.09 GMACs for ResNet-50) or, in a dimension with input dilation σi > 1 (a
+        transposed convolution), only the (output, tap) pairs that hit a real input row
+        (:meth:`DimGeometry.real_taps`; ``H·R`` when no tap is cropped, e.g. ``"VALID"``): the taps on
+        the inserted zero rows and on the padding are artefacts of writing it as a convolution."""
+        dims = (self.h, self.w)
+        taps = math.prod(d.out * d.kernel if d.input_dilation == 1 else d.real_taps()[0] for d in dims)
+        return 2 * self.batch * self.channels_out * (self.channels_in // self.groups) * taps
 
 
 def _same_pads(size: int, extent: int, stride: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import jaxcnn
 from jaxcnn.bounds import lower_bound, real_macs
 from jaxcnn.measure import measure_conv
+from tests.utils import first_fast
 
 
 @functools.cache
@@ -25,22 +26,28 @@ CUBE = jaxcnn.conv_geometry((64, 1, 1, 64), (1, 1, 64, 64))  # a 64^3 matmul
 
 
 @pytest.mark.parametrize(
-    "x_shape,kernel_shape,strides,padding,dilation",
+    "x_shape,kernel_shape,strides,padding,dilation,groups,input_dilation",
     [
-        ((2, 8, 8, 3), (3, 3, 3, 5), 1, "SAME", 1),
-        ((1, 11, 9, 2), (4, 3, 2, 3), (2, 3), ((2, 1), (0, 3)), (2, 1)),
+        ((2, 8, 8, 3), (3, 3, 3, 5), 1, "SAME", 1, 1, 1),
+        ((1, 11, 9, 2), (4, 3, 2, 3), (2, 3), ((2, 1), (0, 3)), (2, 1), 1, 1),
+        ((2, 8, 8, 6), (3, 3, 2, 6), 2, "SAME", 1, 3, 1),
+        ((1, 5, 6, 2), (3, 4, 2, 3), 1, ((2, 1), (0, 3)), (1, 2), 1, (2, 3)),
+        ((1, 5, 6, 4), (3, 3, 1, 4), 1, "VALID", 1, 4, 2),
     ],
 )
-def test_real_macs_match_a_convolution_of_ones(x_shape, kernel_shape, strides, padding, dilation):
-    geom = jaxcnn.conv_geometry(x_shape, kernel_shape, strides, padding, dilation)
+def test_real_macs_match_a_convolution_of_ones(
+    x_shape, kernel_shape, strides, padding, dilation, groups, input_dilation
+):
+    geom = jaxcnn.conv_geometry(x_shape, kernel_shape, strides, padding, dilation, groups, input_dilation)
     n, h, w, c = x_shape
     r, s, _, k = kernel_shape
     taps = jax.lax.conv_general_dilated(
         jnp.ones((n, h, w, 1)), jnp.ones((r, s, 1, 1)), geom.strides, geom.padding,
-        rhs_dilation=geom.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        lhs_dilation=geom.input_dilation, rhs_dilation=geom.dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )  # fmt: skip
-    assert real_macs(geom) == int(taps.sum()) * c * k
-    assert real_macs(geom) < geom.flops // 2  # some taps fall into the padding
+    assert real_macs(geom) == int(taps.sum()) * c // groups * k
+    assert real_macs(geom) <= geom.flops // 2  # some taps fall into the padding (or dilation holes)
 
 
 def test_cube_matmul_is_the_3d_matmul_bound():
@@ -126,3 +133,70 @@ def test_no_algorithm_beats_the_bound(geom, algorithm, sizes):
     assert fwd.max_bytes >= f_bound.bytes * (1 - 1e-9)
     assert bwd.max_bytes >= b_bound.bytes * (1 - 1e-9)
     assert b_bound.bytes > 0  # the backward bound is never vacuous on 8 devices
+
+
+# ----------------------------------------------------------------------------- grouped and transposed
+
+GROUPED = jaxcnn.conv_geometry((8, 8, 8, 16), (3, 3, 8, 16), 1, "SAME", 1, 2)  # two groups of 8 → 8
+TRANSPOSED = jaxcnn.conv_geometry((8, 8, 8, 16), (3, 3, 16, 16), 1, ((2, 1), (2, 1)), 1, input_dilation=2)
+
+
+def test_grouped_real_macs_and_bound_are_not_the_dense_ones():
+    dense = jaxcnn.conv_geometry((8, 8, 8, 16), (3, 3, 16, 16))
+    assert real_macs(GROUPED) * 2 == real_macs(dense)
+    for pass_ in ("forward", "backward"):
+        assert 0 < lower_bound(GROUPED, 8, pass_=pass_).bytes < lower_bound(dense, 8, pass_=pass_).bytes
+    # Depthwise with at least as many channels as devices: each device can own whole groups (x, kernel
+    # and y split by channel), so nothing has to move - and filter on k=8 moves nothing.
+    depthwise = jaxcnn.conv_geometry((8, 16, 16, 16), (3, 3, 1, 16), 1, "SAME", 1, 16)
+    for pass_ in ("forward", "backward"):
+        assert lower_bound(depthwise, 8, pass_=pass_).bytes == 0.0
+    assert jaxcnn.cost.predict(depthwise, "filter", dict(k=8)).bytes == 0.0
+
+
+def test_grouped_matmuls_bound_is_the_per_group_3d_matmul_bound():
+    # G groups of an n³ matmul (1×1 convolution, N·H·W = n, C = K = G·n): F = G·n³, every array G·n²
+    # elements; all caps inactive, so A = (F/P)^(2/3) each and the bound is 3(A - G·n²/P) words =
+    # 3n²((G/P)^(2/3) - G/P): the 3D-matmul bound of one n³ matmul on P/G devices, per device.
+    n, g, p = 64, 2, 8
+    geom = jaxcnn.conv_geometry((n, 1, 1, g * n), (1, 1, n, g * n), 1, "SAME", 1, g)
+    words = 3 * n**2 * ((g / p) ** (2 / 3) - g / p)
+    for pass_ in ("forward", "backward"):
+        assert lower_bound(geom, p, pass_=pass_).independent == pytest.approx(4 * words, rel=1e-9)
+
+
+def test_transposed_real_macs_and_pixel_shuffle_bound():
+    # Kernel 2×2 = stride 2, "VALID": every output has exactly one real tap (a "pixel shuffle" of a
+    # 1×1 convolution). N = 64, 1×1 input, C = 64, K = 16: F = N·C·K·4 = 2^18 and |x| = |w| = |y| = 2^12;
+    # caps F/(P·64) = 512 = the shares; A³ ≥ (F/P)²/(R·S) = 2^28 gives 3(2^(28/3) - 2^9) words.
+    geom = jaxcnn.conv_geometry((64, 1, 1, 64), (2, 2, 64, 16), 1, ((1, 1), (1, 1)), 1, input_dilation=2)
+    assert geom.y_shape == (64, 2, 2, 16) and real_macs(geom) == 2**18
+    assert lower_bound(geom, 8).independent == pytest.approx(4 * 3 * (2 ** (28 / 3) - 2**9), rel=1e-9)
+
+
+def _id(value) -> str:
+    if isinstance(value, dict):
+        return "x".join(map(str, value.values()))
+    return "grouped" if value is GROUPED else "transposed" if value is TRANSPOSED else str(value)
+
+
+def _supported(geom, cases):
+    """The (algorithm, grid) cases that can run ``geom`` (grouped layers: where the groups split)."""
+    out = []
+    for algorithm, sizes in cases:
+        try:
+            jaxcnn.cost.predict(geom, algorithm, sizes)
+        except ValueError:
+            continue
+        out.append((geom, algorithm, sizes))
+    return out
+
+
+@pytest.mark.parametrize(
+    "geom,algorithm,sizes",
+    first_fast(_supported(GROUPED, GRIDS[2:4] + GRIDS[:2] + GRIDS[4:]))
+    + first_fast(_supported(TRANSPOSED, GRIDS[1:] + GRIDS[:1])),
+    ids=_id,
+)
+def test_no_algorithm_beats_the_grouped_or_transposed_bound(geom, algorithm, sizes):
+    test_no_algorithm_beats_the_bound(geom, algorithm, sizes)

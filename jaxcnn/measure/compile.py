@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.conv import conv2d, conv_layout
+from jaxcnn.conv import conv2d, conv_layout, conv_transpose
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.measure.hlo import measure_hlo_text
 from jaxcnn.measure.report import CommReport, MemoryStats
@@ -99,7 +99,8 @@ def measure_conv(
     dtype: jnp.dtype = jnp.float32,
     backward: bool = True,
 ) -> tuple[CommReport, CommReport | None]:
-    """Meters ``jaxcnn.conv2d`` for one layer, forward and backward.
+    """Meters ``jaxcnn.conv2d`` for one layer, forward and backward (``jaxcnn.conv_transpose`` for an
+    input-dilated, i.e. transposed, layer: strides = its input dilation, its explicit padding).
 
     x ``(N, H, W, C)`` and the kernel ``(R, S, C, K)`` are abstract arrays laid out as the algorithm
     wants (``jaxcnn.conv_layout``); a dimension the layout zero-pads is left unsplit (replicated) so
@@ -126,17 +127,37 @@ def measure_conv(
     x = jax.ShapeDtypeStruct(geom.x_shape, dtype, sharding=NamedSharding(mesh, x_spec))
     kernel = jax.ShapeDtypeStruct(geom.kernel_shape, dtype, sharding=NamedSharding(mesh, k_spec))
 
-    def f(a: jax.Array, b: jax.Array) -> jax.Array:
-        return conv2d(
-            a,
-            b,
-            mesh=mesh,
-            algorithm=algorithm,
-            strides=geom.strides,
-            padding=geom.padding,
-            dilation=geom.dilation,
-            feature_group_count=geom.groups,
-        )
+    if geom.input_dilation != (1, 1):
+        if geom.groups != 1:
+            raise ValueError(
+                f"measure_conv meters input-dilated (transposed) layers through jaxcnn.conv_transpose, "
+                f"which has no feature groups; got feature_group_count={geom.groups}"
+            )
+
+        def f(a: jax.Array, b: jax.Array) -> jax.Array:
+            return conv_transpose(
+                a,
+                b,
+                mesh=mesh,
+                algorithm=algorithm,
+                strides=geom.input_dilation,
+                padding=geom.padding,
+                dilation=geom.dilation,
+            )
+
+    else:
+
+        def f(a: jax.Array, b: jax.Array) -> jax.Array:
+            return conv2d(
+                a,
+                b,
+                mesh=mesh,
+                algorithm=algorithm,
+                strides=geom.strides,
+                padding=geom.padding,
+                dilation=geom.dilation,
+                feature_group_count=geom.groups,
+            )
 
     if not backward:
         return measure(f, x, kernel), None

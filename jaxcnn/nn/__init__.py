@@ -7,12 +7,15 @@ Every layer takes the mesh its activation lives on and the activation's ``Partit
 >>> bn = jaxcnn.nn.BatchNorm(16, mesh=mesh, spec=conv.output_spec, rngs=nnx.Rngs(0))
 >>> y = jaxcnn.nn.max_pool(nnx.relu(bn(conv(x))), (2, 2), (2, 2), mesh=mesh, spec=conv.output_spec)
 
+``jaxcnn.nn.ConvTranspose`` is the same drop-in for ``nnx.ConvTranspose`` (:func:`jaxcnn.conv_transpose`).
+
 Linen users: :class:`jaxcnn.nn.linen.Conv`, or ``conv_general_dilated=jaxcnn.nn.conv_general_dilated(...)``.
 """
 
 from jaxcnn.nn import linen
 from jaxcnn.nn.batch_norm import BatchNorm, batch_stats
 from jaxcnn.nn.conv import Conv, DistributedConvGeneralDilated, conv_general_dilated
+from jaxcnn.nn.conv_transpose import ConvTranspose
 from jaxcnn.nn.layout import Traffic, reshard, transition_bytes, transition_traffic
 from jaxcnn.nn.params import create_sharded, variable_shardings
 from jaxcnn.nn.placement import Placement, parse_placement
@@ -21,6 +24,7 @@ from jaxcnn.nn.pooling import avg_pool, global_avg_pool, max_pool
 __all__ = [
     "BatchNorm",
     "Conv",
+    "ConvTranspose",
     "DistributedConvGeneralDilated",
     "Placement",
     "Traffic",

@@ -2,7 +2,9 @@
 
 ``plan_layer`` ranks every algorithm on every grid of ``num_devices`` devices by predicted bytes
 received per device (forward + backward, :mod:`jaxcnn.cost`) among those whose predicted peak memory
-fits. ``plan_network`` chooses one candidate per layer by dynamic programming over the chain of
+fits. Grouped layers (``geom.groups`` > 1) skip the grids an algorithm cannot split their groups on
+(:mod:`jaxcnn.algorithms.groups`); transposed layers (``geom.input_dilation`` > 1) are planned like
+any other. ``plan_network`` chooses one candidate per layer by dynamic programming over the chain of
 layers, adding the cost of changing the activation's layout between consecutive layers
 (the explicit changes of :mod:`jaxcnn.redistribute`), so the plan minimises the network's total, not
 each layer's. Networks with residual blocks are placed as graphs by :mod:`jaxcnn.planner.network`.
@@ -102,18 +104,24 @@ def plan_layer(
     links.check_hosts(num_devices, hosts)
     if pad_outputs is None:
         pad_outputs = name == "head"
-    costs = []
+    costs, unsupported = [], []
     for parts in (d for d in range(1, num_devices + 1) if num_devices % d == 0) if pad_outputs else (None,):
         g = geom if parts is None else _padded_outputs(geom, parts)
         for alg in allowed:
             for grid in grids_for(alg, g, num_devices):
                 if parts is None or grid["k"] * grid["c"] == parts:
-                    costs.append(predict(g, alg, grid, dtype, hosts=hosts))
+                    try:
+                        costs.append(predict(g, alg, grid, dtype, hosts=hosts))
+                    except ValueError as error:  # a group count this algorithm cannot split on this grid
+                        unsupported.append(str(error))
     costs = [c for c in costs if c.layout.is_even(c.geom)]  # the model is exact for even splits
     if not costs:
+        why = ""
+        if unsupported:
+            why = f" ({len(unsupported)} grids cannot split its groups, e.g.: {unsupported[0]})"
         raise ValueError(
-            f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly; "
-            "use a device count whose factors divide the batch, spatial or channel sizes"
+            f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly"
+            f"{why}; use a device count whose factors divide the batch, spatial or channel sizes"
         )
     fitting = sorted(
         (c for c in costs if c.memory.peak <= memory_bytes),
@@ -135,7 +143,13 @@ def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:
     if k == geom.channels_out:
         return geom
     return conv_geometry(
-        geom.x_shape, (*geom.kernel_shape[:3], k), geom.strides, geom.padding, geom.dilation, geom.groups
+        geom.x_shape,
+        (*geom.kernel_shape[:3], k),
+        geom.strides,
+        geom.padding,
+        geom.dilation,
+        geom.groups,
+        geom.input_dilation,
     )
 
 
