@@ -58,7 +58,7 @@ def test_conv_equals_nnx_conv(sizes, algorithm, c, k, kernel, strides, padding, 
 # d, h, w; 1-D split over w with feature groups (filter selects each device's groups).
 CASES_ND = [
     (dict(d=2, h=2, w=2), "spatial", 4, 6, (3, 2, 3), (1, 2, 1), "SAME", 1, 1, (2, 5, 6, 7, 4)),
-    (dict(w=2, k=4), "filter", 6, 4, (3,), 2, "VALID", 2, 2, (4, 11, 6)),
+    (dict(w=2, k=4), "filter", 8, 4, (3,), 2, "VALID", 2, 2, (4, 11, 8)),
     (dict(d=2, k=2, c=2), "3d", 8, 8, (2, 3, 3), 1, "SAME", 1, 4, (2, 6, 5, 4, 8)),
 ]
 
