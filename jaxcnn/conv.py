@@ -1,5 +1,5 @@
-"""``jaxcnn.conv2d`` / ``jaxcnn.conv_transpose``: one distributed 2-D (transposed) convolution, any
-algorithm, any input sharding."""
+"""``jaxcnn.conv`` / ``jaxcnn.conv2d`` / ``jaxcnn.conv_transpose``: one distributed 1-, 2- or 3-D
+(transposed) convolution, channels-last, any algorithm, any input sharding."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxcnn import algorithms
 from jaxcnn.algorithms.engine import build
-from jaxcnn.geometry import ConvGeometry, PaddingLike, _pair, conv_geometry, transpose_padding
+from jaxcnn.geometry import ConvGeometry, PaddingLike, conv_geometry, per_dim, transpose_padding
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.padding import crop_to, pad_to
 from jaxcnn.redistribute import redistribute
@@ -74,20 +74,82 @@ def layer_geometry(
     dilation: int | Sequence[int] = 1,
     feature_group_count: int = 1,
 ) -> ConvGeometry:
-    """Validated geometry of ``conv2d(x, kernel, ...)`` (raises as :func:`conv2d` does)."""
+    """Validated geometry of ``conv(x, kernel, ...)`` (raises as :func:`conv` does)."""
     _check_array(x, "x")
     _check_array(kernel, "kernel")
     return conv_geometry(x.shape, kernel.shape, strides, padding, dilation, feature_group_count)
 
 
 def conv_layout(geom: ConvGeometry, *, mesh: Mesh, algorithm: str) -> algorithms.Layout:
-    """The layout ``conv2d`` uses for a layer: specs of x / kernel / y, padding, panels, halo plans.
+    """The layout ``conv`` uses for a layer: specs of x / kernel / y, padding, panels, halo plans.
 
     ``layout.x_spec``, ``layout.kernel_spec`` and ``layout.y_spec`` are the ``PartitionSpec`` s of the
     (zero-padded to ``layout.padded``) global arrays inside the shard_map; create inputs with these
-    shardings and ``conv2d`` moves nothing before it starts.
+    shardings and ``conv`` moves nothing before it starts.
     """
     return algorithms.make_layout(algorithms.get(algorithm), geom, _check_mesh(mesh))
+
+
+def conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    mesh: Mesh,
+    algorithm: str,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    preferred_element_type: jnp.dtype | None = None,
+) -> jax.Array:
+    """Distributed 1-, 2- or 3-D channels-last convolution, equal to the single-device one.
+
+    ``conv(x, kernel, ...)`` equals ``jax.lax.conv_general_dilated(x, kernel, strides, padding,
+    rhs_dilation=dilation, dimension_numbers=dn, feature_group_count=feature_group_count,
+    preferred_element_type=preferred_element_type)`` with ``dn`` = ``("NWC", "WIO", "NWC")``,
+    ``("NHWC", "HWIO", "NHWC")`` or ``("NDHWC", "DHWIO", "NDHWC")`` for 1, 2 or 3 spatial dimensions.
+    Works eagerly, under ``jax.jit`` and under ``jax.grad`` (w.r.t. ``x`` and ``kernel``). Inputs may
+    have any sharding; they are resharded to the algorithm's layout (see the algorithm modules in
+    :mod:`jaxcnn.algorithms`). The result has the algorithm's output layout, ``jaxcnn.conv_layout(geom,
+    mesh=mesh, algorithm=algorithm).y_spec`` (``geom`` from :func:`layer_geometry`; when a split does not
+    divide the output, the result is cropped from the zero-padded output in that layout). An input laid
+    out on another mesh over the same devices (another layer's) is moved to this one (explicitly, with
+    :func:`jaxcnn.redistribute.redistribute`, when it is a concrete array). The result lives on ``mesh``:
+    to combine it with a result on another mesh (``y1 + y2``, which JAX rejects with
+    ``IndivisibleError``), move one first with :func:`jaxcnn.nn.reshard`.
+
+    Mesh axes: ``n`` splits the batch; the spatial dimensions split over ``w`` (1-D: the length),
+    ``h, w`` (2-D) or ``d, h, w`` (3-D), each with its own halo exchange (collective-permutes; depth
+    first, then height on the depth-extended block, then width, so edges and corners come along);
+    ``k`` / ``c`` split output / input channels as the algorithm says (all-gathers of x over ``k`` and of
+    the kernel over the row axes, reduce-scatter of the output over ``c``, all-reduce of a replicated
+    kernel's gradient). A spatial axis of size > 1 that the layer lacks (``d`` for a 2-D layer, ``h``
+    for a 1-D one) is a ``ValueError``.
+
+    Args:
+      x: ``(N, *spatial, C)`` activations: ``(N, W, C)``, ``(N, H, W, C)`` or ``(N, D, H, W, C)``.
+      kernel: ``(*window, C/G, K)``: ``(S, C/G, K)``, ``(R, S, C/G, K)`` or ``(T, R, S, C/G, K)``.
+      mesh: a mesh from :func:`jaxcnn.make_mesh` (axes n, d, h, w, k, c).
+      algorithm: one of ``jaxcnn.ALGORITHMS``.
+      strides: int or one per spatial dimension.
+      padding: ``"SAME"``, ``"VALID"`` or one ``(lo, hi)`` pair per spatial dimension.
+      dilation: kernel dilation, int or one per spatial dimension.
+      feature_group_count: G, dividing C and K (G = C: depthwise). Which algorithm and grid run which
+        G is listed in :mod:`jaxcnn.algorithms.groups`; other combinations raise ``ValueError``.
+      preferred_element_type: output / accumulation dtype (e.g. float32 for bfloat16 inputs).
+        Low-precision inputs always accumulate local products in float32.
+
+    Returns:
+      ``(N, *spatial_out, K)``.
+
+    Raises:
+      ValueError: bad shapes or ranks, channel mismatch, bad stride/dilation/padding, unknown
+        algorithm, a mesh axis of size > 1 the algorithm or the layer's rank does not use, or a group
+        count the algorithm cannot split on this grid.
+      TypeError: non-array or non-floating inputs, or a mesh that is not a ``jax.sharding.Mesh``.
+    """
+    geom = layer_geometry(x, kernel, strides, padding, dilation, feature_group_count)
+    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)
 
 
 def conv2d(
@@ -102,45 +164,36 @@ def conv2d(
     feature_group_count: int = 1,
     preferred_element_type: jnp.dtype | None = None,
 ) -> jax.Array:
-    """Distributed 2-D convolution, equal to the single-device one.
+    """Distributed 2-D convolution: :func:`conv` for ``(N, H, W, C)`` x and ``(R, S, C/G, K)`` kernels.
 
-    ``conv2d(x, kernel, ...)`` equals ``jax.lax.conv_general_dilated(x, kernel, strides, padding,
-    rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    feature_group_count=feature_group_count, preferred_element_type=preferred_element_type)``. Works
-    eagerly, under ``jax.jit`` and under ``jax.grad`` (w.r.t. ``x`` and ``kernel``). Inputs may have any
-    sharding; they are resharded to the algorithm's layout (see the algorithm modules in
-    :mod:`jaxcnn.algorithms`). The result has the algorithm's output layout, ``jaxcnn.conv_layout(geom,
-    mesh=mesh, algorithm=algorithm).y_spec`` (``geom`` from :func:`layer_geometry`; when a split does not
-    divide the output, the result is cropped from the zero-padded output in that layout). An input laid
-    out on another mesh over the same devices (another layer's) is moved to this one (explicitly, with
-    :func:`jaxcnn.redistribute.redistribute`, when it is a concrete array). The result lives on ``mesh``:
-    to combine it with a result on another mesh (``y1 + y2``, which JAX rejects with
-    ``IndivisibleError``), move one first with :func:`jaxcnn.nn.reshard`.
-
-    Args:
-      x: ``(N, H, W, C)`` activations.
-      kernel: ``(R, S, C/G, K)`` kernel (HWIO; ``(R, S, C, K)`` for G = 1).
-      mesh: a mesh from :func:`jaxcnn.make_mesh` (axes n, h, w, k, c).
-      algorithm: one of ``jaxcnn.ALGORITHMS``.
-      strides: int or (σh, σw).
-      padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))``.
-      dilation: kernel dilation, int or (dh, dw).
-      feature_group_count: G, dividing C and K (G = C: depthwise). Which algorithm and grid run which
-        G is listed in :mod:`jaxcnn.algorithms.groups`; other combinations raise ``ValueError``.
-      preferred_element_type: output / accumulation dtype (e.g. float32 for bfloat16 inputs).
-        Low-precision inputs always accumulate local products in float32.
-
-    Returns:
-      ``(N, Ho, Wo, K)``.
+    Equals ``jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=feature_group_count,
+    preferred_element_type=preferred_element_type)``; arguments, result layout and errors as
+    :func:`conv` (strides / dilation: int or (σh, σw); padding: ``((lo, hi), (lo, hi))``).
 
     Raises:
-      ValueError: bad shapes, channel mismatch, bad stride/dilation/padding, unknown algorithm, a
-        mesh axis of size > 1 the algorithm does not use, or a group count the algorithm cannot split
-        on this grid.
-      TypeError: non-array or non-floating inputs, or a mesh that is not a ``jax.sharding.Mesh``.
+      ValueError: x or the kernel is not rank 4, and everything :func:`conv` raises.
+      TypeError: as :func:`conv`.
     """
-    geom = layer_geometry(x, kernel, strides, padding, dilation, feature_group_count)
-    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)
+    _check_array(x, "x")
+    _check_array(kernel, "kernel")
+    if x.ndim != 4:
+        raise ValueError(
+            f"x must have rank 4 (N, H, W, C), got shape {tuple(x.shape)}; use jaxcnn.conv for 1-D or 3-D"
+        )
+    if kernel.ndim != 4:
+        raise ValueError(f"kernel must have rank 4 (R, S, C/G, K), got shape {tuple(kernel.shape)}")
+    return conv(
+        x,
+        kernel,
+        mesh=mesh,
+        algorithm=algorithm,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        feature_group_count=feature_group_count,
+        preferred_element_type=preferred_element_type,
+    )
 
 
 def _distributed(
@@ -151,15 +204,14 @@ def _distributed(
     algorithm: str,
     preferred_element_type: jnp.dtype | None,
 ) -> jax.Array:
-    """The distributed convolution of a validated ``geom`` (the body of :func:`conv2d`)."""
+    """The distributed convolution of a validated ``geom`` (the body of :func:`conv`)."""
     alg = algorithms.get(algorithm)
     sizes = _check_mesh(mesh)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
     layout, fn = build(alg, geom, mesh, tuple(sizes.items()), out_dtype)
-    n, h, w, c = layout.padded[:4]
-    x = _on_mesh(pad_to(x, (n, h, w, c)), NamedSharding(mesh, layout.x_spec))
+    x = _on_mesh(pad_to(x, layout.padded[:-1]), NamedSharding(mesh, layout.x_spec))
     kernel = _on_mesh(
-        pad_to(kernel, (geom.h.kernel, geom.w.kernel, *layout.kernel_padded)),
+        pad_to(kernel, (*geom.window, *layout.kernel_padded)),
         NamedSharding(mesh, layout.kernel_spec),
     )
     return crop_to(fn(x, kernel), geom.y_shape)
@@ -177,51 +229,58 @@ def conv_transpose(
     transpose_kernel: bool = False,
     preferred_element_type: jnp.dtype | None = None,
 ) -> jax.Array:
-    """Distributed 2-D transposed convolution, equal to the single-device one.
+    """Distributed 1-, 2- or 3-D transposed convolution, equal to the single-device one.
 
     ``conv_transpose(x, kernel, ...)`` equals ``jax.lax.conv_transpose(x, kernel, strides, padding,
-    rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    rhs_dilation=dilation, dimension_numbers=dn,`` (``dn`` channels-last as in :func:`conv`:
+    ``("NHWC", "HWIO", "NHWC")`` in 2-D)
     transpose_kernel=transpose_kernel, preferred_element_type=preferred_element_type)`` (with
     ``use_consistent_padding=False``: ``"SAME"`` / ``"VALID"`` name the padding of the forward
     convolution, explicit pairs the padding of the stride-dilated input). It is the convolution, with
     window stride 1, of ``x`` dilated by ``strides`` (``lhs_dilation``), run by :func:`conv2d`'s
     distributed path: the same layouts and collectives for every algorithm (the k / c gathers and
-    reduce-scatters, and halo exchanges of undilated input rows where h or w is split: each block
+    reduce-scatters, and halo exchanges of undilated input rows where d, h or w is split: each block
     receives only the input rows its outputs' dilated window contains, see
     :func:`jaxcnn.geometry.halo_plan`). Works eagerly, under ``jax.jit`` and under ``jax.grad``.
 
     Args:
-      x: ``(N, H, W, C)`` activations (global; inputs may have any sharding).
-      kernel: ``(R, S, C, K)`` (HWIO); with ``transpose_kernel``, ``(R, S, K, C)``: flipped
-        spatially and its channel axes swapped (the kernel of the forward convolution whose gradient
-        this is, Keras' ``Conv2DTranspose``).
-      mesh: a mesh from :func:`jaxcnn.make_mesh` (axes n, h, w, k, c).
+      x: ``(N, *spatial, C)`` activations, 1 to 3 spatial dimensions (global; any sharding).
+      kernel: ``(*window, C, K)`` (HWIO in 2-D); with ``transpose_kernel``, ``(*window, K, C)``:
+        flipped spatially and its channel axes swapped (the kernel of the forward convolution whose
+        gradient this is, Keras' ``Conv2DTranspose``).
+      mesh: a mesh from :func:`jaxcnn.make_mesh` (axes n, d, h, w, k, c).
       algorithm: one of ``jaxcnn.ALGORITHMS``.
-      strides: the fractional stride σ, int or (σh, σw).
-      padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))`` of non-negative ints.
-      dilation: kernel dilation, int or (dh, dw).
+      strides: the fractional stride σ, int or one per spatial dimension.
+      padding: ``"SAME"``, ``"VALID"`` or one ``(lo, hi)`` pair of non-negative ints per spatial
+        dimension.
+      dilation: kernel dilation, int or one per spatial dimension.
       transpose_kernel: flip the kernel spatially and swap its in / out channels first.
       preferred_element_type: output / accumulation dtype.
 
     Returns:
-      ``(N, Ho, Wo, K)`` with ``Ho = (H-1)σ + lo + hi - d(R-1) + 1``, in the algorithm's output
-      layout (``conv_layout(geom, ...).y_spec`` for ``geom`` the geometry with input dilation σ).
+      ``(N, *spatial_out, K)`` with ``Ho = (H-1)σ + lo + hi - d(R-1) + 1`` per dimension, in the
+      algorithm's output layout (``conv_layout(geom, ...).y_spec`` for ``geom`` the geometry with
+      input dilation σ).
 
     Raises:
-      ValueError / TypeError: as :func:`conv2d` (bad shapes, channels, strides, padding, mesh,
+      ValueError / TypeError: as :func:`conv` (bad shapes, channels, strides, padding, mesh,
         algorithm).
     """
     _check_array(x, "x")
     _check_array(kernel, "kernel")
-    if transpose_kernel and kernel.ndim == 4:
-        kernel = jnp.swapaxes(jnp.flip(kernel, axis=(0, 1)), 2, 3)
-    stride = _pair(strides, "strides")
-    dil = _pair(dilation, "dilation")
-    if isinstance(padding, str):
+    rank = x.ndim - 2
+    if transpose_kernel and kernel.ndim == x.ndim:
+        kernel = jnp.swapaxes(jnp.flip(kernel, axis=tuple(range(rank))), -2, -1)
+    if rank in (1, 2, 3):  # else conv_geometry names the bad rank
+        stride = per_dim(strides, rank, "strides")
+        dil = per_dim(dilation, rank, "dilation")
+    else:
+        stride, dil = strides, dilation
+    if isinstance(padding, str) and rank in (1, 2, 3):
         mode = padding.upper()
         padding = tuple(
             transpose_padding(size, s, d, mode)
-            for size, s, d in zip(kernel.shape[:2], stride, dil, strict=False)
+            for size, s, d in zip(kernel.shape[:rank], stride, dil, strict=False)
         )
     geom = conv_geometry(x.shape, kernel.shape, 1, padding, dil, input_dilation=stride)
     return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)

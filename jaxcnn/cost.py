@@ -11,9 +11,12 @@ bytes do not change.
 
 The formulas per algorithm are in the algorithm modules' docstrings and derived in
 ``docs/cost_model.md``. In short, with local window ``Xw = (N/n)·Hwin·Wwin`` (Hwin = halo window
-σ(Bo-1)+d(R-1)+1 when h is split, else H), ``m`` channel panels, ``Pr`` the row-axis product:
+σ(Bo-1)+d(R-1)+1 when h is split, else H; a 1-D / 3-D layer has one / three such factors, and
+``R·S`` below is the product of its window), ``m`` channel panels, ``Pr`` the row-axis product:
 
-forward: halo permutes; ``m`` × all-gather over k of ``Xw·C/(Pc·m)``; ``m`` × all-gather over the rows
+forward: halo permutes, one exchange per split spatial dimension in array order (d, h, w), each
+carrying the dimensions before it already extended to their windows (so edges and corners travel);
+``m`` × all-gather over k of ``Xw·C/(Pc·m)``; ``m`` × all-gather over the rows
 of ``R·S·C/(Pc·m)·K/Pk`` (2d/2.5d/3d); one reduce-scatter over c of ``(N/n)·Ho_l·Wo_l·K/Pk``.
 backward: all-gather over c of dy; ``m-1`` recomputed panel gathers of x and kernel (the checkpointed
 loop; panel 0 and the whole ``m = 1`` case keep their gathers as residuals); ``m`` reduce-scatters
@@ -50,7 +53,7 @@ class CommCost:
       per_kind: ``{kind: (count, max_bytes, total_bytes)}`` for kinds that occur.
       max_bytes: max over devices of the bytes each device receives.
       total_bytes: sum over devices.
-      per_device: bytes each device receives (row-major over the grid's axes ``n, h, w, k, c``, which
+      per_device: bytes each device receives (row-major over the grid's axes ``n, d, h, w, k, c``, which
         is the flat device order of every mesh :func:`jaxcnn.make_mesh` lays over the same devices).
       kind_per_device: ``per_device`` split by collective kind.
       dcn_per_device: the part of ``per_device`` that crosses hosts (:mod:`jaxcnn.links`; zeros on
@@ -224,7 +227,7 @@ def predict(
     input_grad: bool = True,
     hosts: int = 1,
 ) -> Cost:
-    """Predicts the communication and memory of ``conv2d`` for one layer on one grid.
+    """Predicts the communication and memory of ``conv`` for one 1-, 2- or 3-D layer on one grid.
 
     Args:
       geom: the layer (``jaxcnn.conv_geometry``; its ``groups`` is the feature group count).
@@ -250,28 +253,29 @@ def predict(
     b_out = itemsize_of(wire_dtype or out_dtype or dtype)
     s_in, s_out = itemsize_of(dtype), itemsize_of(out_dtype or dtype)  # bytes per stored element
     b_acc = max(s_out, 4)
-    n_pad, h_pad, w_pad, c_pad, k_pad = lay.padded
-    pn, ph, pw, pk, pc = (sizes[a] for a in AXES)
-    nl, hb, wb = n_pad // pn, h_pad // ph, w_pad // pw
+    n_pad, *spatial_pad, c_pad, k_pad = lay.padded
+    pk, pc = sizes["k"], sizes["c"]
+    nl = n_pad // sizes["n"]
+    blocks = [size // sizes[a] for size, a in zip(spatial_pad, lay.spatial_axes, strict=True)]
+    windows = [p.window if p else b for p, b in zip(lay.plans, blocks, strict=True)]
     cx = c_pad // (pc * pk)
-    win_h = lay.h_plan.window if lay.h_plan else hb
-    win_w = lay.w_plan.window if lay.w_plan else wb
-    ho = lay.h_plan.out_block if lay.h_plan else geom.h.out
-    wo = lay.w_plan.out_block if lay.w_plan else geom.w.out
-    r, s = geom.h.kernel, geom.w.kernel
+    out_block = math.prod(lay.out_blocks(geom))  # output positions of a device's block
+    taps = math.prod(geom.window)
     m = lay.panels
     x_gathered = cx * (pk if lay.k_gather else 1)  # x channels after the gather over k
     k_in, k_out = lay.kernel_block  # kernel channels after the gather over the rows
-    x_panel = nl * win_h * win_w * (x_gathered // m) * b_in  # gathered x panel (full buffer)
-    k_panel = r * s * (k_in // m) * k_out * b_in  # gathered kernel panel
-    partial = nl * ho * wo * (k_pad // pk) * b_out  # unreduced output block
-    kernel_block = r * s * k_in * k_out * b_in  # a kernel replicated over the rows
+    x_panel = nl * math.prod(windows) * (x_gathered // m) * b_in  # gathered x panel (full buffer)
+    k_panel = taps * (k_in // m) * k_out * b_in  # gathered kernel panel
+    partial = nl * out_block * (k_pad // pk) * b_out  # unreduced output block
+    kernel_block = taps * k_in * k_out * b_in  # a kernel replicated over the rows
     rows = lay.rows
 
     fwd, bwd = Ledger(sizes, hosts), Ledger(sizes, hosts)
     for ledger, backward in ((fwd, False), (bwd, True)) if input_grad else ((fwd, False),):
-        add_halo(ledger, lay.h_plan, "h", nl * wb * cx * b_in, backward)
-        add_halo(ledger, lay.w_plan, "w", nl * win_h * cx * b_in, backward)
+        for i, (axis, plan) in enumerate(zip(lay.spatial_axes, lay.plans, strict=True)):
+            # the block being extended along dimension i: earlier dimensions already extended
+            row = nl * math.prod(windows[:i]) * math.prod(blocks[i + 1 :]) * cx * b_in
+            add_halo(ledger, plan, axis, row, backward)
     fwd.group("all-gather", x_panel, lay.k_gather, m)
     fwd.group("all-gather", k_panel, lay.kernel_gather, m)
     fwd.group("reduce-scatter", partial, lay.c_scatter)
@@ -284,20 +288,29 @@ def predict(
     if not alg.kernel_over_rows:
         bwd.group("all-reduce", kernel_block, rows)
 
-    x_local = nl * hb * wb * cx * s_in
+    x_local = nl * math.prod(blocks) * cx * s_in
     k_rows = math.prod(sizes[a] for a in lay.kernel_gather)
-    k_local = r * s * k_in * k_out // k_rows * s_in
-    window = nl * win_h * win_w * cx * s_in if (lay.h_plan or lay.w_plan) else 0
-    halo_pieces = (_sent_rows(lay.h_plan) * wb + _sent_rows(lay.w_plan) * win_h) * nl * cx * s_in
+    k_local = taps * k_in * k_out // k_rows * s_in
+    window = nl * math.prod(windows) * cx * s_in if any(lay.plans) else 0
+    # the received halo pieces, kept next to the window (the block extended along dimensions < i)
+    halo_pieces = (
+        sum(
+            _sent_rows(plan) * math.prod(windows[:i]) * math.prod(blocks[i + 1 :])
+            for i, plan in enumerate(lay.plans)
+        )
+        * nl
+        * cx
+        * s_in
+    )
     gathered_x = x_panel // b_in * s_in if lay.k_gather else 0
     gathered_k = k_panel // b_in * s_in if lay.kernel_gather else 0
-    partial_acc = nl * ho * wo * (k_pad // pk) * b_acc
+    partial_acc = nl * out_block * (k_pad // pk) * b_acc
     # Accumulation buffers beyond the output itself: the unreduced partial output when c > 1, and one
     # panel result in flight when streaming (m > 1).
     acc = partial_acc * (bool(lay.c_scatter) + (m > 1))
     memory = MemoryCost(
         inputs=float(x_local + k_local),
-        output=float(nl * ho * wo * (k_pad // (pk * pc)) * s_out),
+        output=float(nl * out_block * (k_pad // (pk * pc)) * s_out),
         forward_temp=float(window + gathered_x + gathered_k + acc),
         layout_copy=float(max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)),
     )

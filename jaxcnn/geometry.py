@@ -2,6 +2,12 @@
 
 Pure Python (no JAX arrays): the algorithms, the cost model and the planner all read the same numbers.
 
+A layer has 1, 2 or 3 spatial dimensions (channels-last ``(N, W, C)``, ``(N, H, W, C)``,
+``(N, D, H, W, C)``; kernels ``(*window, C/G, K)``): :class:`ConvGeometry` holds one
+:class:`DimGeometry` per spatial dimension (``dims``) and the mesh axes that split them
+(``spatial_axes``: ``("w",)``, ``("h", "w")``, ``("d", "h", "w")``). Each split dimension has its own
+halo plan; everything below is per dimension.
+
 A spatial dimension of input length ``H``, kernel ``R``, stride ``σ``, dilation ``d`` and padding
 ``(lo, hi)`` has the output length ``Ho = (H + lo + hi - d(R-1) - 1) // σ + 1``; output position ``p``
 reads input rows ``σp - lo + d·r`` for ``r < R``.
@@ -29,16 +35,39 @@ from collections.abc import Sequence
 PaddingLike = str | Sequence[tuple[int, int]]
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+#: Mesh axes the spatial dimensions of a 1-, 2- or 3-D convolution are split over (in array order).
+SPATIAL_AXES: dict[int, tuple[str, ...]] = {1: ("w",), 2: ("h", "w"), 3: ("d", "h", "w")}
+
+#: Channels-last ``lax.conv_general_dilated`` dimension numbers by spatial rank.
+DIMENSION_NUMBERS: dict[int, tuple[str, str, str]] = {
+    1: ("NWC", "WIO", "NWC"),
+    2: ("NHWC", "HWIO", "NHWC"),
+    3: ("NDHWC", "DHWIO", "NDHWC"),
+}
+
+
+def per_dim(value: int | Sequence[int], rank: int, name: str) -> tuple[int, ...]:
+    """``value`` as ``rank`` positive ints (an int is repeated).
+
+    Raises:
+      ValueError: not an int or a sequence of ``rank`` ints, or an entry below 1.
+    """
     if isinstance(value, int) and not isinstance(value, bool):
-        pair = (value, value)
-    elif isinstance(value, Sequence) and len(value) == 2:
-        pair = tuple(value)
+        out = (value,) * rank
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == rank:
+        out = tuple(value)
     else:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ValueError(
+            f"{name} must be an int or a sequence of {rank} ints (one per spatial dimension), got {value!r}"
+        )
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in out):
         raise ValueError(f"{name} must be positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return out
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``value`` as two positive ints (:func:`per_dim` with rank 2)."""
+    return per_dim(value, 2, name)  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,11 +215,12 @@ def halo_plan(dim: DimGeometry, parts: int) -> HaloPlan:
 
 @dataclasses.dataclass(frozen=True)
 class ConvGeometry:
-    """A 2-D convolution layer: NHWC input, HWIO kernel ``(R, S, C/G, K)``.
+    """A 1-, 2- or 3-D channels-last convolution layer: input ``(N, *spatial, C)``, kernel
+    ``(*window, C/G, K)``, output ``(N, *spatial_out, K)``.
 
     Attributes:
       batch, channels_in, channels_out: N, C, K.
-      h, w: the two spatial dimensions.
+      dims: the spatial dimensions in array order (``(W,)``, ``(H, W)`` or ``(D, H, W)``).
       groups: feature group count G (``lax.conv_general_dilated``'s ``feature_group_count``): output
         channel block g of K/G reads only input channel block g of C/G. 1 = dense; C = depthwise.
     """
@@ -198,37 +228,84 @@ class ConvGeometry:
     batch: int
     channels_in: int
     channels_out: int
-    h: DimGeometry
-    w: DimGeometry
+    dims: tuple[DimGeometry, ...]
     groups: int = 1
 
     @property
-    def x_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.h.size, self.w.size, self.channels_in)
+    def rank(self) -> int:
+        """Number of spatial dimensions (1, 2 or 3)."""
+        return len(self.dims)
 
     @property
-    def kernel_shape(self) -> tuple[int, int, int, int]:
-        return (self.h.kernel, self.w.kernel, self.channels_in // self.groups, self.channels_out)
+    def spatial_axes(self) -> tuple[str, ...]:
+        """The mesh axes splitting ``dims``: ``("w",)``, ``("h", "w")`` or ``("d", "h", "w")``."""
+        return SPATIAL_AXES[self.rank]
+
+    def dim(self, axis: str) -> DimGeometry:
+        """The spatial dimension split by mesh axis ``axis`` (``"d"``, ``"h"`` or ``"w"``).
+
+        Raises:
+          AttributeError: the layer has no such dimension (e.g. ``"h"`` of a 1-D convolution).
+        """
+        if axis not in self.spatial_axes:
+            raise AttributeError(
+                f"a {self.rank}-D convolution has no spatial dimension {axis!r}; its dimensions are "
+                f"split over {self.spatial_axes}"
+            )
+        return self.dims[self.spatial_axes.index(axis)]
 
     @property
-    def y_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.h.out, self.w.out, self.channels_out)
+    def d(self) -> DimGeometry:
+        """Depth (3-D only)."""
+        return self.dim("d")
 
     @property
-    def strides(self) -> tuple[int, int]:
-        return (self.h.stride, self.w.stride)
+    def h(self) -> DimGeometry:
+        """Height (2-D and 3-D)."""
+        return self.dim("h")
 
     @property
-    def dilation(self) -> tuple[int, int]:
-        return (self.h.dilation, self.w.dilation)
+    def w(self) -> DimGeometry:
+        """Width (the length of a 1-D convolution)."""
+        return self.dim("w")
 
     @property
-    def input_dilation(self) -> tuple[int, int]:
-        return (self.h.input_dilation, self.w.input_dilation)
+    def window(self) -> tuple[int, ...]:
+        """Kernel window ``(*R)``."""
+        return tuple(d.kernel for d in self.dims)
 
     @property
-    def padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        return (self.h.pad, self.w.pad)
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.batch, *(d.size for d in self.dims), self.channels_in)
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        return (*self.window, self.channels_in // self.groups, self.channels_out)
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        return (self.batch, *(d.out for d in self.dims), self.channels_out)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(d.stride for d in self.dims)
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return tuple(d.dilation for d in self.dims)
+
+    @property
+    def input_dilation(self) -> tuple[int, ...]:
+        return tuple(d.input_dilation for d in self.dims)
+
+    @property
+    def padding(self) -> tuple[tuple[int, int], ...]:
+        return tuple(d.pad for d in self.dims)
+
+    @property
+    def dimension_numbers(self) -> tuple[str, str, str]:
+        """``lax.conv_general_dilated`` dimension numbers (``("NHWC", "HWIO", "NHWC")`` for 2-D)."""
+        return DIMENSION_NUMBERS[self.rank]
 
     @property
     def flops(self) -> int:
@@ -238,8 +315,7 @@ class ConvGeometry:
         transposed convolution), only the (output, tap) pairs that hit a real input row
         (:meth:`DimGeometry.real_taps`; ``H·R`` when no tap is cropped, e.g. ``"VALID"``): the taps on
         the inserted zero rows and on the padding are artefacts of writing it as a convolution."""
-        dims = (self.h, self.w)
-        taps = math.prod(d.out * d.kernel if d.input_dilation == 1 else d.real_taps()[0] for d in dims)
+        taps = math.prod(d.out * d.kernel if d.input_dilation == 1 else d.real_taps()[0] for d in self.dims)
         return 2 * self.batch * self.channels_out * (self.channels_in // self.groups) * taps
 
 
@@ -264,6 +340,11 @@ def transpose_padding(kernel: int, stride: int, dilation: int, padding: str) -> 
     return (lo, total - lo)
 
 
+def _padding_error(padding: object, rank: int) -> ValueError:
+    pairs = ", ".join(["(lo, hi)"] * rank)
+    return ValueError(f"padding must be 'SAME', 'VALID' or ({pairs},) of non-negative ints, got {padding!r}")
+
+
 def conv_geometry(
     x_shape: Sequence[int],
     kernel_shape: Sequence[int],
@@ -276,77 +357,81 @@ def conv_geometry(
     """Validates convolution arguments and returns their geometry.
 
     Args:
-      x_shape: ``(N, H, W, C)``.
-      kernel_shape: ``(R, S, C/G, K)`` (``(R, S, C, K)`` for G = 1).
-      strides: int or (σh, σw), each ≥ 1.
-      padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))`` of non-negative ints.
-      dilation: int or (dh, dw), each ≥ 1 (kernel dilation).
+      x_shape: ``(N, *spatial, C)`` with 1, 2 or 3 spatial dimensions (``(N, H, W, C)`` in 2-D).
+      kernel_shape: ``(*window, C/G, K)``, as many window dimensions as x has spatial ones
+        (``(R, S, C, K)`` in 2-D with G = 1).
+      strides: int or one per spatial dimension, each ≥ 1.
+      padding: ``"SAME"``, ``"VALID"`` or one ``(lo, hi)`` pair of non-negative ints per spatial
+        dimension.
+      dilation: int or one per spatial dimension, each ≥ 1 (kernel dilation).
       feature_group_count: G ≥ 1, dividing C and K (G = C: depthwise).
-      input_dilation: int or (σih, σiw), each ≥ 1 (input / lhs dilation; ``"SAME"`` padding is
-        computed for the dilated input); > 1 only with stride 1 in that dimension.
+      input_dilation: int or one per spatial dimension, each ≥ 1 (input / lhs dilation; ``"SAME"``
+        padding is computed for the dilated input); > 1 only with stride 1 in that dimension.
 
     Raises:
       ValueError: naming the offending argument and what would be valid.
     """
-    if len(x_shape) != 4:
-        raise ValueError(f"x must have rank 4 (N, H, W, C), got shape {tuple(x_shape)}")
-    if len(kernel_shape) != 4:
-        raise ValueError(f"kernel must have rank 4 (R, S, C, K), got shape {tuple(kernel_shape)}")
-    n, h, w, c = (int(v) for v in x_shape)
-    r, s, kc, k = (int(v) for v in kernel_shape)
+    if len(x_shape) not in (3, 4, 5):
+        raise ValueError(
+            f"x must have rank 3, 4 or 5 (N, *spatial, C) with 1, 2 or 3 spatial dimensions, got shape "
+            f"{tuple(x_shape)}"
+        )
+    rank = len(x_shape) - 2
+    names = tuple(a.upper() for a in SPATIAL_AXES[rank])
+    if len(kernel_shape) != rank + 2:
+        raise ValueError(
+            f"kernel must have rank {rank + 2} ({', '.join(n.lower() for n in names)} window, C/G, K) like "
+            f"x of shape {tuple(x_shape)} ({rank} spatial dimensions), got shape {tuple(kernel_shape)}"
+        )
+    n, *spatial, c = (int(v) for v in x_shape)
+    *window, kc, k = (int(v) for v in kernel_shape)
     groups = feature_group_count
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"feature_group_count must be an int >= 1, got {groups!r}")
     if groups > 1 and (c % groups or k % groups):
         raise ValueError(
             f"feature_group_count={groups} must divide both x channels C={c} and kernel output channels "
-            f"K={k} (kernel shape {tuple(kernel_shape)}, HWIO (R, S, C/G, K))"
+            f"K={k} (kernel shape {tuple(kernel_shape)}, (*window, C/G, K))"
         )
     if kc * groups != c:
         raise ValueError(
-            f"kernel input channels {kc} (kernel shape {tuple(kernel_shape)}, HWIO) must equal "
-            f"x channels {c} (x shape {tuple(x_shape)}, NHWC)"
+            f"kernel input channels {kc} (kernel shape {tuple(kernel_shape)}, (*window, C/G, K)) must "
+            f"equal x channels {c} (x shape {tuple(x_shape)}, channels-last)"
             + (f" divided by feature_group_count={groups}, i.e. {c // groups}" if groups > 1 else "")
         )
-    if min(n, h, w, c, r, s, k) < 1:
+    if min(n, *spatial, c, *window, k) < 1:
         raise ValueError(f"empty dimension in x {tuple(x_shape)} or kernel {tuple(kernel_shape)}")
-    stride = _pair(strides, "strides")
-    dil = _pair(dilation, "dilation")
-    lhs = _pair(input_dilation, "input_dilation")
+    stride = per_dim(strides, rank, "strides")
+    dil = per_dim(dilation, rank, "dilation")
+    lhs = per_dim(input_dilation, rank, "input_dilation")
     if any(i > 1 and s > 1 for i, s in zip(lhs, stride, strict=True)):
         raise ValueError(
             f"input_dilation {input_dilation!r} > 1 needs strides 1 in that dimension (a transposed "
             f"convolution), got strides {strides!r}"
         )
-    h_in, w_in = (h - 1) * lhs[0] + 1, (w - 1) * lhs[1] + 1
-    extents = (dil[0] * (r - 1) + 1, dil[1] * (s - 1) + 1)
     if isinstance(padding, str):
         if padding.upper() == "SAME":
-            pads = (_same_pads(h_in, extents[0], stride[0]), _same_pads(w_in, extents[1], stride[1]))
+            pads = tuple(
+                _same_pads((size - 1) * i + 1, d * (r - 1) + 1, s)
+                for size, r, s, d, i in zip(spatial, window, stride, dil, lhs, strict=True)
+            )
         elif padding.upper() == "VALID":
-            pads = ((0, 0), (0, 0))
+            pads = ((0, 0),) * rank
         else:
-            raise ValueError(f"padding must be 'SAME', 'VALID' or ((lo, hi), (lo, hi)), got {padding!r}")
+            raise _padding_error(padding, rank)
     else:
         try:
             pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         except (TypeError, ValueError):
+            raise _padding_error(padding, rank) from None
+        if len(pads) != rank or any(v < 0 for pair in pads for v in pair):
             raise ValueError(
-                f"padding must be 'SAME', 'VALID' or ((lo, hi), (lo, hi)), got {padding!r}"
-            ) from None
-        if len(pads) != 2 or any(v < 0 for pair in pads for v in pair):
-            raise ValueError(
-                f"explicit padding must be two (lo, hi) pairs of non-negative ints, got {padding!r}"
+                f"explicit padding must be {rank} (lo, hi) pair{'s' if rank > 1 else ''} of non-negative "
+                f"ints (one per spatial dimension), got {padding!r}"
             )
-    geom = ConvGeometry(
-        batch=n,
-        channels_in=c,
-        channels_out=k,
-        h=DimGeometry(h, r, stride[0], dil[0], pads[0], lhs[0]),
-        w=DimGeometry(w, s, stride[1], dil[1], pads[1], lhs[1]),
-        groups=groups,
-    )
-    for name, dim in (("H", geom.h), ("W", geom.w)):
+    dims = tuple(DimGeometry(*args) for args in zip(spatial, window, stride, dil, pads, lhs, strict=True))
+    geom = ConvGeometry(batch=n, channels_in=c, channels_out=k, dims=dims, groups=groups)
+    for name, dim in zip(names, dims, strict=True):
         if dim.out < 1:
             raise ValueError(
                 f"output {name} would be {dim.out}: input {name}={dim.size}"

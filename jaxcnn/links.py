@@ -2,7 +2,7 @@
 
 A job of ``P`` devices on ``H`` hosts (or TPU slices) lays its devices out in one flat order with the
 hosts outermost (:func:`jaxcnn.mesh.device_order`): host ``i`` holds flat devices
-``[i·P/H, (i+1)·P/H)``. Every jaxcnn mesh reshapes that order row-major over ``(n, h, w, k, c)``, so
+``[i·P/H, (i+1)·P/H)``. Every jaxcnn mesh reshapes that order row-major over ``(n, d, h, w, k, c)``, so
 with ``n`` a multiple of ``H`` the batch axis crosses hosts and ``h, w, k, c`` stay inside one.
 
 Devices within a host talk over the fast chip interconnect (ICI, NVLink); between hosts over the DCN,

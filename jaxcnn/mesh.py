@@ -1,16 +1,20 @@
-"""The jaxcnn device mesh: five named axes, one per loop dimension they split.
+"""The jaxcnn device mesh: six named axes, one per loop dimension they split.
 
 | axis | splits | used by |
 |------|--------|---------|
-| ``n`` | batch (rows of the implicit matmul) | data, spatial, 2d, 2.5d, 3d |
-| ``h`` | output rows (halo exchange on the input) | spatial, 2d, 2.5d, 3d |
-| ``w`` | output columns (halo exchange on the input) | spatial, 2d, 2.5d, 3d |
+| ``n`` | batch (rows of the implicit matmul) | every algorithm |
+| ``d`` | output depth of 3-D convolutions (halo exchange on the input) | all but data |
+| ``h`` | output rows of 2-D / 3-D convolutions (halo exchange) | all but data |
+| ``w`` | output columns (the length of 1-D convolutions; halo exchange) | all but data |
 | ``k`` | output channels | filter, 2d, 2.5d, 3d |
 | ``c`` | input channels (the 2.5d replication depth) | channel, 2.5d, 3d |
 
 Library code takes a mesh argument; it never sets a global mesh.
 
-Every mesh lays the same flat device order (:func:`device_order`) out row-major over the five axes, so
+The spatial axes a layer may split follow its rank: ``w`` (1-D), ``h, w`` (2-D), ``d, h, w`` (3-D); a
+spatial axis of size > 1 that a layer lacks is an error. ``d = 1`` leaves every 2-D program unchanged.
+
+Every mesh lays the same flat device order (:func:`device_order`) out row-major over the six axes, so
 all placements of a run re-arrange one order. In a multi-host job the hosts (or TPU slices) are
 outermost in it: the batch axis ``n`` crosses hosts, and ``k`` and ``c`` (innermost) stay inside one
 host whenever their product divides the devices per host (:mod:`jaxcnn.links` prices the difference).
@@ -27,8 +31,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-AXES: tuple[str, ...] = ("n", "h", "w", "k", "c")
-ROW_AXES: tuple[str, ...] = ("n", "h", "w")
+AXES: tuple[str, ...] = ("n", "d", "h", "w", "k", "c")
+ROW_AXES: tuple[str, ...] = ("n", "d", "h", "w")
 
 
 def _granule_attr(devices: Sequence[Any]) -> str:
@@ -88,6 +92,7 @@ def device_order(devices: Sequence[Any]) -> list[Any]:
 
 def make_mesh(
     n: int = 1,
+    d: int = 1,
     h: int = 1,
     w: int = 1,
     k: int = 1,
@@ -95,11 +100,12 @@ def make_mesh(
     *,
     devices: list[jax.Device] | None = None,
 ) -> Mesh:
-    """Builds a mesh with axes ``("n", "h", "w", "k", "c")``.
+    """Builds a mesh with axes ``("n", "d", "h", "w", "k", "c")``.
 
     Args:
-      n, h, w, k, c: axis sizes (positive ints); their product is the number of devices used.
-      devices: devices to lay out, in this flat order; defaults to the first ``n*h*w*k*c`` of
+      n, d, h, w, k, c: axis sizes (positive ints; pass them as keywords); their product is the number
+        of devices used.
+      devices: devices to lay out, in this flat order; defaults to the first ``n*d*h*w*k*c`` of
         :func:`device_order` of ``jax.devices()`` (hosts outermost; ``jax.devices()`` itself on one
         CPU process).
 
@@ -109,7 +115,7 @@ def make_mesh(
     Raises:
       ValueError: a size is not a positive int, or the mesh needs more devices than exist.
     """
-    sizes = {"n": n, "h": h, "w": w, "k": k, "c": c}
+    sizes = {"n": n, "d": d, "h": h, "w": w, "k": k, "c": c}
     for name, size in sizes.items():
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"mesh axis {name!r} must be a positive int, got {size!r}")
@@ -126,7 +132,7 @@ def make_mesh(
 
 
 def mesh_sizes(mesh: Mesh) -> dict[str, int]:
-    """Returns ``{axis: size}`` for all five jaxcnn axes (1 for an axis the mesh lacks).
+    """Returns ``{axis: size}`` for all six jaxcnn axes (1 for an axis the mesh lacks).
 
     Raises:
       ValueError: the mesh has an axis jaxcnn does not know.

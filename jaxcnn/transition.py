@@ -13,7 +13,7 @@ Two entry points share one vectorised computation:
 - :func:`transition_traffic` / :func:`transition_bytes` for concrete specs on meshes (``Mesh`` with
   device ids matched across meshes, or ``AbstractMesh`` for fake device counts), used by the layers;
 - :func:`layout_change_bytes` for ``(spec, grid)`` pairs, used by the planner (devices numbered
-  row-major over ``(n, h, w, k, c)`` as :func:`jaxcnn.make_mesh` lays them out).
+  row-major over ``(n, d, h, w, k, c)`` as :func:`jaxcnn.make_mesh` lays them out).
 """
 
 from __future__ import annotations

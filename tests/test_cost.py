@@ -59,6 +59,32 @@ def test_model_equals_meter_on_8_devices(algorithm, grid, layer):
     _assert_same(bwd, cost.backward, "backward")
 
 
+# 1-D and 3-D layers (x shape, kernel shape, strides, padding, dilation), algorithm, grid: halos over d
+# (edges and corners carried by the later h / w exchanges), over w alone, and the channel algorithms.
+# Even splits. `make test-fast` runs the first.
+LAYERS_ND = [
+    (((2, 8, 8, 8, 8), (3, 3, 3, 8, 8), 1, "SAME", 1), "spatial", dict(d=2, h=2, w=2)),
+    (((2, 8, 8, 8, 8), (3, 2, 3, 8, 8), 2, "SAME", (1, 2, 1)), "spatial", dict(d=4, w=2)),
+    (((2, 8, 8, 4, 8), (3, 3, 3, 8, 16), 1, "SAME", 1), "2d", dict(d=2, h=2, k=2)),
+    (((2, 8, 4, 4, 8), (3, 3, 3, 8, 8), 1, "SAME", 2), "3d", dict(d=2, k=2, c=2)),
+    (((2, 10, 6, 6, 16), (3, 3, 3, 16, 16), 1, "VALID", 1), "2.5d", dict(d=2, k=2, c=2)),
+    (((4, 32, 8), (3, 8, 8), 1, "SAME", 1), "spatial", dict(n=2, w=4)),
+    (((4, 32, 8), (5, 8, 16), 2, "SAME", 1), "filter", dict(w=2, k=4)),
+    (((4, 32, 16), (3, 16, 8), 1, "SAME", 3), "channel", dict(w=2, c=4)),
+    (((4, 32, 8), (3, 8, 8), 1, "SAME", 1), "3d", dict(w=2, k=2, c=2)),
+]
+
+
+@pytest.mark.parametrize(("layer", "algorithm", "grid"), first_fast(LAYERS_ND))
+def test_model_equals_meter_1d_3d(layer, algorithm, grid):
+    geom = jaxcnn.conv_geometry(*layer)
+    cost = predict(geom, algorithm, grid)
+    assert cost.layout.is_even(geom), "LAYERS_ND must split evenly: the model covers even splits only"
+    fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**grid), algorithm=algorithm)
+    _assert_same(fwd, cost.forward, "forward")
+    _assert_same(bwd, cost.backward, "backward")
+
+
 @pytest.mark.slow
 def test_model_equals_meter_bf16():
     """bf16 layers; XLA:CPU promotes bf16 collectives to f32, so the CPU wire dtype is float32."""

@@ -1,4 +1,10 @@
-"""The distributed convolution algorithms, one per module, all run by :mod:`.engine`."""
+"""The distributed convolution algorithms, one per module, all run by :mod:`.engine`.
+
+Each module's docstring writes shapes and words for a 2-D layer (x ``(N, H, W, C)``, kernel
+``(R, S, C, K)``). A 1-D or 3-D layer is the same with its own spatial dimensions: x ``(N, W, C)`` /
+``(N, D, H, W, C)``, kernel ``(S, C, K)`` / ``(T, R, S, C, K)``, row axes ``(n, w)`` / ``(n, d, h, w)``,
+one halo exchange per split spatial dimension, ``R·S`` read as the product of the window.
+"""
 
 from jaxcnn.algorithms import channel, data, filter, spatial, three_d, two_d, two_half_d
 from jaxcnn.algorithms.base import Algorithm, Layout, make_layout

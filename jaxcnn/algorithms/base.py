@@ -1,9 +1,11 @@
 """What an algorithm is (data), and the concrete layout it takes for one layer on one mesh.
 
-Every jaxcnn algorithm is one point in the same design space, the ``(n,h,w) × k × c`` grid of
+Every jaxcnn algorithm is one point in the same design space, the ``(n,d,h,w) × k × c`` grid of
 Li et al. (SPAA'21):
 
-- the row axes ``n, h, w`` split the output rows (batch and space; halos where h or w is split);
+- the row axes ``n, d, h, w`` split the output rows (batch and space; halos where d, h or w is split).
+  A layer has only the spatial axes of its rank (:data:`jaxcnn.geometry.SPATIAL_AXES`: ``w`` in 1-D,
+  ``h, w`` in 2-D, ``d, h, w`` in 3-D); another of size > 1 is a ``ValueError``;
 - ``k`` splits the output channels; x arrives with its channels split over ``k`` and is gathered
   along ``k`` (all at once, or panel by panel when streaming);
 - ``c`` splits the reduction over input channels; partial outputs are reduce-scattered over ``c``;
@@ -26,8 +28,10 @@ from typing import Any
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.algorithms.groups import grouped_channels
-from jaxcnn.geometry import ConvGeometry, HaloPlan, halo_plan
-from jaxcnn.mesh import AXES, ROW_AXES
+from jaxcnn.geometry import SPATIAL_AXES, ConvGeometry, HaloPlan, halo_plan
+from jaxcnn.mesh import AXES
+
+SPATIAL_MESH_AXES: tuple[str, ...] = SPATIAL_AXES[3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +79,16 @@ class Layout:
       kernel_channels: axes splitting the kernel's input channels (dimension 2).
       kernel_out: axes splitting the kernel's output channels (dimension 3).
       kernel_gather: axes the kernel is all-gathered over (the row axes, when split over them).
-      kernel_axis: kernel dimension gathered over ``kernel_gather`` (2 dense, 3 grouped).
+      kernel_axis: kernel dimension gathered over ``kernel_gather`` (its C/G dimension, ``rank``, when
+        dense; its K dimension, ``rank + 1``, when grouped).
       k_gather: axes x is all-gathered over (``k``, when > 1).
       c_scatter: axes the output is reduce-scattered over (``c``, when > 1).
       panels: channel panels streamed per depth layer (1 = gather at once).
       unit: channels per panel unit (a panel holds ``groups * unit`` local channels).
-      padded: zero-padded global ``(N, H, W, C, K)`` the shard_map sees.
-      h_plan, w_plan: halo plans of split spatial dims (None when unsplit).
-      groups: the layer's feature group count G (the kernel is ``(R, S, C/G, K)``).
+      padded: zero-padded global ``(N, *spatial, C, K)`` the shard_map sees (``(N, H, W, C, K)`` in 2-D).
+      spatial_axes: the mesh axes of the layer's spatial dimensions (``geom.spatial_axes``).
+      plans: per spatial dimension, its halo plan (None when unsplit).
+      groups: the layer's feature group count G (the kernel is ``(*window, C/G, K)``).
       local_groups: feature group count of each device's local convolution.
       select: x is gathered whole over ``k`` and each device keeps its groups' channels
         (:func:`jaxcnn.algorithms.groups.select_groups`; filter when k does not divide G).
@@ -100,15 +106,32 @@ class Layout:
     c_scatter: tuple[str, ...]
     panels: int
     unit: int
-    padded: tuple[int, int, int, int, int]
-    h_plan: HaloPlan | None
-    w_plan: HaloPlan | None
+    padded: tuple[int, ...]
+    spatial_axes: tuple[str, ...]
+    plans: tuple[HaloPlan | None, ...]
     groups: int = 1
     local_groups: int = 1
     select: bool = False
 
-    def _row_specs(self) -> tuple[str | None, str | None, str | None]:
-        return tuple(a if a in self.rows else None for a in ROW_AXES)  # type: ignore[return-value]
+    @property
+    def rank(self) -> int:
+        """Spatial dimensions of the layer."""
+        return len(self.spatial_axes)
+
+    def plan(self, axis: str) -> HaloPlan | None:
+        """Halo plan of the spatial dimension split over ``axis`` (None: unsplit or not in the layer)."""
+        return self.plans[self.spatial_axes.index(axis)] if axis in self.spatial_axes else None
+
+    @property
+    def h_plan(self) -> HaloPlan | None:
+        return self.plan("h")
+
+    @property
+    def w_plan(self) -> HaloPlan | None:
+        return self.plan("w")
+
+    def _row_specs(self) -> tuple[str | None, ...]:
+        return tuple(a if a in self.rows else None for a in ("n", *self.spatial_axes))
 
     @property
     def x_spec(self) -> P:
@@ -116,7 +139,7 @@ class Layout:
 
     @property
     def kernel_spec(self) -> P:
-        return P(None, None, _spec(self.kernel_channels), _spec(self.kernel_out))
+        return P(*(None,) * self.rank, _spec(self.kernel_channels), _spec(self.kernel_out))
 
     @property
     def y_spec(self) -> P:
@@ -125,7 +148,7 @@ class Layout:
     @property
     def kernel_padded(self) -> tuple[int, int]:
         """The zero-padded kernel's channel dimensions ``(C/G, K)`` the shard_map sees."""
-        return (self.padded[3] // self.groups, self.padded[4])
+        return (self.padded[-2] // self.groups, self.padded[-1])
 
     @property
     def kernel_block(self) -> tuple[int, int]:
@@ -134,24 +157,21 @@ class Layout:
         c, k = self.kernel_padded
         return (c // split(self.kernel_channels), k // split(self.kernel_out))
 
+    def out_blocks(self, geom: ConvGeometry) -> tuple[int, ...]:
+        """A device's output block length along each spatial dimension."""
+        return tuple(p.out_block if p else d.out for p, d in zip(self.plans, geom.dims, strict=True))
+
     def is_even(self, geom: ConvGeometry) -> bool:
         """True when no dimension needs zero-padding (every split divides its dimension).
 
-        Only then does ``conv2d`` move exactly what :mod:`jaxcnn.cost` predicts: slicing a padded,
+        Only then does ``conv`` move exactly what :mod:`jaxcnn.cost` predicts: slicing a padded,
         split output back to its true size makes XLA reshard it, which the model does not count.
         """
-        n, h, w, c, k = self.padded
-        outs = (
-            (self.h_plan.out_block * self.h_plan.parts if self.h_plan else geom.h.out) == geom.h.out,
-            (self.w_plan.out_block * self.w_plan.parts if self.w_plan else geom.w.out) == geom.w.out,
+        outs = all(
+            (p.out_block * p.parts if p else d.out) == d.out
+            for p, d in zip(self.plans, geom.dims, strict=True)
         )
-        return all(outs) and (n, h, w, c, k) == (
-            geom.batch,
-            geom.h.size,
-            geom.w.size,
-            geom.channels_in,
-            geom.channels_out,
-        )
+        return outs and self.padded == (*geom.x_shape, geom.channels_out)
 
     def size(self, axis: str) -> int:
         """Size of mesh axis ``axis``."""
@@ -166,34 +186,45 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
     """Shard_map layout of ``geom`` under ``algorithm`` on a mesh with ``sizes``.
 
     Uneven dimensions are zero-padded (exact: padded channels hold zeros in both x and kernel, padded
-    batch/rows/output channels are sliced off the result): N to a multiple of ``n``; H, W to
-    ``parts * ⌈H/parts⌉`` when split; C to a multiple of ``c * lcm(k, rows)``; K to a multiple of
-    ``k * c``. Streaming algorithms use ``panels`` = the largest divisor of ``C / (c * lcm)`` not above
+    batch/rows/output channels are sliced off the result): N to a multiple of ``n``; each spatial
+    dimension (D, H, W) to ``parts * ⌈size/parts⌉`` when split; C to a multiple of
+    ``c * lcm(k, rows)``; K to a multiple of ``k * c``. Streaming algorithms use ``panels`` = the
+    largest divisor of ``C / (c * lcm)`` not above
     ``max(k, rows)``, so one gathered panel is no larger than the local block it came from.
     """
     algorithm.check_mesh(sizes)
-    rows = tuple(a for a in ROW_AXES if sizes[a] > 1)
-    h_plan = halo_plan(geom.h, sizes["h"]) if sizes["h"] > 1 else None
-    w_plan = halo_plan(geom.w, sizes["w"]) if sizes["w"] > 1 else None
+    check_rank(geom, sizes)
+    rows = tuple(a for a in ("n", *geom.spatial_axes) if sizes[a] > 1)
+    plans = tuple(
+        halo_plan(dim, sizes[a]) if sizes[a] > 1 else None
+        for a, dim in zip(geom.spatial_axes, geom.dims, strict=True)
+    )
     if geom.groups > 1:
         channels = grouped_channels(algorithm, geom, sizes, rows)
     else:
         channels = _dense_channels(algorithm, geom, sizes, rows)
     c_pad, k_pad = channels.pop("channels")
+    spatial = tuple(p.in_block * p.parts if p else d.size for p, d in zip(plans, geom.dims, strict=True))
     return Layout(
         sizes=tuple((a, sizes[a]) for a in AXES),
         rows=rows,
-        padded=(
-            -(-geom.batch // sizes["n"]) * sizes["n"],
-            h_plan.in_block * h_plan.parts if h_plan else geom.h.size,
-            w_plan.in_block * w_plan.parts if w_plan else geom.w.size,
-            c_pad,
-            k_pad,
-        ),
-        h_plan=h_plan,
-        w_plan=w_plan,
+        padded=(-(-geom.batch // sizes["n"]) * sizes["n"], *spatial, c_pad, k_pad),
+        spatial_axes=geom.spatial_axes,
+        plans=plans,
         **channels,
     )
+
+
+def check_rank(geom: ConvGeometry, sizes: dict[str, int]) -> None:
+    """Raises ValueError naming a spatial mesh axis of size > 1 that the layer's rank lacks."""
+    for axis in SPATIAL_MESH_AXES:
+        if sizes.get(axis, 1) > 1 and axis not in geom.spatial_axes:
+            raise ValueError(
+                f"mesh axis {axis!r} has size {sizes[axis]} but the layer is a {geom.rank}-D convolution "
+                f"(x shape {geom.x_shape}), whose spatial dimensions split only over "
+                f"{geom.spatial_axes}; set {axis}=1 (d splits 3-D depth, h 2-D / 3-D height, w the "
+                "width / length of every rank)"
+            )
 
 
 def _dense_channels(
@@ -218,7 +249,7 @@ def _dense_channels(
         kernel_channels=tuple(a for a in ("c", *kernel_rows) if sizes[a] > 1),
         kernel_out=k_gather,
         kernel_gather=kernel_rows,
-        kernel_axis=2,
+        kernel_axis=geom.rank,
         k_gather=k_gather,
         c_scatter=c_scatter,
         panels=panels,

@@ -1,8 +1,8 @@
 """Channel (input-channel) parallelism: the reduction over C split over ``c``. Composes with data /
-spatial parallelism over ``n, h, w``: the kernel is replicated across the row axes and its gradient
+spatial parallelism over ``n, d, h, w``: the kernel is replicated across the row axes and its gradient
 all-reduced over them.
 
-Shapes (global → per device; Pr = n·h·w, Pc = c):
+Shapes (global → per device; Pr = n·d·h·w, Pc = c):
   x (N, H, W, C) → (N/n, H/h, W/w, C/Pc); kernel (R, S, C, K) → (R, S, C/Pc, K);
   y (N, Ho, Wo, K) → (N/n, Ho/h, Wo/w, K/Pc) (output channels split over c after the reduce-scatter).
 
@@ -21,4 +21,4 @@ the halos), dkernel all-reduce of R·S·(C/G)·K/Pc over the rows.
 
 from jaxcnn.algorithms.base import Algorithm
 
-ALGORITHM = Algorithm(name="channel", axes=("n", "h", "w", "c"), kernel_over_rows=False, streaming=False)
+ALGORITHM = Algorithm(name="channel", axes=("n", "d", "h", "w", "c"), kernel_over_rows=False, streaming=False)

@@ -2,13 +2,18 @@
 
 Per device, in order:
 
-1. halo exchange along each split spatial dimension (h first, then w on the h-extended block, which
-   carries the corners), cutting the exact input window of the local output block;
+1. halo exchange along each split spatial dimension in array order (d first, then h on the
+   d-extended block, then w on the d- and h-extended block, so that edges and corners arrive with the
+   later exchanges), cutting the exact input window of the local output block;
 2. the channel loop: for each of ``panels`` strided channel panels, all-gather x's panel over ``k``
    and the kernel's panel over the row axes, and accumulate the local convolution (``fori_loop``
    under ``jax.checkpoint`` when streaming, so neither the forward nor the backward pass ever holds
    more than one gathered panel);
 3. reduce-scatter the partial output over ``c`` along the output channels.
+
+The local convolution keeps the layer's rank (1-, 2- or 3-D, channels-last: ``NWC`` / ``NHWC`` /
+``NDHWC`` with ``WIO`` / ``HWIO`` / ``DHWIO`` kernels): x's channels are its last dimension, the
+kernel's input / output channels its last two.
 
 A grouped layout (:mod:`jaxcnn.algorithms.groups`) runs the same steps with one panel: x is gathered
 over ``k`` only when the filter algorithm must select its groups' channels, the kernel is gathered
@@ -33,8 +38,6 @@ from jaxcnn.algorithms.collectives import channel_panel, gather, halo_extend, re
 from jaxcnn.algorithms.groups import select_groups
 from jaxcnn.geometry import ConvGeometry
 
-DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-
 
 def accumulation_dtype(out_dtype: jnp.dtype) -> jnp.dtype:
     """fp32 accumulation for low-precision floats, else the output dtype."""
@@ -46,10 +49,8 @@ def accumulation_dtype(out_dtype: jnp.dtype) -> jnp.dtype:
 def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
     """Returns the per-device function ``(x_block, kernel_block) -> y_block``."""
     acc_dtype = accumulation_dtype(out_dtype)
-    padding = (
-        layout.h_plan.local_pad if layout.h_plan else geom.h.pad,
-        layout.w_plan.local_pad if layout.w_plan else geom.w.pad,
-    )
+    padding = tuple(p.local_pad if p else d.pad for p, d in zip(layout.plans, geom.dims, strict=True))
+    channels = geom.rank + 1  # x's / y's channel dimension; the kernel's input channels are at rank
 
     def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
@@ -59,26 +60,25 @@ def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
             padding=padding,
             lhs_dilation=geom.input_dilation,
             rhs_dilation=geom.dilation,
-            dimension_numbers=DIMENSION_NUMBERS,
+            dimension_numbers=geom.dimension_numbers,
             feature_group_count=layout.local_groups,
             preferred_element_type=acc_dtype,
         )
 
     def panel_conv(x: jax.Array, kernel: jax.Array, t: jax.Array | int) -> jax.Array:
-        xp = gather(channel_panel(x, t, layout.panels, layout.unit, axis=3), layout.k_gather, 3)
-        kp = channel_panel(kernel, t, layout.panels, layout.unit, axis=2)
+        xp = gather(channel_panel(x, t, layout.panels, layout.unit, axis=channels), layout.k_gather, channels)
+        kp = channel_panel(kernel, t, layout.panels, layout.unit, axis=geom.rank)
         return conv(select_groups(xp, layout), gather(kp, layout.kernel_gather, layout.kernel_axis))
 
     def body(x: jax.Array, kernel: jax.Array) -> jax.Array:
-        if layout.h_plan:
-            x = halo_extend(x, 1, "h", layout.h_plan)
-        if layout.w_plan:
-            x = halo_extend(x, 2, "w", layout.w_plan)
+        for i, (axis_name, plan) in enumerate(zip(layout.spatial_axes, layout.plans, strict=True)):
+            if plan:
+                x = halo_extend(x, 1 + i, axis_name, plan)
         y = panel_conv(x, kernel, 0)
         if layout.panels > 1:
             step = jax.checkpoint(lambda t, acc: acc + panel_conv(x, kernel, t))
             y = lax.fori_loop(1, layout.panels, step, y)
-        return reduce_scatter(y.astype(out_dtype), layout.c_scatter, 3)
+        return reduce_scatter(y.astype(out_dtype), layout.c_scatter, channels)
 
     return body
 

@@ -1,8 +1,8 @@
 """Filter (output-channel) parallelism: K split over ``k``; x gathered along ``k``. Composes with
-data / spatial parallelism over ``n, h, w`` (the Megatron-style "tensor × data" hybrid): the kernel is
+data / spatial parallelism over ``n, d, h, w`` (the Megatron-style "tensor × data" hybrid): the kernel is
 replicated across the row axes and its gradient all-reduced over them.
 
-Shapes (global → per device; Pr = n·h·w, Pk = k):
+Shapes (global → per device; Pr = n·d·h·w, Pk = k):
   x (N, H, W, C) → (N/n, H/h, W/w, C/Pk) (channels split over k, the layout a previous
   filter-parallel layer's output has); kernel (R, S, C, K) → (R, S, C, K/Pk);
   y (N, Ho, Wo, K) → (N/n, Ho/h, Wo/w, K/Pk).
@@ -23,4 +23,4 @@ over k as above and each device keeps its groups' channels (lcm(G, Pk)/Pk local 
 
 from jaxcnn.algorithms.base import Algorithm
 
-ALGORITHM = Algorithm(name="filter", axes=("n", "h", "w", "k"), kernel_over_rows=False, streaming=False)
+ALGORITHM = Algorithm(name="filter", axes=("n", "d", "h", "w", "k"), kernel_over_rows=False, streaming=False)

@@ -1,8 +1,9 @@
 """Grouped and depthwise convolutions (``feature_group_count`` G > 1) under every algorithm.
 
-The kernel is ``(R, S, C/G, K)``; output channel block g (K/G channels) reads only input channel block
-g (C/G channels). A device computes a grouped convolution locally when its channel slices hold whole
-groups, which fixes what each algorithm supports (Pk = k, Pc = c, Pr = n·h·w):
+The kernel is ``(*window, C/G, K)`` (``(R, S, C/G, K)`` in 2-D); output channel block g (K/G
+channels) reads only input channel block g (C/G channels). A device computes a grouped convolution
+locally when its channel slices hold whole
+groups, which fixes what each algorithm supports (Pk = k, Pc = c, Pr = n·d·h·w):
 
 - **whole groups per device** (``k·c`` divides G; always for data / spatial): the channel axes split
   the groups. x, the kernel's K and y are split over ``(k, c)`` in that one order, so device block b
@@ -47,7 +48,7 @@ def _unsupported(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int]
         f"algorithm {algorithm.name!r} on grid ({grid}) does not support feature_group_count="
         f"{geom.groups} with C={geom.channels_in}, K={geom.channels_out}: {why} (data, spatial and "
         f"filter run every group count; channel needs c to divide G, 2d / 2.5d / 3d need k·c to divide "
-        f"G and n·h·w to divide K/(k·c))"
+        f"G and n·d·h·w to divide K/(k·c))"
     )
 
 
@@ -63,7 +64,9 @@ def grouped_channels(
     g, c, k = geom.groups, geom.channels_in, geom.channels_out
     pk, pc = sizes["k"], sizes["c"]
     channel_axes = tuple(a for a in ("k", "c") if sizes[a] > 1)
-    common = dict(kernel_channels=(), kernel_axis=3, c_scatter=(), panels=1, groups=g, channels=(c, k))
+    common = dict(
+        kernel_channels=(), kernel_axis=geom.rank + 1, c_scatter=(), panels=1, groups=g, channels=(c, k)
+    )
     if g % (pk * pc) == 0:
         kernel_rows = rows if algorithm.kernel_over_rows else ()
         pr = math.prod(sizes[a] for a in kernel_rows)
@@ -73,7 +76,7 @@ def grouped_channels(
                 geom,
                 sizes,
                 f"it splits each device's K/(k·c) = {k // (pk * pc)} kernel output channels over the row "
-                f"axes n·h·w = {pr}, which must divide it",
+                f"axes n·d·h·w = {pr}, which must divide it",
             )
         return dict(
             common,
@@ -121,11 +124,12 @@ def select_groups(x: jax.Array, layout: Layout) -> jax.Array:
     if not layout.select:
         return x
     g, pk = layout.groups, layout.size("k")
-    cg = layout.padded[3] // g
+    cg = layout.padded[-2] // g
+    axis = x.ndim - 1
     q, per = layout.local_groups, math.lcm(g, pk) // g
     j = lax.axis_index("k")
     if q == 1:
-        return lax.dynamic_slice_in_dim(x, (j // per) * cg, cg, axis=3)
+        return lax.dynamic_slice_in_dim(x, (j // per) * cg, cg, axis=axis)
     group = (j * q + jnp.arange(q)) // per
     index = (group[:, None] * cg + jnp.arange(cg)[None, :]).reshape(-1)
-    return jnp.take(x, index, axis=3)
+    return jnp.take(x, index, axis=axis)

@@ -1,9 +1,9 @@
-"""3D: a grid (n, h, w) × k × c; x gathered along k, kernel along the rows, outputs reduce-scattered
+"""3D: a grid (n, d, h, w) × k × c; x gathered along k, kernel along the rows, outputs reduce-scattered
 along c. Least communication, most memory.
 
-Shapes (global → per device; Pr = n·h·w, Pk = k, Pc = c, P = Pr·Pk·Pc):
+Shapes (global → per device; Pr = n·d·h·w, Pk = k, Pc = c, P = Pr·Pk·Pc):
   x (N, H, W, C) → (N/n, ⌈H/h⌉, ⌈W/w⌉, C/(Pc·Pk))  (channels split over (c, k))
-  kernel (R, S, C, K) → (R, S, C/(Pc·Pr), K/Pk)     (channels split over (c, n, h, w))
+  kernel (R, S, C, K) → (R, S, C/(Pc·Pr), K/Pk)     (channels split over (c, n, d, h, w))
   y (N, Ho, Wo, K) → (N/n, ⌈Ho/h⌉, ⌈Wo/w⌉, K/(Pk·Pc)) (output channels split over (k, c))
 
 Collectives (words received per device, Xw = local window batch·rows·cols):
@@ -24,4 +24,4 @@ only the kernel moves, all-gathered over the rows along K.
 
 from jaxcnn.algorithms.base import Algorithm
 
-ALGORITHM = Algorithm(name="3d", axes=("n", "h", "w", "k", "c"), kernel_over_rows=True, streaming=False)
+ALGORITHM = Algorithm(name="3d", axes=("n", "d", "h", "w", "k", "c"), kernel_over_rows=True, streaming=False)

@@ -1,6 +1,6 @@
-"""2D (SUMMA analog): a rows × cols grid, rows = (n, h, w), cols = k; the output never moves.
+"""2D (SUMMA analog): a rows × cols grid, rows = (n, d, h, w), cols = k; the output never moves.
 
-Shapes (global → per device; Pr = n·h·w, Pk = k, P = Pr·Pk):
+Shapes (global → per device; Pr = n·d·h·w, Pk = k, P = Pr·Pk):
   x (N, H, W, C) → (N/n, ⌈H/h⌉, ⌈W/w⌉, C/Pk)   (input channels split across the k axis)
   kernel (R, S, C, K) → (R, S, C/Pr, K/Pk)      (input channels split across the row axes)
   y (N, Ho, Wo, K) → (N/n, ⌈Ho/h⌉, ⌈Wo/w⌉, K/Pk)
@@ -31,4 +31,4 @@ over the rows (R·S·(C/G)·K/Pk·(Pr-1)/Pr words) and its gradient reduce-scatt
 
 from jaxcnn.algorithms.base import Algorithm
 
-ALGORITHM = Algorithm(name="2d", axes=("n", "h", "w", "k"), kernel_over_rows=True, streaming=True)
+ALGORITHM = Algorithm(name="2d", axes=("n", "d", "h", "w", "k"), kernel_over_rows=True, streaming=True)

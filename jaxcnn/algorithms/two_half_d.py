@@ -1,8 +1,8 @@
 """2.5D: the 2D grid replicated ``c`` times (the depth); each depth layer streams C/c channels.
 
-Shapes (global → per device; Pr = n·h·w, Pk = k, Pc = c, P = Pr·Pk·Pc):
+Shapes (global → per device; Pr = n·d·h·w, Pk = k, Pc = c, P = Pr·Pk·Pc):
   x (N, H, W, C) → (N/n, ⌈H/h⌉, ⌈W/w⌉, C/(Pc·Pk))  (channels split over (c, k))
-  kernel (R, S, C, K) → (R, S, C/(Pc·Pr), K/Pk)     (channels split over (c, n, h, w))
+  kernel (R, S, C, K) → (R, S, C/(Pc·Pr), K/Pk)     (channels split over (c, n, d, h, w))
   y (N, Ho, Wo, K) → (N/n, ⌈Ho/h⌉, ⌈Wo/w⌉, K/(Pk·Pc)) (output channels split over (k, c))
 
 Algorithm: depth layer ``c`` runs :mod:`two_d` on its C/Pc channels (m streamed panels), then the
@@ -26,4 +26,4 @@ y are split over (k, c): x (…, C/(Pk·Pc)), kernel (R, S, C/G, K/(Pk·Pc·Pr))
 
 from jaxcnn.algorithms.base import Algorithm
 
-ALGORITHM = Algorithm(name="2.5d", axes=("n", "h", "w", "k", "c"), kernel_over_rows=True, streaming=True)
+ALGORITHM = Algorithm(name="2.5d", axes=("n", "d", "h", "w", "k", "c"), kernel_over_rows=True, streaming=True)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.conv import conv2d, conv_layout, conv_transpose
+from jaxcnn.conv import conv, conv_layout, conv_transpose
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.measure.hlo import measure_hlo_text
 from jaxcnn.measure.report import CommReport, MemoryStats
@@ -99,12 +99,12 @@ def measure_conv(
     dtype: jnp.dtype = jnp.float32,
     backward: bool = True,
 ) -> tuple[CommReport, CommReport | None]:
-    """Meters ``jaxcnn.conv2d`` for one layer, forward and backward (``jaxcnn.conv_transpose`` for an
-    input-dilated, i.e. transposed, layer: strides = its input dilation, its explicit padding).
+    """Meters ``jaxcnn.conv`` for one 1-, 2- or 3-D layer, forward and backward (``jaxcnn.conv_transpose``
+    for an input-dilated, i.e. transposed, layer: strides = its input dilation, its explicit padding).
 
-    x ``(N, H, W, C)`` and the kernel ``(R, S, C, K)`` are abstract arrays laid out as the algorithm
+    x ``(N, *spatial, C)`` and the kernel ``(*window, C/G, K)`` are abstract arrays laid out as the algorithm
     wants (``jaxcnn.conv_layout``); a dimension the layout zero-pads is left unsplit (replicated) so
-    that padding it inside ``conv2d`` is local.
+    that padding it inside ``conv`` is local.
 
     Args:
       layer: a :class:`jaxcnn.ConvGeometry`, or anything with a ``geom`` attribute
@@ -119,15 +119,12 @@ def measure_conv(
     """
     geom = getattr(layer, "geom", layer)
     layout = conv_layout(geom, mesh=mesh, algorithm=algorithm)
-    n, h, w, c = layout.padded[:4]
-    x_spec = _spec_for(geom.x_shape, (n, h, w, c), layout.x_spec)
-    k_spec = _spec_for(
-        geom.kernel_shape, (geom.h.kernel, geom.w.kernel, *layout.kernel_padded), layout.kernel_spec
-    )
+    x_spec = _spec_for(geom.x_shape, layout.padded[:-1], layout.x_spec)
+    k_spec = _spec_for(geom.kernel_shape, (*geom.window, *layout.kernel_padded), layout.kernel_spec)
     x = jax.ShapeDtypeStruct(geom.x_shape, dtype, sharding=NamedSharding(mesh, x_spec))
     kernel = jax.ShapeDtypeStruct(geom.kernel_shape, dtype, sharding=NamedSharding(mesh, k_spec))
 
-    if geom.input_dilation != (1, 1):
+    if any(s != 1 for s in geom.input_dilation):
         if geom.groups != 1:
             raise ValueError(
                 f"measure_conv meters input-dilated (transposed) layers through jaxcnn.conv_transpose, "
@@ -148,7 +145,7 @@ def measure_conv(
     else:
 
         def f(a: jax.Array, b: jax.Array) -> jax.Array:
-            return conv2d(
+            return conv(
                 a,
                 b,
                 mesh=mesh,

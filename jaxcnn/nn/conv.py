@@ -1,10 +1,10 @@
-"""Flax NNX convolution backed by :func:`jaxcnn.conv2d`.
+"""Flax NNX convolution (1-, 2- or 3-D, channels-last) backed by :func:`jaxcnn.conv`.
 
 Two ways in:
 
 - :class:`Conv`: a drop-in for ``flax.nnx.Conv`` (same constructor, same ``kernel`` / ``bias``
-  parameters) plus ``mesh`` and ``algorithm``; its parameters carry the algorithm's sharding so that
-  they are created already distributed.
+  parameters, ``kernel_size`` of 1, 2 or 3 entries) plus ``mesh`` and ``algorithm``; its parameters
+  carry the algorithm's sharding so that they are created already distributed.
 - :func:`conv_general_dilated`: a callable with ``jax.lax.conv_general_dilated``'s signature, for the
   ``conv_general_dilated=`` hook of ``nnx.Conv`` / ``linen.Conv``.
 """
@@ -22,10 +22,10 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.conv import conv2d
+from jaxcnn import algorithms
+from jaxcnn.conv import conv
+from jaxcnn.mesh import mesh_sizes
 from jaxcnn.nn.placement import Placement
-
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
 def _entries(spec: P, ndim: int) -> tuple[Any, ...]:
@@ -39,14 +39,15 @@ def _ones(value: int | Sequence[int] | None) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConvGeneralDilated:
-    """``lax.conv_general_dilated`` computed by :func:`jaxcnn.conv2d` (hashable, compares by value).
+    """``lax.conv_general_dilated`` computed by :func:`jaxcnn.conv` (hashable, compares by value).
 
-    Supports 2-D convolutions in any dimension numbers, strides, ``"SAME"`` / ``"VALID"`` / explicit
-    padding, kernel (rhs) dilation and feature groups (where the algorithm splits them,
-    :mod:`jaxcnn.algorithms.groups`). Operands are transposed to NHWC / HWIO and the result back.
+    Supports 1-, 2- and 3-D convolutions in any dimension numbers, strides, ``"SAME"`` / ``"VALID"`` /
+    explicit padding, kernel (rhs) dilation and feature groups (where the algorithm splits them,
+    :mod:`jaxcnn.algorithms.groups`). Operands are transposed to channels-last (``(N, *spatial, C)``
+    / ``(*window, I, O)``) and the result back.
 
     Attributes:
-      mesh: the mesh :func:`jaxcnn.conv2d` runs on.
+      mesh: the mesh :func:`jaxcnn.conv` runs on.
       algorithm: one of ``jaxcnn.ALGORITHMS``.
     """
 
@@ -71,13 +72,14 @@ class DistributedConvGeneralDilated:
         """Same arguments and result as ``jax.lax.conv_general_dilated``.
 
         Raises:
-          NotImplementedError: for what :func:`jaxcnn.conv2d` does not compute: input (lhs)
-            dilation, batch groups, a non-default ``precision``, or a rank other than 4.
+          NotImplementedError: for what :func:`jaxcnn.conv` does not compute: input (lhs)
+            dilation, batch groups, a non-default ``precision``, or a rank other than 3, 4 or 5.
         """
-        if lhs.ndim != 4:
+        if lhs.ndim not in (3, 4, 5):
             raise NotImplementedError(
-                f"jaxcnn computes 2-D convolutions only (rank-4 operands), got {lhs.shape}"
+                f"jaxcnn computes 1-, 2- and 3-D convolutions (operands of rank 3, 4 or 5), got {lhs.shape}"
             )
+        rank = lhs.ndim - 2
         if not _ones(lhs_dilation):
             raise NotImplementedError(f"jaxcnn does not support input (lhs) dilation, got {lhs_dilation}")
         if batch_group_count != 1:
@@ -89,24 +91,26 @@ class DistributedConvGeneralDilated:
                 f"jaxcnn computes at the default precision; got precision={precision!r}"
             )
         dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        x = jnp.transpose(lhs, (dn.lhs_spec[0], dn.lhs_spec[2], dn.lhs_spec[3], dn.lhs_spec[1]))
-        kernel = jnp.transpose(rhs, (dn.rhs_spec[2], dn.rhs_spec[3], dn.rhs_spec[1], dn.rhs_spec[0]))
-        y = conv2d(
+        # dn specs list (batch / out, feature / in, *spatial) positions; go channels-last.
+        x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+        kernel = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+        y = conv(
             x,
             kernel,
             mesh=self.mesh,
             algorithm=self.algorithm,
             strides=tuple(window_strides),
             padding=padding,
-            dilation=(1, 1) if rhs_dilation is None else tuple(rhs_dilation),
+            dilation=1 if rhs_dilation is None else tuple(rhs_dilation),
             feature_group_count=feature_group_count,
             preferred_element_type=preferred_element_type,
         )
-        # y is NHWC; out_spec[i] is the y dimension that holds logical dimension i of (N, C, H, W).
-        nchw_positions = (0, 3, 1, 2)
-        inverse = [0] * 4
+        # y is (N, *spatial, K); out_spec[i] is the dimension of the result that holds logical
+        # dimension i of (N, K, *spatial).
+        channels_last = (0, rank + 1, *range(1, rank + 1))
+        inverse = [0] * (rank + 2)
         for logical, position in enumerate(dn.out_spec):
-            inverse[position] = nchw_positions[logical]
+            inverse[position] = channels_last[logical]
         y = jnp.transpose(y, inverse)
         if out_sharding is not None:
             sharding = (
@@ -124,15 +128,18 @@ def conv_general_dilated(mesh: Mesh, algorithm: str) -> DistributedConvGeneralDi
     >>> layer = nnx.Conv(3, 8, (3, 3), conv_general_dilated=jaxcnn.nn.conv_general_dilated(mesh, "3d"),
     ...                  rngs=nnx.Rngs(0))
     """
-    _ = Placement(algorithm, mesh).x_spec  # validates the algorithm against the mesh now, not at call time
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (see jaxcnn.make_mesh), got {type(mesh).__name__}")
+    algorithms.get(algorithm).check_mesh(mesh_sizes(mesh))  # now, not at call time
     return DistributedConvGeneralDilated(mesh, algorithm)
 
 
 class Conv(nnx.Conv):
-    """``flax.nnx.Conv`` (2-D, NHWC) computed by a jaxcnn algorithm, with sharded parameters.
+    """``flax.nnx.Conv`` (1-, 2- or 3-D, channels-last) computed by a jaxcnn algorithm, with sharded
+    parameters.
 
-    Same constructor arguments, parameters (``kernel`` (R, S, C, K), ``bias`` (K,)) and call as
-    ``nnx.Conv``, plus:
+    Same constructor arguments, parameters (``kernel`` ``(*kernel_size, C/G, K)``, ``bias`` (K,)) and
+    call as ``nnx.Conv``, plus:
 
     Args:
       mesh: a mesh from :func:`jaxcnn.make_mesh`.
@@ -144,6 +151,10 @@ class Conv(nnx.Conv):
     ``feature_group_count`` G works as in ``nnx.Conv`` (kernel ``(R, S, C/G, K)``; depthwise: G = C)
     where the algorithm splits the groups on this mesh (:mod:`jaxcnn.algorithms.groups`; else
     ``ValueError`` at construction). ``input_dilation`` other than 1 is not supported.
+
+    ``kernel_size`` has 1, 2 or 3 entries: the layer convolves ``(N, W, C)``, ``(N, H, W, C)`` or
+    ``(N, D, H, W, C)`` inputs (a 3-D layer may split depth over the mesh axis ``d``, a 1-D layer its
+    length over ``w``). Unlike ``nnx.Conv``, an int ``kernel_size`` means a square 2-D kernel.
     """
 
     def __init__(
@@ -162,9 +173,12 @@ class Conv(nnx.Conv):
             if banned in kwargs:
                 raise TypeError(f"jaxcnn.nn.Conv sets {banned!r} itself")
         size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if len(size) != 2:
-            raise ValueError(f"jaxcnn.nn.Conv is 2-D: kernel_size must have 2 entries, got {kernel_size!r}")
-        placement = Placement(algorithm, mesh, kwargs.get("feature_group_count", 1))
+        if len(size) not in (1, 2, 3):
+            raise ValueError(
+                "jaxcnn.nn.Conv is 1-, 2- or 3-D: kernel_size must have 1, 2 or 3 entries, "
+                f"got {kernel_size!r}"
+            )
+        placement = Placement(algorithm, mesh, kwargs.get("feature_group_count", 1), len(size))
         kernel_spec = placement.kernel_spec(in_features, out_features)
         bias_spec = placement.bias_spec(out_features)
         super().__init__(
@@ -173,7 +187,7 @@ class Conv(nnx.Conv):
             size,
             strides,
             conv_general_dilated=conv_general_dilated(mesh, algorithm),
-            kernel_metadata={"out_sharding": _entries(kernel_spec, 4), "mesh": mesh},
+            kernel_metadata={"out_sharding": _entries(kernel_spec, len(size) + 2), "mesh": mesh},
             bias_metadata={"out_sharding": _entries(bias_spec, 1), "mesh": mesh},
             rngs=rngs,
             **kwargs,
@@ -183,10 +197,14 @@ class Conv(nnx.Conv):
 
     @property
     def input_spec(self) -> P:
-        """PartitionSpec of the ``(N, H, W, C)`` input the algorithm computes on (no movement)."""
-        return Placement(self.algorithm, self.mesh, self.feature_group_count).x_spec
+        """PartitionSpec of the ``(N, *spatial, C)`` input the algorithm computes on (no movement)."""
+        return self._placement.x_spec
 
     @property
     def output_spec(self) -> P:
-        """PartitionSpec of the ``(N, Ho, Wo, K)`` output (the next layer's input layout)."""
-        return Placement(self.algorithm, self.mesh, self.feature_group_count).y_spec
+        """PartitionSpec of the ``(N, *spatial_out, K)`` output (the next layer's input layout)."""
+        return self._placement.y_spec
+
+    @property
+    def _placement(self) -> Placement:
+        return Placement(self.algorithm, self.mesh, self.feature_group_count, len(self.kernel_size))

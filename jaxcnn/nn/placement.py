@@ -6,13 +6,14 @@ A layer's *placement* is written as a string so that configs and planners can ca
 - ``"3d@n=2,k=2,c=2"``: algorithm ``3d`` on a mesh of that shape over the **same devices** as the
   model's mesh (axes not named have size 1; the sizes must multiply to the model mesh's device
   count). This is how one model mixes algorithms that split different mesh axes (``data`` splits
-  only ``n``, ``spatial`` splits ``n, h, w``, ``3d`` also ``k, c``): every layer sees the same devices,
-  arranged as its algorithm wants, and activations move between arrangements with
+  only ``n``, ``spatial`` splits ``n, d, h, w``, ``3d`` also ``k, c``; ``d`` only for 3-D layers):
+  every layer sees the same devices, arranged as its algorithm wants, and activations move between
+  arrangements with
   :func:`jaxcnn.nn.reshard`.
 
-The activation specs of an algorithm depend only on the mesh sizes and the layer's feature group count
-(:mod:`jaxcnn.algorithms.groups`), never on its shape, so they are computed here from a placeholder
-geometry.
+The activation specs of an algorithm depend only on the mesh sizes, the layer's number of spatial
+dimensions and its feature group count (:mod:`jaxcnn.algorithms.groups`), never on its shape, so they
+are computed here from a placeholder geometry.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn import algorithms
 from jaxcnn.conv import conv_layout
-from jaxcnn.geometry import conv_geometry
+from jaxcnn.geometry import SPATIAL_AXES, conv_geometry
 from jaxcnn.mesh import AXES, make_mesh, mesh_sizes
 
 
@@ -38,20 +39,22 @@ class Placement:
       algorithm: one of ``jaxcnn.ALGORITHMS``.
       mesh: the mesh the layer's shard_map runs on.
       groups: the layer's feature group count (1: dense).
+      rank: the layer's spatial dimensions (1, 2 or 3; its input is ``(N, *spatial, C)``).
     """
 
     algorithm: str
     mesh: Mesh
     groups: int = 1
+    rank: int = 2
 
     @property
     def x_spec(self) -> P:
-        """PartitionSpec of the layer's ``(N, H, W, C)`` input."""
+        """PartitionSpec of the layer's ``(N, *spatial, C)`` input (``(N, H, W, C)`` in 2-D)."""
         return self._layout(self._channels, self._channels).x_spec
 
     @property
     def y_spec(self) -> P:
-        """PartitionSpec of the layer's ``(N, Ho, Wo, K)`` output."""
+        """PartitionSpec of the layer's ``(N, *spatial_out, K)`` output."""
         return self._layout(self._channels, self._channels).y_spec
 
     @property
@@ -60,28 +63,30 @@ class Placement:
         return self.groups * (math.prod(mesh_sizes(self.mesh).values()) if self.groups > 1 else 1)
 
     def kernel_spec(self, channels_in: int, channels_out: int) -> P:
-        """PartitionSpec of a ``(R, S, C/G, K)`` kernel; ``P()`` when the layout pads C or K.
+        """PartitionSpec of a ``(*window, C/G, K)`` kernel; ``P()`` when the layout pads C or K.
 
         A kernel whose channel counts the layout zero-pads cannot be stored in the padded layout, so
         it is stored replicated (``conv2d`` pads and distributes it at run time).
         """
         layout = self._layout(channels_in, channels_out)
-        if layout.padded[3:] != (channels_in, channels_out):
+        if layout.padded[-2:] != (channels_in, channels_out):
             return P()
         return layout.kernel_spec
 
     def bias_spec(self, channels_out: int) -> P:
         """PartitionSpec of a ``(K,)`` bias: split like y's channels, ``P()`` when K is padded."""
         layout = self._layout(self._channels, channels_out)
-        if layout.padded[4] != channels_out:
+        if layout.padded[-1] != channels_out:
             return P()
-        return P(self.y_spec[3])
+        return P(self.y_spec[-1])
 
     def _layout(self, channels_in: int, channels_out: int) -> algorithms.Layout:
         sizes = mesh_sizes(self.mesh)
+        if self.rank not in SPATIAL_AXES:
+            raise ValueError(f"a layer has 1, 2 or 3 spatial dimensions, got rank={self.rank!r}")
         geom = conv_geometry(
-            (sizes["n"], sizes["h"], sizes["w"], channels_in),
-            (1, 1, channels_in // self.groups, channels_out),
+            (sizes["n"], *(sizes[a] for a in SPATIAL_AXES[self.rank]), channels_in),
+            (*(1,) * self.rank, channels_in // self.groups, channels_out),
             1,
             "VALID",
             feature_group_count=self.groups,

@@ -97,7 +97,7 @@ def batchnorm(choice: Cost) -> Kinds:
     """Per-device bytes of a BatchNorm on a convolution's output (float32 statistics)."""
     lay = choice.layout
     ledger = Ledger(choice.grid, choice.hosts)
-    channels = lay.padded[4] // (lay.size("k") * lay.size("c"))
+    channels = lay.padded[-1] // (lay.size("k") * lay.size("c"))
     ledger.group("all-reduce", 2 * channels * 4, lay.rows)  # forward: sums of x and x^2, one psum
     # backward: XLA reduces the three per-channel sums the gradients are made of (of dy, dy * x and
     # dy * x_hat; a loss linear in the output would let it fold them into two) one split dimension at
@@ -155,7 +155,7 @@ def head_extras(head: Cost, input_layout: Layout, classes: int, batch: int, item
     """Classifier bias gradient, logits out of the head, labels into it, loss and accuracy sums."""
     lay = head.layout
     ledger = Ledger(head.grid, head.hosts)
-    ledger.group("all-reduce", lay.padded[4] // (lay.size("k") * lay.size("c")) * 4, lay.rows)
+    ledger.group("all-reduce", lay.padded[-1] // (lay.size("k") * lay.size("c")) * 4, lay.rows)
     ledger.group("all-reduce", 2 * 4, lay.rows)  # loss and accuracy sums (float32 scalars)
     out = _ledger(ledger)
     spec, grid = logits_layout(head)
@@ -201,7 +201,7 @@ def node_kinds(
     head. The planner's node cost and :func:`step_cost` both read this."""
     parts = {"conv": conv_kinds(choice)}
     if name == "head":  # the head's classes as placed (padded to its k * c, jaxcnn.models.common.Head)
-        parts["loss"] = head_extras(choice, input_layout, choice.layout.padded[4], geom.batch, itemsize)
+        parts["loss"] = head_extras(choice, input_layout, choice.layout.padded[-1], geom.batch, itemsize)
     else:
         parts["batchnorm"] = batchnorm(choice)
     if pool is not None:

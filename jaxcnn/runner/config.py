@@ -77,6 +77,7 @@ class MeshConfig(Section):
     key_path: ClassVar[str] = "mesh"
 
     n: MeshSize = Field(-1, description="batch axis")
+    d: MeshSize = Field(1, description="output-depth axis (3-D convolutions only)")
     h: MeshSize = Field(1, description="output-row axis")
     w: MeshSize = Field(1, description="output-column axis")
     k: MeshSize = Field(1, description="output-channel axis")

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
+from jaxcnn.mesh import AXES
 from jaxcnn.runner.typed import (
     Bool,
     ByteSize,
@@ -26,7 +27,7 @@ from jaxcnn.runner.typed import (
     fail,
 )
 
-MESH_AXES = ("n", "h", "w", "k", "c")
+MESH_AXES = AXES  # ("n", "d", "h", "w", "k", "c")
 
 
 def _finite_option(value: Any) -> Any:

@@ -88,7 +88,7 @@ def test_grouped_forward_and_gradients_match_lax(algorithm, grid, c, k, g, hw, s
         ("3d", dict(n=2, k=2, c=2), 8, 8, 2, "k·c = 4 must divide G = 2"),
         ("2.5d", dict(k=2, c=4), 8, 8, 4, "k·c = 8 must divide G = 4"),
         ("2d", dict(n=2, k=4), 8, 8, 2, "k = 4 must divide G = 2"),
-        ("2d", dict(n=4, k=2), 4, 4, 4, "n·h·w = 4, which must divide it"),
+        ("2d", dict(n=4, k=2), 4, 4, 4, "n·d·h·w = 4, which must divide it"),
         ("filter", dict(k=4), 6, 6, 3, "k must divide both C and K"),
     ],
 )

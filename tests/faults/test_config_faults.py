@@ -99,7 +99,7 @@ def test_batch_checks_with_mesh_n_minus_one_wait_for_the_devices():
     with pytest.raises(ConfigError, match=r"^train\.batch_size=60 does not divide over mesh\.n=8"):
         cfg.mesh_sizes(8)
     auto = from_dict({"model": {"algorithms": "auto"}, "train": {"batch_size": 60}})
-    assert auto.mesh_sizes(8) == {"n": 4, "h": 1, "w": 1, "k": 1, "c": 2}  # auto moves devices to c
+    assert auto.mesh_sizes(8) == {"n": 4, "d": 1, "h": 1, "w": 1, "k": 1, "c": 2}  # auto moves devices to c
 
 
 def test_batch_size_from_the_cli_is_exit_2_before_jax_starts(tmp_path):
@@ -116,12 +116,13 @@ def test_batch_size_from_the_cli_is_exit_2_before_jax_starts(tmp_path):
 def test_placement_syntax_and_device_count_fail_at_load_time():
     assert load_error("model.algorithms=3d@n=2,q=2") == (
         "model.algorithms: bad layer mesh in placement '3d@n=2,q=2': unknown axis 'q'; expected "
-        "comma-separated axis=size items with axes from n, h, w, k, c and sizes >= 1, e.g. '3d@n=2,k=2,c=2'"
+        "comma-separated axis=size items with axes from n, d, h, w, k, c and sizes >= 1, "
+        "e.g. '3d@n=2,k=2,c=2'"
     )
     assert load_error("model.algorithms=3d@n=2,k=2") == (
-        "model.algorithms: placement '3d@n=2,k=2' uses 4 devices but the mesh {'n': 8, 'h': 1, 'w': 1, "
-        "'k': 1, 'c': 1} has 8; a layer mesh re-arranges all the run's devices, so its sizes must multiply "
-        "to 8, e.g. '3d@n=4,k=2'"
+        "model.algorithms: placement '3d@n=2,k=2' uses 4 devices but the mesh {'n': 8, 'd': 1, 'h': 1, "
+        "'w': 1, 'k': 1, 'c': 1} has 8; a layer mesh re-arranges all the run's devices, so its sizes must "
+        "multiply to 8, e.g. '3d@n=4,k=2'"
     )
     assert "size '0' of axis 'n' is not an int >= 1" in load_error("model.algorithms=3d@n=0,k=8")
     assert "axis 'n' given twice" in load_error("model.algorithms=3d@n=2,n=4")
@@ -133,7 +134,8 @@ def test_placement_syntax_and_device_count_fail_at_load_time():
     assert message.startswith("model.algorithms[2]: unknown algorithm 'k=2'") and "needs quotes" in message
     # A plain algorithm that cannot use the run mesh's explicit axes.
     assert load_error("mesh={n: -1, k: 2}", "model.algorithms=data").startswith(
-        "model.algorithms: placement 'data' runs on the run mesh {'n': -1, 'h': 1, 'w': 1, 'k': 2, 'c': 1}: "
+        "model.algorithms: placement 'data' runs on the run mesh "
+        "{'n': -1, 'd': 1, 'h': 1, 'w': 1, 'k': 2, 'c': 1}: "
         "algorithm 'data' does not use mesh axis 'k' (size 2)"
     )
 
@@ -167,7 +169,7 @@ def test_placements_the_model_rejects_are_one_line_exit_2(capsys, tmp_path):
         capsys, "configs/default.yaml", "mesh.n=16", "model.algorithms=data", f"output_dir={tmp_path}"
     )
     assert message.startswith(
-        "mesh {'n': 16, 'h': 1, 'w': 1, 'k': 1, 'c': 1}: product 16 != 8 available devices"
+        "mesh {'n': 16, 'd': 1, 'h': 1, 'w': 1, 'k': 1, 'c': 1}: product 16 != 8 available devices"
     )
     assert not os.listdir(tmp_path)
 

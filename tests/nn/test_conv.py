@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.nn as jnn
+from jaxcnn.nn.placement import format_placement
 from tests.utils import first_fast
 
 RTOL, ATOL = 1e-5, 1e-5  # reductions of at most 3*3*8 = 72 terms
@@ -51,6 +52,54 @@ def test_conv_equals_nnx_conv(sizes, algorithm, c, k, kernel, strides, padding, 
         np.testing.assert_allclose(
             np.asarray(g[name][...]), np.asarray(g_ref[name][...]), rtol=RTOL, atol=1e-4, err_msg=name
         )
+
+
+# (mesh sizes, algorithm, C, K, kernel, strides, padding, dilation, groups, x shape): 3-D split over
+# d, h, w; 1-D split over w with feature groups (filter selects each device's groups).
+CASES_ND = [
+    (dict(d=2, h=2, w=2), "spatial", 4, 6, (3, 2, 3), (1, 2, 1), "SAME", 1, 1, (2, 5, 6, 7, 4)),
+    (dict(w=2, k=4), "filter", 8, 4, (3,), 2, "VALID", 2, 2, (4, 11, 8)),
+    (dict(d=2, k=2, c=2), "3d", 8, 8, (2, 3, 3), 1, "SAME", 1, 4, (2, 6, 5, 4, 8)),
+]
+
+
+@pytest.mark.parametrize(
+    "sizes,algorithm,c,k,kernel,strides,padding,dilation,groups,x_shape", first_fast(CASES_ND, 2)
+)
+def test_nd_conv_equals_nnx_conv(sizes, algorithm, c, k, kernel, strides, padding, dilation, groups, x_shape):
+    mesh = jaxcnn.make_mesh(**sizes)
+    kw = dict(strides=strides, padding=padding, kernel_dilation=dilation, feature_group_count=groups)
+    ours = jnn.Conv(c, k, kernel, mesh=mesh, algorithm=algorithm, rngs=nnx.Rngs(0), **kw)
+    ref = nnx.Conv(c, k, kernel, rngs=nnx.Rngs(0), **kw)
+    ref.bias[...] = jax.random.normal(jax.random.key(3), (k,))
+    ours.bias[...] = ref.bias[...]
+    assert ours.kernel[...].shape == (*kernel, c // groups, k)
+    np.testing.assert_array_equal(np.asarray(ours.kernel[...]), np.asarray(ref.kernel[...]))
+    layout = jaxcnn.conv_layout(
+        jaxcnn.conv_geometry(x_shape, ours.kernel[...].shape, feature_group_count=groups),
+        mesh=mesh,
+        algorithm=algorithm,
+    )
+    assert ours.input_spec == layout.x_spec and ours.output_spec == layout.y_spec
+    x = jax.random.normal(jax.random.key(1), x_shape)
+    y, g, gx = nnx.jit(_loss_and_grads)(ours, x)
+    y_ref, g_ref, gx_ref = nnx.jit(_loss_and_grads)(ref, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(gx_ref), rtol=RTOL, atol=ATOL)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(
+            np.asarray(g[name][...]), np.asarray(g_ref[name][...]), rtol=RTOL, atol=1e-4, err_msg=name
+        )
+
+
+def test_nd_conv_rejects_bad_kernel_size_and_placements():
+    with pytest.raises(ValueError, match=r"kernel_size must have 1, 2 or 3 entries"):
+        jnn.Conv(4, 4, (3, 3, 3, 3), mesh=jaxcnn.make_mesh(n=2), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"mesh axis 'd' has size 2 but the layer is a 2-D convolution"):
+        jnn.Conv(4, 4, (3, 3), mesh=jaxcnn.make_mesh(d=2), algorithm="spatial", rngs=nnx.Rngs(0))
+    placement = jnn.parse_placement("spatial@d=2,h=2,w=2", jaxcnn.make_mesh(n=8))
+    assert dict(placement.mesh.shape) == dict(n=1, d=2, h=2, w=2, k=1, c=1)
+    assert format_placement("spatial", dict(placement.mesh.shape)) == "spatial@d=2,h=2,w=2"
 
 
 def test_parameters_carry_the_layout_and_are_created_sharded():

@@ -70,7 +70,7 @@ def test_transition_bytes_follow_the_conventions(from_spec, to_spec, expected):
 
 
 def test_transition_bytes_on_a_fake_512_device_mesh_and_across_meshes():
-    abstract = AbstractMesh((8, 1, 1, 8, 8), jaxcnn.AXES)
+    abstract = AbstractMesh((8, 1, 1, 1, 8, 8), jaxcnn.AXES)
     shape = (64, 14, 14, 512)
     y_spec, x_spec = P("n", None, None, ("k", "c")), P("n", None, None, ("c", "k"))
     traffic = jnn.transition_traffic(y_spec, x_spec, shape, abstract)
@@ -89,7 +89,7 @@ def test_transition_bytes_on_a_fake_512_device_mesh_and_across_meshes():
 def test_placement_strings():
     mesh = jaxcnn.make_mesh(n=8)
     p = jnn.parse_placement("3d@n=2,k=2,c=2", mesh)
-    assert (p.algorithm, dict(p.mesh.shape)) == ("3d", {"n": 2, "h": 1, "w": 1, "k": 2, "c": 2})
+    assert (p.algorithm, dict(p.mesh.shape)) == ("3d", {"n": 2, "d": 1, "h": 1, "w": 1, "k": 2, "c": 2})
     assert list(p.mesh.devices.flat) == list(mesh.devices.flat)
     with pytest.raises(ValueError, match="multiply to 8"):
         jnn.parse_placement("3d@n=2,k=2", mesh)

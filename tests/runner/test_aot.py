@@ -38,14 +38,14 @@ def test_resnet50_tpu_pod_compiles_on_256_devices():
         "data.source=synthetic",
         "data.image_size=[32, 32]",
     )
-    assert figures["mesh"] == "{'n': 64, 'h': 1, 'w': 1, 'k': 2, 'c': 2}"
+    assert figures["mesh"] == "{'n': 64, 'd': 1, 'h': 1, 'w': 1, 'k': 2, 'c': 2}"
     assert int(figures["num_params"]) == RESNET50_PARAMS
 
 
 @pytest.mark.slow
 def test_resnet50_gpu_node_compiles_on_8_devices():
     figures = _compile_only("resnet50_gpu_node.yaml", 8, "train.batch_size=16", "data.image_size=[32, 32]")
-    assert figures["mesh"] == "{'n': 8, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
+    assert figures["mesh"] == "{'n': 8, 'd': 1, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
     assert int(figures["num_params"]) == RESNET50_PARAMS
 
 
@@ -59,7 +59,7 @@ def test_resnet50_slurm_gpu_compiles_on_32_devices_with_auto():
         "data.source=synthetic",
         "data.image_size=[32, 32]",
     )
-    assert figures["mesh"] == "{'n': 32, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
+    assert figures["mesh"] == "{'n': 32, 'd': 1, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
     assert int(figures["num_params"]) == RESNET50_PARAMS
     metered = float(figures["comm_bytes_per_step_max_device"])
     assert metered == pytest.approx(float(figures["predicted_comm_bytes_per_step_max_device"]), rel=0.01)

@@ -63,7 +63,7 @@ def test_every_config_loads_validates_and_starts_with_its_command(path):
 def test_default_config_values():
     cfg = load_config(os.path.join(os.path.dirname(CONFIGS[0]), "default.yaml"))
     assert (cfg.name, cfg.data.source, cfg.model.name) == ("default", "digits", "small_cnn")
-    assert cfg.mesh.resolve(8) == {"n": 8, "h": 1, "w": 1, "k": 1, "c": 1}
+    assert cfg.mesh.resolve(8) == {"n": 8, "d": 1, "h": 1, "w": 1, "k": 1, "c": 1}
     assert {a.split("@")[0] for a in cfg.model.algorithms.values()} == {"spatial", "2d", "3d", "data"}
     assert cfg.optimizer.learning_rate == 0.003  # from default.yaml, over base.yaml's 0.001
     assert cfg.checkpoint.max_to_keep == 3  # inherited from base.yaml
@@ -110,7 +110,7 @@ def test_config_is_frozen():
             {"train": {"stepz": 1}},
             "unknown config key 'train.stepz'; valid keys at 'train': steps, batch_size,",
         ),
-        ({"mesh": {"x": 2}}, "unknown config key 'mesh.x'; valid keys at 'mesh': n, h, w, k, c"),
+        ({"mesh": {"x": 2}}, "unknown config key 'mesh.x'; valid keys at 'mesh': n, d, h, w, k, c"),
     ],
 )
 def test_unknown_keys(data, message):
@@ -188,7 +188,14 @@ def test_mesh_statics():
         from_dict({"mesh": {"n": -1, "k": -1}})
     with pytest.raises(ConfigError, match=r"mesh\.h: must be a positive int or -1, got 0"):
         from_dict({"mesh": {"h": 0}})
-    assert from_dict({"mesh": {"n": 2, "c": -1}}).mesh.resolve(8) == {"n": 2, "h": 1, "w": 1, "k": 1, "c": 4}
+    assert from_dict({"mesh": {"n": 2, "c": -1}}).mesh.resolve(8) == {
+        "n": 2,
+        "d": 1,
+        "h": 1,
+        "w": 1,
+        "k": 1,
+        "c": 4,
+    }
 
 
 @pytest.mark.parametrize("text", ["train.steps", "=3", "train..steps=3", "train.steps=[1, 2", "tr ain=1"])

@@ -183,7 +183,7 @@ def test_sections_built_directly_raise_config_errors_with_their_key():
         MeshConfig(h=0)
     with pytest.raises(ConfigError, match=r"^unknown config key 'model\.nme'; valid keys at 'model': name,"):
         ModelConfig(nme="vgg16")
-    assert MeshConfig(n=4, c=2).resolve(8) == {"n": 4, "h": 1, "w": 1, "k": 1, "c": 2}
+    assert MeshConfig(n=4, c=2).resolve(8) == {"n": 4, "d": 1, "h": 1, "w": 1, "k": 1, "c": 2}
     assert ModelConfig(algorithms=["3d", "data"]).algorithms == ("3d", "data")
 
 

@@ -46,7 +46,7 @@ from jaxcnn.runner.typed import ConfigError
 )
 def test_auto_puts_the_devices_the_batch_cannot_use_on_c(mesh, devices, batch, eval_batch, expected):
     sizes = MeshConfig(**mesh).resolve(devices, batch, auto=True, eval_batch_size=eval_batch)
-    assert sizes == {"n": 1, "h": 1, "w": 1, "k": 1, "c": 1} | expected
+    assert sizes == {"n": 1, "d": 1, "h": 1, "w": 1, "k": 1, "c": 1} | expected
     assert batch % sizes["n"] == 0 and np.prod(list(sizes.values())) == devices
 
 
@@ -115,7 +115,7 @@ def test_config_mesh_sizes_passes_the_batches_and_auto():
     def cfg(algorithms, **train):
         return from_dict({"model": {"algorithms": algorithms}, "train": {"batch_size": 4, **train}})
 
-    assert cfg("auto", eval_batch_size=120).mesh_sizes(8) == {"n": 4, "h": 1, "w": 1, "k": 1, "c": 2}
+    assert cfg("auto", eval_batch_size=120).mesh_sizes(8) == {"n": 4, "d": 1, "h": 1, "w": 1, "k": 1, "c": 2}
     assert cfg("auto", eval_batch_size=2).mesh_sizes(8)["n"] == 2
     for algorithms in ("data", ["data"], {"*": "data@n=8"}):
         with pytest.raises(ConfigError, match=r"^train\.batch_size=4 does not divide over mesh\.n=8"):
@@ -205,7 +205,7 @@ def test_auto_trains_batch_4_on_8_devices_like_one_device(tmp_path, digits, monk
     )
     monkeypatch.setattr(metrics_lib, "plot", lambda records, run_dir: [])  # no matplotlib: seconds saved
     run = train(cfg)
-    assert run.summary["mesh"] == {"n": 4, "h": 1, "w": 1, "k": 1, "c": 2}
+    assert run.summary["mesh"] == {"n": 4, "d": 1, "h": 1, "w": 1, "k": 1, "c": 2}
     losses = [r["loss"] for r in run.records if "loss" in r]
 
     mesh1 = jaxcnn.make_mesh()
