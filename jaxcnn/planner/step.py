@@ -177,13 +177,16 @@ def concat_layout(at: Layout, rank: int) -> Layout:
 
 def segmentation_extras(out: Cost, input_layout: Layout, y_shape: Sequence[int], itemsize: int) -> Kinds:
     """A segmentation :class:`~jaxcnn.models.graph.Output` ``(N, *spatial, classes)``: its bias gradient
-    and the loss and accuracy sums (all-reduces over its row axes), its logits moved into their
+    and the loss and accuracy sums (an all-reduce per split row dimension), its logits moved into their
     classes-gathered layout (forward and backward), the int32 labels from the images' layout into
     the logits' rows."""
     lay = out.layout
     ledger = Ledger(out.grid, out.hosts)
-    ledger.group("all-reduce", lay.padded[4] // (lay.size("k") * lay.size("c")) * 4, lay.rows)
-    ledger.group("all-reduce", 2 * 4, lay.rows)
+    bias = lay.padded[4] // (lay.size("k") * lay.size("c")) * 4
+    # Sums over batch and space (the bias gradient, the loss and accuracy sums): XLA reduces them one
+    # split dimension at a time (as BatchNorm's backward sums), one all-reduce per split row dimension.
+    for entry in redistribute.spec_entries(lay.y_spec, len(y_shape))[:-1]:
+        ledger.group("all-reduce", bias + 2 * 4, entry)
     result = _ledger(ledger)
     logits = concat_layout(y_layout(out), len(y_shape))
     result.merge(move(y_shape, y_layout(out), logits, itemsize, hosts=out.hosts))

@@ -267,7 +267,7 @@ class DataConfig(Section):
     @classmethod
     def _h_w(cls, size: tuple[int, ...]) -> tuple[int, ...]:
         if len(size) not in (0, 2, 3) or not all(s > 0 for s in size):
-            fail(f"expected [], [H, W] or (ellipsoids) [D, H, W] with positive sizes, got {list(size)}")
+            fail(f"expected [] or [H, W] with positive sizes (ellipsoids: also [D, H, W]), got {list(size)}")
         return size
 
     @model_validator(mode="after")
