@@ -20,10 +20,17 @@ from jax.sharding import Mesh
 from jaxcnn.models.common import Algorithms, Placements
 from jaxcnn.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from jaxcnn.models.small_cnn import SmallCNN
+from jaxcnn.models.unet import UNet
 from jaxcnn.models.vgg import VGG16
 from jaxcnn.nn import create_sharded
 
-MODELS: dict[str, Any] = {"small_cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "vgg16": VGG16}
+MODELS: dict[str, Any] = {
+    "small_cnn": SmallCNN,
+    "resnet18": ResNet18,
+    "resnet50": ResNet50,
+    "vgg16": VGG16,
+    "unet": UNet,
+}
 
 
 def build(
@@ -41,8 +48,8 @@ def build(
     """Builds model ``name`` (one of ``MODELS``).
 
     Args:
-      name: ``"small_cnn"``, ``"resnet18"``, ``"resnet50"`` or ``"vgg16"``.
-      num_classes: logits per example.
+      name: ``"small_cnn"``, ``"resnet18"``, ``"resnet50"``, ``"vgg16"`` or ``"unet"`` (segmentation).
+      num_classes: logits per example (per voxel for ``unet``).
       in_channels: image channels.
       mesh: the model's mesh (:func:`jaxcnn.make_mesh`).
       algorithms: one placement for every convolution, ``{layer: placement}`` (``"*"``: default) or a
@@ -51,10 +58,13 @@ def build(
       rngs: parameter initialisation.
       sharded_init: create the variables in one compiled program, already sharded
         (:func:`jaxcnn.nn.create_sharded`; same values as eager construction, which ``False`` selects).
-      **kwargs: model options (``width``; ``small_images`` for the ResNets).
+      **kwargs: model options (``width``; ``small_images`` for the ResNets; ``depth`` and
+        ``spatial_dims`` for the U-Net).
 
     Returns:
-      An ``nnx.Module``; ``model(x)`` maps ``(N, H, W, in_channels)`` to ``(N, num_classes)``;
+      An ``nnx.Module``; ``model(x)`` maps ``(N, H, W, in_channels)`` to ``(N, num_classes)`` (the U-Net:
+      ``(N, *spatial, in_channels)`` to ``(N, *spatial, num_classes)``, and ``model.task`` is
+      ``"segmentation"``);
       ``model.train()`` / ``model.eval()`` switch BatchNorm between batch and running statistics.
 
     Raises:
@@ -90,6 +100,7 @@ __all__ = [
     "ResNet18",
     "ResNet50",
     "SmallCNN",
+    "UNet",
     "build",
     "conv_layer_names",
 ]

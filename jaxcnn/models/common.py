@@ -108,13 +108,14 @@ class ConvBN(nnx.Module):
 
     Args:
       cin, cout: channels.
-      kernel: kernel size (square).
+      kernel: kernel size (the same along every spatial dimension).
       stride: stride.
       plan: the model's :class:`Placements`; ``name`` picks this convolution's placement.
       relu: apply ReLU.
       momentum: BatchNorm running-average momentum (0.9, as PyTorch's 0.1: Flax's 0.99 default leaves
         the running statistics far from the data after the few hundred steps of a small run).
       dtype: computation dtype (parameters are float32).
+      spatial_dims: 2 (NHWC images) or 3 (``(N, D, H, W, C)`` volumes; needs N-D convolutions).
       rngs: parameter initialisation.
     """
 
@@ -130,13 +131,14 @@ class ConvBN(nnx.Module):
         relu: bool = True,
         momentum: float = 0.9,
         dtype: Any = jnp.float32,
+        spatial_dims: int = 2,
         rngs: nnx.Rngs,
     ):
         placement = plan.placement(name)
         self.conv = Conv(
             cin,
             cout,
-            (kernel, kernel),
+            (kernel,) * spatial_dims,
             stride,
             padding="SAME",
             use_bias=False,
@@ -147,9 +149,16 @@ class ConvBN(nnx.Module):
             rngs=rngs,
         )
         self.bn = BatchNorm(
-            cout, mesh=placement.mesh, spec=placement.y_spec, momentum=momentum, dtype=dtype, rngs=rngs
+            cout,
+            mesh=placement.mesh,
+            spec=placement.y_spec,
+            spatial_dims=spatial_dims,
+            momentum=momentum,
+            dtype=dtype,
+            rngs=rngs,
         )
         self.relu = relu
+        self.spatial_dims = spatial_dims
         self.name = name  # the convolution's name (planners key placements by it)
         self.mesh = placement.mesh
         self.input_sharding = NamedSharding(placement.mesh, placement.x_spec)
@@ -163,9 +172,11 @@ class ConvBN(nnx.Module):
 
 
 def pool(x: jax.Array, after: ConvBN, window: int, stride: int, padding: str = "VALID") -> jax.Array:
-    """Max pooling in the output layout of the block ``after``."""
+    """Max pooling (the same window and stride along every spatial dimension) in the output layout of
+    the block ``after``."""
+    dims = after.spatial_dims
     return max_pool(
-        x, (window, window), (stride, stride), padding, mesh=after.mesh, spec=after.output_sharding.spec
+        x, (window,) * dims, (stride,) * dims, padding, mesh=after.mesh, spec=after.output_sharding.spec
     )
 
 

@@ -1,11 +1,18 @@
-"""A network as the planner sees it: convolutions, pooling and residual blocks (series-parallel).
+"""A network as the planner sees it: convolutions, pooling, residual blocks and skip concatenations.
 
 A model's ``plan_graph`` is a tuple of nodes in execution order:
 
 - :class:`Conv`: a convolution (with its BatchNorm and ReLU, or the classifier ``"head"``);
 - :class:`Pool`: a pooling window applied in the output layout of the convolution ``after``;
 - :class:`Residual`: ``relu(main(x) + shortcut(x))``: a chain of convolutions and an identity or
-  projection shortcut, summed in the layout of the main chain's last convolution.
+  projection shortcut, summed in the layout of the main chain's last convolution;
+- :class:`Concat`: the channels of an earlier convolution's output (a U-Net skip) concatenated with
+  the current activation (the output of the convolution ``up`` just before it), both moved into the
+  concatenation layout (``up``'s output layout with the channels gathered);
+- :class:`Output`: a per-voxel classifier (a 1×1 convolution with bias) whose logits, classes
+  gathered, meet per-voxel labels (segmentation; a classifier network ends with ``Conv("head")``).
+
+A convolution node may be a transposed convolution: its traced geometry carries the input dilation.
 
 The shapes come from the model itself (:func:`jaxcnn.runner.autoplan.conv_layers` traces it), so the
 graph only names layers and never repeats their geometry.
@@ -15,12 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax.sharding import PartitionSpec as P
+
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-    """A convolution node (``name`` keys its placement)."""
+    """A convolution node (``name`` keys its placement); ``batchnorm``: followed by a BatchNorm (False
+    for a U-Net's transposed convolutions)."""
 
     name: str
+    batchnorm: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,4 +53,30 @@ class Residual:
     shortcut: str | None
 
 
-Node = Conv | Pool | Residual
+@dataclasses.dataclass(frozen=True)
+class Concat:
+    """``concat(output of conv skip, output of conv up)`` over channels, in the concatenation layout
+    (``up``'s output layout with the channels gathered); ``up`` is the convolution just before it."""
+
+    skip: str
+    up: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """The per-voxel classifier ``name`` (1×1 convolution with bias, no BatchNorm), last in the graph."""
+
+    name: str
+
+
+Node = Conv | Pool | Residual | Concat | Output
+
+
+def channels_gathered(spec: P, rank: int) -> P:
+    """The PartitionSpec of a rank-``rank`` channels-last activation laid out as ``spec`` with its channel
+    dimension gathered (the concatenation layout of :class:`Concat`, the logits' layout of
+    :class:`Output`)."""
+    from jaxcnn.redistribute import spec_entries
+
+    entries = spec_entries(spec, rank)
+    return P(*(e[0] if len(e) == 1 else e or None for e in entries[:-1]), None)

@@ -3,7 +3,8 @@
 :func:`trace_layers` runs the model under ``jax.eval_shape`` (nothing is allocated or computed) with
 each convolution's ``conv_general_dilated`` hook wrapped to record its input and kernel shapes,
 strides, padding and dilation, so the geometries are exactly those the model computes, in execution
-order, under the names its blocks carry (a module with a ``name`` and a ``conv``). The planner, the
+order, under the names its blocks carry (a module with a ``name`` and a ``conv``); a transposed
+convolution is recorded with its input dilation. The planner, the
 whole-step prediction and :mod:`jaxcnn.networks` all read layers from here, so names and shapes
 cannot drift from the models.
 """
@@ -38,18 +39,28 @@ class Recorder:
     records: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any, Any]]
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kw):
-        self.records.append((self.name, lhs.shape, rhs.shape, tuple(window_strides), padding, rhs_dilation))
+        self.records.append(
+            (self.name, lhs.shape, rhs.shape, tuple(window_strides), padding, rhs_dilation, lhs_dilation)
+        )
         return self.inner(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kw)
 
 
-def named_convs(model: nnx.Module) -> dict[int, tuple[str, nnx.Module]]:
-    """``{id(conv): (name, conv)}`` of every ``jaxcnn.nn.Conv`` held by a block with a ``name``."""
+def is_distributed_conv(conv: object) -> bool:
+    """A layer computed by a jaxcnn algorithm through a ``conv_general_dilated`` hook: a
+    ``jaxcnn.nn.Conv`` or the U-Net's transposed convolution (:class:`jaxcnn.models.unet.ConvTranspose`)."""
+    from jaxcnn.models.unet import ConvTranspose
     from jaxcnn.nn import Conv
 
+    return isinstance(conv, Conv | ConvTranspose)
+
+
+def named_convs(model: nnx.Module) -> dict[int, tuple[str, nnx.Module]]:
+    """``{id(conv): (name, conv)}`` of every distributed convolution (:func:`is_distributed_conv`) held
+    by a block with a ``name``."""
     found = {}
     for _, node in nnx.iter_graph(model):
         conv, name = getattr(node, "conv", None), getattr(node, "name", None)
-        if isinstance(conv, Conv) and isinstance(name, str):
+        if is_distributed_conv(conv) and isinstance(name, str):
             found[id(conv)] = (name, conv)
     return found
 
@@ -79,6 +90,16 @@ def trace_layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) ->
 
     jax.eval_shape(forward, state, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
     return [
-        ConvLayer(name, conv_geometry(x, k, strides, padding, 1 if dil is None else tuple(dil)))
-        for name, x, k, strides, padding, dil in records
+        ConvLayer(
+            name,
+            conv_geometry(
+                x,
+                k,
+                strides,
+                padding,
+                1 if dil is None else tuple(dil),
+                input_dilation=1 if lhs is None else tuple(lhs),
+            ),
+        )
+        for name, x, k, strides, padding, dil, lhs in records
     ]

@@ -1,4 +1,7 @@
-"""Distributed batch normalisation: statistics reduced over every mesh axis that splits n, h or w.
+"""Distributed batch normalisation: statistics reduced over every mesh axis that splits n or space.
+
+Rank-generic: channels-last activations ``(N, *spatial, C)`` with 1 to 3 spatial dimensions (the layer's
+``spatial_dims``, 2 by default); "rows" below are all dimensions but the channels.
 
 The activation arrives in a known layout (its ``PartitionSpec``, e.g. the previous convolution's
 ``y_spec`` ``P("n", "h", "w", ("k", "c"))``). Each device sums its block over (N, H, W); one
@@ -28,18 +31,19 @@ from jaxcnn.redistribute import spec_entries
 
 
 def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Array:
-    """``(2, C)`` global sums of ``x - shift`` and its square over (N, H, W) (x zero-padded)."""
-    entries = spec_entries(spec, 4)
-    if entries[3] and any(a in entries[3] for e in entries[:3] for a in e):
+    """``(2, C)`` global sums of ``x - shift`` and its square over all but the channels (x zero-padded)."""
+    entries = spec_entries(spec, x.ndim)
+    if entries[-1] and any(a in entries[-1] for e in entries[:-1] for a in e):
         raise ValueError(f"spec {spec} splits channels and rows over the same mesh axis")
-    row_axes = tuple(a for e in entries[:3] for a in e)
-    channel = entries[3] or None
+    row_axes = tuple(a for e in entries[:-1] for a in e)
+    channel = entries[-1] or None
     xp = pad_to(x, specs.padded_shape(x.shape, spec, mesh))
-    extra = xp.size // xp.shape[3] - x.size // x.shape[3]  # padded positions per channel
+    extra = xp.size // xp.shape[-1] - x.size // x.shape[-1]  # padded positions per channel
+    rows = tuple(range(x.ndim - 1))
 
     def body(xb: jax.Array, sb: jax.Array | None) -> jax.Array:
         d = xb if sb is None else xb - sb
-        s = jnp.stack([d.sum((0, 1, 2)), (d * d).sum((0, 1, 2))])
+        s = jnp.stack([d.sum(rows), (d * d).sum(rows)])
         return lax.psum(s, row_axes) if row_axes else s
 
     if shift is None:
@@ -51,27 +55,28 @@ def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Arr
         )
         sums = fn(xp)
     else:
-        sp = pad_to(shift, (xp.shape[3],))
+        sp = pad_to(shift, (xp.shape[-1],))
         fn = jax.shard_map(
             body, mesh=mesh, in_specs=(specs.as_spec(entries), P(channel)), out_specs=P(None, channel)
         )
         sums = fn(xp, sp)
         # Padded zeros contributed (0 - shift) and (0 - shift)^2 each: remove them.
         sums = sums - extra * jnp.stack([-sp, sp * sp])
-    return sums[:, : x.shape[3]]
+    return sums[:, : x.shape[-1]]
 
 
 def batch_stats(
     x: jax.Array, spec: P, mesh: Mesh, *, dtype: Any = None, use_fast_variance: bool = True
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and (biased) variance of NHWC ``x`` laid out as ``spec`` on ``mesh``.
+    """Per-channel mean and (biased) variance of channels-last ``x`` (NHWC, or ``(N, *spatial, C)``) laid
+    out as ``spec`` on ``mesh``.
 
     Statistics are computed in at least float32, like ``flax.nnx.BatchNorm``. The fast variance is
     ``E[x²] − E[x]²`` (clipped at 0, one psum); otherwise ``E[(x − E[x])²]`` (two psums).
     """
     dtype = jnp.promote_types(dtype or x.dtype, jnp.float32)
     x = x.astype(dtype)
-    count = x.size // x.shape[3]
+    count = x.size // x.shape[-1]
     first = _sums(x, spec, mesh, None) / count
     mean = first[0]
     if use_fast_variance:
@@ -90,23 +95,34 @@ class BatchNorm(nnx.BatchNorm):
       num_features: channels.
       mesh: the mesh the activation lives on (``None``: single-device statistics, plain ``nnx.BatchNorm``).
       spec: the activation's PartitionSpec, e.g. the previous ``jaxcnn.nn.Conv``'s ``output_spec``.
-        Statistics are psum-reduced over every mesh axis in its N, H, W entries.
+        Statistics are psum-reduced over every mesh axis in its N and spatial entries.
+      spatial_dims: spatial dimensions of the activations (2: NHWC; 3: ``(N, D, H, W, C)``; 1).
       **kwargs: ``nnx.BatchNorm`` arguments (``use_running_average``, ``momentum``, ``epsilon``,
         ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, inits, ``use_fast_variance``, ``rngs``).
     """
 
     def __init__(
-        self, num_features: int, *, mesh: Mesh | None = None, spec: P = specs.REPLICATED, **kwargs: Any
+        self,
+        num_features: int,
+        *,
+        mesh: Mesh | None = None,
+        spec: P = specs.REPLICATED,
+        spatial_dims: int = 2,
+        **kwargs: Any,
     ):
-        if kwargs.get("axis", -1) not in (-1, 3):
-            raise ValueError("jaxcnn.nn.BatchNorm normalises NHWC activations over the last axis only")
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+        if kwargs.get("axis", -1) not in (-1, spatial_dims + 1):
+            raise ValueError(
+                "jaxcnn.nn.BatchNorm normalises channels-last activations over the last axis only"
+            )
         if kwargs.get("axis_name") is not None:
             raise ValueError(
                 "jaxcnn.nn.BatchNorm reduces over the mesh axes in `spec`; do not pass axis_name"
             )
         metadata: dict[str, Any] = {}
         if mesh is not None:
-            channel = spec_entries(spec, 4)[3]
+            channel = spec_entries(spec, spatial_dims + 2)[-1]
             even = num_features % specs.parts(channel, mesh) == 0
             metadata = {"out_sharding": (specs.as_spec([channel])[0] if even else None,), "mesh": mesh}
         super().__init__(num_features, scale_metadata=metadata, bias_metadata=metadata, **kwargs)
@@ -115,11 +131,13 @@ class BatchNorm(nnx.BatchNorm):
             self.var = nnx.BatchStat(self.var[...], **metadata)
         self.mesh = mesh
         self.spec = spec
+        self.spatial_dims = spatial_dims
 
     def __call__(
         self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None
     ) -> jax.Array:
-        """Normalises ``x`` (N, H, W, C) with batch statistics (training) or running averages.
+        """Normalises ``x`` (N, H, W, C) (``(N, *spatial, C)``) with batch statistics (training) or
+        running averages.
 
         Raises:
           NotImplementedError: ``mask`` is given.
@@ -128,8 +146,11 @@ class BatchNorm(nnx.BatchNorm):
             raise NotImplementedError("jaxcnn.nn.BatchNorm does not support masks")
         if self.mesh is None:
             return super().__call__(x, use_running_average)
-        if x.ndim != 4:
-            raise ValueError(f"jaxcnn.nn.BatchNorm takes NHWC activations, got shape {x.shape}")
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"jaxcnn.nn.BatchNorm(spatial_dims={self.spatial_dims}) takes rank-{self.spatial_dims + 2} "
+                f"channels-last activations, got shape {x.shape}"
+            )
         use_running_average = self.use_running_average if use_running_average is None else use_running_average
         if use_running_average is None:
             raise ValueError("pass use_running_average to BatchNorm, or call model.train() / model.eval()")

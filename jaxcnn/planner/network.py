@@ -11,7 +11,11 @@ The DP state is the layout the activation is in (the placement that produced it)
 shortcut(x))`` entered in state ``s`` is solved exactly for every output candidate ``c`` of its last
 main convolution: the inner chain by the same recurrence from ``s``, plus the cheapest shortcut (the
 identity moved from ``s`` into ``c``'s output layout, or a projection placed between them). So the
-plan is optimal for the series-parallel graph over the candidate sets, with the objective summing
+plan is optimal for the series-parallel graph over the candidate sets. A U-Net's skip concatenation
+(:class:`~jaxcnn.models.graph.Concat`) reads an output produced long before: the DP state then also
+holds the layouts of the pending skips (moved, with the upsampled activation, into the concatenation
+layout when they are read), and after each convolution only the ``beam`` cheapest states are kept
+(the plan is exact whenever no more states arise). The objective sums
 each term's maximum over devices (the prediction, :func:`jaxcnn.planner.step.step_cost`, takes the
 maximum of the sum; they differ only where permutes leave some devices idle). On ``hosts > 1`` each
 term is the weighted ``ICI + dcn_cost_factor · DCN`` bytes (:mod:`jaxcnn.links`).
@@ -26,10 +30,11 @@ from jaxcnn import algorithms
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
-from jaxcnn.models.graph import Conv, Node, Residual
+from jaxcnn.models.graph import Concat, Conv, Node, Output, Residual
 from jaxcnn.planner.plan import plan_layer
 from jaxcnn.planner.step import (
     Layout,
+    concat_layout,
     first_conv,
     graph_nodes,
     move,
@@ -40,6 +45,7 @@ from jaxcnn.planner.step import (
 )
 
 State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)
+Key = tuple[Layout, tuple[tuple[str, Layout], ...]]  # (the activation's layout, pending skips' layouts)
 
 
 def plan_graph(
@@ -55,6 +61,7 @@ def plan_graph(
     fixed: Mapping[str, str] | None = None,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+    beam: int = 256,
 ) -> dict[str, Cost]:
     """One placement per convolution of ``graph`` minimising the predicted bytes of the train step.
 
@@ -71,6 +78,8 @@ def plan_graph(
       hosts: hosts the devices are split over (equal consecutive groups of the flat device order).
       dcn_cost_factor: how much dearer a byte that crosses hosts is; the plan minimises
         ``ICI + dcn_cost_factor · DCN`` bytes (only with ``hosts > 1``).
+      beam: DP states kept after each convolution (the cheapest); only U-Net skips (a state per
+        combination of pending skip layouts) ever need more than ``candidates``.
 
     Returns:
       ``{name: Cost}`` (``cost.algorithm``, ``cost.grid``; predicted for ``hosts``) for every
@@ -81,11 +90,11 @@ def plan_graph(
       ValueError: ``hosts`` does not divide ``num_devices``.
     """
     itemsize = itemsize_of(dtype)
-    names, pools, feeds_head = graph_nodes(graph)
+    nodes = graph_nodes(graph)
     first = first_conv(graph)
     options: dict[str, tuple[Cost, ...]] = {}
     node_cost: dict[tuple[str, int], float] = {}
-    for name in names:
+    for name in nodes.names:
         algs = (fixed[name],) if fixed and name in fixed else allowed
         table = plan_layer(
             layers[name],
@@ -104,11 +113,8 @@ def plan_graph(
                 for c in options[name]
             )
         for i, c in enumerate(options[name]):
-            parts = node_kinds(
-                name, c, layers[name], input_layout, itemsize, pools.get(name), name == feeds_head
-            )
-            cost = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
-            node_cost[name, i] = cost
+            parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
+            node_cost[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
     edges: dict[tuple, float] = {}
 
     def edge(shape: Sequence[int], src: Layout, dst: Layout, backward: bool = True) -> float:
@@ -118,62 +124,83 @@ def plan_graph(
             edges[key] = float(moved.weighted(dcn_cost_factor).max())
         return edges[key]
 
-    def step(states: dict[Layout, State], name: str, first: bool = False) -> dict[Layout, State]:
-        """Chain recurrence into conv ``name``; new states keyed by its output layout."""
-        out: dict[Layout, State] = {}
+    def step(states: dict[Key, State], name: str, first: bool = False) -> dict[Key, State]:
+        """Chain recurrence into conv ``name``; new states keyed by its output layout (and the pending
+        skips, this convolution's output added if a later Concat reads it)."""
+        out: dict[Key, State] = {}
         geom = layers[name]
         for i, c in enumerate(options[name]):
-            src_shape = geom.x_shape
-            best = None
-            for s, (cost, chosen) in states.items():
+            layout = y_layout(c)
+            for (s, pending), (cost, chosen) in states.items():
                 if name == "head":
-                    extra = edge(src_shape, pooled_layout(chosen[feeds_head]), x_layout(c))
+                    extra = edge(geom.x_shape, pooled_layout(chosen[nodes.feeds_head]), x_layout(c))
                 else:
-                    extra = edge(src_shape, s, x_layout(c), backward=not first)
-                so_far = cost + extra
-                if best is None or so_far < best[0]:
-                    best = (so_far, chosen)
-            so_far = best[0] + node_cost[name, i]
-            key = y_layout(c)
+                    extra = edge(geom.x_shape, s, x_layout(c), backward=not first)
+                so_far = cost + extra + node_cost[name, i]
+                key = (layout, (*pending, (name, layout)) if name in nodes.skips else pending)
+                if key not in out or so_far < out[key][0]:
+                    out[key] = (so_far, {**chosen, name: c})
+        return _prune(out, beam)
+
+    def concat(states: dict[Key, State], node: Concat) -> dict[Key, State]:
+        """Both inputs of a skip concatenation moved into the concatenation layout."""
+        out: dict[Key, State] = {}
+        rank = len(layers[node.up].y_shape)
+        for (s, pending), (cost, chosen) in states.items():
+            saved = dict(pending)[node.skip]
+            cat = concat_layout(s, rank)
+            so_far = (
+                cost + edge(layers[node.skip].y_shape, saved, cat) + edge(layers[node.up].y_shape, s, cat)
+            )
+            key = (cat, tuple(p for p in pending if p[0] != node.skip))
             if key not in out or so_far < out[key][0]:
-                out[key] = (so_far, {**best[1], name: c})
+                out[key] = (so_far, chosen)
         return out
 
-    states: dict[Layout, State] = {input_layout: (0.0, {})}
+    states: dict[Key, State] = {(input_layout, ()): (0.0, {})}
     first = True
     for node in graph:
-        if isinstance(node, Conv):
+        if isinstance(node, Conv | Output):
             states = step(states, node.name, first)
             first = False
         elif isinstance(node, Residual):
             states = _residual(node, states, layers, edge, step)
             first = False
+        elif isinstance(node, Concat):
+            states = concat(states, node)
     return dict(min(states.values(), key=lambda st: st[0])[1])
 
 
-def _residual(node, states, layers, edge, step) -> dict[Layout, State]:
+def _prune(states: dict[Key, State], beam: int) -> dict[Key, State]:
+    """The ``beam`` cheapest states (all of them when there are no more)."""
+    if len(states) <= beam:
+        return states
+    return dict(sorted(states.items(), key=lambda item: item[1][0])[:beam])
+
+
+def _residual(node, states, layers, edge, step) -> dict[Key, State]:
     """Exact DP of one residual block for every (input state, output candidate) pair."""
     end = node.main[-1]
     shape = layers[end].y_shape
-    out: dict[Layout, State] = {}
-    for s, entry in states.items():
-        inner = {s: entry}
+    out: dict[Key, State] = {}
+    for (s, pending), entry in states.items():
+        inner = {(s, pending): entry}
         for name in node.main:
             inner = step(inner, name)
         # shortcut: from s into each output layout
         if node.shortcut is None:
-            shortcuts = {t: (edge(shape, s, t), {}) for t in inner}
+            shortcuts = {t: (edge(shape, s, t), {}) for t, _ in inner}
         else:
-            proj = step({s: (0.0, {})}, node.shortcut)
+            proj = step({(s, ()): (0.0, {})}, node.shortcut)
             shortcuts = {}
-            for t in inner:
+            for t, _ in inner:
                 shortcuts[t] = min(
-                    ((cost + edge(shape, p, t), chosen) for p, (cost, chosen) in proj.items()),
+                    ((cost + edge(shape, p, t), chosen) for (p, _), (cost, chosen) in proj.items()),
                     key=lambda v: v[0],
                 )
-        for t, (cost, chosen) in inner.items():
-            extra, more = shortcuts[t]
+        for key, (cost, chosen) in inner.items():
+            extra, more = shortcuts[key[0]]
             so_far = cost + extra
-            if t not in out or so_far < out[t][0]:
-                out[t] = (so_far, {**chosen, **more})
+            if key not in out or so_far < out[key][0]:
+                out[key] = (so_far, {**chosen, **more})
     return out

@@ -10,7 +10,8 @@ component                   what moves
                             kernel-gradient all-reduces of replicated kernels included)
 ``layout``                  every layout change (:mod:`jaxcnn.redistribute`): the images into the
                             first layer, between consecutive layers, a residual's shortcut into
-                            the sum's layout, pooled features into the head, logits out of it;
+                            the sum's layout, a U-Net skip and the upsampled activation into the
+                            concatenation layout, pooled features into the head, logits out of it;
                             forward and (except for the images) the reverse change backward
 ``batchnorm``               per BatchNorm: the psum of the stacked sums (2·K_local words) over the
                             row axes forward; backward the three sums the gradients are made of
@@ -20,7 +21,10 @@ component                   what moves
 ``head``                    global average pooling's psum over split h / w (forward); the
                             classifier's bias gradient (an all-reduce over its row axes)
 ``loss``                    the labels' layout change into the logits' layout; the all-reduce of
-                            the loss and accuracy sums over the devices splitting the batch
+                            the loss and accuracy sums over the devices splitting the batch; for a
+                            segmentation :class:`~jaxcnn.models.graph.Output`: its bias gradient,
+                            the per-voxel logits into their classes-gathered layout and the
+                            per-voxel labels into theirs, the sums over the devices splitting rows
 ==========================  =================================================================
 
 Every term is a vector over devices (row-major over the run's devices, the flat order of every mesh
@@ -43,7 +47,7 @@ from jaxcnn.cost import Cost, Ledger, add_halo, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry, halo_plan
 from jaxcnn.links import LinkBytes
 from jaxcnn.mesh import AXES
-from jaxcnn.models.graph import Conv, Node, Pool, Residual
+from jaxcnn.models.graph import Concat, Conv, Node, Output, Pool, Residual, channels_gathered
 
 Layout = tuple[P, tuple[tuple[str, int], ...]]  # (spec, mesh axes and sizes), as redistribute.plan takes
 
@@ -165,48 +169,98 @@ def head_extras(head: Cost, input_layout: Layout, classes: int, batch: int, item
     return out.merge(move((batch,), labels_src, (spec, grid), 4, backward=False, hosts=head.hosts))
 
 
-def graph_nodes(graph: Sequence[Node]) -> tuple[list[str], dict[str, Pool], str | None]:
-    """The graph's convolutions in execution order, the pooling after each, and the one feeding the
-    head (the last main convolution before it)."""
+def concat_layout(at: Layout, rank: int) -> Layout:
+    """The layout a :class:`~jaxcnn.models.graph.Concat` concatenates in: ``at`` (the upsampling
+    convolution's output layout) with the channels of the rank-``rank`` activation gathered."""
+    return channels_gathered(at[0], rank), at[1]
+
+
+def segmentation_extras(out: Cost, input_layout: Layout, y_shape: Sequence[int], itemsize: int) -> Kinds:
+    """A segmentation :class:`~jaxcnn.models.graph.Output` ``(N, *spatial, classes)``: its bias gradient
+    and the loss and accuracy sums (an all-reduce per split row dimension), its logits moved into their
+    classes-gathered layout (forward and backward), the int32 labels from the images' layout into
+    the logits' rows."""
+    lay = out.layout
+    ledger = Ledger(out.grid, out.hosts)
+    bias = lay.padded[-1] // (lay.size("k") * lay.size("c")) * 4
+    # Sums over batch and space (the bias gradient, the loss and accuracy sums): XLA reduces them one
+    # split dimension at a time (as BatchNorm's backward sums), one all-reduce per split row dimension.
+    for entry in redistribute.spec_entries(lay.y_spec, len(y_shape))[:-1]:
+        ledger.group("all-reduce", bias + 2 * 4, entry)
+    result = _ledger(ledger)
+    logits = concat_layout(y_layout(out), len(y_shape))
+    result.merge(move(y_shape, y_layout(out), logits, itemsize, hosts=out.hosts))
+    labels_src = (P(*tuple(input_layout[0])[:1]), input_layout[1])
+    labels = (P(*tuple(logits[0])[:-1]), logits[1])
+    return result.merge(move(tuple(y_shape)[:-1], labels_src, labels, 4, backward=False, hosts=out.hosts))
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphNodes:
+    """What the cost of each placement needs to know about a plan graph.
+
+    Attributes:
+      names: the convolutions in execution order.
+      pools: the pooling after a convolution, by its name.
+      feeds_head: the convolution feeding the classifier ``head`` (the last main one before it).
+      plain: convolutions without a BatchNorm (transposed convolutions; the head and outputs aside).
+      outputs: segmentation outputs (:class:`~jaxcnn.models.graph.Output`).
+      skips: convolutions whose output a later :class:`~jaxcnn.models.graph.Concat` reads.
+    """
+
+    names: list[str]
+    pools: dict[str, Pool]
+    feeds_head: str | None
+    plain: frozenset[str] = frozenset()
+    outputs: frozenset[str] = frozenset()
+    skips: frozenset[str] = frozenset()
+
+
+def graph_nodes(graph: Sequence[Node]) -> GraphNodes:
+    """The graph's convolutions in execution order and what :func:`node_kinds` needs about each."""
     names: list[str] = []
     pools: dict[str, Pool] = {}
+    plain, outputs, skips = set(), set(), set()
     feeds_head = last = None
     for node in graph:
         if isinstance(node, Conv):
             if node.name == "head":
                 feeds_head = last
+            elif not node.batchnorm:
+                plain.add(node.name)
             names.append(node.name)
             last = node.name
+        elif isinstance(node, Output):
+            names.append(node.name)
+            outputs.add(node.name)
         elif isinstance(node, Pool):
             pools[node.after] = node
         elif isinstance(node, Residual):
             names += [*node.main, *((node.shortcut,) if node.shortcut else ())]
             last = node.main[-1]
+        elif isinstance(node, Concat):
+            skips.add(node.skip)
         else:
             raise TypeError(f"unknown plan-graph node {node!r}")
-    return names, pools, feeds_head
+    return GraphNodes(names, pools, feeds_head, frozenset(plain), frozenset(outputs), frozenset(skips))
 
 
 def node_kinds(
-    name: str,
-    choice: Cost,
-    geom: ConvGeometry,
-    input_layout: Layout,
-    itemsize: int,
-    pool: Pool | None = None,
-    feeds_head: bool = False,
+    name: str, choice: Cost, geom: ConvGeometry, input_layout: Layout, itemsize: int, graph: GraphNodes
 ) -> dict[str, Kinds]:
     """Everything one placement moves on its own, by component: the convolution; its BatchNorm, or
-    for the head its extras; a pooling window in its output layout; global pooling if it feeds the
-    head. The planner's node cost and :func:`step_cost` both read this."""
+    for the head (an output) its extras; a pooling window in its output layout; global pooling if it
+    feeds the head. The planner's node cost and :func:`step_cost` both read this."""
     parts = {"conv": conv_kinds(choice)}
     if name == "head":  # the head's classes as placed (padded to its k * c, jaxcnn.models.common.Head)
         parts["loss"] = head_extras(choice, input_layout, choice.layout.padded[-1], geom.batch, itemsize)
-    else:
+    elif name in graph.outputs:
+        parts["loss"] = segmentation_extras(choice, input_layout, geom.y_shape, itemsize)
+    elif name not in graph.plain:
         parts["batchnorm"] = batchnorm(choice)
-    if pool is not None:
-        parts["pooling"] = pooling(choice, pool, geom.y_shape, itemsize)
-    if feeds_head:
+    if name in graph.pools:
+        parts["pooling"] = pooling(choice, graph.pools[name], geom.y_shape, itemsize)
+    if name == graph.feeds_head:
         parts["head"] = global_pool(choice, geom.y_shape, itemsize)
     return parts
 
@@ -271,28 +325,35 @@ def step_cost(
         raise ValueError(f"choices {mismatched[:4]} were predicted for other than {hosts} hosts")
     components = ("conv", "layout", "batchnorm", "pooling", "head", "loss")
     parts: dict[str, Kinds] = {k: LinkBytes() for k in components}
-    names, pools, feeds_head = graph_nodes(graph)
-    for name in names:
-        node = node_kinds(
-            name, choices[name], layers[name], input_layout, itemsize, pools.get(name), name == feeds_head
-        )
-        for part, kinds in node.items():
+    nodes = graph_nodes(graph)
+    for name in nodes.names:
+        for part, kinds in node_kinds(
+            name, choices[name], layers[name], input_layout, itemsize, nodes
+        ).items():
             parts[part].merge(kinds)
 
     def moved(shape: Sequence[int], src: Layout, dst: Layout, backward: bool = True) -> None:
         parts["layout"].merge(move(shape, src, dst, itemsize, backward, hosts))
 
     at: Layout = input_layout
+    saved: dict[str, Layout] = {}  # outputs a later Concat reads, in their producers' layouts
     for node in graph:
         if isinstance(node, Conv) and node.name == "head":
             head = choices["head"]
-            moved(layers["head"].x_shape, pooled_layout(choices[feeds_head]), x_layout(head))
+            moved(layers["head"].x_shape, pooled_layout(choices[nodes.feeds_head]), x_layout(head))
             at = y_layout(head)
-        elif isinstance(node, Conv):
+        elif isinstance(node, Conv | Output):
             moved(
                 layers[node.name].x_shape, at, x_layout(choices[node.name]), backward=at is not input_layout
             )
             at = y_layout(choices[node.name])
+            if node.name in nodes.skips:
+                saved[node.name] = at
+        elif isinstance(node, Concat):
+            cat = concat_layout(at, len(layers[node.up].y_shape))
+            moved(layers[node.skip].y_shape, saved.pop(node.skip), cat)
+            moved(layers[node.up].y_shape, at, cat)
+            at = cat
         elif isinstance(node, Residual):
             start = at
             for name in node.main:
@@ -339,4 +400,8 @@ def choices_for(
 def first_conv(graph: Sequence[Node]) -> str:
     """The name of the convolution that reads the images."""
     node = graph[0]
-    return node.main[0] if isinstance(node, Residual) else node.name
+    if isinstance(node, Residual):
+        return node.main[0]
+    if isinstance(node, Conv | Output):
+        return node.name
+    raise TypeError(f"a plan graph starts with a convolution, got {node!r}")

@@ -57,7 +57,7 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     graphs, state = abstract_state(
         lambda: setup.build_model(cfg, mesh, num_classes, shape, builder), tx, mesh
     )
-    batch = abstract_batch(mesh, cfg.train.batch_size, shape)
+    batch = abstract_batch(mesh, cfg.train.batch_size, shape, cfg.data.task)
     footprint = fit.state_footprint(state, batch)  # reported, never a stop (see the module docstring)
     t0 = time.perf_counter()
     step = jit_train_step(graphs, tx, state, mesh)

@@ -33,7 +33,14 @@ from pydantic import AfterValidator, Field, Strict, field_validator, model_valid
 
 from jaxcnn.runner.cluster import ClusterConfig
 from jaxcnn.runner.config_model import MESH_AXES, ModelConfig, parse_placement_text
-from jaxcnn.runner.config_train import CheckpointConfig, Fraction, OptimizerConfig, TrainConfig, bounded_float
+from jaxcnn.runner.config_train import (
+    CheckpointConfig,
+    Fraction,
+    NonNegativeFloat,
+    OptimizerConfig,
+    TrainConfig,
+    bounded_float,
+)
 from jaxcnn.runner.typed import (
     Bool,
     ConfigError,
@@ -203,17 +210,23 @@ class MeshConfig(Section):
             fail(f"must be a multiple of mesh.n={n}, got {bad}: {why}; {hint}", f"train.{key}")
 
 
+SEGMENTATION_SOURCES = ("ellipsoids",)
+CLASSIFICATION_SOURCES = ("digits", "synthetic", "npz", "folder", "array_record")
+
+
 class DataConfig(Section):
     """Where images come from. Images are NHWC float32 scaled to [0, 1] then standardised."""
 
     key_path: ClassVar[str] = "data"
 
-    source: Literal["digits", "synthetic", "npz", "folder", "array_record"] = Field(
+    source: Literal["digits", "synthetic", "npz", "folder", "array_record", "ellipsoids"] = Field(
         "digits",
         description="digits (scikit-learn's bundled 8x8 digits), synthetic (random images and labels, "
         "for benchmarks), npz (arrays x_train, y_train, x_test, y_test in path), folder "
-        "(path/<class>/*.png|jpg, one subfolder per class) or array_record (written by jaxcnn data "
-        "convert; read from disk by row, never loaded whole)",
+        "(path/<class>/*.png|jpg, one subfolder per class), array_record (written by jaxcnn data "
+        "convert; read from disk by row, never loaded whole) or ellipsoids (a generated segmentation "
+        "task: noisy 2-D images or 3-D volumes of image_size with random ellipsoids, one label per "
+        "voxel; needs a segmentation model such as unet)",
     )
     path: Str = Field(
         "",
@@ -227,12 +240,21 @@ class DataConfig(Section):
     image_size: tuple[Int, ...] = Field(
         (),
         description="[H, W]: synthetic image size; for folder images, the size to resize to (needs "
-        "Pillow) or [] to keep the files' own (equal) size",
+        "Pillow) or [] to keep the files' own (equal) size; ellipsoids: [H, W] images or [D, H, W] "
+        "volumes",
     )
     channels: PositiveInt = Field(3, description="synthetic image channels")
     num_classes: PositiveInt = Field(10, description="synthetic label count")
-    num_train: PositiveInt = Field(1024, description="synthetic training-set size")
-    num_test: PositiveInt = Field(256, description="synthetic test-set size")
+    num_train: PositiveInt = Field(1024, description="synthetic / ellipsoids training-set size")
+    num_test: PositiveInt = Field(256, description="synthetic / ellipsoids test-set size (held out)")
+    num_ellipsoids: tuple[PositiveInt, PositiveInt] = Field(
+        (1, 3), description="ellipsoids only: [min, max] ellipsoids per image or volume"
+    )
+    noise_std: NonNegativeFloat = Field(
+        0.5,
+        description="ellipsoids only: standard deviation of the background noise (ellipsoids add an "
+        "intensity offset in [0.75, 1.25])",
+    )
     workers: NonNegativeInt = Field(
         0,
         description="grain worker processes reading training batches, per process (0: read in the "
@@ -245,17 +267,31 @@ class DataConfig(Section):
     @field_validator("image_size")
     @classmethod
     def _h_w(cls, size: tuple[int, ...]) -> tuple[int, ...]:
-        if len(size) not in (0, 2) or not all(s > 0 for s in size):
-            fail(f"expected [] or [H, W] with positive sizes, got {list(size)}")
+        if len(size) not in (0, 2, 3) or not all(s > 0 for s in size):
+            fail(f"expected [] or [H, W] with positive sizes (ellipsoids: also [D, H, W]), got {list(size)}")
         return size
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataConfig:
         if self.source in ("npz", "folder", "array_record") and not self.path:
             fail(f"required for data.source={self.source!r}", ".path")
+        if self.source == "ellipsoids":
+            if len(self.image_size) not in (2, 3):
+                fail("ellipsoids need [H, W] (2-D images) or [D, H, W] (3-D volumes)", ".image_size")
+            if self.num_ellipsoids[0] > self.num_ellipsoids[1]:
+                fail(
+                    f"must be [min, max] with min <= max, got {list(self.num_ellipsoids)}", ".num_ellipsoids"
+                )
+        elif len(self.image_size) == 3:
+            fail(f"[D, H, W] volumes are for data.source='ellipsoids', not {self.source!r}", ".image_size")
         if self.source == "synthetic" and len(self.image_size) != 2:
             fail("synthetic data needs [H, W]", ".image_size")
         return self
+
+    @property
+    def task(self) -> str:
+        """``"segmentation"`` (one label per voxel: ``ellipsoids``) or ``"classification"``."""
+        return "segmentation" if self.source == "ellipsoids" else "classification"
 
 
 class Config(Section):
@@ -298,6 +334,39 @@ class Config(Section):
             ]
             return {k: {} if v is None and k in sections else v for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Config:
+        """The model and the data agree on the task: a segmentation model (``unet``) needs per-voxel labels
+        (``data.source: ellipsoids``), a classifier one label per image; the U-Net's ``spatial_dims``
+        option matches the image rank."""
+        from jaxcnn.runner.config_model import SEGMENTATION_MODELS
+
+        model_task = "segmentation" if self.model.name in SEGMENTATION_MODELS else "classification"
+        if model_task != self.data.task:
+            wanted = (
+                f"a segmentation source ({', '.join(SEGMENTATION_SOURCES)})"
+                if model_task == "segmentation"
+                else f"one of the classification sources ({', '.join(CLASSIFICATION_SOURCES)})"
+            )
+            models = (
+                f"a segmentation model ({', '.join(SEGMENTATION_MODELS)})"
+                if self.data.task == "segmentation"
+                else "a classifier (small_cnn, resnet18, resnet50, vgg16)"
+            )
+            fail(
+                f"model {self.model.name!r} does {model_task} but data.source={self.data.source!r} is a "
+                f"{self.data.task} dataset; use {wanted}, or {models}",
+                "model.name",
+            )
+        dims = self.model.options.get("spatial_dims", 2)
+        if model_task == "segmentation" and dims != len(self.data.image_size):
+            fail(
+                f"model.options.spatial_dims={dims} but data.image_size={list(self.data.image_size)} has "
+                f"{len(self.data.image_size)} sides; set spatial_dims to {len(self.data.image_size)}",
+                "model.options.spatial_dims",
+            )
+        return self
 
     @model_validator(mode="after")
     def _mesh_fits(self) -> Config:

@@ -28,6 +28,8 @@ from jaxcnn.runner.typed import (
 )
 
 MESH_AXES = AXES  # ("n", "d", "h", "w", "k", "c")
+#: Models that label every voxel (the rest classify whole images).
+SEGMENTATION_MODELS = ("unet",)
 
 
 def _finite_option(value: Any) -> Any:
@@ -45,8 +47,10 @@ class ModelConfig(Section):
 
     key_path: ClassVar[str] = "model"
 
-    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16"] = Field(
-        "small_cnn", description="network from jaxcnn.models"
+    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16", "unet"] = Field(
+        "small_cnn",
+        description="network from jaxcnn.models: the classifiers small_cnn, resnet18, resnet50, vgg16, "
+        "or unet (segmentation: one label per voxel, needs data.source: ellipsoids)",
     )
     algorithms: Str | tuple[Str, ...] | FrozenMapping[Str, Str] = Field(
         "data",
@@ -167,4 +171,4 @@ def parse_placement_text(placement: str, sub: str = "") -> tuple[str, dict[str, 
     return name, sizes
 
 
-__all__ = ["MESH_AXES", "ModelConfig", "OptionValue", "parse_placement_text"]
+__all__ = ["MESH_AXES", "SEGMENTATION_MODELS", "ModelConfig", "OptionValue", "parse_placement_text"]

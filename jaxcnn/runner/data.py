@@ -181,7 +181,8 @@ def eval_batches(
 ) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
     """The whole test split in order, as ``(images, labels, mask)`` global batches.
 
-    The last batch is padded with zeros; ``mask`` is 1.0 for real rows and 0.0 for padding. Every
+    The last batch is padded with zeros; ``mask`` is 1.0 for real rows and 0.0 for padding (one entry
+    per row, also for per-voxel labels). Every
     batch has ``batch_size`` rows (one compiled eval step), sharded like the train batches (``P("n")``:
     ``batch_size`` must divide over ``n``); a ``batch_size`` larger than the test split is one padded
     batch.
@@ -193,8 +194,8 @@ def eval_batches(
         idx = np.arange(start, start + batch_size)[rows]
         valid = idx < num
         x, y = data.read("test", np.where(valid, idx, 0))
-        x = normalize(x, data.mean, data.std) * valid[:, None, None, None]
-        y = np.where(valid, y, 0).astype(np.int32)
+        x = normalize(x, data.mean, data.std) * valid.reshape(-1, *(1,) * (x.ndim - 1))
+        y = np.where(valid.reshape(-1, *(1,) * (np.ndim(y) - 1)), y, 0).astype(np.int32)
         yield tuple(
             to_global(sharding, a, batch_size) for a in (x.astype(np.float32), y, valid.astype(np.float32))
         )

@@ -1,11 +1,13 @@
-"""Image sources: scikit-learn digits, synthetic, ``.npz`` files, image folders and ArrayRecord files.
+"""Image sources: scikit-learn digits, synthetic, ``.npz`` files, image folders, ArrayRecord files, and
+the generated segmentation task ``ellipsoids`` (:mod:`jaxcnn.runner.ellipsoids`).
 
 Every source returns a :class:`Dataset`: NHWC images (any numeric dtype; normalised per batch by
 :mod:`jaxcnn.runner.pipeline` with the training set's mean and standard deviation) and int32 labels,
-read by row index (:meth:`Dataset.read`). The first four are host NumPy arrays every process loads
-whole (they are small, or synthetic); ``array_record`` (:mod:`jaxcnn.runner.records`, written by
-``jaxcnn data convert``) stays on disk, and each process reads only the rows of each global batch it
-holds.
+read by row index (:meth:`Dataset.read`); ``ellipsoids`` has ``(N, *spatial, 1)`` volumes and one label
+per voxel, ``(N, *spatial)`` (:attr:`Dataset.task` is ``"segmentation"``). The first four are host
+NumPy arrays every process loads whole (they are small, or synthetic); ``array_record``
+(:mod:`jaxcnn.runner.records`, written by ``jaxcnn data convert``) stays on disk, and each process reads
+only the rows of each global batch it holds.
 
 Bad data is a one-line :class:`~jaxcnn.runner.typed.ConfigError` naming the file, the array or the
 record and what would be valid, never a silent wrong answer: an ``.npz`` is read without unpickling
@@ -47,6 +49,8 @@ class Dataset:
       mean: mean of ``x_train`` (scalar), subtracted per batch.
       std: standard deviation of ``x_train`` (scalar), divided per batch.
       class_names: one name per class (folder names; digits ``"0".."9"``).
+      task: ``"classification"`` (one label per image) or ``"segmentation"`` (one label per voxel: labels
+        ``(N, *spatial)``, images ``(N, *spatial, C)``).
     """
 
     x_train: np.ndarray | records.RecordColumn
@@ -57,10 +61,11 @@ class Dataset:
     mean: float
     std: float
     class_names: tuple[str, ...] = ()
+    task: Literal["classification", "segmentation"] = "classification"
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(H, W, C)``."""
+    def image_shape(self) -> tuple[int, ...]:
+        """``(H, W, C)`` (``(D, H, W, C)`` for 3-D volumes)."""
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
     def read(self, split: Literal["train", "test"], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +132,25 @@ def synthetic(
         rng.integers(0, num_classes, num_test),
         num_classes,
     )
+
+
+def ellipsoid_segmentation(
+    image_size: tuple[int, ...],
+    num_ellipsoids: tuple[int, int],
+    noise_std: float,
+    num_train: int,
+    num_test: int,
+    seed: int = 0,
+) -> Dataset:
+    """The generated segmentation task of :mod:`jaxcnn.runner.ellipsoids` (2-D or 3-D by ``image_size``)."""
+    from jaxcnn.runner.ellipsoids import ellipsoids
+
+    x_tr, y_tr, x_te, y_te = ellipsoids(image_size, num_ellipsoids, noise_std, num_train, num_test, seed)
+    x64 = x_tr.astype(np.float64)
+    return Dataset(
+        x_tr, y_tr, x_te, y_te, 2, float(x64.mean()), float(x64.std()) or 1.0, ("background", "ellipsoid"),
+        task="segmentation",
+    )  # fmt: skip
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -425,6 +449,10 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         return digits(cfg.test_fraction, seed)
     if cfg.source == "synthetic":
         return synthetic(cfg.image_size, cfg.channels, cfg.num_classes, cfg.num_train, cfg.num_test, seed)
+    if cfg.source == "ellipsoids":
+        return ellipsoid_segmentation(
+            cfg.image_size, cfg.num_ellipsoids, cfg.noise_std, cfg.num_train, cfg.num_test, seed
+        )
     if cfg.source == "npz":
         return npz(cfg.path)
     if cfg.source == "array_record":
@@ -432,11 +460,14 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     return folder(cfg.path, cfg.image_size, cfg.test_fraction, seed)
 
 
-def image_spec(cfg: DataConfig, seed: int) -> tuple[tuple[int, int, int], int]:
-    """``((H, W, C), num_classes)`` of the dataset, without loading digits or synthetic data."""
+def image_spec(cfg: DataConfig, seed: int) -> tuple[tuple[int, ...], int]:
+    """``((H, W, C), num_classes)`` of the dataset (``(D, H, W, C)`` for 3-D volumes), without loading
+    digits, synthetic or ellipsoid data."""
     if cfg.source == "digits":
         return (8, 8, 1), 10
     if cfg.source == "synthetic":
         return (*cfg.image_size, cfg.channels), cfg.num_classes  # type: ignore[return-value]
+    if cfg.source == "ellipsoids":
+        return (*cfg.image_size, 1), 2
     data = load_dataset(cfg, seed)
     return data.image_shape, data.num_classes

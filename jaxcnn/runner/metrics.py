@@ -6,7 +6,8 @@
   steps since the previous record), ``step_time_s`` (mean wall time per step over them),
   ``images_per_s``, ``lr``;
 - eval records (every ``train.eval_every`` steps and at the end): ``step``, ``eval_accuracy``,
-  ``eval_loss``.
+  ``eval_loss``, and for segmentation ``eval_dice`` (foreground Dice over the held-out voxels; loss and
+  accuracy are then per voxel).
 
 A resumed run appends to the file, dropping records after the step it resumes from.
 """

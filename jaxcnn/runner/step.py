@@ -1,7 +1,10 @@
 """The jitted train and eval steps: pure functions of (state, batch), explicit shardings, donated state.
 
 Loss: mean softmax cross-entropy over the global batch (computed in float32); accuracy: fraction of
-argmax hits. The train step also records the first step whose loss is NaN/inf in
+argmax hits. A segmentation model (``model.task == "segmentation"``, the U-Net) has logits
+``(N, *spatial, classes)`` and labels ``(N, *spatial)``: the same formulas per voxel (loss and accuracy
+averaged over every voxel of the batch), and the eval step also sums what the foreground Dice
+coefficient is made of (:func:`dice`). The train step also records the first step whose loss is NaN/inf in
 ``state["first_bad_step"]``, so the loop can stop at its next metric fetch without a device sync
 per step.
 """
@@ -28,6 +31,24 @@ Metrics = dict[str, jax.Array]
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy (float32)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def foreground_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+    """``{"intersection", "predicted", "target"}``: voxels where prediction and label are both foreground
+    (any class but 0), predicted foreground voxels and labelled foreground voxels, where ``mask`` is 1."""
+    predicted = (jnp.argmax(logits, -1) > 0).astype(jnp.float32) * mask
+    target = (labels > 0).astype(jnp.float32) * mask
+    return {
+        "intersection": jnp.sum(predicted * target),
+        "predicted": jnp.sum(predicted),
+        "target": jnp.sum(target),
+    }
+
+
+def dice(intersection: float, predicted: float, target: float) -> float:
+    """The Dice coefficient ``2·|P ∩ T| / (|P| + |T|)`` of foreground sums (1.0 when both are empty)."""
+    total = float(predicted) + float(target)
+    return 1.0 if total == 0 else 2.0 * float(intersection) / total
 
 
 def align_labels(model: nnx.Module, labels: jax.Array, src: NamedSharding | None) -> jax.Array:
@@ -74,20 +95,37 @@ def train_step_fn(
     return step
 
 
-def eval_step_fn(graphs: Graphs, labels_from: NamedSharding | None = None) -> Callable[..., Metrics]:
-    """The pure eval step ``(state, images, labels, mask) -> {"correct", "loss_sum", "count"}`` (sums)."""
+def eval_keys(task: str) -> tuple[str, ...]:
+    """The sums the eval step of a ``task`` model returns."""
+    base = ("correct", "loss_sum", "count")
+    return (*base, "intersection", "predicted", "target") if task == "segmentation" else base
+
+
+def eval_step_fn(
+    graphs: Graphs, labels_from: NamedSharding | None = None, task: str = "classification"
+) -> Callable[..., Metrics]:
+    """The pure eval step ``(state, images, labels, mask) -> {"correct", "loss_sum", "count"}`` (sums over
+    the real rows: ``mask`` is 1 for them). For ``task="segmentation"`` the sums are over voxels and the
+    foreground sums of :func:`foreground_sums` are added."""
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
         model = nnx.merge(graphs.eval, state["params"], state["rest"])
+        if labels.ndim > 1:  # one label per voxel: one mask entry per voxel, laid out like the labels
+            mask = jnp.broadcast_to(mask.reshape(-1, *(1,) * (labels.ndim - 1)), labels.shape)
+            if labels_from is not None:
+                mask = jax.lax.with_sharding_constraint(mask, labels_from)
         labels = align_labels(model, labels, labels_from)
         mask = align_labels(model, mask, labels_from)
         logits = model(images)
         hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-        return {
+        sums = {
             "correct": jnp.sum(hits * mask),
             "loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
             "count": jnp.sum(mask),
         }
+        if task == "segmentation":
+            sums.update(foreground_sums(logits, labels, mask))
+        return sums
 
     return step
 
@@ -110,20 +148,29 @@ def jit_train_step(
     )
 
 
-def jit_eval_step(graphs: Graphs, state: TrainState, mesh: Mesh) -> Callable[..., Metrics]:
+def jit_eval_step(
+    graphs: Graphs, state: TrainState, mesh: Mesh, task: str = "classification"
+) -> Callable[..., Metrics]:
     """``jax.jit`` of the eval step (nothing donated; the state is read only)."""
     batch = batch_sharding(mesh)
     return jax.jit(
-        eval_step_fn(graphs, batch),
+        eval_step_fn(graphs, batch, task),
         in_shardings=(state_shardings(state), batch, batch, batch),
-        out_shardings=_replicated(mesh, {"correct": 0, "loss_sum": 0, "count": 0}),
+        out_shardings=_replicated(mesh, dict.fromkeys(eval_keys(task), 0)),
     )
 
 
-def abstract_batch(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...]) -> tuple[Any, Any]:
+def label_shape(task: str, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one example's labels: ``()`` (a class) or, for segmentation, ``image_shape[:-1]``."""
+    return tuple(image_shape[:-1]) if task == "segmentation" else ()
+
+
+def abstract_batch(
+    mesh: Mesh, batch_size: int, image_shape: tuple[int, ...], task: str = "classification"
+) -> tuple[Any, Any]:
     """``ShapeDtypeStruct`` s of an (images, labels) batch, for AOT compilation."""
     sharding = batch_sharding(mesh)
     return (
         jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32, sharding=sharding),
-        jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding),
+        jax.ShapeDtypeStruct((batch_size, *label_shape(task, image_shape)), jnp.int32, sharding=sharding),
     )

@@ -28,7 +28,7 @@ from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import Dataset, load_dataset
 from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_step
 from jaxcnn.runner.state import Graphs, TrainState, abstract, init_state
-from jaxcnn.runner.step import abstract_batch, jit_eval_step, jit_train_step
+from jaxcnn.runner.step import abstract_batch, dice, jit_eval_step, jit_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,17 +55,21 @@ class RunResult:
 def evaluate(
     eval_step: Any, state: TrainState, data: Dataset, batch_size: int, mesh: Mesh
 ) -> dict[str, float]:
-    """Test-set accuracy and mean loss (the padded last batch is masked out)."""
+    """Test-set accuracy and mean loss (the padded last batch is masked out); for segmentation per voxel,
+    plus ``eval_dice``: the foreground Dice coefficient over all held-out voxels (:func:`step.dice`)."""
     sums = []
     with jax.transfer_guard("disallow"):
         for images, labels, mask in data_lib.eval_batches(data, batch_size, mesh):
             sums.append(eval_step(state, images, labels, mask))
     sums = jax.device_get(sums)
-    count = sum(float(s["count"]) for s in sums)
-    return {
-        "eval_accuracy": sum(float(s["correct"]) for s in sums) / count,
-        "eval_loss": sum(float(s["loss_sum"]) for s in sums) / count,
+    total = {key: sum(float(s[key]) for s in sums) for key in sums[0]}
+    result = {
+        "eval_accuracy": total["correct"] / total["count"],
+        "eval_loss": total["loss_sum"] / total["count"],
     }
+    if "intersection" in total:
+        result["eval_dice"] = dice(total["intersection"], total["predicted"], total["target"])
+    return result
 
 
 def _stop(bad_step: int, ckpt: Checkpointer | None) -> NonFiniteLossError:
@@ -108,7 +112,7 @@ def train(
     data = load_dataset(cfg.data, cfg.seed)
     tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
     lr = optim.schedule(cfg.optimizer, cfg.train.steps)
-    batch = abstract_batch(mesh, cfg.train.batch_size, data.image_shape)
+    batch = abstract_batch(mesh, cfg.train.batch_size, data.image_shape, data.task)
     subject, footprint = fit.model_subject(cfg), []
     model = setup.build_model(  # stops a state too big for the devices before allocating it (fit.py)
         cfg,
@@ -148,7 +152,7 @@ def train(
     fit.check_compiled(
         compiled, subject=subject, devices=list(mesh.devices.flat), footprint=next(iter(footprint), None)
     )
-    eval_step = jit_eval_step(graphs, state, mesh)
+    eval_step = jit_eval_step(graphs, state, mesh, data.task)
     compile_s = time.perf_counter() - t0
     comm_bytes, comm_note = metered_bytes(compiled)
     predicted = predict_step(
@@ -217,9 +221,10 @@ def train(
             if is_eval:
                 last_eval = evaluate(eval_step, state, data, cfg.train.eval_batch_size, mesh)
                 log.write({"step": done, **last_eval})
+                dice_text = f", Dice {last_eval['eval_dice']:.4f}" if "eval_dice" in last_eval else ""
                 bar.print(
                     f"step {done}: test accuracy {last_eval['eval_accuracy']:.4f}, "
-                    f"loss {last_eval['eval_loss']:.4f}"
+                    f"loss {last_eval['eval_loss']:.4f}{dice_text}"
                 )
             if is_ckpt:
                 ckpt.save(done, state, batches.get_state())  # the pipeline's position (== done)
@@ -240,6 +245,7 @@ def train(
         "final_step": total,
         "final_eval_accuracy": last_eval.get("eval_accuracy"),
         "final_eval_loss": last_eval.get("eval_loss"),
+        "final_eval_dice": last_eval.get("eval_dice"),
         "final_train_loss": next((r["loss"] for r in reversed(log.records) if "loss" in r), None),
         "wall_time_s": time.perf_counter() - t_start,
         "compile_time_s": compile_s,
@@ -262,7 +268,11 @@ def _summary_rows(s: dict[str, Any]) -> dict[str, str]:
     def fmt(v: Any, spec: str) -> str:
         return "n/a" if v is None else format(v, spec)
 
+    dice_row = (
+        {} if s.get("final_eval_dice") is None else {"final test Dice": fmt(s["final_eval_dice"], ".4f")}
+    )
     return {
+        **dice_row,
         "final test accuracy": fmt(s["final_eval_accuracy"], ".4f"),
         "final test loss": fmt(s["final_eval_loss"], ".4f"),
         "final train loss": fmt(s["final_train_loss"], ".4f"),

@@ -14,6 +14,17 @@ SYNTHETIC = [
     "train.eval_batch_size=16",
 ]  # fmt: skip
 
+UNET = [
+    "model.name=unet",
+    "data.source=ellipsoids",
+    "data.image_size=[16,16]",
+    "data.num_train=16",
+    "data.num_test=8",
+    "model.options={width: 0.25, depth: 2}",
+    "mesh.n=-1",
+    "train.eval_batch_size=4",
+]
+
 CASES = {
     # name: (devices, overrides)
     "small_cnn-auto-8": (8, ["model.name=small_cnn", "model.algorithms=auto", "train.batch_size=32"]),
@@ -32,6 +43,14 @@ CASES = {
         8,
         ["model.name=vgg16", "model.algorithms=auto", "train.batch_size=4", "data.image_size=[32,32]",
          "model.options={width: 0.0625}", *SYNTHETIC],
+    ),
+    # U-Net: skip concatenations, transposed convolutions, per-voxel loss (a batch of 4: n=4, c=2).
+    "unet-auto-8": (8, ["model.algorithms=auto", "train.batch_size=4", *UNET]),
+    "unet-mixed-8": (
+        8,
+        ["model.algorithms={'*': 'spatial@n=2,h=2,w=2', up1: '3d@n=2,k=2,c=2', dec0.conv1: '2d@n=2,h=2,k=2', "
+         "enc1.conv2: 'filter@n=2,k=4', up0: '2.5d@n=2,k=2,c=2', out: 'channel@n=4,c=2'}",
+         "train.batch_size=8", *UNET, "train.eval_batch_size=8"],
     ),
     "small_cnn-auto-64-batch-smaller": (
         64, ["model.algorithms=auto", "train.batch_size=32", "train.eval_batch_size=32", "mesh.n=-1"]
