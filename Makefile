@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast test-accelerator lint format train bench-comm bench-step-comm clean
+.PHONY: setup test test-sweep test-fast test-accelerator lint format train bench-comm bench-step-comm clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,12 @@ format: setup
 	$(BIN)/ruff format jaxcnn tests experiments
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 -m "not sweep" tests
+
+# The exhaustive sweeps (algorithm x grid x case beyond the cases `make test` keeps; see SWEEP_KEEP in
+# tests/conftest.py): about as long again as `make test`.
+test-sweep: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m sweep tests
 
 # The edit-test loop (about 2 minutes on 2 cores): ruff, then the library's tests not marked slow
 # (one or two cases of every check; `make test` runs them all). runner/, planner/ and models/ tests

@@ -35,3 +35,20 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Sweeps: a module that sets ``SWEEP_KEEP = k`` runs, in ``make test``, every k-th of each test
+    function's ``slow`` cases (by position: cases are listed algorithm by algorithm, so every
+    algorithm keeps some); the others are marked ``sweep`` and run in ``make test-sweep`` (and
+    ``pytest tests``, which selects no marker). Cases not marked ``slow`` always run."""
+    seen: dict[tuple[str, str], int] = {}
+    for item in items:
+        keep = getattr(item.module, "SWEEP_KEEP", None)
+        if not keep or item.get_closest_marker("slow") is None or not hasattr(item, "callspec"):
+            continue
+        key = (item.module.__name__, item.originalname)
+        index = seen.get(key, 0)
+        seen[key] = index + 1
+        if index % keep:
+            item.add_marker("sweep")

@@ -22,6 +22,9 @@ import jaxcnn
 from jaxcnn.geometry import DIMENSION_NUMBERS, per_dim
 from tests.utils import assert_close, first_fast, loss_and_grads, random_inputs
 
+# make test runs every third slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
+SWEEP_KEEP = 3
+
 RTOL = 2e-5
 
 X_3D = (2, 7, 6, 5, 4)  # N, D, H, W, C: d=2 and w=2 leave a zero-padded block

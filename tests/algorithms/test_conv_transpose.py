@@ -14,6 +14,9 @@ from jaxcnn.geometry import conv_geometry, halo_plan
 from tests.algorithms.cases import GRIDS, mesh_kwargs
 from tests.utils import assert_close, loss_and_grads, random_inputs
 
+# make test runs every second slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
+SWEEP_KEEP = 2
+
 RTOL = 2e-5
 X_SHAPE = (2, 5, 6, 8)  # N, H, W, C: uneven splits on every spatial grid
 K_OUT = 6
@@ -39,17 +42,24 @@ def _case_id(case: tuple) -> str:
 
 
 def _params() -> list:
-    """One case per (algorithm, grid), rotating through CASES; grids splitting h or w take a second."""
+    """One case per (algorithm, grid), rotating through CASES; grids splitting h or w take a second.
+    An algorithm's first case is fast (make test-fast), the others slow."""
     params, g = [], 0
     for alg, grids in GRIDS.items():
+        first = True
         for grid in grids:
             picks = [g % len(CASES)] + ([(g + 3) % len(CASES)] if grid[1] * grid[2] > 1 else [])
             for i in picks:
                 params.append(
                     pytest.param(
-                        alg, grid, CASES[i], id=f"{alg}-{'x'.join(map(str, grid))}-{_case_id(CASES[i])}"
+                        alg,
+                        grid,
+                        CASES[i],
+                        id=f"{alg}-{'x'.join(map(str, grid))}-{_case_id(CASES[i])}",
+                        marks=() if first else pytest.mark.slow,
                     )
                 )
+                first = False
             g += 1
     return params
 

@@ -20,6 +20,9 @@ from tests.algorithms.cases import GRIDS, mesh_kwargs
 from tests.test_cost import _assert_same
 from tests.utils import DIMENSION_NUMBERS, first_fast
 
+# make test runs every third slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
+SWEEP_KEEP = 3
+
 
 def transposed_geometry(x_shape, kernel_shape, strides, padding, dilation=1):
     """The geometry ``jaxcnn.conv_transpose`` computes (stride-1 convolution of x dilated by ``strides``)."""
