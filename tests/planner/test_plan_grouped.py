@@ -32,8 +32,8 @@ def test_grouped_candidates_leave_out_the_unsupported_ones():
     plan = plan_layer(GROUPED, 8)
     chosen = {_key(c) for c in plan.candidates}
     # 3d on k=2, c=4 would cut the 4 groups (k·c = 8 does not divide G = 4): not a candidate.
-    assert ("3d", (("n", 1), ("h", 1), ("w", 1), ("k", 2), ("c", 4))) not in chosen
-    assert ("3d", (("n", 2), ("h", 1), ("w", 1), ("k", 2), ("c", 2))) in chosen
+    assert ("3d", (("n", 1), ("d", 1), ("h", 1), ("w", 1), ("k", 2), ("c", 4))) not in chosen
+    assert ("3d", (("n", 2), ("d", 1), ("h", 1), ("w", 1), ("k", 2), ("c", 2))) in chosen
     with pytest.raises(ValueError, match="feature_group_count=3"):  # every 3d grid cuts G = 3
         plan_layer(jaxcnn.conv_geometry((8, 8, 8, 12), (3, 3, 4, 12), 1, "SAME", 1, 3), 8, allowed=("3d",))
 
