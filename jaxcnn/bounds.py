@@ -1,16 +1,19 @@
 """Communication lower bounds for one distributed convolution: bytes received per device (max over
 devices), forward or backward pass. Derivation and assumptions: ``docs/lower_bound.md``.
 
-Notation (element counts of the unpadded arrays): ``|x| = N·H·W·C``, ``|w| = R·S·(C/G)·K``,
-``|y| = N·Ho·Wo·K``; ``F`` = multiply-adds that touch a real input element (taps that fall into the
-zero padding, or onto the zero rows a transposed convolution's input dilation inserts, are excluded;
-``G`` feature groups: ``F = N·K·(C/G)·taps``); ``P`` devices, ``M`` words of memory per device.
-Grouped and transposed layers take the same bound with these counts (``docs/lower_bound.md`` §9).
+Any number of spatial dimensions (1-, 2- and 3-D layers; written here for 2-D, a 3-D layer adds a
+depth factor to every product, a 1-D layer drops the height one). Notation (element counts of the
+unpadded arrays): ``|x| = N·H·W·C``, ``|w| = R·S·(C/G)·K``, ``|y| = N·Ho·Wo·K``; ``R·S`` is the
+kernel window's size ``Π R_i``; ``F`` = multiply-adds that touch a real input element (taps that fall
+into the zero padding, or onto the zero rows a transposed convolution's input dilation inserts, are
+excluded; ``G`` feature groups: ``F = N·K·(C/G)·Π taps_i``); ``P`` devices, ``M`` words of memory per
+device. Grouped and transposed layers take the same bound with these counts (``docs/lower_bound.md``
+§9; N-D: §10).
 
 - **Memory-independent** (each device does ``F/P`` multiply-adds, of each contraction in the
   backward pass, on the same iteration subset; arrays start / end evenly distributed, ``1/P`` each,
   no recomputation): with ``A_x, A_w, A_y`` the elements of x, w and y a device touches,
-  ``(F/P)² ≤ R·S·A_x·A_w·A_y`` (Loomis-Whitney on each (r, s) slice plus Cauchy-Schwarz) and
+  ``(F/P)² ≤ R·S·A_x·A_w·A_y`` (Loomis-Whitney on each kernel-tap slice plus Cauchy-Schwarz) and
   ``F/P ≤ A_y·cap_y`` etc.; the device receives what it touches beyond its share of the inputs
   and sends its partial sums beyond its share of the outputs, so the average over devices - and
   hence the maximum - receives at least ``min Σ (A_j - share_j)⁺``, solved exactly here.
@@ -56,11 +59,12 @@ class Bound:
 
 
 def real_macs(geom: ConvGeometry) -> int:
-    """Multiply-adds that read a real input element: ``N·K·(C/G)`` times the (output, tap) pairs of
-    each spatial dimension that hit a real input row (padding taps, and the zero rows a transposed
-    convolution's input dilation inserts, excluded; :meth:`jaxcnn.geometry.DimGeometry.real_taps`)."""
+    """Multiply-adds that read a real input element: ``N·K·(C/G)`` times the product over the spatial
+    dimensions (1, 2 or 3) of the (output, tap) pairs that hit a real input row (padding taps, and the
+    zero rows a transposed convolution's input dilation inserts, excluded;
+    :meth:`jaxcnn.geometry.DimGeometry.real_taps`)."""
     n, k, cg = geom.batch, geom.channels_out, geom.channels_in // geom.groups
-    return n * k * cg * geom.h.real_taps()[0] * geom.w.real_taps()[0]
+    return n * k * cg * math.prod(dim.real_taps()[0] for dim in geom.dims)
 
 
 def _water_fill(
@@ -103,7 +107,7 @@ def lower_bound(
     """Lower bound on the bytes received by the busiest device for one convolution pass.
 
     Args:
-      geom: the layer (batch included).
+      geom: the layer (batch included; 1, 2 or 3 spatial dimensions).
       num_devices: P ≥ 1.
       memory_bytes: memory per device in bytes (enables the memory-dependent bound).
       dtype_bytes: bytes per element.
@@ -129,15 +133,14 @@ def lower_bound(
         raise ValueError(f"replicated must name forward inputs 'x' / 'kernel', got {sorted(replicated)}")
     p = num_devices
     f = real_macs(geom)
-    n, _, _, c = geom.x_shape
-    r, s, _, k = geom.kernel_shape
-    g = geom.groups
+    n, c, k, g = geom.batch, geom.channels_in, geom.channels_out, geom.groups
+    taps = math.prod(geom.window)  # R·S (R·S·T in 3-D, R in 1-D): Lemma 1's number of tap slices
     size_x, size_w, size_y = (math.prod(shape) for shape in (geom.x_shape, geom.kernel_shape, geom.y_shape))
-    _, out_h, tap_h, in_h = geom.h.real_taps()
-    _, out_w, tap_w, in_w = geom.w.real_taps()
-    cap_x = k // g * in_h * in_w  # multiply-adds one x element takes part in (its group's K/G outputs)
-    cap_w = n * tap_h * tap_w  # ... one kernel element
-    cap_y = c // g * out_h * out_w  # ... one output element (its group's C/G inputs)
+    # per spatial dimension: (most taps of one output, most outputs of one tap, most pairs on one input)
+    per_out, per_tap, per_in = zip(*(dim.real_taps()[1:] for dim in geom.dims), strict=True)
+    cap_x = k // g * math.prod(per_in)  # multiply-adds one x element takes part in (its group's K/G outputs)
+    cap_w = n * math.prod(per_tap)  # ... one kernel element
+    cap_y = c // g * math.prod(per_out)  # ... one output element (its group's C/G inputs)
     if p == 1 or f == 0:  # one device, or no real multiply-add (every tap on padding): nothing to move
         return Bound(pass_, p, f, 0.0, 0.0 if memory_bytes else None, (size_x, size_w, size_y))
     fi = f / p
@@ -148,10 +151,10 @@ def lower_bound(
     ]
     high = [float(size_x), float(size_w), float(size_y)]
     low = [min(fi / cap_x, high[0]), min(fi / cap_w, high[1]), min(fi / cap_y, high[2])]
-    words, footprint = _water_fill(fi * fi / (r * s), low, high, share)
+    words, footprint = _water_fill(fi * fi / taps, low, high, share)
     memory = None
     if memory_bytes is not None:
         m = memory_bytes / dtype_bytes
         passes = 1 if pass_ == "forward" else 2
-        memory = max(0.0, passes * f / (p * math.sqrt(r * s * m)) - m) * dtype_bytes
+        memory = max(0.0, passes * f / (p * math.sqrt(taps * m)) - m) * dtype_bytes
     return Bound(pass_, p, f, words * dtype_bytes, memory, tuple(footprint))

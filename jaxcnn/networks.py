@@ -84,59 +84,108 @@ def vgg16_layers(batch: int, image: int = 224) -> list[ConvLayer]:
 
 _REQUIRED = ("h", "w", "c", "k", "r")
 _OPTIONAL = ("name", "s", "stride", "padding", "dilation", "repeat")
+_REQUIRED_ND = ("input", "k", "kernel")  # the N-D form: 1-, 2- or 3-D layers
+_OPTIONAL_ND = ("name", "stride", "padding", "dilation", "repeat")
 
 
 def _pair_or_int(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _padding(value: Any) -> Any:
+def _padding(value: Any, rank: int = 2) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
-        return ((value, value), (value, value))
+        return ((value, value),) * rank
     if isinstance(value, list):
         return tuple(tuple(v) if isinstance(v, list) else (v, v) for v in value)
     return value
 
 
+def _positive_ints(where: str, key: str, values: Any) -> None:
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {key!r} must be a positive int, got {value!r}")
+
+
+def _check_keys(
+    where: str, entry: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
+) -> None:
+    unknown = sorted(set(entry) - set(required + optional))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {required + optional}")
+    missing = [key for key in required if key not in entry]
+    if missing:
+        raise ValueError(f"{where}: missing required keys {missing} (required: {required})")
+
+
+def _shapes(where: str, entry: Mapping[str, Any], batch: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """``(x_shape, kernel_shape, rank)`` of one entry, in either form (validated)."""
+    both = sorted(set(entry) & {"h", "w", "c", "r", "s"}), sorted(set(entry) & {"input", "kernel"})
+    if all(both):
+        raise ValueError(
+            f"{where}: mixes the 2-D keys {both[0]} with the N-D keys {both[1]}; give either h, w, c, k, r "
+            "(, s) or input: [D, H, W, C] / [H, W, C] / [W, C], k and kernel"
+        )
+    if "input" not in entry and "kernel" not in entry:  # the 2-D form: h, w, c, k, r (, s)
+        _check_keys(where, entry, _REQUIRED, _OPTIONAL)
+        for key in (*_REQUIRED, "s"):
+            _positive_ints(where, key, [entry.get(key, 1)])
+        h, w, c, k, r = (entry[key] for key in _REQUIRED)
+        return (batch, h, w, c), (r, entry.get("s", r), c, k), 2
+    _check_keys(where, entry, _REQUIRED_ND, _OPTIONAL_ND)
+    shape, kernel, k = entry["input"], entry["kernel"], entry["k"]
+    if not isinstance(shape, list) or len(shape) not in (2, 3, 4):
+        raise ValueError(
+            f"{where}: 'input' must be [W, C], [H, W, C] or [D, H, W, C] (1, 2 or 3 spatial dimensions, "
+            f"then channels), got {shape!r}"
+        )
+    _positive_ints(where, "input", shape)
+    rank = len(shape) - 1
+    window = [kernel] * rank if isinstance(kernel, int) and not isinstance(kernel, bool) else kernel
+    if not isinstance(window, list) or len(window) != rank:
+        raise ValueError(
+            f"{where}: 'kernel' must be an int or a list of {rank} ints (one per spatial dimension of "
+            f"input {shape!r}), got {kernel!r}"
+        )
+    _positive_ints(where, "kernel", window)
+    _positive_ints(where, "k", [k])
+    return (batch, *shape), (*window, shape[-1], k), rank
+
+
 def layers_from_dicts(entries: Iterable[Mapping[str, Any]], batch: int) -> list[ConvLayer]:
     """Builds layers from dicts (e.g. a parsed YAML list).
 
-    Keys: ``h, w, c, k, r`` (required: input height/width, in/out channels, kernel height), ``s``
-    (kernel width, default ``r``), ``stride`` (int or [σh, σw], default 1), ``padding`` ("SAME",
-    "VALID", an int, or [[lo, hi], [lo, hi]]; default "SAME"), ``dilation`` (default 1), ``name``
-    (default ``"conv<i>"``), ``repeat`` (default 1).
+    Keys of a 2-D layer: ``h, w, c, k, r`` (required: input height/width, in/out channels, kernel
+    height), ``s`` (kernel width, default ``r``). Keys of a 1-, 2- or 3-D layer (instead of those):
+    ``input`` ([W, C], [H, W, C] or [D, H, W, C]), ``k`` (output channels) and ``kernel`` (an int, or
+    one int per spatial dimension). Both forms take ``stride`` (int or one per spatial dimension,
+    default 1), ``padding`` ("SAME", "VALID", an int, or one [lo, hi] (or int) per spatial dimension;
+    default "SAME"), ``dilation`` (default 1), ``name`` (default ``"conv<i>"``), ``repeat`` (default 1).
 
     Args:
       entries: one mapping per convolution.
       batch: N, shared by all layers.
 
     Raises:
-      ValueError: an unknown or missing key (named, with the valid keys listed), a non-integer
-        size, or a geometry :func:`jaxcnn.conv_geometry` rejects (the layer is named).
+      ValueError: an unknown or missing key (named, with the valid keys listed), keys of both forms, a
+        non-integer size, or a geometry :func:`jaxcnn.conv_geometry` rejects (the layer is named).
     """
     _check_sizes(batch, 1)
     layers = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
-            raise ValueError(f"layer {i} must be a mapping of {_REQUIRED + _OPTIONAL}, got {entry!r}")
+            raise ValueError(
+                f"layer {i} must be a mapping of {_REQUIRED + _OPTIONAL} (or {_REQUIRED_ND + _OPTIONAL_ND}), "
+                f"got {entry!r}"
+            )
         where = f"layer {i} ({entry.get('name', 'unnamed')})"
-        unknown = sorted(set(entry) - set(_REQUIRED + _OPTIONAL))
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {_REQUIRED + _OPTIONAL}")
-        missing = [key for key in _REQUIRED if key not in entry]
-        if missing:
-            raise ValueError(f"{where}: missing required keys {missing} (required: {_REQUIRED})")
-        for key in (*_REQUIRED, "s", "repeat"):
-            value = entry.get(key, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{where}: {key!r} must be a positive int, got {value!r}")
-        h, w, c, k, r = (entry[key] for key in _REQUIRED)
+        x_shape, kernel_shape, rank = _shapes(where, entry, batch)
+        _positive_ints(where, "repeat", [entry.get("repeat", 1)])
         try:
             geom = conv_geometry(
-                (batch, h, w, c),
-                (r, entry.get("s", r), c, k),
+                x_shape,
+                kernel_shape,
                 _pair_or_int(entry.get("stride", 1)),
-                _padding(entry.get("padding", "SAME")),
+                _padding(entry.get("padding", "SAME"), rank),
                 _pair_or_int(entry.get("dilation", 1)),
             )
         except ValueError as err:

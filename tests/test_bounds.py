@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxcnn
+from jaxcnn import algorithms
 from jaxcnn.bounds import lower_bound, real_macs
 from jaxcnn.measure import measure_conv
+from jaxcnn.planner.grids import grids_for
 from tests.utils import first_fast
 
 
@@ -200,3 +202,128 @@ def _supported(geom, cases):
 )
 def test_no_algorithm_beats_the_grouped_or_transposed_bound(geom, algorithm, sizes):
     test_no_algorithm_beats_the_bound(geom, algorithm, sizes)
+
+
+# ----------------------------------------------------------------------------- 1-D and 3-D layers
+
+LINE = jaxcnn.conv_geometry((8, 16, 16), (3, 16, 16))  # 1-D: (N, W, C), kernel (S, C, K)
+VOLUME = jaxcnn.conv_geometry((4, 4, 6, 6, 16), (3, 3, 3, 16, 16))  # 3-D: (N, D, H, W, C)
+VOLUME_GROUPED = jaxcnn.conv_geometry((4, 4, 4, 4, 16), (3, 3, 3, 8, 16), 1, "SAME", 1, 2)
+LINE_TRANSPOSED = jaxcnn.conv_geometry((8, 8, 16), (3, 16, 16), 1, ((2, 1),), 1, input_dilation=2)
+
+
+def _with_depth_one(geom):
+    """The 2-D layer ``geom`` as a 3-D one of depth 1 with a kernel of depth 1."""
+    n, h, w, c = geom.x_shape
+    r, s, cg, k = geom.kernel_shape
+    return jaxcnn.conv_geometry(
+        (n, 1, h, w, c), (1, r, s, cg, k), (1, *geom.strides), ((0, 0), *geom.padding), (1, *geom.dilation),
+        geom.groups, (1, *geom.input_dilation),
+    )  # fmt: skip
+
+
+def _width_only(geom, rank):
+    """The width dimension of the 2-D layer ``geom`` alone: 1-D (rank 1), or 2-D of height 1 with a
+    kernel of height 1 (rank 2)."""
+    w = geom.w
+    lead = ((1,) * (rank - 1), (1,) * (rank - 1), ((0, 0),) * (rank - 1))
+    return jaxcnn.conv_geometry(
+        (geom.batch, *lead[0], w.size, geom.channels_in), (*lead[1], w.kernel, *geom.kernel_shape[2:]),
+        (*lead[0], w.stride), (*lead[2], w.pad), (*lead[0], w.dilation), geom.groups,
+        (*lead[0], w.input_dilation),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "geom", [GENERIC, CUBE, GROUPED, TRANSPOSED], ids=["3x3", "cube", "grouped", "transposed"]
+)
+def test_depth_one_volume_is_the_2d_bound(geom):
+    # D = 1 and kernel depth 1 add a factor 1 to every count: the very same numbers, bit for bit ...
+    volume = _with_depth_one(geom)
+    assert real_macs(volume) == real_macs(geom)
+    line, flat = _width_only(geom, 1), _width_only(geom, 2)
+    for pass_ in ("forward", "backward"):
+        assert lower_bound(volume, 8, 4e6, pass_=pass_) == lower_bound(geom, 8, 4e6, pass_=pass_)
+        # ... and a 2-D layer of height 1 with a kernel of height 1 is the 1-D layer.
+        assert lower_bound(line, 8, 4e6, pass_=pass_) == lower_bound(flat, 8, 4e6, pass_=pass_)
+    assert lower_bound(line, 8).bytes > 0
+
+
+@pytest.mark.parametrize(
+    "x_shape", [(1, 4, 4, 4, 64), (4, 16, 64), (64, 1, 1, 1, 64)], ids=["1x1x1", "1-D", "N64"]
+)
+def test_pointwise_conv_of_any_rank_is_the_matmul_bound(x_shape):
+    # N·(D·H·W) = 64 rows, C = K = 64, one tap: the 64³ matmul of test_cube_matmul_is_the_3d_matmul_bound.
+    geom = jaxcnn.conv_geometry(x_shape, (*[1] * (len(x_shape) - 2), 64, 64))
+    words = 3 * 64**2 * (8 ** (-2 / 3) - 1 / 8)
+    for pass_ in ("forward", "backward"):
+        assert lower_bound(geom, 8, pass_=pass_).independent == pytest.approx(4 * words, rel=1e-9)
+
+
+def test_3d_counts_every_dimension():
+    # 3x3x3 SAME on 4x4x4: 4·3 - 2 = 10 real (output, tap) pairs per dimension, 27 taps in Lemma 1.
+    geom = jaxcnn.conv_geometry((2, 4, 4, 4, 8), (3, 3, 3, 8, 16))
+    f = 2 * 16 * 8 * 10**3
+    assert real_macs(geom) == f
+    words = 500
+    for passes, pass_ in ((1, "forward"), (2, "backward")):
+        expected = 4 * (passes * f / (2 * math.sqrt(27 * words)) - words)
+        assert lower_bound(geom, 2, 4 * words, pass_=pass_).memory_dependent == pytest.approx(
+            expected, rel=1e-12
+        )
+    # G groups of an n³ matmul as a 1x1x1 convolution: 3n²((G/P)^(2/3) - G/P) words, as in 2-D.
+    n, g, p = 64, 4, 8
+    grouped = jaxcnn.conv_geometry((1, 4, 4, 4, g * n), (1, 1, 1, n, g * n), 1, "SAME", 1, g)
+    words = 3 * n**2 * ((g / p) ** (2 / 3) - g / p)
+    assert lower_bound(grouped, p).independent == pytest.approx(4 * words, rel=1e-9)
+    # 3-D pixel shuffle (kernel 2x2x2 = stride 2, VALID; N = C = 64, K = 8 on a 1x1x1 map, P = 64):
+    # F = N·C·K·8 = 2^18, |x| = |w| = |y| = 2^12 (shares 2^6 = the caps' F/(P·cap));
+    # A³ ≥ (F/P)²/8 = 2^21 gives A = 2^7 and 3(2^7 - 2^6) words.
+    shuffle = jaxcnn.conv_geometry((64, 1, 1, 1, 64), (2, 2, 2, 64, 8), 1, ((1, 1),) * 3, 1, input_dilation=2)
+    assert shuffle.y_shape == (64, 2, 2, 2, 8) and real_macs(shuffle) == 2**18
+    assert lower_bound(shuffle, 64).independent == pytest.approx(4 * 3 * (2**7 - 2**6), rel=1e-9)
+
+
+def _all_runs(geom, devices=8):
+    """Every (algorithm, grid) the planner would consider for ``geom`` on ``devices`` devices."""
+    return [(geom, a, grid) for a in jaxcnn.ALGORITHMS for grid in grids_for(a, geom, devices)]
+
+
+def _kernel_replicated(algorithm, grid) -> bool:
+    """The kernel starts replicated over the row devices (data / spatial / filter / channel) - then
+    each device holds more than |w|/P of it; the bound with a replicated kernel is the valid one."""
+    rows = math.prod(grid.get(a, 1) for a in ("n", "d", "h", "w"))
+    return not algorithms.get(algorithm).kernel_over_rows and rows > 1
+
+
+@pytest.mark.parametrize("geom", [LINE, VOLUME, VOLUME_GROUPED, LINE_TRANSPOSED],
+                         ids=["1d", "3d", "3d-grouped", "1d-transposed"])  # fmt: skip
+def test_no_grid_beats_the_1d_or_3d_bound(geom):
+    runs = 0
+    for _, algorithm, grid in _all_runs(geom):
+        try:
+            cost = jaxcnn.cost.predict(geom, algorithm, grid)
+        except ValueError:  # grouped: the groups do not split over this grid
+            continue
+        runs += 1
+        replicated = ("kernel",) if _kernel_replicated(algorithm, grid) else ()
+        f_bound = lower_bound(geom, 8, cost.memory.peak, replicated=replicated)
+        b_bound = lower_bound(geom, 8, cost.memory.peak, pass_="backward")
+        assert cost.forward.max_bytes >= f_bound.bytes * (1 - 1e-9), (algorithm, grid)
+        assert cost.backward.max_bytes >= b_bound.bytes * (1 - 1e-9), (algorithm, grid)
+        assert b_bound.bytes > 0
+    assert runs >= 20
+
+
+@pytest.mark.parametrize(
+    "geom,algorithm,sizes",
+    first_fast(
+        [(VOLUME, "3d", (("n", 2), ("k", 2), ("c", 2))), (LINE, "2d", (("n", 2), ("w", 2), ("k", 2)))]
+    ),
+    ids=["3d-n2k2c2", "1d-n2w2k2"],
+)
+def test_metered_1d_and_3d_are_the_predicted_bytes_above_the_bound(geom, algorithm, sizes):
+    fwd, bwd = metered(geom, algorithm, sizes)
+    cost = jaxcnn.cost.predict(geom, algorithm, dict(sizes))
+    assert (fwd.max_bytes, bwd.max_bytes) == (cost.forward.max_bytes, cost.backward.max_bytes)
+    test_no_algorithm_beats_the_bound(geom, algorithm, dict(sizes))

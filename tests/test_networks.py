@@ -78,10 +78,35 @@ def test_layers_from_yaml_and_dicts(tmp_path):
     assert get_network(str(path), batch=5) == [a, b]
 
 
+def test_layers_of_any_rank_from_yaml(tmp_path):
+    path = tmp_path / "nd.yaml"
+    path.write_text(
+        "- {name: line, input: [32, 4], k: 8, kernel: 5, stride: 2, padding: 2, repeat: 2}\n"
+        "- {name: vol, input: [4, 8, 8, 4], k: 8, kernel: [1, 3, 3], padding: [0, [1, 1], 1]}\n"
+        "- {name: plane, input: [8, 6, 4], k: 8, kernel: [1, 3], padding: VALID, dilation: [1, 2]}\n"
+    )
+    line, vol, plane = layers_from_yaml(path, batch=3)
+    assert line.geom.rank == 1 and line.repeat == 2 and line.geom.kernel_shape == (5, 4, 8)
+    assert line.geom.padding == ((2, 2),) and line.geom.y_shape == (3, 16, 8)
+    assert vol.geom.rank == 3 and vol.geom.kernel_shape == (1, 3, 3, 4, 8)
+    assert vol.geom.padding == ((0, 0), (1, 1), (1, 1)) and vol.geom.y_shape == (3, 4, 8, 8, 8)
+    # The N-D form of a 2-D layer is the h, w, c, k, r form.
+    [same] = layers_from_dicts([{"name": "plane", "h": 8, "w": 6, "c": 4, "k": 8, "r": 1, "s": 3,
+                                  "padding": "VALID", "dilation": [1, 2]}], batch=3)  # fmt: skip
+    assert plane == same and plane.geom.y_shape == (3, 8, 2, 8)
+
+
 @pytest.mark.parametrize(
     "entry,match",
     [
-        ({"h": 8, "w": 8, "c": 3, "k": 4, "r": 3, "kernel": 3}, r"unknown keys \['kernel'\]"),
+        ({"h": 8, "w": 8, "c": 3, "k": 4, "r": 3, "size": 3}, r"unknown keys \['size'\]"),
+        ({"h": 8, "w": 8, "c": 3, "k": 4, "r": 3, "kernel": 3}, r"mixes the 2-D keys \['c', 'h', 'r', 'w'\]"),
+        ({"input": [8, 8, 8, 8, 3], "k": 4, "kernel": 3}, r"'input' must be \[W, C\]"),
+        ({"input": [8, 8, 3], "k": 4, "kernel": [3, 3, 3]}, "'kernel' must be an int or a list of 2 ints"),
+        ({"input": [8, 0, 3], "k": 4, "kernel": 3}, "'input' must be a positive int, got 0"),
+        ({"input": [8, 3], "kernel": 3}, r"missing required keys \['k'\]"),
+        ({"input": [8, 3], "k": 4, "kernel": 3, "groups": 2}, r"unknown keys \['groups'\]"),
+        ({"name": "deep", "input": [2, 8, 8, 3], "k": 4, "kernel": 3, "padding": "VALID"}, "deep.*output D"),
         ({"h": 8, "w": 8, "c": 3, "r": 3}, r"missing required keys \['k'\]"),
         ({"h": 8, "w": 8, "c": 3, "k": 4, "r": 0}, "'r' must be a positive int"),
         ({"name": "big", "h": 2, "w": 2, "c": 3, "k": 4, "r": 5, "padding": "VALID"}, "big.*output H"),

@@ -38,12 +38,14 @@ def fmt_grid(grid: Mapping[str, int]) -> str:
 
 
 def fmt_shape(layer: ConvLayer) -> str:
-    """``HxWxC k RxS/σ -> HoxWoxK`` of one layer (the batch is shown once, in the header)."""
+    """``HxWxC k RxS/σ -> HoxWoxK`` of one layer (the batch is shown once, in the header); a 1-D layer
+    shows ``WxC k S/σ -> WoxK``, a 3-D one ``DxHxWxC k TxRxS/σ -> DoxHoxWoxK`` (σ as ``σd,σh,σw`` when
+    the strides differ)."""
     g = layer.geom
-    _, h, w, c = g.x_shape
-    _, ho, wo, k = g.y_shape
-    stride = g.h.stride if g.h.stride == g.w.stride else f"{g.h.stride},{g.w.stride}"
-    return f"{h}x{w}x{c} {g.h.kernel}x{g.w.kernel}/{stride} -> {ho}x{wo}x{k}"
+    strides = g.strides
+    stride = strides[0] if len(set(strides)) == 1 else ",".join(map(str, strides))
+    x, window, y = ("x".join(map(str, shape)) for shape in (g.x_shape[1:], g.window, g.y_shape[1:]))
+    return f"{x} {window}/{stride} -> {y}"
 
 
 @dataclasses.dataclass(frozen=True)

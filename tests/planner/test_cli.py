@@ -10,10 +10,11 @@ import sys
 import pytest
 import yaml
 
+from jaxcnn.bounds import PASSES, lower_bound
 from jaxcnn.networks import layers_from_yaml
 from jaxcnn.planner import plan_layer, plan_network
 from jaxcnn.planner.cli import PlanCliError, main, parse_memory, resolve_args
-from jaxcnn.planner.report import fmt_grid
+from jaxcnn.planner.report import fmt_grid, fmt_shape, make_plan
 from tests.fake_devices import ROOT
 
 NETWORK = str(ROOT / "configs" / "networks" / "small_cnn.yaml")
@@ -67,6 +68,36 @@ def test_prints_the_network_plan(capsys):
     for step in plan.steps:
         cells = rows[step.name]
         assert step.choice.algorithm in cells and fmt_grid(step.choice.grid) in cells
+    assert out.splitlines()[-1].startswith("total")
+
+
+@pytest.mark.parametrize(
+    "layers,shapes",
+    [
+        (
+            "- {name: stem, input: [64, 4], k: 16, kernel: 7, stride: 2}\n"
+            "- {name: block1, input: [32, 16], k: 16, kernel: 3, dilation: 2}\n",
+            ["64x4 7/2 -> 32x16", "32x16 3/1 -> 32x16"],
+        ),
+        (
+            "- {name: stem, input: [8, 16, 16, 2], k: 8, kernel: 3, stride: [1, 2, 2]}\n"
+            "- {name: block1, input: [8, 8, 8, 8], k: 16, kernel: [1, 3, 3], padding: [0, 1, 1]}\n",
+            ["8x16x16x2 3x3x3/1,2,2 -> 8x8x8x8", "8x8x8x8 1x3x3/1 -> 8x8x8x16"],
+        ),
+    ],
+    ids=["1d", "3d"],
+)
+def test_plans_1d_and_3d_networks_with_their_bounds(layers, shapes, tmp_path, capsys):
+    path = tmp_path / "net.yaml"
+    path.write_text(layers)
+    rc, out, _ = _run(["--network", str(path), "--batch", "8", "--devices", "8", "--memory", "64MiB"], capsys)
+    assert rc == 0
+    plan = make_plan(resolve_args(["--network", str(path), "--batch", "8", "--devices", "8"]),
+                     layers_from_yaml(path, 8))  # fmt: skip
+    for row, shape in zip(plan, shapes, strict=True):
+        assert fmt_shape(row.layer) == shape and shape in out
+        assert 0 < row.bound <= row.choice.bytes + row.transition
+        assert row.bound == sum(lower_bound(row.layer.geom, 8, 16 * 2**30, 4, p).bytes for p in PASSES)
     assert out.splitlines()[-1].startswith("total")
 
 
