@@ -144,7 +144,7 @@ def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:
         return geom
     return conv_geometry(
         geom.x_shape,
-        (*geom.kernel_shape[:3], k),
+        (*geom.kernel_shape[:-1], k),
         geom.strides,
         geom.padding,
         geom.dilation,

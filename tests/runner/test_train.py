@@ -162,7 +162,8 @@ def test_resume_is_bit_identical_and_run_dir_is_complete(tmp_path):
     assert json.loads(_read(run_dir / "summary.json"))["final_step"] == 6
     for plot in ("loss.png", "accuracy.png"):
         assert _read(run_dir / plot, "rb")[:8] == b"\x89PNG\r\n\x1a\n"
-    assert metrics.run_title(str(run_dir)) == "straight: small_cnn on mesh n=8 h=1 w=1 k=1 c=1 (8 devices)"
+    title = metrics.run_title(str(run_dir))
+    assert title == "straight: small_cnn on mesh n=8 d=1 h=1 w=1 k=1 c=1 (8 devices)"
     assert Checkpointer(str(run_dir / "checkpoints")).all_steps() == [3, 6]
 
 
