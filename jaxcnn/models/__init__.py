@@ -18,12 +18,19 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxcnn.models.common import Algorithms, Placements
+from jaxcnn.models.mobilenet import InvertedResidual, MobileNetV2
 from jaxcnn.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from jaxcnn.models.small_cnn import SmallCNN
 from jaxcnn.models.vgg import VGG16
 from jaxcnn.nn import create_sharded
 
-MODELS: dict[str, Any] = {"small_cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "vgg16": VGG16}
+MODELS: dict[str, Any] = {
+    "small_cnn": SmallCNN,
+    "resnet18": ResNet18,
+    "resnet50": ResNet50,
+    "vgg16": VGG16,
+    "mobilenet_v2": MobileNetV2,
+}
 
 
 def build(
@@ -41,7 +48,7 @@ def build(
     """Builds model ``name`` (one of ``MODELS``).
 
     Args:
-      name: ``"small_cnn"``, ``"resnet18"``, ``"resnet50"`` or ``"vgg16"``.
+      name: ``"small_cnn"``, ``"resnet18"``, ``"resnet50"``, ``"vgg16"`` or ``"mobilenet_v2"``.
       num_classes: logits per example.
       in_channels: image channels.
       mesh: the model's mesh (:func:`jaxcnn.make_mesh`).
@@ -51,7 +58,7 @@ def build(
       rngs: parameter initialisation.
       sharded_init: create the variables in one compiled program, already sharded
         (:func:`jaxcnn.nn.create_sharded`; same values as eager construction, which ``False`` selects).
-      **kwargs: model options (``width``; ``small_images`` for the ResNets).
+      **kwargs: model options (``width``; ``small_images`` for the ResNets and MobileNetV2).
 
     Returns:
       An ``nnx.Module``; ``model(x)`` maps ``(N, H, W, in_channels)`` to ``(N, num_classes)``;
@@ -85,6 +92,8 @@ __all__ = [
     "VGG16",
     "BasicBlock",
     "Bottleneck",
+    "InvertedResidual",
+    "MobileNetV2",
     "Placements",
     "ResNet",
     "ResNet18",

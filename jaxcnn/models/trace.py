@@ -2,10 +2,10 @@
 
 :func:`trace_layers` runs the model under ``jax.eval_shape`` (nothing is allocated or computed) with
 each convolution's ``conv_general_dilated`` hook wrapped to record its input and kernel shapes,
-strides, padding and dilation, so the geometries are exactly those the model computes, in execution
-order, under the names its blocks carry (a module with a ``name`` and a ``conv``). The planner, the
-whole-step prediction and :mod:`jaxcnn.networks` all read layers from here, so names and shapes
-cannot drift from the models.
+strides, padding, dilation and feature group count, so the geometries are exactly those the model
+computes, in execution order, under the names its blocks carry (a module with a ``name`` and a
+``conv``). The planner, the whole-step prediction and :mod:`jaxcnn.networks` all read layers from
+here, so names and shapes cannot drift from the models.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ class Recorder:
 
     inner: Any
     name: str
-    records: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any, Any]]
+    records: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any, Any, int]]
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kw):
-        self.records.append((self.name, lhs.shape, rhs.shape, tuple(window_strides), padding, rhs_dilation))
+        groups = kw.get("feature_group_count", 1)
+        record = (self.name, lhs.shape, rhs.shape, tuple(window_strides), padding, rhs_dilation, groups)
+        self.records.append(record)
         return self.inner(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kw)
 
 
@@ -79,6 +81,6 @@ def trace_layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) ->
 
     jax.eval_shape(forward, state, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
     return [
-        ConvLayer(name, conv_geometry(x, k, strides, padding, 1 if dil is None else tuple(dil)))
-        for name, x, k, strides, padding, dil in records
+        ConvLayer(name, conv_geometry(x, k, strides, padding, 1 if dil is None else tuple(dil), groups))
+        for name, x, k, strides, padding, dil, groups in records
     ]

@@ -2,10 +2,12 @@
 
 ``plan_layer`` ranks every algorithm on every grid of ``num_devices`` devices by predicted bytes
 received per device (forward + backward, :mod:`jaxcnn.cost`) among those whose predicted peak memory
-fits. ``plan_network`` chooses one candidate per layer by dynamic programming over the chain of
-layers, adding the cost of changing the activation's layout between consecutive layers
-(the explicit changes of :mod:`jaxcnn.redistribute`), so the plan minimises the network's total, not
-each layer's. Networks with residual blocks are placed as graphs by :mod:`jaxcnn.planner.network`.
+fits; for a grouped or depthwise layer only those that can split its groups
+(:mod:`jaxcnn.algorithms.groups`) are candidates. ``plan_network`` chooses one candidate per layer by
+dynamic programming over the chain of layers, adding the cost of changing the activation's layout
+between consecutive layers (the explicit changes of :mod:`jaxcnn.redistribute`), so the plan
+minimises the network's total, not each layer's. Networks with residual blocks are placed as graphs
+by :mod:`jaxcnn.planner.network`.
 
 On ``hosts > 1`` (devices split into equal consecutive groups of the flat order, :mod:`jaxcnn.links`)
 both rank by the weighted bytes ``ICI + dcn_cost_factor · DCN`` (max over devices) instead, so traffic
@@ -94,7 +96,8 @@ def plan_layer(
 
     Raises:
       NoPlanError: nothing fits; the message gives the smallest budget that would.
-      ValueError: ``hosts`` is not a positive divisor of ``num_devices``.
+      ValueError: ``hosts`` is not a positive divisor of ``num_devices``, or no allowed algorithm
+        splits the layer (its feature groups, its shape) evenly on ``num_devices``.
     """
     name, geom = _geom(layer)
     if not isinstance(num_devices, int) or num_devices < 1:
@@ -108,8 +111,16 @@ def plan_layer(
         for alg in allowed:
             for grid in grids_for(alg, g, num_devices):
                 if parts is None or grid["k"] * grid["c"] == parts:
-                    costs.append(predict(g, alg, grid, dtype, hosts=hosts))
+                    cost = _supported(g, alg, grid, dtype, hosts)
+                    if cost is not None:
+                        costs.append(cost)
     costs = [c for c in costs if c.layout.is_even(c.geom)]  # the model is exact for even splits
+    if not costs and geom.groups > 1:
+        raise ValueError(
+            f"layer {name}: no algorithm of {tuple(allowed)} on a grid of {num_devices} devices splits "
+            f"its {geom.groups} feature groups (C={geom.channels_in}, K={geom.channels_out}) and its shape "
+            f"{geom.y_shape} evenly; data, spatial and filter split every group count"
+        )
     if not costs:
         raise ValueError(
             f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly; "
@@ -127,6 +138,17 @@ def plan_layer(
             least,
         )
     return LayerPlan(name, geom, tuple(fitting))
+
+
+def _supported(geom: ConvGeometry, algorithm: str, grid: dict[str, int], dtype, hosts: int) -> Cost | None:
+    """The prediction of ``algorithm`` on ``grid``, or None when it cannot split the layer's feature
+    groups (:mod:`jaxcnn.algorithms.groups`: a placement that raises is no candidate)."""
+    if geom.groups == 1:
+        return predict(geom, algorithm, grid, dtype, hosts=hosts)
+    try:
+        return predict(geom, algorithm, grid, dtype, hosts=hosts)
+    except ValueError:
+        return None
 
 
 def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:

@@ -44,7 +44,7 @@ class ModelConfig(Section):
 
     key_path: ClassVar[str] = "model"
 
-    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16"] = Field(
+    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16", "mobilenet_v2"] = Field(
         "small_cnn", description="network from jaxcnn.models"
     )
     algorithms: Str | tuple[Str, ...] | FrozenMapping[Str, Str] = Field(
@@ -62,7 +62,7 @@ class ModelConfig(Section):
     options: FrozenMapping[Str, OptionValue] = Field(
         default_factory=FrozenDict,
         description="extra keyword arguments of the model's constructor, e.g. {width: 0.5} (channel "
-        "multiplier) or {small_images: true} for the ResNets on 32x32 images",
+        "multiplier) or {small_images: true} for the ResNets and MobileNetV2 on 32x32 images",
     )
     plan_memory_bytes: ByteSize = Field(
         0,
