@@ -33,6 +33,11 @@ CASES = {
         ["model.name=vgg16", "model.algorithms=auto", "train.batch_size=4", "data.image_size=[32,32]",
          "model.options={width: 0.0625}", *SYNTHETIC],
     ),
+    "mobilenet_v2-auto-8": (  # 17 depthwise convolutions, 10 identity shortcuts, ReLU6
+        8,
+        ["model.name=mobilenet_v2", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
+         "model.options={width: 0.25, small_images: true}", *SYNTHETIC],
+    ),
     "small_cnn-auto-64-batch-smaller": (
         64, ["model.algorithms=auto", "train.batch_size=32", "train.eval_batch_size=32", "mesh.n=-1"]
     ),
