@@ -2,10 +2,10 @@
 
 Each network is a list of :class:`ConvLayer` (one per convolution, in forward order). The tables of
 the models are traced from the models themselves (:func:`model_layers`), so names (``stem``,
-``layer2.0.proj``, ``conv5_3``, ``head``) and shapes are those the models run and a plan can be
-pasted into a config; the geometry comes from :func:`jaxcnn.conv_geometry`, so padding and output
-sizes are exactly what :func:`jaxcnn.conv2d` computes. Only convolutions are listed (the classifier
-is one: a 1x1 convolution on a 1x1 map); pooling and normalisation are not.
+``layer2.0.proj``, ``conv5_3``, ``blocks.4.depthwise``, ``head``) and shapes are those the models run
+and a plan can be pasted into a config; the geometry comes from :func:`jaxcnn.conv_geometry`, so
+padding and output sizes are exactly what :func:`jaxcnn.conv2d` computes. Only convolutions are
+listed (the classifier is one: a 1x1 convolution on a 1x1 map); pooling and normalisation are not.
 
 >>> layers = get_network("resnet50", batch=32)
 >>> sum(layer.geom.flops * layer.repeat for layer in layers) / 2 / 32  # ≈ 4.09e9 MACs per image
@@ -214,6 +214,7 @@ NETWORKS: dict[str, Any] = {
     "resnet50": resnet50_layers,
     "vgg16": vgg16_layers,
     "resnet18": lambda batch, image=224: model_layers("resnet18", batch, image),
+    "mobilenet_v2": lambda batch, image=224: model_layers("mobilenet_v2", batch, image),
     "small_cnn": lambda batch, image=8: model_layers(
         "small_cnn", batch, image, num_classes=10, in_channels=1
     ),

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxcnn.models.common import Algorithms, Placements
+from jaxcnn.models.mobilenet import InvertedResidual, MobileNetV2
 from jaxcnn.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from jaxcnn.models.small_cnn import SmallCNN
 from jaxcnn.models.unet import UNet
@@ -29,6 +30,7 @@ MODELS: dict[str, Any] = {
     "resnet18": ResNet18,
     "resnet50": ResNet50,
     "vgg16": VGG16,
+    "mobilenet_v2": MobileNetV2,
     "unet": UNet,
 }
 
@@ -48,7 +50,8 @@ def build(
     """Builds model ``name`` (one of ``MODELS``).
 
     Args:
-      name: ``"small_cnn"``, ``"resnet18"``, ``"resnet50"``, ``"vgg16"`` or ``"unet"`` (segmentation).
+      name: ``"small_cnn"``, ``"resnet18"``, ``"resnet50"``, ``"vgg16"``, ``"mobilenet_v2"`` or ``"unet"``
+        (segmentation).
       num_classes: logits per example (per voxel for ``unet``).
       in_channels: image channels.
       mesh: the model's mesh (:func:`jaxcnn.make_mesh`).
@@ -58,8 +61,8 @@ def build(
       rngs: parameter initialisation.
       sharded_init: create the variables in one compiled program, already sharded
         (:func:`jaxcnn.nn.create_sharded`; same values as eager construction, which ``False`` selects).
-      **kwargs: model options (``width``; ``small_images`` for the ResNets; ``depth`` and
-        ``spatial_dims`` for the U-Net).
+      **kwargs: model options (``width``; ``small_images`` for the ResNets and MobileNetV2; ``depth``
+        and ``spatial_dims`` for the U-Net).
 
     Returns:
       An ``nnx.Module``; ``model(x)`` maps ``(N, H, W, in_channels)`` to ``(N, num_classes)`` (the U-Net:
@@ -95,6 +98,8 @@ __all__ = [
     "VGG16",
     "BasicBlock",
     "Bottleneck",
+    "InvertedResidual",
+    "MobileNetV2",
     "Placements",
     "ResNet",
     "ResNet18",

@@ -16,6 +16,7 @@ pooling work in the layout they are given. Each model also describes itself as a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -112,6 +113,9 @@ class ConvBN(nnx.Module):
       stride: stride.
       plan: the model's :class:`Placements`; ``name`` picks this convolution's placement.
       relu: apply ReLU.
+      relu6: cap the ReLU at 6 (``min(max(x, 0), 6)``, MobileNetV2); only with ``relu``.
+      groups: feature group count G (``cin``: depthwise); the placement must split whole groups
+        (:mod:`jaxcnn.algorithms.groups`), else ``ValueError`` names what would work.
       momentum: BatchNorm running-average momentum (0.9, as PyTorch's 0.1: Flax's 0.99 default leaves
         the running statistics far from the data after the few hundred steps of a small run).
       dtype: computation dtype (parameters are float32).
@@ -129,12 +133,14 @@ class ConvBN(nnx.Module):
         plan: Placements,
         name: str,
         relu: bool = True,
+        relu6: bool = False,
+        groups: int = 1,
         momentum: float = 0.9,
         dtype: Any = jnp.float32,
         spatial_dims: int = 2,
         rngs: nnx.Rngs,
     ):
-        placement = plan.placement(name)
+        placement = dataclasses.replace(plan.placement(name), groups=groups)
         self.conv = Conv(
             cin,
             cout,
@@ -142,6 +148,7 @@ class ConvBN(nnx.Module):
             stride,
             padding="SAME",
             use_bias=False,
+            feature_group_count=groups,
             mesh=placement.mesh,
             algorithm=placement.algorithm,
             dtype=dtype,
@@ -159,6 +166,7 @@ class ConvBN(nnx.Module):
         )
         self.relu = relu
         self.spatial_dims = spatial_dims
+        self.relu6 = relu6
         self.name = name  # the convolution's name (planners key placements by it)
         self.mesh = placement.mesh
         self.input_sharding = NamedSharding(placement.mesh, placement.x_spec)
@@ -168,7 +176,9 @@ class ConvBN(nnx.Module):
         """``x`` laid out as ``src``; returns the block's output, laid out as ``self.output_sharding``."""
         y = self.bn(self.conv(redistribute(x, src, self.input_sharding)))
         y = jax.lax.with_sharding_constraint(y, self.output_sharding)  # where it is already: no movement
-        return nnx.relu(y) if self.relu else y
+        if not self.relu:
+            return y
+        return nnx.relu6(y) if self.relu6 else nnx.relu(y)
 
 
 def pool(x: jax.Array, after: ConvBN, window: int, stride: int, padding: str = "VALID") -> jax.Array:

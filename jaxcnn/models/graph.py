@@ -5,7 +5,9 @@ A model's ``plan_graph`` is a tuple of nodes in execution order:
 - :class:`Conv`: a convolution (with its BatchNorm and ReLU, or the classifier ``"head"``);
 - :class:`Pool`: a pooling window applied in the output layout of the convolution ``after``;
 - :class:`Residual`: ``relu(main(x) + shortcut(x))``: a chain of convolutions and an identity or
-  projection shortcut, summed in the layout of the main chain's last convolution;
+  projection shortcut, summed in the layout of the main chain's last convolution (MobileNetV2's
+  inverted residuals have no activation after the sum; elementwise functions move nothing, so the
+  node is the same);
 - :class:`Concat`: the channels of an earlier convolution's output (a U-Net skip) concatenated with
   the current activation (the output of the convolution ``up`` just before it), both moved into the
   concatenation layout (``up``'s output layout with the channels gathered);

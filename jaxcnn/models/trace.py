@@ -2,11 +2,11 @@
 
 :func:`trace_layers` runs the model under ``jax.eval_shape`` (nothing is allocated or computed) with
 each convolution's ``conv_general_dilated`` hook wrapped to record its input and kernel shapes,
-strides, padding and dilation, so the geometries are exactly those the model computes, in execution
-order, under the names its blocks carry (a module with a ``name`` and a ``conv``); a transposed
-convolution is recorded with its input dilation. The planner, the
-whole-step prediction and :mod:`jaxcnn.networks` all read layers from here, so names and shapes
-cannot drift from the models.
+strides, padding, dilation and feature group count, so the geometries are exactly those the model
+computes, in execution order, under the names its blocks carry (a module with a ``name`` and a
+``conv``); a transposed convolution is recorded with its input dilation. The planner, the whole-step
+prediction and :mod:`jaxcnn.networks` all read layers from here, so names and shapes cannot drift
+from the models.
 """
 
 from __future__ import annotations
@@ -36,11 +36,21 @@ class Recorder:
 
     inner: Any
     name: str
-    records: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any, Any]]
+    records: list[tuple[Any, ...]]  # (name, x, kernel, strides, padding, dilations, groups)
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kw):
+        groups = kw.get("feature_group_count", 1)
         self.records.append(
-            (self.name, lhs.shape, rhs.shape, tuple(window_strides), padding, rhs_dilation, lhs_dilation)
+            (
+                self.name,
+                lhs.shape,
+                rhs.shape,
+                tuple(window_strides),
+                padding,
+                rhs_dilation,
+                lhs_dilation,
+                groups,
+            )
         )
         return self.inner(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kw)
 
@@ -98,8 +108,9 @@ def trace_layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) ->
                 strides,
                 padding,
                 1 if dil is None else tuple(dil),
+                groups,
                 input_dilation=1 if lhs is None else tuple(lhs),
             ),
         )
-        for name, x, k, strides, padding, dil, lhs in records
+        for name, x, k, strides, padding, dil, lhs, groups in records
     ]

@@ -1,10 +1,11 @@
 """Placing a whole network: dynamic programming over its plan graph (chains and residual blocks).
 
 Each convolution (the classifier ``head`` included) has a few candidate placements, its cheapest
-``(algorithm, grid)`` pairs by :func:`jaxcnn.plan_layer`. A placement's *node cost* is everything
-that depends on it alone (:mod:`jaxcnn.planner.step`): the convolution, its BatchNorm, a pooling
-window in its output layout, global pooling after the last convolution, the head's bias gradient,
-logits and loss. An *edge cost* is a layout change (:mod:`jaxcnn.redistribute`, forward + backward).
+``(algorithm, grid)`` pairs by :func:`jaxcnn.plan_layer` and the cheapest that reads each layout the
+layer before it may leave (:func:`jaxcnn.planner.plan.keep_candidates`). A placement's *node cost*
+is everything that depends on it alone (:mod:`jaxcnn.planner.step`): the convolution, its BatchNorm,
+a pooling window in its output layout, global pooling after the last convolution, the head's bias
+gradient, logits and loss. An *edge cost* is a layout change (:mod:`jaxcnn.redistribute`, forward + backward).
 
 The DP state is the layout the activation is in (the placement that produced it). Along a chain,
 ``best[c] = node(c) + min_s (best[s] + edge(s → c))``. A residual block ``relu(main(x) +
@@ -31,7 +32,7 @@ from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.models.graph import Concat, Conv, Node, Output, Residual
-from jaxcnn.planner.plan import plan_layer
+from jaxcnn.planner.plan import keep_candidates, plan_layer
 from jaxcnn.planner.step import (
     Layout,
     concat_layout,
@@ -71,7 +72,8 @@ def plan_graph(
       num_devices: devices P.
       input_layout: the images' layout (``(P("n"), grid)``).
       memory_bytes: per-device memory cap of every layer.
-      candidates: placements kept per layer (its cheapest by its own bytes).
+      candidates: placements kept per layer (its cheapest by its own bytes; :func:`keep_candidates`
+        adds at most as many that read the layouts the layer before may leave).
       allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
       dtype: activation dtype.
       fixed: ``{layer name: algorithm}`` pins.
@@ -94,6 +96,7 @@ def plan_graph(
     first = first_conv(graph)
     options: dict[str, tuple[Cost, ...]] = {}
     node_cost: dict[tuple[str, int], float] = {}
+    previous: set[Layout] = {input_layout}  # layouts the layer before may leave (execution order)
     for name in nodes.names:
         algs = (fixed[name],) if fixed and name in fixed else allowed
         table = plan_layer(
@@ -106,7 +109,8 @@ def plan_graph(
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
         )
-        options[name] = table.candidates[:candidates]
+        options[name] = keep_candidates(table, candidates, previous)
+        previous = {y_layout(c) for c in options[name]}
         if name == first:  # the images need no gradient
             options[name] = tuple(
                 predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts)

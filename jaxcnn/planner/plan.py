@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from jaxcnn import algorithms, links, redistribute
 from jaxcnn.cost import Cost, itemsize_of, predict
@@ -96,7 +97,8 @@ def plan_layer(
 
     Raises:
       NoPlanError: nothing fits; the message gives the smallest budget that would.
-      ValueError: ``hosts`` is not a positive divisor of ``num_devices``.
+      ValueError: ``hosts`` is not a positive divisor of ``num_devices``, or no allowed algorithm
+        splits the layer (its feature groups, its shape) evenly on ``num_devices``.
     """
     name, geom = _geom(layer)
     if not isinstance(num_devices, int) or num_devices < 1:
@@ -113,8 +115,16 @@ def plan_layer(
                     try:
                         costs.append(predict(g, alg, grid, dtype, hosts=hosts))
                     except ValueError as error:  # a group count this algorithm cannot split on this grid
+                        if g.groups == 1:
+                            raise
                         unsupported.append(str(error))
     costs = [c for c in costs if c.layout.is_even(c.geom)]  # the model is exact for even splits
+    if not costs and geom.groups > 1:
+        raise ValueError(
+            f"layer {name}: no algorithm of {tuple(allowed)} on a grid of {num_devices} devices splits "
+            f"its {geom.groups} feature groups (C={geom.channels_in}, K={geom.channels_out}) and its shape "
+            f"{geom.y_shape} evenly; data, spatial and filter split every group count"
+        )
     if not costs:
         why = ""
         if unsupported:
@@ -151,6 +161,30 @@ def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:
         geom.groups,
         geom.input_dilation,
     )
+
+
+def keep_candidates(table: LayerPlan, count: int, previous: Iterable[Any] = ()) -> tuple[Cost, ...]:
+    """The placements of a layer a network plan considers: its ``count`` cheapest by its own bytes,
+    plus, for each layout in ``previous`` (``(spec, grid key)``, the layouts the layer before may leave
+    its input in) that none of those reads, its cheapest placement reading that layout (at most
+    ``count`` more, cheapest first).
+
+    Ranking by a layer's own bytes alone misses that an unchanged layout moves nothing: a depthwise
+    convolution, whose own bytes are near zero on dozens of grids, would otherwise lose the placement
+    that continues its neighbours' layout and force two layout changes of a whole activation.
+    """
+    kept = list(table.candidates[:count])
+    reads = {(c.layout.x_spec, grid_key(c.grid)) for c in kept}
+    wanted = set(previous) - reads
+    extra: list[Cost] = []
+    for c in table.candidates[count:]:
+        layout = (c.layout.x_spec, grid_key(c.grid))
+        if layout in wanted:
+            extra.append(c)
+            wanted.discard(layout)
+            if not wanted or len(extra) == count:
+                break
+    return (*kept, *extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,14 +283,14 @@ def plan_network(
     Dynamic programming over the chain of layers: ``best[i][j] = cost_i(j) + min_j' (best[i-1][j'] +
     transition(j' → j))``, where transition is the redistribution of the activation between layer
     ``i-1``'s output layout and layer ``i``'s input layout (forward and backward). It is exact for
-    the chain model over each layer's ``candidates`` cheapest fitting choices (a layer whose own
-    bytes are far above its best never wins once transitions are bounded by the activation size).
+    the chain model over each layer's ``candidates`` cheapest fitting choices and, for each layout
+    the layer before may leave, the cheapest choice reading it (:func:`keep_candidates`).
 
     Args:
       layers: conv layers in execution order (``ConvGeometry`` or objects with ``.geom``/``.name``).
       num_devices: devices P.
       memory_bytes: per-device memory cap for every layer.
-      candidates: per-layer candidates kept for the DP.
+      candidates: per-layer candidates kept for the DP (:func:`keep_candidates`).
       allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
       dtype: element type.
       fixed: optional ``{layer name: algorithm}`` to pin some layers.
@@ -284,7 +318,10 @@ def plan_network(
                 dcn_cost_factor=dcn_cost_factor,
             )
         )
-    options = [t.candidates[:candidates] for t in tables]
+    options: list[tuple[Cost, ...]] = []
+    for table in tables:
+        previous = {(c.layout.y_spec, grid_key(c.grid)) for c in options[-1]} if options else ()
+        options.append(keep_candidates(table, candidates, previous))
     best = [[c.weighted(dcn_cost_factor) for c in options[0]]]
     back: list[list[int]] = [[-1] * len(options[0])]
     for i in range(1, len(options)):

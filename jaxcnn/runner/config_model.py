@@ -47,10 +47,10 @@ class ModelConfig(Section):
 
     key_path: ClassVar[str] = "model"
 
-    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16", "unet"] = Field(
+    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16", "mobilenet_v2", "unet"] = Field(
         "small_cnn",
         description="network from jaxcnn.models: the classifiers small_cnn, resnet18, resnet50, vgg16, "
-        "or unet (segmentation: one label per voxel, needs data.source: ellipsoids)",
+        "mobilenet_v2, or unet (segmentation: one label per voxel, needs data.source: ellipsoids)",
     )
     algorithms: Str | tuple[Str, ...] | FrozenMapping[Str, Str] = Field(
         "data",
@@ -67,7 +67,7 @@ class ModelConfig(Section):
     options: FrozenMapping[Str, OptionValue] = Field(
         default_factory=FrozenDict,
         description="extra keyword arguments of the model's constructor, e.g. {width: 0.5} (channel "
-        "multiplier) or {small_images: true} for the ResNets on 32x32 images",
+        "multiplier) or {small_images: true} for the ResNets and MobileNetV2 on 32x32 images",
     )
     plan_memory_bytes: ByteSize = Field(
         0,

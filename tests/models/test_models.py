@@ -1,59 +1,20 @@
 """Models with mixed per-layer placements on 8 devices against the same model on one device.
 
 Reference: the same architecture with every convolution ``"data"`` on ``jaxcnn.make_mesh()`` (one
-device), same initial parameters. Compared: training-mode logits, all parameter gradients, the
-BatchNorm running statistics after the step, and eval-mode logits with the updated statistics.
-Tolerance: fp32, |a - b| <= 1e-4·|b| + max(1e-5, 1e-4·max|b|) per tensor: gradients pass through up to
-20 convolutions and BatchNorms whose reductions run in a different order on 8 devices, so single
-elements near zero differ by ~2e-5 of the tensor's scale.
+device), same initial parameters. Compared (:func:`tests.models.steps.assert_same_step`, its
+tolerance): training-mode logits, all parameter gradients, the BatchNorm running statistics after the
+step, and eval-mode logits with the updated statistics.
 """
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.models as models
 import jaxcnn.nn as jnn
-
-TOL = dict(rtol=1e-4, atol=1e-5)
-
-
-def _train_step_and_eval(model, x, labels, with_eval=True):
-    """One jitted program: train-mode logits, parameter grads, updated state, then eval-mode logits."""
-    model.train()
-    graphdef, state = nnx.split(model)
-    model.eval()
-    eval_graphdef = nnx.split(model)[0]
-    shardings = jnn.variable_shardings(state)
-    mesh = next(iter(jax.tree.leaves(shardings))).mesh
-    replicated = NamedSharding(mesh, P())
-    param_shardings = nnx.state(shardings, nnx.Param)
-
-    def step(state, x):
-        m = nnx.merge(graphdef, state)
-
-        def loss(m):
-            logits = m(x)
-            nll = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
-            return nll, logits
-
-        (_, logits), grads = nnx.value_and_grad(loss, has_aux=True)(m)
-        new_state = nnx.state(m)
-        eval_logits = nnx.merge(eval_graphdef, new_state)(x) if with_eval else logits
-        return logits, grads, new_state, eval_logits
-
-    out_shardings = (replicated, param_shardings, shardings, replicated)
-    return jax.jit(step, out_shardings=out_shardings)(state, jax.device_put(x, replicated))
-
-
-def _crop(value, like):
-    """``value`` cut to the shape of ``like`` (its leading corner)."""
-    return np.asarray(value)[tuple(slice(0, s) for s in np.shape(like))]
+from tests.models.steps import assert_same_step, copy_values
 
 
 def _compare(name, placements, shape, with_eval=True, **kwargs):
@@ -65,25 +26,10 @@ def _compare(name, placements, shape, with_eval=True, **kwargs):
     abstract_ref = nnx.eval_shape(
         lambda: models.build(name, mesh=one, algorithms="data", rngs=nnx.Rngs(0), sharded_init=False, **build)
     )
-    ref_graphdef, ref_state = nnx.split(abstract_ref)
-    # A head placed with k * c > 1 pads its classes (jaxcnn.models.common.Head); the reference has none.
-    ours_values = jax.device_get(nnx.to_pure_dict(nnx.state(ours)))
-    ref_shapes = nnx.to_pure_dict(ref_state)
-    nnx.replace_by_pure_dict(ref_state, jax.tree.map(_crop, ours_values, ref_shapes))
-    ref = nnx.merge(ref_graphdef, ref_state)
+    ref = copy_values(ours, abstract_ref)
     x = jax.random.normal(jax.random.key(1), shape)
     labels = jnp.arange(shape[0]) % 10
-    got, want = (_train_step_and_eval(m, x, labels, with_eval) for m in (ours, ref))
-    for what, a_tree, b_tree in zip(("logits", "grads", "state", "eval logits"), got, want, strict=True):
-        a_leaves = jax.tree_util.tree_leaves_with_path(a_tree)
-        for (path, a), b in zip(a_leaves, jax.tree.leaves(b_tree), strict=True):
-            msg = f"{what} {jax.tree_util.keystr(path)}"
-            b = np.asarray(b)
-            if what == "grads" and a.shape != b.shape:  # the padded classes get no gradient
-                assert not np.asarray(a)[..., b.shape[-1] :].any(), msg
-            a = _crop(np.asarray(a), b)
-            atol = max(TOL["atol"], TOL["rtol"] * float(np.abs(b).max(initial=0.0)))
-            np.testing.assert_allclose(np.asarray(a), b, rtol=TOL["rtol"], atol=atol, err_msg=msg)
+    assert_same_step(ours, ref, x, labels, with_eval)
     return ours
 
 

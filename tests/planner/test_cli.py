@@ -161,7 +161,8 @@ def test_shipped_configs_load_and_start_with_their_command(path, monkeypatch):
     [
         (
             ["--model", "alexnet"],
-            "unknown model 'alexnet'; valid models are ['resnet18', 'resnet50', 'small_cnn', 'vgg16']",
+            "unknown model 'alexnet'; valid models are "
+            "['mobilenet_v2', 'resnet18', 'resnet50', 'small_cnn', 'vgg16']",
         ),
         (["--memory", "lots"], "memory must be a size"),
         (["--devices", "0"], "devices must be a positive integer"),

@@ -11,6 +11,8 @@ import jaxcnn
 from jaxcnn.cost import predict
 from jaxcnn.mesh import AXES
 from jaxcnn.planner import NoPlanError, layout_change_bytes, plan_layer, plan_network
+from jaxcnn.planner.plan import keep_candidates
+from jaxcnn.planner.step import grid_key
 
 LAYERS = [
     jaxcnn.conv_geometry((8, 16, 16, 16), (3, 3, 16, 16)),
@@ -104,19 +106,29 @@ def _chain():
 def test_plan_network_equals_brute_force_over_combinations(candidates):
     layers = _chain()
     plan = plan_network(layers, 8, candidates=candidates)
-    options = [plan_layer(g, 8).candidates[:candidates] for g in layers]
-    best = math.inf
-    for combo in itertools.product(*options):
-        total = sum(c.bytes for c in combo)
-        for i in range(1, len(combo)):
-            prev, cur = combo[i - 1], combo[i]
-            total += sum(
-                layout_change_bytes(
-                    layers[i].x_shape, (prev.layout.y_spec, prev.grid), (cur.layout.x_spec, cur.grid)
+
+    def brute_force(options):
+        best = math.inf
+        for combo in itertools.product(*options):
+            total = sum(c.bytes for c in combo)
+            for i in range(1, len(combo)):
+                prev, cur = combo[i - 1], combo[i]
+                total += sum(
+                    layout_change_bytes(
+                        layers[i].x_shape, (prev.layout.y_spec, prev.grid), (cur.layout.x_spec, cur.grid)
+                    )
                 )
-            )
-        best = min(best, total)
-    assert plan.bytes == best
+            best = min(best, total)
+        return best
+
+    # The DP's candidate sets: each layer's cheapest, plus the cheapest reading each layout the layer
+    # before may leave; a superset of the cheapest alone, so never worse than them.
+    options = []
+    for g in layers:
+        previous = {(c.layout.y_spec, grid_key(c.grid)) for c in options[-1]} if options else ()
+        options.append(keep_candidates(plan_layer(g, 8), candidates, previous))
+    assert plan.bytes == brute_force(options)
+    assert plan.bytes <= brute_force([plan_layer(g, 8).candidates[:candidates] for g in layers])
     # the steps add up: own bytes + transitions, the first layer has none
     assert plan.steps[0].transition_forward == plan.steps[0].transition_backward == 0
     assert plan.bytes == sum(

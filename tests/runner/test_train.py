@@ -18,6 +18,7 @@ from flax import nnx
 
 import jaxcnn
 from jaxcnn import models
+from jaxcnn.models.trace import named_convs
 from jaxcnn.runner import data as data_lib
 from jaxcnn.runner import datasets, metrics, optim, state, step
 from jaxcnn.runner.checkpoint import Checkpointer
@@ -209,3 +210,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert f"Last good checkpoint: step {bad - 1} in {ckpt.directory}" in message
     records = _jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"))
     assert all(np.isfinite(r["loss"]) for r in records) and records[-1]["step"] == bad - 1
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_config_trains_with_its_planned_placements(tmp_path):
+    # configs/mobilenet_v2.yaml as shipped (auto plan, 53 convolutions, 17 depthwise), a few steps.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    overrides = [f"output_dir={tmp_path}", "train.steps=3", "train.log_every=1", "train.eval_every=0"]
+    cfg = load_config(
+        os.path.join(root, "configs", "mobilenet_v2.yaml"), [*overrides, "checkpoint.enabled=false"]
+    )
+    assert (cfg.model.name, cfg.model.algorithms) == ("mobilenet_v2", "auto")
+    run = train(cfg)
+    losses = [r["loss"] for r in run.records if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert 0.0 <= run.summary["final_eval_accuracy"] <= 1.0
+    model = state.merge(run.graphs.eval, run.state)
+    depthwise = [c for name, c in named_convs(model).values() if name.endswith("depthwise")]
+    assert len(depthwise) == 17 and all(c.feature_group_count == c.in_features for c in depthwise)

@@ -52,6 +52,11 @@ CASES = {
          "enc1.conv2: 'filter@n=2,k=4', up0: '2.5d@n=2,k=2,c=2', out: 'channel@n=4,c=2'}",
          "train.batch_size=8", *UNET, "train.eval_batch_size=8"],
     ),
+    "mobilenet_v2-auto-8": (  # 17 depthwise convolutions, 10 identity shortcuts, ReLU6
+        8,
+        ["model.name=mobilenet_v2", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
+         "model.options={width: 0.25, small_images: true}", *SYNTHETIC],
+    ),
     "small_cnn-auto-64-batch-smaller": (
         64, ["model.algorithms=auto", "train.batch_size=32", "train.eval_batch_size=32", "mesh.n=-1"]
     ),
