@@ -30,6 +30,9 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import jax
 
 jax.config.update("jax_enable_x64", False)
+# Start the backend now, on 8 devices: a CLI under test that finds JAX not yet started sets its own
+# device count (``jaxcnn plan --measure`` wants 16), which would then hold for the rest of the worker.
+assert len(jax.devices()) == 8, jax.devices()
 
 from hypothesis import settings  # noqa: E402
 

@@ -119,19 +119,17 @@ def plan_layer(
                             raise
                         unsupported.append(str(error))
     costs = [c for c in costs if c.layout.is_even(c.geom)]  # the model is exact for even splits
-    if not costs and geom.groups > 1:
-        raise ValueError(
-            f"layer {name}: no algorithm of {tuple(allowed)} on a grid of {num_devices} devices splits "
-            f"its {geom.groups} feature groups (C={geom.channels_in}, K={geom.channels_out}) and its shape "
-            f"{geom.y_shape} evenly; data, spatial and filter split every group count"
-        )
     if not costs:
-        why = ""
         if unsupported:
-            why = f" ({len(unsupported)} grids cannot split its groups, e.g.: {unsupported[0]})"
+            raise ValueError(
+                f"layer {name}: no algorithm of {tuple(allowed)} on a grid of {num_devices} devices "
+                f"splits its {geom.groups} feature groups (C={geom.channels_in}, K={geom.channels_out}) "
+                f"and its shape {geom.y_shape} evenly ({len(unsupported)} grids cannot split its groups, e.g.: "
+                f"{unsupported[0]}); data, spatial and filter split every group count"
+            )
         raise ValueError(
-            f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly"
-            f"{why}; use a device count whose factors divide the batch, spatial or channel sizes"
+            f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly; "
+            "use a device count whose factors divide the batch, spatial or channel sizes"
         )
     fitting = sorted(
         (c for c in costs if c.memory.peak <= memory_bytes),
