@@ -124,8 +124,8 @@ def plan_layer(
             raise ValueError(
                 f"layer {name}: no algorithm of {tuple(allowed)} on a grid of {num_devices} devices "
                 f"splits its {geom.groups} feature groups (C={geom.channels_in}, K={geom.channels_out}) "
-                f"and its shape {geom.y_shape} evenly ({len(unsupported)} grids cannot split its groups, e.g.: "
-                f"{unsupported[0]}); data, spatial and filter split every group count"
+                f"and its shape {geom.y_shape} evenly ({len(unsupported)} grids cannot split its groups, "
+                f"e.g.: {unsupported[0]}); data, spatial and filter split every group count"
             )
         raise ValueError(
             f"layer {name}: no grid of {num_devices} devices splits its shape {geom.y_shape} evenly; "
