@@ -25,10 +25,10 @@ from jaxcnn.nn.placement import Placement
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL")
 
 
-def _channel_entries(spec: P) -> tuple[Any, Any]:
-    """The (input channels, output channels) entries of an HWIO kernel's PartitionSpec."""
-    entries = tuple(spec) + (None,) * (4 - len(spec))
-    return entries[2], entries[3]
+def _channel_entries(spec: P, rank: int) -> tuple[Any, Any]:
+    """The (input channels, output channels) entries of a ``(*window, C, K)`` kernel's PartitionSpec."""
+    entries = tuple(spec) + (None,) * (rank + 2 - len(spec))
+    return entries[-2], entries[-1]
 
 
 class ConvTranspose(nnx.ConvTranspose):
@@ -83,8 +83,8 @@ class ConvTranspose(nnx.ConvTranspose):
                 "(leave it None)"
             )
         rank = 1 if isinstance(kernel_size, int) else len(tuple(kernel_size))
-        placement = Placement(algorithm, mesh)
-        c_spec, k_spec = _channel_entries(placement.kernel_spec(in_features, out_features))
+        placement = Placement(algorithm, mesh, rank=rank)
+        c_spec, k_spec = _channel_entries(placement.kernel_spec(in_features, out_features), rank)
         stored = (k_spec, c_spec) if kwargs.get("transpose_kernel", False) else (c_spec, k_spec)
         bias_spec = tuple(placement.bias_spec(out_features)) or (None,)
         super().__init__(
@@ -99,16 +99,17 @@ class ConvTranspose(nnx.ConvTranspose):
         )
         self.mesh = mesh
         self.algorithm = algorithm
+        self.rank = rank
 
     @property
     def input_spec(self) -> P:
         """PartitionSpec of the ``(N, *spatial, C)`` input the algorithm computes on (no movement)."""
-        return Placement(self.algorithm, self.mesh).x_spec
+        return Placement(self.algorithm, self.mesh, rank=self.rank).x_spec
 
     @property
     def output_spec(self) -> P:
         """PartitionSpec of the ``(N, *spatial, K)`` output (the next layer's input layout)."""
-        return Placement(self.algorithm, self.mesh).y_spec
+        return Placement(self.algorithm, self.mesh, rank=self.rank).y_spec
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """``nnx.ConvTranspose.__call__``, the convolution computed by :func:`jaxcnn.conv_transpose`.

@@ -71,6 +71,33 @@ def test_transposed_model_equals_meter(algorithm, grid, layer):
         assert cost.layout.h_plan.window < geom.h.window(cost.layout.h_plan.out_block)
 
 
+# 3-D and 1-D transposed layers (halos of undilated rows along d, h and w; stride 2 everywhere).
+LAYERS_ND = [
+    (
+        conv_geometry((2, 4, 4, 4, 8), (3, 3, 3, 8, 8), 1, ((1, 2),) * 3, 1, input_dilation=2),
+        "spatial",
+        dict(d=2, h=2, w=2),
+    ),
+    (
+        conv_geometry((2, 4, 4, 4, 8), (2, 2, 2, 8, 8), 1, ((1, 1),) * 3, 1, input_dilation=2),
+        "3d",
+        dict(d=2, k=2, c=2),
+    ),
+    (conv_geometry((4, 8, 8), (3, 8, 8), 1, ((1, 2),), 1, input_dilation=2), "2d", dict(n=2, w=2, k=2)),
+]
+
+
+@pytest.mark.parametrize(
+    ("geom", "algorithm", "sizes"), first_fast(LAYERS_ND), ids=["3d-spatial", "3d-3d", "1d-2d"]
+)
+def test_transposed_nd_model_equals_meter(geom, algorithm, sizes):
+    cost = predict(geom, algorithm, sizes)
+    assert cost.layout.is_even(geom)
+    fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**sizes), algorithm=algorithm)
+    _assert_same(fwd, cost.forward, "forward")
+    _assert_same(bwd, cost.backward, "backward")
+
+
 @pytest.mark.parametrize(
     ("algorithm", "grid"),
     first_fast(

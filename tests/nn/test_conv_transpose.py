@@ -59,6 +59,29 @@ def test_conv_transpose_equals_nnx_conv_transpose(
         assert_close(g_ours[name][...], g_ref[name][...], RTOL, name)
 
 
+@pytest.mark.parametrize(
+    "sizes,algorithm,kernel,x_shape",
+    first_fast(
+        [
+            (dict(d=2, h=2, w=2), "spatial", (3, 3, 2), (2, 4, 5, 3, 4)),  # 3-D, halos along d, h, w
+            (dict(w=2, k=2), "2d", (3,), (4, 7, 4)),  # 1-D
+        ],
+        keep=0,
+    ),
+)
+def test_nd_conv_transpose_equals_nnx(sizes, algorithm, kernel, x_shape):
+    mesh = jaxcnn.make_mesh(**sizes)
+    ours = jnn.ConvTranspose(4, 6, kernel, 2, mesh=mesh, algorithm=algorithm, rngs=nnx.Rngs(0))
+    ref = nnx.ConvTranspose(4, 6, kernel, 2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), x_shape)
+    grad = nnx.value_and_grad(_loss, argnums=(0, 1), has_aux=True)
+    (_, y), (g_ours, gx) = nnx.jit(grad)(ours, x)
+    (_, y_ref), (g_ref, gx_ref) = nnx.jit(grad)(ref, x)
+    assert_close(y, y_ref, RTOL, "y")
+    assert_close(gx, gx_ref, RTOL, "dx")
+    assert_close(g_ours["kernel"][...], g_ref["kernel"][...], RTOL, "kernel")
+
+
 @pytest.mark.slow
 def test_batch_dimensions_are_flattened_and_restored_as_in_nnx():
     mesh = jaxcnn.make_mesh(n=2)
