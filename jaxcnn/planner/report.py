@@ -195,9 +195,15 @@ def measure_rows(rows: Sequence[Row], dtype: str) -> list[Row]:
 
 def format_table(args: PlanArgs, rows: Sequence[Row]) -> str:
     """The aligned text table with a totals line (sums weighted by each layer's ``repeat``)."""
+    ranks = {row.layer.geom.rank for row in rows}
+    shape = (
+        {1: "WxC k S/σ", 3: "DxHxWxC k TxRxS/σ"}.get(ranks.pop(), "HxWxC k RxS/σ")
+        if len(ranks) == 1
+        else "input k kernel/σ"
+    )
     head = [
         "layer",
-        "shape (HxWxC k RxS/σ -> out)",
+        f"shape ({shape} -> out)",
         "algorithm",
         "grid",
         "bytes f+b",
