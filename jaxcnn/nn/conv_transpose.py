@@ -19,7 +19,9 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.conv import conv_transpose
+from jaxcnn.conv import transpose_as_conv
+from jaxcnn.geometry import DIMENSION_NUMBERS
+from jaxcnn.nn.conv import conv_general_dilated
 from jaxcnn.nn.placement import Placement
 
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL")
@@ -43,7 +45,9 @@ class ConvTranspose(nnx.ConvTranspose):
       algorithm: one of ``jaxcnn.ALGORITHMS``.
 
     The output equals ``nnx.ConvTranspose``'s: ``jaxcnn.conv_transpose(x, kernel, strides=...,
-    padding=..., dilation=kernel_dilation, transpose_kernel=...)`` plus the bias, computed with the
+    padding=..., dilation=kernel_dilation, transpose_kernel=...)`` plus the bias (called as the
+    convolution of x dilated by the strides through the ``conv_general_dilated`` hook, where
+    :mod:`jaxcnn.models.trace` records it), computed with the
     algorithm's collectives (the layer's geometry is the convolution of x dilated by the strides). The
     spatial rank is whatever :func:`jaxcnn.conv_transpose` computes. The kernel is annotated with the
     algorithm's kernel layout (its channel axes swapped with ``transpose_kernel``), the bias with y's
@@ -83,7 +87,7 @@ class ConvTranspose(nnx.ConvTranspose):
                 "(leave it None)"
             )
         rank = 1 if isinstance(kernel_size, int) else len(tuple(kernel_size))
-        placement = Placement(algorithm, mesh)
+        placement = Placement(algorithm, mesh, 1, rank)
         c_spec, k_spec = _channel_entries(placement.kernel_spec(in_features, out_features))
         stored = (k_spec, c_spec) if kwargs.get("transpose_kernel", False) else (c_spec, k_spec)
         bias_spec = tuple(placement.bias_spec(out_features)) or (None,)
@@ -99,16 +103,19 @@ class ConvTranspose(nnx.ConvTranspose):
         )
         self.mesh = mesh
         self.algorithm = algorithm
+        # the stride-1 convolution of the stride-dilated input (jaxcnn.conv_transpose's), through a
+        # ``conv_general_dilated`` hook as jaxcnn.nn.Conv's: jaxcnn.models.trace records it there.
+        self.conv_general_dilated = conv_general_dilated(mesh, algorithm)
 
     @property
     def input_spec(self) -> P:
         """PartitionSpec of the ``(N, *spatial, C)`` input the algorithm computes on (no movement)."""
-        return Placement(self.algorithm, self.mesh).x_spec
+        return Placement(self.algorithm, self.mesh, 1, len(self.kernel_size)).x_spec
 
     @property
     def output_spec(self) -> P:
         """PartitionSpec of the ``(N, *spatial, K)`` output (the next layer's input layout)."""
-        return Placement(self.algorithm, self.mesh).y_spec
+        return Placement(self.algorithm, self.mesh, 1, len(self.kernel_size)).y_spec
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """``nnx.ConvTranspose.__call__``, the convolution computed by :func:`jaxcnn.conv_transpose`.
@@ -133,15 +140,22 @@ class ConvTranspose(nnx.ConvTranspose):
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         padding = canonicalize_padding(self.padding, rank)
-        y = conv_transpose(
+        kernel, strides, pads, dilation = transpose_as_conv(
+            rank,
+            kernel,
+            _broadcast(self.strides, rank),
+            padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),
+            _broadcast(self.kernel_dilation, rank),
+            self.transpose_kernel,
+        )
+        y = self.conv_general_dilated(
             inputs,
             kernel,
-            mesh=self.mesh,
-            algorithm=self.algorithm,
-            strides=_broadcast(self.strides, rank),
-            padding=padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),
-            dilation=_broadcast(self.kernel_dilation, rank),
-            transpose_kernel=self.transpose_kernel,
+            (1,) * rank,
+            pads,
+            lhs_dilation=strides,
+            rhs_dilation=dilation,
+            dimension_numbers=DIMENSION_NUMBERS.get(rank),
             preferred_element_type=self.preferred_element_type,
         )
         if bias is not None:
