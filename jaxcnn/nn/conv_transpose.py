@@ -27,10 +27,11 @@ from jaxcnn.nn.placement import Placement
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL")
 
 
-def _channel_entries(spec: P) -> tuple[Any, Any]:
-    """The (input channels, output channels) entries of an HWIO kernel's PartitionSpec."""
-    entries = tuple(spec) + (None,) * (4 - len(spec))
-    return entries[2], entries[3]
+def _channel_entries(spec: P, rank: int) -> tuple[Any, Any]:
+    """The (input channels, output channels) entries of a rank-``rank`` ``(*window, C, K)`` kernel's
+    PartitionSpec."""
+    entries = tuple(spec) + (None,) * (rank + 2 - len(spec))
+    return entries[-2], entries[-1]
 
 
 class ConvTranspose(nnx.ConvTranspose):
@@ -88,7 +89,7 @@ class ConvTranspose(nnx.ConvTranspose):
             )
         rank = 1 if isinstance(kernel_size, int) else len(tuple(kernel_size))
         placement = Placement(algorithm, mesh, 1, rank)
-        c_spec, k_spec = _channel_entries(placement.kernel_spec(in_features, out_features))
+        c_spec, k_spec = _channel_entries(placement.kernel_spec(in_features, out_features), rank)
         stored = (k_spec, c_spec) if kwargs.get("transpose_kernel", False) else (c_spec, k_spec)
         bias_spec = tuple(placement.bias_spec(out_features)) or (None,)
         super().__init__(

@@ -61,7 +61,7 @@ def test_unet3d_with_split_depth_equals_one_device():
     # convolution up0 and the concatenation on a d split; kernels gathered over k on 2d.
     placements = [
         "spatial@d=2,h=2,w=2", "spatial@n=2,d=2,h=2", "2d@d=2,h=2,k=2", "spatial@d=4,w=2",
-        "spatial@d=2,h=2,w=2", "2d@n=2,d=2,k=2", "filter@n=2,k=4", "spatial@n=2,d=2,h=2",
+        "2d@n=2,d=2,k=2", "spatial@d=2,h=2,w=2", "filter@n=2,k=4", "spatial@n=2,d=2,h=2",
     ]  # fmt: skip
     build = {**BUILD, "depth": 1, "spatial_dims": 3}
     ours = models.build("unet", mesh=jaxcnn.make_mesh(d=8), algorithms=placements, rngs=nnx.Rngs(0), **build)
