@@ -64,5 +64,11 @@ bench-comm: setup
 bench-step-comm: setup
 	nice $(BIN)/python experiments/bench_step_comm.py
 
+# The 3-D U-Net's train step on 256^3 volumes compiled (never run) on 64 fake CPU devices and on one:
+# memory per device (docs/unet3d_memory.md).
+.PHONY: unet3d-memory
+unet3d-memory: setup
+	nice $(BIN)/python experiments/unet3d_memory.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

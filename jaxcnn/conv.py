@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -268,19 +269,36 @@ def conv_transpose(
     """
     _check_array(x, "x")
     _check_array(kernel, "kernel")
-    rank = x.ndim - 2
-    if transpose_kernel and kernel.ndim == x.ndim:
+    kernel, stride, padding, dil = transpose_as_conv(
+        x.ndim - 2, kernel, strides, padding, dilation, transpose_kernel
+    )
+    geom = conv_geometry(x.shape, kernel.shape, 1, padding, dil, input_dilation=stride)
+    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)
+
+
+def transpose_as_conv(
+    rank: int,
+    kernel: jax.Array,
+    strides: int | Sequence[int],
+    padding: PaddingLike,
+    dilation: int | Sequence[int] = 1,
+    transpose_kernel: bool = False,
+) -> tuple[jax.Array, Any, Any, Any]:
+    """A rank-``rank`` transposed convolution's arguments (:func:`conv_transpose`'s) as those of the
+    stride-1 convolution it is: ``(kernel, input dilation, explicit padding, kernel dilation)``, the
+    ``lhs_dilation`` / ``padding`` / ``rhs_dilation`` of ``lax.conv_general_dilated`` (``"SAME"`` /
+    ``"VALID"`` resolved as ``lax.conv_transpose`` does, the kernel flipped and its channel axes
+    swapped with ``transpose_kernel``). Bad values pass through for :func:`conv_geometry` to name."""
+    if transpose_kernel and kernel.ndim == rank + 2:
         kernel = jnp.swapaxes(jnp.flip(kernel, axis=tuple(range(rank))), -2, -1)
-    if rank in (1, 2, 3):  # else conv_geometry names the bad rank
-        stride = per_dim(strides, rank, "strides")
-        dil = per_dim(dilation, rank, "dilation")
-    else:
-        stride, dil = strides, dilation
-    if isinstance(padding, str) and rank in (1, 2, 3):
+    if rank not in (1, 2, 3):  # conv_geometry names the bad rank
+        return kernel, strides, padding, dilation
+    stride = per_dim(strides, rank, "strides")
+    dil = per_dim(dilation, rank, "dilation")
+    if isinstance(padding, str):
         mode = padding.upper()
         padding = tuple(
             transpose_padding(size, s, d, mode)
             for size, s, d in zip(kernel.shape[:rank], stride, dil, strict=False)
         )
-    geom = conv_geometry(x.shape, kernel.shape, 1, padding, dil, input_dilation=stride)
-    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)
+    return kernel, stride, padding, dil

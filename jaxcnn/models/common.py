@@ -52,13 +52,17 @@ class Placements:
         self.names: list[str] = []
         self.defaulted: list[str] = []
 
-    def placement(self, name: str, default: str | None = None) -> Placement:
-        """The placement of the next convolution, called ``name``.
+    def placement(self, name: str, default: str | None = None, rank: int = 2) -> Placement:
+        """The placement of the next convolution, called ``name``, with ``rank`` spatial dimensions
+        (its activation layouts have ``rank + 2`` entries; a 3-D layer may split depth over ``d``).
 
         ``default`` (the classifier's ``data`` over all devices) is used when a dict names neither the
         layer nor ``"*"``, or a list is one entry short of the layer count (configs written for the
         convolutions alone).
         """
+        return dataclasses.replace(self._placement(name, default), rank=rank)
+
+    def _placement(self, name: str, default: str | None) -> Placement:
         if name in self.names:
             raise ValueError(f"duplicate convolution name {name!r}")
         self.names.append(name)
@@ -140,7 +144,7 @@ class ConvBN(nnx.Module):
         spatial_dims: int = 2,
         rngs: nnx.Rngs,
     ):
-        placement = dataclasses.replace(plan.placement(name), groups=groups)
+        placement = dataclasses.replace(plan.placement(name, rank=spatial_dims), groups=groups)
         self.conv = Conv(
             cin,
             cout,

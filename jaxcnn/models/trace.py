@@ -57,9 +57,8 @@ class Recorder:
 
 def is_distributed_conv(conv: object) -> bool:
     """A layer computed by a jaxcnn algorithm through a ``conv_general_dilated`` hook: a
-    ``jaxcnn.nn.Conv`` or the U-Net's transposed convolution (:class:`jaxcnn.models.unet.ConvTranspose`)."""
-    from jaxcnn.models.unet import ConvTranspose
-    from jaxcnn.nn import Conv
+    ``jaxcnn.nn.Conv`` or a ``jaxcnn.nn.ConvTranspose`` (whose hook gets the input dilation)."""
+    from jaxcnn.nn import Conv, ConvTranspose
 
     return isinstance(conv, Conv | ConvTranspose)
 

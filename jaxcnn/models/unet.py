@@ -24,8 +24,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -34,12 +32,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import jaxcnn
-from jaxcnn.geometry import transpose_padding
 from jaxcnn.models.common import Algorithms, ConvBN, Placements, pool
 from jaxcnn.models.graph import Concat, Output, Pool, channels_gathered
 from jaxcnn.models.graph import Conv as ConvNode
-from jaxcnn.nn import Conv
+from jaxcnn.nn import Conv, ConvTranspose
 from jaxcnn.redistribute import redistribute
 
 
@@ -48,93 +44,34 @@ def gathered_channels(sharding: NamedSharding, rank: int) -> NamedSharding:
     return NamedSharding(sharding.mesh, channels_gathered(sharding.spec, rank))
 
 
-@dataclasses.dataclass(frozen=True)
-class TransposedConvHook:
-    """``lax.conv_general_dilated`` with input (lhs) dilation σ and window stride 1, computed by
-    :func:`jaxcnn.conv_transpose` (the hook :mod:`jaxcnn.models.trace` records, so the transposed
-    convolution's geometry, input dilation included, reaches the planner)."""
-
-    mesh: Mesh
-    algorithm: str
-
-    def __call__(
-        self,
-        lhs: jax.Array,
-        rhs: jax.Array,
-        window_strides: Sequence[int],
-        padding: Sequence[tuple[int, int]],
-        lhs_dilation: Sequence[int] | None = None,
-        rhs_dilation: Sequence[int] | None = None,
-    ) -> jax.Array:
-        if any(s != 1 for s in window_strides):
-            raise ValueError(f"a transposed convolution has window strides 1, got {tuple(window_strides)}")
-        return jaxcnn.conv_transpose(
-            lhs,
-            rhs,
-            mesh=self.mesh,
-            algorithm=self.algorithm,
-            strides=tuple(lhs_dilation or (1,) * (lhs.ndim - 2)),
-            padding=tuple(tuple(p) for p in padding),
-            dilation=tuple(rhs_dilation or (1,) * (lhs.ndim - 2)),
-        )
-
-
-class ConvTranspose(nnx.Module):
-    """A ``factor``× upsampling transposed convolution (kernel ``factor``, stride ``factor``, no bias) by
-    :func:`jaxcnn.conv_transpose`, its kernel ``(*window, C, K)`` sharded as the algorithm's kernel.
-
-    Args:
-      cin, cout: channels.
-      factor: the upsampling factor (kernel size and fractional stride along every spatial dimension).
-      mesh: the mesh of the layer's placement.
-      algorithm: one of ``jaxcnn.ALGORITHMS``.
-      spatial_dims: 2 or 3.
-      dtype: computation dtype (the kernel is float32).
-      rngs: parameter initialisation.
-    """
+class UpConv(nnx.Module):
+    """The named block of a 2× upsampling :class:`jaxcnn.nn.ConvTranspose` (kernel 2, stride 2, no bias,
+    He-initialised; its kernel ``(*window, C, K)``) with its placement, input and output layouts."""
 
     def __init__(
         self,
         cin: int,
         cout: int,
-        factor: int,
         *,
-        mesh: Mesh,
-        algorithm: str,
-        spatial_dims: int = 2,
-        dtype: Any = jnp.float32,
+        plan: Placements,
+        name: str,
+        spatial_dims: int,
+        dtype: Any,
         rngs: nnx.Rngs,
     ):
-        from jaxcnn.nn.placement import Placement
-
-        spec = tuple(Placement(algorithm, mesh).kernel_spec(cin, cout))
-        spec = (None,) * (spatial_dims - 2) + spec + (None,) * (4 - len(spec))
-        init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
-        shape = (*(factor,) * spatial_dims, cin, cout)
-        self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=spec, mesh=mesh)
-        self.factor = factor
-        self.spatial_dims = spatial_dims
-        self.dtype = dtype
-        self.mesh = mesh
-        self.algorithm = algorithm
-        self.conv_general_dilated = TransposedConvHook(mesh, algorithm)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``(N, *spatial, C)`` → ``(N, *(factor · spatial), K)``."""
-        pads = (transpose_padding(self.factor, self.factor, 1, "VALID"),) * self.spatial_dims
-        kernel = self.kernel[...].astype(self.dtype)
-        return self.conv_general_dilated(
-            x.astype(self.dtype), kernel, (1,) * self.spatial_dims, pads, (self.factor,) * self.spatial_dims
-        )
-
-
-class UpConv(nnx.Module):
-    """The named block of a :class:`ConvTranspose` (its placement, input and output layouts)."""
-
-    def __init__(self, cin: int, cout: int, *, plan: Placements, name: str, spatial_dims: int, **kw: Any):
-        placement = plan.placement(name)
+        placement = plan.placement(name, rank=spatial_dims)
         self.conv = ConvTranspose(
-            cin, cout, 2, mesh=placement.mesh, algorithm=placement.algorithm, spatial_dims=spatial_dims, **kw
+            cin,
+            cout,
+            (2,) * spatial_dims,
+            2,
+            padding="VALID",
+            use_bias=False,
+            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
+            dtype=dtype,
+            mesh=placement.mesh,
+            algorithm=placement.algorithm,
+            rngs=rngs,
         )
         self.name = name
         self.mesh = placement.mesh
@@ -165,7 +102,7 @@ class SegmentationHead(nnx.Module):
         dtype: Any,
         rngs: nnx.Rngs,
     ):
-        placement = plan.placement("out", default=f"data@n={plan.mesh.devices.size}")
+        placement = plan.placement("out", default=f"data@n={plan.mesh.devices.size}", rank=spatial_dims)
         self.name = "out"
         self.conv = Conv(
             features,

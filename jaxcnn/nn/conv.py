@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn import algorithms
-from jaxcnn.conv import conv
+from jaxcnn.conv import conv, conv_transpose
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.nn.placement import Placement
 
@@ -69,19 +69,27 @@ class DistributedConvGeneralDilated:
         preferred_element_type: Any = None,
         out_sharding: Any = None,
     ) -> jax.Array:
-        """Same arguments and result as ``jax.lax.conv_general_dilated``.
+        """Same arguments and result as ``jax.lax.conv_general_dilated``; with input (lhs) dilation,
+        the transposed convolution :func:`jaxcnn.conv_transpose` computes (window strides 1, explicit
+        padding, no feature groups: what ``lax.conv_transpose`` passes).
 
         Raises:
-          NotImplementedError: for what :func:`jaxcnn.conv` does not compute: input (lhs)
-            dilation, batch groups, a non-default ``precision``, or a rank other than 3, 4 or 5.
+          NotImplementedError: for what :func:`jaxcnn.conv` / :func:`jaxcnn.conv_transpose` do not
+            compute: input dilation with window strides, string padding or feature groups, batch
+            groups, a non-default ``precision``, or a rank other than 3, 4 or 5.
         """
         if lhs.ndim not in (3, 4, 5):
             raise NotImplementedError(
                 f"jaxcnn computes 1-, 2- and 3-D convolutions (operands of rank 3, 4 or 5), got {lhs.shape}"
             )
         rank = lhs.ndim - 2
-        if not _ones(lhs_dilation):
-            raise NotImplementedError(f"jaxcnn does not support input (lhs) dilation, got {lhs_dilation}")
+        transposed = not _ones(lhs_dilation)
+        if transposed and (not _ones(window_strides) or isinstance(padding, str) or feature_group_count != 1):
+            raise NotImplementedError(
+                f"jaxcnn computes input (lhs) dilation {lhs_dilation} as a transposed convolution: window "
+                f"strides 1, explicit (lo, hi) padding and feature_group_count 1, got window_strides="
+                f"{tuple(window_strides)}, padding={padding!r}, feature_group_count={feature_group_count}"
+            )
         if batch_group_count != 1:
             raise NotImplementedError(
                 f"jaxcnn does not support batch-grouped convolutions (batch_group_count={batch_group_count})"
@@ -94,17 +102,30 @@ class DistributedConvGeneralDilated:
         # dn specs list (batch / out, feature / in, *spatial) positions; go channels-last.
         x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
         kernel = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
-        y = conv(
-            x,
-            kernel,
-            mesh=self.mesh,
-            algorithm=self.algorithm,
-            strides=tuple(window_strides),
-            padding=padding,
-            dilation=1 if rhs_dilation is None else tuple(rhs_dilation),
-            feature_group_count=feature_group_count,
-            preferred_element_type=preferred_element_type,
-        )
+        dilation = 1 if rhs_dilation is None else tuple(rhs_dilation)
+        if transposed:
+            y = conv_transpose(
+                x,
+                kernel,
+                mesh=self.mesh,
+                algorithm=self.algorithm,
+                strides=tuple(lhs_dilation),
+                padding=tuple(tuple(p) for p in padding),
+                dilation=dilation,
+                preferred_element_type=preferred_element_type,
+            )
+        else:
+            y = conv(
+                x,
+                kernel,
+                mesh=self.mesh,
+                algorithm=self.algorithm,
+                strides=tuple(window_strides),
+                padding=padding,
+                dilation=dilation,
+                feature_group_count=feature_group_count,
+                preferred_element_type=preferred_element_type,
+            )
         # y is (N, *spatial, K); out_spec[i] is the dimension of the result that holds logical
         # dimension i of (N, K, *spatial).
         channels_last = (0, rank + 1, *range(1, rank + 1))

@@ -19,14 +19,17 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.conv import conv_transpose
+from jaxcnn.conv import transpose_as_conv
+from jaxcnn.geometry import DIMENSION_NUMBERS
+from jaxcnn.nn.conv import conv_general_dilated
 from jaxcnn.nn.placement import Placement
 
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL")
 
 
 def _channel_entries(spec: P, rank: int) -> tuple[Any, Any]:
-    """The (input channels, output channels) entries of a ``(*window, C, K)`` kernel's PartitionSpec."""
+    """The (input channels, output channels) entries of a rank-``rank`` ``(*window, C, K)`` kernel's
+    PartitionSpec."""
     entries = tuple(spec) + (None,) * (rank + 2 - len(spec))
     return entries[-2], entries[-1]
 
@@ -43,7 +46,9 @@ class ConvTranspose(nnx.ConvTranspose):
       algorithm: one of ``jaxcnn.ALGORITHMS``.
 
     The output equals ``nnx.ConvTranspose``'s: ``jaxcnn.conv_transpose(x, kernel, strides=...,
-    padding=..., dilation=kernel_dilation, transpose_kernel=...)`` plus the bias, computed with the
+    padding=..., dilation=kernel_dilation, transpose_kernel=...)`` plus the bias (called as the
+    convolution of x dilated by the strides through the ``conv_general_dilated`` hook, where
+    :mod:`jaxcnn.models.trace` records it), computed with the
     algorithm's collectives (the layer's geometry is the convolution of x dilated by the strides). The
     spatial rank is whatever :func:`jaxcnn.conv_transpose` computes. The kernel is annotated with the
     algorithm's kernel layout (its channel axes swapped with ``transpose_kernel``), the bias with y's
@@ -100,6 +105,9 @@ class ConvTranspose(nnx.ConvTranspose):
         self.mesh = mesh
         self.algorithm = algorithm
         self.rank = rank
+        # the stride-1 convolution of the stride-dilated input (jaxcnn.conv_transpose's), through a
+        # ``conv_general_dilated`` hook as jaxcnn.nn.Conv's: jaxcnn.models.trace records it there.
+        self.conv_general_dilated = conv_general_dilated(mesh, algorithm)
 
     @property
     def input_spec(self) -> P:
@@ -134,15 +142,22 @@ class ConvTranspose(nnx.ConvTranspose):
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         padding = canonicalize_padding(self.padding, rank)
-        y = conv_transpose(
+        kernel, strides, pads, dilation = transpose_as_conv(
+            rank,
+            kernel,
+            _broadcast(self.strides, rank),
+            padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),
+            _broadcast(self.kernel_dilation, rank),
+            self.transpose_kernel,
+        )
+        y = self.conv_general_dilated(
             inputs,
             kernel,
-            mesh=self.mesh,
-            algorithm=self.algorithm,
-            strides=_broadcast(self.strides, rank),
-            padding=padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),
-            dilation=_broadcast(self.kernel_dilation, rank),
-            transpose_kernel=self.transpose_kernel,
+            (1,) * rank,
+            pads,
+            lhs_dilation=strides,
+            rhs_dilation=dilation,
+            dimension_numbers=DIMENSION_NUMBERS.get(rank),
             preferred_element_type=self.preferred_element_type,
         )
         if bias is not None:

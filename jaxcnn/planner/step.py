@@ -17,7 +17,7 @@ component                   what moves
                             row axes forward; backward the three sums the gradients are made of
                             (of dy, dy·x and dy·x̂, 3·K_local words), all-reduced by XLA once per
                             split row dimension (over that dimension's axes)
-``pooling``                 halo rows of a pooling window over a split h / w, forward and backward
+``pooling``                 halo rows of a pooling window over a split d / h / w, forward and backward
 ``head``                    global average pooling's psum over split h / w (forward); the
                             classifier's bias gradient (an all-reduce over its row axes)
 ``loss``                    the labels' layout change into the logits' layout; the all-reduce of
@@ -93,8 +93,19 @@ def move(
     return out
 
 
-def _entries(spec: P) -> tuple[tuple[str, ...], ...]:
-    return redistribute.spec_entries(spec, 4)
+def _entries(spec: P, rank: int) -> tuple[tuple[str, ...], ...]:
+    """The mesh axes splitting each dimension of a rank-``rank`` activation laid out as ``spec``."""
+    return redistribute.spec_entries(spec, rank)
+
+
+def _rank(choice: Cost) -> int:
+    """Rank of a convolution's activations, ``(N, *spatial, C)``: 4 in 2-D, 5 in 3-D."""
+    return len(choice.layout.padded) - 1
+
+
+def _parts(choice: Cost, entries: Sequence[tuple[str, ...]]) -> list[int]:
+    """Blocks each dimension is split into."""
+    return [math.prod(choice.grid.get(a, 1) for a in e) for e in entries]
 
 
 def batchnorm(choice: Cost) -> Kinds:
@@ -106,47 +117,50 @@ def batchnorm(choice: Cost) -> Kinds:
     # backward: XLA reduces the three per-channel sums the gradients are made of (of dy, dy * x and
     # dy * x_hat; a loss linear in the output would let it fold them into two) one split dimension at
     # a time: one all-reduce per split row dimension.
-    for entry in _entries(lay.y_spec)[:3]:
+    for entry in _entries(lay.y_spec, _rank(choice))[:-1]:
         ledger.group("all-reduce", 3 * channels * 4, entry)
     return _ledger(ledger)
 
 
 def pooling(choice: Cost, node: Pool, y_shape: Sequence[int], itemsize: int) -> Kinds:
-    """Per-device bytes of a pooling window in a convolution's output layout (halos, fwd + bwd)."""
-    lay = choice.layout
-    entries = _entries(lay.y_spec)
-    sizes = dict(choice.grid)
-    geom = conv_geometry(
-        (1, y_shape[1], y_shape[2], 1), (node.window, node.window, 1, 1), node.stride, node.padding
-    )
-    parts = [math.prod(sizes[a] for a in e) for e in entries]
-    plans = [halo_plan(d, p) if p > 1 else None for d, p in ((geom.h, parts[1]), (geom.w, parts[2]))]
-    nl = -(-y_shape[0] // parts[0])
-    hb, wb = -(-y_shape[1] // parts[1]), -(-y_shape[2] // parts[2])
-    cl = -(-y_shape[3] // parts[3])
-    win_h = plans[0].window if plans[0] else hb
-    ledger = Ledger(sizes, choice.hosts)
+    """Per-device bytes of a pooling window in a convolution's output layout (halos, fwd + bwd): one
+    exchange per split spatial dimension in array order (d, h, w), the block already extended along
+    the earlier ones (:func:`jaxcnn.nn.pooling.max_pool`, the rule of :func:`jaxcnn.cost.predict`)."""
+    entries = _entries(choice.layout.y_spec, len(y_shape))
+    parts = _parts(choice, entries)
+    spatial = range(1, len(y_shape) - 1)
+    plans = []
+    for i in spatial:  # each dimension on its own, as the h dimension of a 1-wide geometry
+        dim = conv_geometry((1, y_shape[i], 1, 1), (node.window, 1, 1, 1), (node.stride, 1), node.padding).h
+        plans.append(halo_plan(dim, parts[i]) if parts[i] > 1 else None)
+    blocks = [-(-y_shape[i] // parts[i]) for i in spatial]
+    windows = [p.window if p else b for p, b in zip(plans, blocks, strict=True)]
+    local = -(-y_shape[0] // parts[0]) * -(-y_shape[-1] // parts[-1]) * itemsize
+    ledger = Ledger(dict(choice.grid), choice.hosts)
     for backward in (False, True):
-        add_halo(ledger, plans[0], entries[1][0] if plans[0] else "h", nl * wb * cl * itemsize, backward)
-        add_halo(ledger, plans[1], entries[2][0] if plans[1] else "w", nl * win_h * cl * itemsize, backward)
+        for i, plan in enumerate(plans):
+            if plan is not None:
+                row = local * math.prod(windows[:i]) * math.prod(blocks[i + 1 :])
+                add_halo(ledger, plan, entries[i + 1][0], row, backward)
     return _ledger(ledger)
 
 
 def global_pool(choice: Cost, y_shape: Sequence[int], itemsize: int) -> Kinds:
-    """Global average pooling's psum over the axes splitting h and w (forward only)."""
-    entries = _entries(choice.layout.y_spec)
-    sizes = dict(choice.grid)
-    parts = [math.prod(sizes[a] for a in e) for e in entries]
-    ledger = Ledger(sizes, choice.hosts)
-    local = -(-y_shape[0] // parts[0]) * -(-y_shape[3] // parts[3])
-    ledger.group("all-reduce", local * itemsize, entries[1] + entries[2])
+    """Global average pooling's psum over the axes splitting space (forward only)."""
+    entries = _entries(choice.layout.y_spec, len(y_shape))
+    parts = _parts(choice, entries)
+    ledger = Ledger(dict(choice.grid), choice.hosts)
+    local = -(-y_shape[0] // parts[0]) * -(-y_shape[-1] // parts[-1])
+    ledger.group("all-reduce", local * itemsize, sum(entries[1:-1], ()))
     return _ledger(ledger)
 
 
 def pooled_layout(choice: Cost) -> Layout:
-    """Layout of the ``(N, 1, 1, C)`` pooled features: rows of N and the channels stay, h / w gathered."""
-    e = _entries(choice.layout.y_spec)
-    spec = P(*(None if not x else x[0] if len(x) == 1 else x for x in (e[0], (), (), e[3])))
+    """Layout of the ``(N, 1, 1, C)`` pooled features the classifier head reads
+    (:class:`jaxcnn.models.common.Head`): rows of N and the channels stay, space gathered."""
+    e = _entries(choice.layout.y_spec, _rank(choice))
+    kept = (e[0], (), (), e[-1])
+    spec = P(*(None if not x else x[0] if len(x) == 1 else x for x in kept))
     return spec, grid_key(choice.grid)
 
 

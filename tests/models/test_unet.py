@@ -53,10 +53,31 @@ def test_unet_mixed_placements_equal_one_device():
     assert models.conv_layer_names(ours) == (
         "enc0.conv1", "enc0.conv2", "bottom.conv1", "bottom.conv2", "up0", "dec0.conv1", "dec0.conv2", "out",
     )  # fmt: skip
-    x = jax.random.normal(jax.random.key(1), (8, 16, 16, 1))
-    labels = (jax.random.uniform(jax.random.key(2), (8, 16, 16)) > 0.7).astype(jnp.int32)
+    _assert_equals_one_device(ours, ref, (8, 16, 16))
+
+
+def test_unet3d_with_split_depth_equals_one_device():
+    # Volumes with depth and height split (halos along d and h, d alone, d with w) and the transposed
+    # convolution up0 and the concatenation on a d split; kernels gathered over k on 2d.
+    placements = [
+        "spatial@d=2,h=2,w=2", "spatial@n=2,d=2,h=2", "2d@d=2,h=2,k=2", "spatial@d=4,w=2",
+        "2d@n=2,d=2,k=2", "spatial@d=2,h=2,w=2", "filter@n=2,k=4", "spatial@n=2,d=2,h=2",
+    ]  # fmt: skip
+    build = {**BUILD, "depth": 1, "spatial_dims": 3}
+    ours = models.build("unet", mesh=jaxcnn.make_mesh(d=8), algorithms=placements, rngs=nnx.Rngs(0), **build)
+    ref = models.build("unet", mesh=jaxcnn.make_mesh(), algorithms="data", rngs=nnx.Rngs(0), **build)
+    up = ours.ups[0].conv
+    assert isinstance(up, jnn.ConvTranspose) and up.kernel.shape == (2, 2, 2, 8, 4)
+    _assert_equals_one_device(ours, ref, (2, 8, 8, 8))
+
+
+def _assert_equals_one_device(ours, ref, shape):
+    """``ours`` and the one-device ``ref`` give the same logits and parameter gradients on a batch of
+    ``shape`` (N, *spatial) one-channel images."""
+    x = jax.random.normal(jax.random.key(1), (*shape, 1))
+    labels = (jax.random.uniform(jax.random.key(2), shape) > 0.7).astype(jnp.int32)
     (got_logits, got_grads), (want_logits, want_grads) = (_loss_and_grads(m, x, labels) for m in (ours, ref))
-    assert got_logits.shape == (8, 16, 16, 2)
+    assert got_logits.shape == (*shape, 2)
     pairs = [("logits", got_logits, want_logits)] + [
         (jax.tree_util.keystr(path), a, b)
         for (path, a), b in zip(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import jaxcnn
 from jaxcnn.runner.config import from_dict, load_config
 from jaxcnn.runner.ellipsoids import ellipsoid_volumes, ellipsoids
 from jaxcnn.runner.step import dice, foreground_sums
@@ -128,8 +127,6 @@ def test_a_short_unet_run_raises_the_held_out_dice(tmp_path):
 
 @pytest.mark.slow
 def test_a_short_3d_unet_run(tmp_path):
-    if not callable(getattr(jaxcnn, "conv", None)):  # jaxcnn.conv is still the module of conv2d
-        pytest.skip("the 3-D U-Net needs jaxcnn's N-D convolutions (jaxcnn.conv), not in this build")
     run = _short_run(
         tmp_path,
         ["data.image_size=[16,16,16]", "model.options={width: 0.5, depth: 1, spatial_dims: 3}"],

@@ -25,6 +25,12 @@ UNET = [
     "train.eval_batch_size=4",
 ]
 
+UNET3D = [
+    *(o for o in UNET if not o.startswith(("data.image_size=", "model.options="))),
+    "data.image_size=[8,8,8]",
+    "model.options={width: 0.25, depth: 2, spatial_dims: 3}",
+]
+
 CASES = {
     # name: (devices, overrides)
     "small_cnn-auto-8": (8, ["model.name=small_cnn", "model.algorithms=auto", "train.batch_size=32"]),
@@ -57,6 +63,15 @@ CASES = {
         ["model.name=mobilenet_v2", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
          "model.options={width: 0.25, small_images: true}", *SYNTHETIC],
     ),
+    # 3-D U-Net: depth split over d (halos of 3x3x3 windows along d and h, the transposed convolutions and
+    # the skips on d splits), and auto's own plan of it.
+    "unet3d-mixed-8": (
+        8,
+        ["model.algorithms={'*': 'spatial@n=2,d=2,h=2', up1: '2d@d=2,h=2,k=2', "
+         "dec0.conv1: 'spatial@d=4,w=2', bottom.conv2: 'filter@n=2,k=4', out: 'channel@n=4,c=2'}",
+         "train.batch_size=8", *UNET3D, "train.eval_batch_size=8"],
+    ),
+    "unet3d-auto-8": (8, ["model.algorithms=auto", "train.batch_size=2", *UNET3D]),
     "small_cnn-auto-64-batch-smaller": (
         64, ["model.algorithms=auto", "train.batch_size=32", "train.eval_batch_size=32", "mesh.n=-1"]
     ),
