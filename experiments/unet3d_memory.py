@@ -67,6 +67,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "devices": args.devices,
         "mesh": result["mesh"],
+        "placements": sorted(set(result["placements"].values())),
         "num_params": int(result["num_params"]),
         **figures,
         "total_bytes": args_b + out_b - alias_b + temp_b,
@@ -115,17 +116,18 @@ def table(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]]) -> s
         "(`XLA_FLAGS=--xla_force_host_platform_device_count=N`); figures from XLA's `memory_analysis()` "
         "per device, GiB. Total = arguments + outputs - donated + temporaries.",
         "",
-        "| placement | devices | mesh | arguments | outputs | donated | temporaries | total | compile s |",
+        "| placement | devices | layer placements | arguments | outputs | donated | temporaries | total "
+        "| compile s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows:
-        mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items() if v > 1) or "1"
+        mesh = ", ".join(f"`{p}`" for p in r["placements"])
         lines.append(
             f"| {label} | {r['devices']} | {mesh} | {gib(r['argument_size_in_bytes'])} | "
             f"{gib(r['output_size_in_bytes'])} | {gib(r['alias_size_in_bytes'])} | "
             f"{gib(r['temp_size_in_bytes'])} | **{gib(r['total_bytes'])}** | {r['compile_s']} |"
         )
-    if len(rows) == 2:
+    if len(rows) >= 2:
         ratio = rows[1][1]["total_bytes"] / max(rows[0][1]["total_bytes"], 1)
         lines += [
             "",
@@ -135,8 +137,10 @@ def table(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]]) -> s
             "channels while the parameters (the arguments) stay small. That is more than a 16-32 GiB "
             "accelerator holds at this small width; it scales linearly with the batch and the width, "
             "so wider nets or larger batches outgrow even 80-141 GiB devices (an extrapolation, not "
-            "measured here). The planned placement is what the planner chose for this batch "
-            "(mesh column): it splits the work over all 64 devices.",
+            "measured here). A batch of 2 cannot be split 64 ways: data parallelism would leave each of two "
+            "devices the step of a whole volume, so the volume itself has to be split, and that is what "
+            "`model.algorithms=auto` chose for every layer (the placements column: depth over d, halos "
+            "exchanged along d, h and w).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -22,6 +22,8 @@ import jax
 from flax import nnx
 
 from jaxcnn.models.common import Head
+from jaxcnn.models.trace import named_convs
+from jaxcnn.nn.placement import format_placement
 from jaxcnn.runner import fit, optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import image_spec
@@ -76,6 +78,9 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "mesh": dict(mesh.shape),
         "num_params": num_params - padding,
         "head_padding_params": padding,
+        "placements": {
+            name: format_placement(c.algorithm, dict(c.mesh.shape)) for name, c in named_convs(model).values()
+        },
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
         "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
         "comm_bytes_per_step_max_device": metered_bytes(compiled)[0],
