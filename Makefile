@@ -29,7 +29,7 @@ format: setup
 	$(BIN)/ruff format jaxcnn tests experiments
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 -m "not sweep" tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=60 -m "not sweep" tests
 
 # The exhaustive sweeps (algorithm x grid x case beyond the cases `make test` keeps; see SWEEP_KEEP in
 # tests/conftest.py): about as long again as `make test`.

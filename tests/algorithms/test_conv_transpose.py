@@ -14,8 +14,8 @@ from jaxcnn.geometry import conv_geometry, halo_plan
 from tests.algorithms.cases import GRIDS, mesh_kwargs
 from tests.utils import assert_close, loss_and_grads, random_inputs
 
-# make test runs every second slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
-SWEEP_KEEP = 2
+# make test runs every third slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
+SWEEP_KEEP = 3
 
 RTOL = 2e-5
 X_SHAPE = (2, 5, 6, 8)  # N, H, W, C: uneven splits on every spatial grid

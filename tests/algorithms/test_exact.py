@@ -17,8 +17,8 @@ import jaxcnn
 from tests.algorithms.cases import CASES, GRIDS, K_OUT, X_SHAPE, case_id, mesh_kwargs
 from tests.utils import assert_close, first_fast, loss_and_grads, numpy_conv, random_inputs, reference_conv
 
-# make test runs every fourth slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
-SWEEP_KEEP = 4
+# make test runs every sixth slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
+SWEEP_KEEP = 6
 
 RTOL = 2e-5
 

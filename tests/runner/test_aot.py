@@ -50,6 +50,7 @@ def test_resnet50_gpu_node_compiles_on_8_devices():
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # ~90 s (planning ResNet-50 for 32 devices); make test-sweep
 def test_resnet50_slurm_gpu_compiles_on_32_devices_with_auto():
     figures = _compile_only(
         "resnet50_slurm_gpu.yaml",

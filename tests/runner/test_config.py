@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 
 import pytest
@@ -53,7 +54,7 @@ def test_every_config_loads_validates_and_starts_with_its_command(path):
     first = _command(path)
     assert first.startswith(f"# jaxcnn train configs/{name}"), first
     sizes = cfg.mesh.resolve(DEVICES.get(name, 8))
-    assert sizes["n"] * sizes["h"] * sizes["w"] * sizes["k"] * sizes["c"] == DEVICES.get(name, 8)
+    assert math.prod(sizes.values()) == DEVICES.get(name, 8)
     if name[: -len(".yaml")] in ALGORITHM_CONFIGS:
         assert cfg.model.algorithms == name[: -len(".yaml")]
     # The resolved config round-trips through the file written into the run directory.

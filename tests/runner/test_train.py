@@ -213,6 +213,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # ~65 s; tests/runner/test_whole_step.py compiles its planned step in make test
 def test_mobilenet_v2_config_trains_with_its_planned_placements(tmp_path):
     # configs/mobilenet_v2.yaml as shipped (auto plan, 53 convolutions, 17 depthwise), a few steps.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

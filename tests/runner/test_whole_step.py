@@ -113,8 +113,15 @@ def compile_only(devices: int, overrides: list[str]) -> tuple[dict[str, str], st
     return figures, log
 
 
+# In make test-sweep only: the 2-D U-Net (its 3-D cases run the same nodes) and the larger models at 64 /
+# 512 devices (small_cnn keeps 64 and 512 in make test).
+SWEEP_CASES = ("unet-auto-8", "unet-mixed-8", "resnet18-auto-64", "vgg16-auto-512")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.sweep) if c in SWEEP_CASES else c for c in sorted(CASES)]
+)
 def test_whole_step_meters_as_predicted_without_involuntary_rematerialization(case):
     devices, overrides = CASES[case]
     figures, log = compile_only(devices, overrides)
