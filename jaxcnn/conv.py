@@ -233,16 +233,16 @@ def conv_transpose(
     """Distributed 1-, 2- or 3-D transposed convolution, equal to the single-device one.
 
     ``conv_transpose(x, kernel, ...)`` equals ``jax.lax.conv_transpose(x, kernel, strides, padding,
-    rhs_dilation=dilation, dimension_numbers=dn,`` (``dn`` channels-last as in :func:`conv`:
-    ``("NHWC", "HWIO", "NHWC")`` in 2-D)
-    transpose_kernel=transpose_kernel, preferred_element_type=preferred_element_type)`` (with
-    ``use_consistent_padding=False``: ``"SAME"`` / ``"VALID"`` name the padding of the forward
-    convolution, explicit pairs the padding of the stride-dilated input). It is the convolution, with
-    window stride 1, of ``x`` dilated by ``strides`` (``lhs_dilation``), run by :func:`conv2d`'s
-    distributed path: the same layouts and collectives for every algorithm (the k / c gathers and
-    reduce-scatters, and halo exchanges of undilated input rows where d, h or w is split: each block
-    receives only the input rows its outputs' dilated window contains, see
-    :func:`jaxcnn.geometry.halo_plan`). Works eagerly, under ``jax.jit`` and under ``jax.grad``.
+    rhs_dilation=dilation, dimension_numbers=dn, transpose_kernel=transpose_kernel,
+    preferred_element_type=preferred_element_type)`` with ``dn`` channels-last as in :func:`conv`
+    (``("NHWC", "HWIO", "NHWC")`` in 2-D) and ``use_consistent_padding=False``: ``"SAME"`` /
+    ``"VALID"`` name the padding of the forward convolution, explicit pairs the padding of the
+    stride-dilated input. It is the convolution, with window stride 1, of ``x`` dilated by ``strides``
+    (``lhs_dilation``, :func:`transpose_as_conv`), run by :func:`conv`'s distributed path: the same
+    layouts and collectives for every algorithm (the k / c gathers and reduce-scatters, and halo
+    exchanges of undilated input rows where d, h or w is split: each block receives only the input rows
+    its outputs' dilated window contains, see :func:`jaxcnn.geometry.halo_plan`).
+    Works eagerly, under ``jax.jit`` and under ``jax.grad``.
 
     Args:
       x: ``(N, *spatial, C)`` activations, 1 to 3 spatial dimensions (global; any sharding).

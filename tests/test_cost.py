@@ -153,7 +153,12 @@ def test_model_equals_meter_on_64_devices_compile_only():
 def test_memory_model_band(algorithm, grid):
     """Compiled temp memory lies in [forward_temp, forward_temp + layout_copy] (±10%); arguments and
     outputs are exact. ResNet-50 layer 56×56×64→64, batch 32."""
-    geom = jaxcnn.conv_geometry((32, 56, 56, 64), (3, 3, 64, 64))
+    assert_memory_band(jaxcnn.conv_geometry((32, 56, 56, 64), (3, 3, 64, 64)), algorithm, grid)
+
+
+def assert_memory_band(geom, algorithm, grid):
+    """The forward pass's compiled arguments and outputs equal the model's; its temp memory lies in
+    [forward_temp, forward_temp + layout_copy] (±10%)."""
     cost = predict(geom, algorithm, grid)
     fwd, _ = measure_conv(geom, mesh=jaxcnn.make_mesh(**grid), algorithm=algorithm, backward=False)
     mem = fwd.memory

@@ -17,7 +17,7 @@ from jaxcnn.cost import predict
 from jaxcnn.geometry import conv_geometry, transpose_padding
 from jaxcnn.measure import measure_conv
 from tests.algorithms.cases import GRIDS, mesh_kwargs
-from tests.test_cost import _assert_same
+from tests.test_cost import _assert_same, assert_memory_band
 from tests.utils import DIMENSION_NUMBERS, first_fast
 
 # make test runs every fifth slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
@@ -117,14 +117,7 @@ def test_transposed_memory_model_band(algorithm, grid):
     """As tests/test_cost.py::test_memory_model_band, for a 28×28×64 → 56×56×64 stride-2 transposed
     layer: arguments and outputs exact, temp memory in [forward_temp, forward_temp + layout_copy] ±10%
     (with spatial splits XLA:CPU keeps the received halo pieces next to the window: layout_copy)."""
-    geom = transposed_geometry((32, 28, 28, 64), (3, 3, 64, 64), 2, "SAME")
-    cost = predict(geom, algorithm, grid)
-    fwd, _ = measure_conv(geom, mesh=jaxcnn.make_mesh(**grid), algorithm=algorithm, backward=False)
-    mem = fwd.memory
-    assert mem.argument_bytes == cost.memory.inputs
-    assert mem.output_bytes == cost.memory.output
-    low, high = cost.memory.forward_temp, cost.memory.forward_temp + cost.memory.layout_copy
-    assert 0.9 * low <= mem.temp_bytes <= 1.1 * high, (mem.temp_bytes, low, high)
+    assert_memory_band(transposed_geometry((32, 28, 28, 64), (3, 3, 64, 64), 2, "SAME"), algorithm, grid)
 
 
 FLOP_CASES = [

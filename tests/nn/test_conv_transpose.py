@@ -32,6 +32,17 @@ def _loss(layer, x):
     return jnp.sum(y * jnp.cos(y)), y
 
 
+def _assert_same_layer(ours, ref, x, params=("kernel",)):
+    """Output, input gradient and the named parameters' gradients of ``ours`` equal ``ref``'s."""
+    grad = nnx.value_and_grad(_loss, argnums=(0, 1), has_aux=True)
+    (_, y), (g_ours, gx) = nnx.jit(grad)(ours, x)
+    (_, y_ref), (g_ref, gx_ref) = nnx.jit(grad)(ref, x)
+    assert_close(y, y_ref, RTOL, "y")
+    assert_close(gx, gx_ref, RTOL, "dx")
+    for name in params:
+        assert_close(g_ours[name][...], g_ref[name][...], RTOL, name)
+
+
 @pytest.mark.parametrize(
     "sizes,algorithm,c,k,kernel,strides,padding,use_bias,transpose_kernel", first_fast(CASES)
 )
@@ -50,13 +61,7 @@ def test_conv_transpose_equals_nnx_conv_transpose(
     else:
         assert ours.bias is None
     x = jax.random.normal(jax.random.key(1), (4, 5, 6, c))
-    grad = nnx.value_and_grad(_loss, argnums=(0, 1), has_aux=True)
-    (_, y), (g_ours, gx) = nnx.jit(grad)(ours, x)
-    (_, y_ref), (g_ref, gx_ref) = nnx.jit(grad)(ref, x)
-    assert_close(y, y_ref, RTOL, "y")
-    assert_close(gx, gx_ref, RTOL, "dx")
-    for name in ("kernel", "bias") if use_bias else ("kernel",):
-        assert_close(g_ours[name][...], g_ref[name][...], RTOL, name)
+    _assert_same_layer(ours, ref, x, ("kernel", "bias") if use_bias else ("kernel",))
 
 
 @pytest.mark.parametrize(
@@ -73,13 +78,7 @@ def test_nd_conv_transpose_equals_nnx(sizes, algorithm, kernel, x_shape):
     mesh = jaxcnn.make_mesh(**sizes)
     ours = jnn.ConvTranspose(4, 6, kernel, 2, mesh=mesh, algorithm=algorithm, rngs=nnx.Rngs(0))
     ref = nnx.ConvTranspose(4, 6, kernel, 2, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(1), x_shape)
-    grad = nnx.value_and_grad(_loss, argnums=(0, 1), has_aux=True)
-    (_, y), (g_ours, gx) = nnx.jit(grad)(ours, x)
-    (_, y_ref), (g_ref, gx_ref) = nnx.jit(grad)(ref, x)
-    assert_close(y, y_ref, RTOL, "y")
-    assert_close(gx, gx_ref, RTOL, "dx")
-    assert_close(g_ours["kernel"][...], g_ref["kernel"][...], RTOL, "kernel")
+    _assert_same_layer(ours, ref, jax.random.normal(jax.random.key(1), x_shape))
 
 
 @pytest.mark.slow
