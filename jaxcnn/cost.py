@@ -93,6 +93,16 @@ class MemoryCost:
         dimension and transposes; or the received halo pieces before they are concatenated into the
         window, which XLA:CPU keeps for spatial splits); compiled temp memory lies between
         ``forward_temp`` and ``forward_temp + layout_copy`` (see docs/cost_model.md).
+      x_block: the local x block alone (``inputs`` without the kernel block).
+      window: the halo-extended input window the local convolution reads (``x_block`` when no
+        spatial dimension is split); the backward pass reads it again for the kernel gradient.
+      saved: what the local convolution read and the backward pass reads again (the residuals of
+        autodiff), beyond the kernel block: the gathered x panel, or the window when x is not
+        gathered, and the gathered kernel panel; streaming (several panels under
+        ``jax.checkpoint``), the window and the first panel's gathered x and kernel.
+      kernel_read: the kernel as the local convolution reads it (the gathered panel, or the block).
+      kept_panels: the gathered x and kernel panels among ``saved`` when there is one panel: the
+        backward pass reads them rather than gathering again (streaming, it gathers panel by panel).
       peak: inputs + output + forward_temp.
     """
 
@@ -100,6 +110,11 @@ class MemoryCost:
     output: float
     forward_temp: float
     layout_copy: float = 0.0
+    x_block: float = 0.0
+    window: float = 0.0
+    saved: float = 0.0
+    kernel_read: float = 0.0
+    kept_panels: float = 0.0
 
     @property
     def peak(self) -> float:
@@ -313,5 +328,10 @@ def predict(
         output=float(nl * out_block * (k_pad // (pk * pc)) * s_out),
         forward_temp=float(window + gathered_x + gathered_k + acc),
         layout_copy=float(max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)),
+        x_block=float(x_local),
+        window=float(window or x_local),
+        saved=float((window or x_local) * (m > 1 or not gathered_x) + gathered_x + gathered_k),
+        kernel_read=float(gathered_k or k_local),
+        kept_panels=float((gathered_x + gathered_k) * (m == 1)),
     )
     return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom, hosts)

@@ -32,7 +32,7 @@ from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.models.graph import Concat, Conv, Node, Output, Residual
-from jaxcnn.planner.plan import keep_candidates, plan_layer
+from jaxcnn.planner.plan import NoPlanError, fmt_bytes, keep_candidates, plan_layer
 from jaxcnn.planner.step import (
     Layout,
     concat_layout,
@@ -44,6 +44,7 @@ from jaxcnn.planner.step import (
     x_layout,
     y_layout,
 )
+from jaxcnn.planner.step_memory import node_memory, step_memory
 
 State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)
 Key = tuple[Layout, tuple[tuple[str, Layout], ...]]  # (the activation's layout, pending skips' layouts)
@@ -63,6 +64,7 @@ def plan_graph(
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
     beam: int = 256,
+    platform: str = "cpu",
 ) -> dict[str, Cost]:
     """One placement per convolution of ``graph`` minimising the predicted bytes of the train step.
 
@@ -71,7 +73,12 @@ def plan_graph(
       layers: ``{conv name: geometry}`` for the run's batch.
       num_devices: devices P.
       input_layout: the images' layout (``(P("n"), grid)``).
-      memory_bytes: per-device memory cap of every layer.
+      memory_bytes: per-device memory cap of the whole train step: every layer's own peak, and the
+        step's predicted peak (:func:`jaxcnn.planner.step_memory.step_memory`, the train state
+        estimated from the placements with Adam's two moments). When the cheapest plan exceeds it,
+        each placement's memory (:func:`~jaxcnn.planner.step_memory.node_memory`) is priced at a
+        weight per byte, raised by bisection until the plan fits (a Lagrangian relaxation: the
+        fewest bytes moved among the plans it finds that fit).
       candidates: placements kept per layer (its cheapest by its own bytes; :func:`keep_candidates`
         adds at most as many that read the layouts the layer before may leave).
       allowed: the algorithms to consider (names from ``jaxcnn.ALGORITHMS``).
@@ -82,20 +89,24 @@ def plan_graph(
         ``ICI + dcn_cost_factor · DCN`` bytes (only with ``hosts > 1``).
       beam: DP states kept after each convolution (the cheapest); only U-Net skips (a state per
         combination of pending skip layouts) ever need more than ``candidates``.
+      platform: the devices' platform, for the step's predicted peak memory (``"cpu"``, ``"gpu"``,
+        ``"tpu"``).
 
     Returns:
       ``{name: Cost}`` (``cost.algorithm``, ``cost.grid``; predicted for ``hosts``) for every
       convolution of the graph.
 
     Raises:
-      NoPlanError: a layer fits no placement (names it and the memory that would do).
+      NoPlanError: a layer fits no placement, or no plan found keeps the whole step under
+        ``memory_bytes`` (names the memory that would do).
       ValueError: ``hosts`` does not divide ``num_devices``.
     """
     itemsize = itemsize_of(dtype)
     nodes = graph_nodes(graph)
     first = first_conv(graph)
     options: dict[str, tuple[Cost, ...]] = {}
-    node_cost: dict[tuple[str, int], float] = {}
+    comm: dict[tuple[str, int], float] = {}  # a placement's own bytes moved
+    memory: dict[tuple[str, int], float] = {}  # its share of the step's memory
     previous: set[Layout] = {input_layout}  # layouts the layer before may leave (execution order)
     for name in nodes.names:
         algs = (fixed[name],) if fixed and name in fixed else allowed
@@ -116,10 +127,13 @@ def plan_graph(
                 predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts)
                 for c in options[name]
             )
+        batchnorm = name != "head" and name not in nodes.plain and name not in nodes.outputs
         for i, c in enumerate(options[name]):
             parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
-            node_cost[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
+            comm[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
+            memory[name, i] = node_memory(c, batchnorm)
     edges: dict[tuple, float] = {}
+    node_cost: dict[tuple[str, int], float] = {}
 
     def edge(shape: Sequence[int], src: Layout, dst: Layout, backward: bool = True) -> float:
         key = (tuple(shape), src, dst, backward)
@@ -161,18 +175,61 @@ def plan_graph(
                 out[key] = (so_far, chosen)
         return out
 
-    states: dict[Key, State] = {(input_layout, ()): (0.0, {})}
-    first = True
-    for node in graph:
-        if isinstance(node, Conv | Output):
-            states = step(states, node.name, first)
-            first = False
-        elif isinstance(node, Residual):
-            states = _residual(node, states, layers, edge, step)
-            first = False
-        elif isinstance(node, Concat):
-            states = concat(states, node)
-    return dict(min(states.values(), key=lambda st: st[0])[1])
+    def solve(weight: float) -> dict[str, Cost]:
+        """The DP with each placement's memory priced at ``weight`` bytes moved per byte."""
+        node_cost.update({key: comm[key] + weight * memory[key] for key in comm})
+        states: dict[Key, State] = {(input_layout, ()): (0.0, {})}
+        first = True
+        for node in graph:
+            if isinstance(node, Conv | Output):
+                states = step(states, node.name, first)
+                first = False
+            elif isinstance(node, Residual):
+                states = _residual(node, states, layers, edge, step)
+                first = False
+            elif isinstance(node, Concat):
+                states = concat(states, node)
+        return dict(min(states.values(), key=lambda st: st[0])[1])
+
+    chosen = solve(0.0)
+    if math.isinf(memory_bytes):
+        return chosen
+    images = math.prod(layers[nodes.names[0]].x_shape) * itemsize / dict(input_layout[1]).get("n", 1)
+
+    def peak(plan: Mapping[str, Cost]) -> float:
+        return step_memory(graph, layers, plan, batch_bytes=images, platform=platform).peak
+
+    return _fit_memory(chosen, peak, solve, memory_bytes, sum(comm.values()), sum(memory.values()))
+
+
+def _fit_memory(chosen, peak, solve, cap: float, comm: float, memory: float) -> dict[str, Cost]:
+    """``chosen`` if its ``peak`` is under ``cap``, else the plan of the smallest memory weight found
+    (doubling, then 12 bisection steps) whose peak is; NoPlanError when even a heavy weight fails."""
+    if peak(chosen) <= cap:
+        return chosen
+    lo, hi = 0.0, max(comm, 1.0) / max(memory, 1.0)
+    fits = None
+    for _ in range(40):  # doubling until the memory term dominates
+        plan = solve(hi)
+        if peak(plan) <= cap:
+            fits = plan
+            break
+        lo, hi = hi, hi * 4
+    if fits is None:
+        least = min(peak(solve(hi)), peak(chosen))
+        raise NoPlanError(
+            f"the whole train step needs at least {fmt_bytes(least)} per device under any plan found "
+            f"(predicted peak, jaxcnn.planner.step_memory), over the memory budget of {fmt_bytes(cap)}",
+            least,
+        )
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        plan = solve(mid)
+        if peak(plan) <= cap:
+            hi, fits = mid, plan
+        else:
+            lo = mid
+    return fits
 
 
 def _prune(states: dict[Key, State], beam: int) -> dict[Key, State]:

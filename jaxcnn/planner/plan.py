@@ -56,7 +56,7 @@ def _geom(layer) -> tuple[str, ConvGeometry]:
     return getattr(layer, "name", "conv"), layer.geom
 
 
-def _fmt_bytes(value: float) -> str:
+def fmt_bytes(value: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
             return f"{value:.1f} {unit}" if unit != "B" else f"{value:.0f} B"
@@ -138,8 +138,8 @@ def plan_layer(
     if not fitting:
         least = min(c.memory.peak for c in costs)
         raise NoPlanError(
-            f"layer {name}: no algorithm/grid on {num_devices} devices fits {_fmt_bytes(memory_bytes)} per "
-            f"device; the smallest that would is {_fmt_bytes(least)} ({math.ceil(least)} bytes)",
+            f"layer {name}: no algorithm/grid on {num_devices} devices fits {fmt_bytes(memory_bytes)} per "
+            f"device; the smallest that would is {fmt_bytes(least)} ({math.ceil(least)} bytes)",
             least,
         )
     return LayerPlan(name, geom, tuple(fitting))

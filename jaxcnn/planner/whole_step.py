@@ -35,25 +35,33 @@ def whole_step(
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
     **options: Any,
 ) -> dict[str, Any]:
-    """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices).
+    """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices): its bytes
+    moved and its peak memory per device (:func:`jaxcnn.planner.step_memory.step_memory`, the train
+    state estimated from the placements with Adam's two moments; ``memory_bytes`` caps it).
 
     ``hosts`` and ``dcn_cost_factor`` are :func:`jaxcnn.planner.network.plan_graph`'s (the plan
     minimises ``ICI + dcn_cost_factor · DCN`` bytes on ``hosts > 1``).
 
     Returns:
       ``{"placements": {layer: placement}, "predicted_comm_bytes_per_step_max_device": float,
-      "predicted_dcn_bytes_per_step_max_device": float, "hosts": int, "components": {...}}``.
+      "predicted_dcn_bytes_per_step_max_device": float, "hosts": int, "components": {...},
+      "predicted_memory_bytes_per_device": float, "predicted_memory_peak_at": str,
+      "memory_components": {...}}``.
     """
+    import jax
     from flax import nnx
 
     import jaxcnn
     from jaxcnn import models
+    from jaxcnn.cost import itemsize_of
     from jaxcnn.models.trace import trace_layers
     from jaxcnn.nn.placement import format_placement
     from jaxcnn.planner.network import plan_graph
     from jaxcnn.planner.step import grid_key, step_cost
+    from jaxcnn.planner.step_memory import step_memory
 
     sizes = input_mesh_sizes(batch, devices)
+    platform = jax.devices()[0].platform
     mesh = jaxcnn.make_mesh(**sizes)
     built = nnx.eval_shape(
         lambda: models.build(
@@ -78,14 +86,20 @@ def whole_step(
         dtype=dtype,
         hosts=hosts,
         dcn_cost_factor=dcn_cost_factor,
+        platform=platform,
     )
     cost = step_cost(built.plan_graph, layers, chosen, source, dtype, hosts)
+    images = batch * image * image * 3 * itemsize_of(dtype) / sizes["n"]
+    memory = step_memory(built.plan_graph, layers, chosen, batch_bytes=images, platform=platform)
     return {
         "placements": {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,
         "predicted_dcn_bytes_per_step_max_device": cost.dcn_max_bytes,
         "hosts": hosts,
         "components": dict(cost.components),
+        "predicted_memory_bytes_per_device": memory.peak,
+        "predicted_memory_peak_at": memory.at,
+        "memory_components": {"train state and images": memory.state, **memory.components},
     }
 
 
@@ -100,6 +114,11 @@ def format_whole_step(result: dict[str, Any]) -> str:
         dcn = result["predicted_dcn_bytes_per_step_max_device"]
         lines.append(f"predicted_dcn_bytes_per_step_max_device: {dcn:.0f} ({result['hosts']} hosts)")
     lines += [f"  {k}: {v:,.0f}" for k, v in result["components"].items()]
+    lines.append(
+        f"predicted_memory_bytes_per_device: {result['predicted_memory_bytes_per_device']:.0f} "
+        f"(peak at the {result['predicted_memory_peak_at']}; Adam's state estimated)"
+    )
+    lines += [f"  {k}: {v:,.0f}" for k, v in result["memory_components"].items()]
     lines.append("model.algorithms:")
     lines += [f"  {name}: {p}" for name, p in result["placements"].items()]
     return "\n".join(lines)

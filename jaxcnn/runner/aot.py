@@ -27,7 +27,7 @@ from jaxcnn.nn.placement import format_placement
 from jaxcnn.runner import fit, optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import image_spec
-from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_step
+from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_memory, predict_step
 from jaxcnn.runner.state import abstract_state
 from jaxcnn.runner.step import abstract_batch, jit_train_step
 
@@ -45,9 +45,10 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
       "comm_bytes_per_step_max_device", "predicted_comm_bytes_per_step_max_device",
       "predicted_components", "predicted_kinds", "memory_state_bytes_per_device",
       "memory_compiled_bytes_per_device", "device_memory_bytes", "device_memory_source",
-      "memory_fits"}`` (memory figures per device, from XLA's memory analysis and
-      :func:`jaxcnn.runner.fit.report` - reported, never raised; the communication figure from
-      :mod:`jaxcnn.measure` when available, else None).
+      "memory_fits", "predicted_memory_bytes_per_device", "predicted_memory_peak_at"}`` (memory
+      figures per device, from XLA's memory analysis and :func:`jaxcnn.runner.fit.report` - reported,
+      never raised; the predicted peak from :mod:`jaxcnn.planner.step_memory`; the communication
+      figure from :mod:`jaxcnn.measure` when available, else None).
 
     Raises:
       ConfigError: the mesh does not fit the devices or batches, or the builder rejects the
@@ -69,9 +70,10 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     model = nnx.merge(graphs.train, state["params"], state["rest"])  # abstract: nothing allocated
     padding = sum(m.padding_params for _, m in model.iter_modules() if isinstance(m, Head))
-    predicted = predict_step(
-        model_for_prediction(graphs, state), mesh, cfg.train.batch_size, shape, cfg.model.dtype
-    )
+    abstract = model_for_prediction(graphs, state)
+    predicted = predict_step(abstract, mesh, cfg.train.batch_size, shape, cfg.model.dtype)
+    state_bytes = footprint.total - footprint.parts.get("gradients", 0)
+    memory_model = predict_memory(abstract, mesh, cfg.train.batch_size, shape, cfg.model.dtype, state_bytes)
     return {
         "compiled": compiled,
         "compile_time_s": elapsed,
@@ -88,6 +90,8 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "predicted_components": None if predicted is None else dict(predicted.components),
         "predicted_kinds": None if predicted is None else dict(predicted.kinds),
         **fit.report(footprint, compiled, list(mesh.devices.flat)),
+        "predicted_memory_bytes_per_device": None if memory_model is None else round(memory_model.peak),
+        "predicted_memory_peak_at": None if memory_model is None else memory_model.at,
     }
 
 

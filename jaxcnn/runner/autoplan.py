@@ -77,7 +77,8 @@ def plan_algorithms(
       mesh: the run's mesh (its device count, and the images' layout ``P("n")`` on it).
       batch: global batch size.
       image_shape: ``(H, W, C)``.
-      memory_bytes: per-device memory budget of every layer (0: unlimited).
+      memory_bytes: per-device memory budget of the whole train step, as predicted by the planner
+        (:func:`jaxcnn.planner.network.plan_graph`; 0: unlimited).
       dtype: ``model.dtype``.
       hosts: hosts (or TPU slices) the mesh's devices lie on, as equal consecutive groups of its flat
         order (``jaxcnn.mesh.host_count``).
@@ -106,5 +107,6 @@ def plan_algorithms(
         return {step.name: format_placement(step.choice.algorithm, step.choice.grid) for step in plan.steps}
     geoms = {layer.name: layer.geom for layer in layers}
     source = (P("n"), grid_key(mesh_sizes(mesh)))
-    chosen = plan_graph(graph, geoms, devices, source, budget, dtype=dtype, **links)
+    platform = mesh.devices.flat[0].platform
+    chosen = plan_graph(graph, geoms, devices, source, budget, dtype=dtype, platform=platform, **links)
     return {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()}

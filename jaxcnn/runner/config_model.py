@@ -71,8 +71,9 @@ class ModelConfig(Section):
     )
     plan_memory_bytes: ByteSize = Field(
         0,
-        description="algorithms: auto only: per-device memory budget of each layer, in bytes or as "
-        "16GiB, 512MiB, 2e9 (the units of jaxcnn plan --memory); 0: unlimited",
+        description="algorithms: auto only: per-device memory budget of the whole train step (its "
+        "predicted peak, Adam's state estimated: jaxcnn.planner.step_memory), in bytes or as 16GiB, "
+        "512MiB, 2e9 (the units of jaxcnn plan --memory); 0: unlimited",
     )
 
     @field_validator("algorithms")

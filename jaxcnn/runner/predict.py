@@ -1,7 +1,8 @@
 """A run's communication figures: metered from the compiled step, and predicted from the model.
 
 ``comm_bytes_per_step_max_device`` (:func:`metered_bytes`) and
-``predicted_comm_bytes_per_step_max_device`` (:func:`predict_step`).
+``predicted_comm_bytes_per_step_max_device`` (:func:`predict_step`); the step's predicted peak memory
+per device (:func:`predict_memory`).
 
 Reads the model's plan graph (:mod:`jaxcnn.models.graph`) and each convolution's placement (its
 algorithm and mesh), traces the convolutions' geometries for the run's batch
@@ -19,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.models.trace import named_convs, trace_layers
 from jaxcnn.planner.step import StepCost, choices_for, first_conv, grid_key, step_cost
+from jaxcnn.planner.step_memory import StepMemory, step_memory
 
 
 def metered_bytes(compiled: Any) -> tuple[float | None, str]:
@@ -56,6 +58,21 @@ def wire_dtype(dtype: str, platform: str) -> str:
     return "float32" if platform == "cpu" and str(dtype) in _CPU_WIDENED else str(dtype)
 
 
+def _placed(
+    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
+) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
+    """``(plan graph, {conv: geometry}, {conv: Cost})`` of ``model`` as placed (None without a graph)."""
+    graph = getattr(model, "plan_graph", None)
+    if graph is None:
+        return None
+    dtype = wire_dtype(dtype, mesh.devices.flat[0].platform)
+    placements: dict[str, Any] = {
+        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in named_convs(model).values()
+    }
+    layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
+    return graph, layers, choices_for(layers, placements, dtype, first=first_conv(graph))
+
+
 def predict_step(
     model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
 ) -> StepCost | None:
@@ -68,13 +85,38 @@ def predict_step(
       image_shape: ``(H, W, C)``.
       dtype: the model's computation dtype (priced as :func:`wire_dtype` on the mesh's platform).
     """
-    graph = getattr(model, "plan_graph", None)
-    if graph is None:
+    placed = _placed(model, mesh, batch, image_shape, dtype)
+    if placed is None:
         return None
+    graph, layers, choices = placed
     dtype = wire_dtype(dtype, mesh.devices.flat[0].platform)
-    placements: dict[str, Any] = {
-        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in named_convs(model).values()
-    }
-    layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
-    choices = choices_for(layers, placements, dtype, first=first_conv(graph))
     return step_cost(graph, layers, choices, (P("n"), grid_key(mesh_sizes(mesh))), dtype)
+
+
+def predict_memory(
+    model: nnx.Module,
+    mesh: Mesh,
+    batch: int,
+    image_shape: tuple[int, ...],
+    dtype: str,
+    state_bytes: float,
+) -> StepMemory | None:
+    """Predicted peak memory per device of one train step of ``model``
+    (:func:`jaxcnn.planner.step_memory.step_memory`; None for a model without a plan graph).
+
+    Args:
+      model, mesh, batch, image_shape, dtype: as :func:`predict_step`.
+      state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
+        without its gradients, which the prediction places in time itself).
+    """
+    placed = _placed(model, mesh, batch, image_shape, dtype)
+    if placed is None:
+        return None
+    graph, layers, choices = placed
+    return step_memory(
+        graph,
+        layers,
+        choices,
+        state_bytes=state_bytes,
+        platform=mesh.devices.flat[0].platform,
+    )

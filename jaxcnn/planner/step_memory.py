@@ -1,0 +1,188 @@
+"""Whole-training-step memory: the predicted peak bytes per device of a placed model's train step.
+
+XLA's memory analysis of a compiled step (``compiled.memory_analysis()``) reports, per device,
+arguments + outputs - donated (aliased) buffers + temporaries. The donated train state is counted
+once: parameters, model statistics (BatchNorm running averages), optimizer state, and the input
+batch. The temporaries are what the step creates; this module predicts them by simulating their
+liveness over the plan graph (:mod:`jaxcnn.models.graph`), in execution order, forward then backward.
+Each term is per device, from the placement's own memory model (:class:`jaxcnn.cost.MemoryCost`):
+
+==========================  =================================================================
+term                        bytes, and how long they live
+==========================  =================================================================
+saved activations           per convolution, from its forward until its backward: what its local
+                            convolution read and its gradients read again (``MemoryCost.saved``: the
+                            x window with its halo, or the gathered x panel, and a gathered kernel
+                            panel) and, for a Conv+BatchNorm(+ReLU) block, two output blocks (the
+                            centred BatchNorm input and the ReLU output)
+working set                 at one convolution at a time: its forward working set
+                            (``forward_temp + layout_copy``: halo window, gathered panels, unreduced
+                            partial outputs); in the backward pass the same less the gathered panels
+                            it kept (``MemoryCost.kept_panels``: read, not gathered again), plus the
+                            output and input gradient blocks, and the gradient of a max pooling window in
+                            its layout (XLA:CPU expands it into ``rank + 1`` index buffers of the
+                            pooled input's size; GPU and TPU scatter into one)
+kernel copies               the kernel as the input-gradient convolution reads it
+                            (``MemoryCost.kernel_read``, rewritten reversed / transposed by XLA),
+                            made once the backward pass starts and freed at that layer's backward
+                            (none for the first layer: no input gradient)
+parameter gradients         one per parameter, sharded like it, from its layer's backward until the
+                            optimizer update at the end of the step
+==========================  =================================================================
+
+The peak is the largest sum of these at any point (the state counted throughout). Calibrated on
+XLA:CPU, where tests check it: within 10% of ``memory_analysis()`` for every model of
+``tests/runner/test_whole_step.py`` (small CNN, ResNet-18/50, VGG-16, MobileNetV2, 2-D and 3-D U-Nets,
+mixed and planned placements). What it leaves out: XLA's fusion decisions (a fused elementwise
+producer may not need its own buffer), scheduling (a different order changes what overlaps) and
+buffer packing (fragmentation); GPU and TPU runtimes add their own workspaces (cuDNN, collectives).
+
+:func:`step_memory` prices a model as placed; :func:`node_memory` is one placement's share, which the
+planner (:func:`jaxcnn.planner.network.plan_graph`) weighs to keep the whole step under its cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+from jaxcnn.cost import Cost
+from jaxcnn.geometry import ConvGeometry
+from jaxcnn.models.graph import Node
+from jaxcnn.planner.step import graph_nodes
+
+#: Optimizer state per parameter, in parameter copies (Adam's two moments; SGD with momentum: 1).
+ADAM_COPIES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+    """Predicted per-device bytes of one train step.
+
+    Attributes:
+      state: the donated train state and the input batch (XLA's arguments), counted throughout.
+      peak: predicted peak bytes per device: ``state`` + the largest sum of temporaries.
+      at: where the peak is (``"backward of layer2.0.conv1"``, ``"end of the backward pass"``).
+      components: the temporaries live at the peak, by term (see the module docstring).
+    """
+
+    state: float
+    peak: float
+    at: str
+    components: Mapping[str, float]
+
+
+def _kernel_bytes(choice: Cost) -> float:
+    """The placement's local kernel block (its parameters on one device)."""
+    return choice.memory.inputs - choice.memory.x_block
+
+
+def _channel_bytes(choice: Cost, itemsize: int = 4) -> float:
+    """One float32 per local output channel (a BatchNorm scale, bias, mean or variance)."""
+    geom = choice.geom
+    if geom is None:
+        return 0.0
+    return math.ceil(geom.channels_out / (choice.grid.get("k", 1) * choice.grid.get("c", 1))) * itemsize
+
+
+def node_memory(choice: Cost, batchnorm: bool, optimizer_copies: int = ADAM_COPIES) -> float:
+    """One placement's share of the step's peak: everything of it that may be live at once (its
+    parameters with their optimizer state, gradient and kernel copy, its saved activations and its
+    working set). The planner's memory weight (not the peak: peaks of different layers do not add)."""
+    kernel = _kernel_bytes(choice)
+    mem = choice.memory
+    return (
+        kernel * (2 + optimizer_copies)
+        + mem.kernel_read
+        + _saved(choice, batchnorm)
+        + mem.forward_temp
+        + mem.layout_copy
+    )
+
+
+def _saved(choice: Cost, batchnorm: bool) -> float:
+    """Activations one placement keeps from its forward to its backward pass (module docstring)."""
+    mem = choice.memory
+    return mem.saved + (2 * mem.output if batchnorm else 0.0)
+
+
+def step_memory(
+    graph: Sequence[Node],
+    layers: Mapping[str, ConvGeometry],
+    choices: Mapping[str, Cost],
+    *,
+    state_bytes: float | None = None,
+    batch_bytes: float = 0.0,
+    optimizer_copies: int = ADAM_COPIES,
+    platform: str = "cpu",
+) -> StepMemory:
+    """Predicts the peak memory per device of one train step of a model placed by ``choices``.
+
+    Args:
+      graph: the model's ``plan_graph``.
+      layers: ``{conv name: geometry}`` for the run's batch.
+      choices: ``{conv name: jaxcnn.cost.predict(...)}`` of the placements the model runs (the first
+        layer's predicted without an input gradient).
+      state_bytes: the train state and batch per device when known (``jaxcnn.runner.fit``'s
+        footprint without its gradients); else estimated from the placements: each layer's kernel
+        block and its BatchNorm's four per-channel vectors, ``optimizer_copies`` more of the
+        kernel block and of its scale and bias, plus ``batch_bytes``.
+      batch_bytes: the input batch per device (with ``state_bytes=None`` only).
+      optimizer_copies: optimizer state per parameter, in parameter copies (Adam: 2).
+      platform: ``"cpu"`` (max-pooling gradients expanded into index buffers) or ``"gpu"`` / ``"tpu"``.
+    """
+    nodes = graph_nodes(graph)
+    names = nodes.names
+    pools = nodes.pools
+    first = names[0] if names else None
+    with_bn = {n for n in names if n != "head" and n not in nodes.plain and n not in nodes.outputs}
+    if state_bytes is None:
+        state_bytes = batch_bytes + sum(
+            _kernel_bytes(c) * (1 + optimizer_copies)
+            + (_channel_bytes(c) * (4 + 2 * optimizer_copies) if n in with_bn else 0.0)
+            for n, c in choices.items()
+        )
+    saved, kernels, grads, forward_work, backward_work = {}, {}, {}, {}, {}
+    for name in names:
+        c = choices[name]
+        mem = c.memory
+        saved[name] = _saved(c, name in with_bn)
+        grads[name] = _kernel_bytes(c) + (2 * _channel_bytes(c) if name in with_bn else 0.0)
+        kernels[name] = 0.0 if name == first else mem.kernel_read
+        forward_work[name] = mem.forward_temp + mem.layout_copy
+        pool = 0.0
+        if name in pools and pools[name].kind == "max":
+            ndim = len(layers[name].y_shape)
+            pool = mem.output * ((ndim + 1) if platform == "cpu" else 1)
+        dx = 0.0 if name == first else mem.x_block
+        backward_work[name] = forward_work[name] - mem.kept_panels + mem.output + dx + pool
+    best = (0.0, "start of the step", {})
+    live = 0.0
+    for name in names:  # forward: saved activations accumulate
+        live += saved[name]
+        total = live + forward_work[name]
+        if total > best[0]:
+            best = (
+                total,
+                f"forward of {name}",
+                {"saved activations": live, "working set": forward_work[name]},
+            )
+    copies = sum(kernels.values())
+    done = 0.0  # parameter gradients made so far
+    for name in reversed(names):
+        parts = {
+            "saved activations": live,
+            "kernel copies": copies,
+            "parameter gradients": done + grads[name],
+            "working set": backward_work[name],
+        }
+        total = sum(parts.values())
+        if total > best[0]:
+            best = (total, f"backward of {name}", parts)
+        live -= saved[name]
+        copies -= kernels[name]
+        done += grads[name]
+    if done > best[0]:
+        best = (done, "end of the backward pass", {"parameter gradients": done})
+    return StepMemory(float(state_bytes), float(state_bytes + best[0]), best[1], best[2])
