@@ -181,6 +181,8 @@ def run_auto(model: str, p: int, regime: str, timeout: float) -> dict[str, Any]:
         "bytes": _num(kv.get("comm_bytes_per_step_max_device")),
         "predicted_bytes": _num(kv.get("predicted_comm_bytes_per_step_max_device")),
         "temp_bytes": _num(kv.get("temp_bytes")),
+        "memory_bytes": _num(kv.get("memory_compiled_bytes_per_device")),
+        "predicted_memory_bytes": _num(kv.get("predicted_memory_bytes_per_device")),
         "compile_time_s": _num(kv.get("compile_time_s")),
         "predicted_components": _literal(kv.get("predicted_components")),
         "remat_warnings": (out + err).count(REMAT),
@@ -402,6 +404,8 @@ def write_csv(rows: list[dict[str, Any]]) -> None:
         "bytes",
         "predicted_bytes",
         "temp_bytes",
+        "memory_bytes",
+        "predicted_memory_bytes",
         "compile_time_s",
         "remat_warnings",
         "wall_s",
@@ -635,6 +639,8 @@ def write_doc(rows: list[dict[str, Any]]) -> None:
                 fmt_bytes(a.get("bytes")),
                 fmt_bytes(a.get("predicted_bytes")),
                 fmt_bytes(a.get("temp_bytes")),
+                fmt_bytes(a.get("memory_bytes")),
+                fmt_bytes(a.get("predicted_memory_bytes")),
                 "-" if a.get("compile_time_s") is None else f"{a['compile_time_s']:.0f}",
                 str(a.get("remat_warnings", "-")),
                 ", ".join(f"{k} {fmt_bytes(v)}" for k, v in (a.get("predicted_components") or {}).items())
@@ -689,6 +695,8 @@ def write_doc(rows: list[dict[str, Any]]) -> None:
                 "metered",
                 "predicted",
                 "temp",
+                "memory (XLA)",
+                "memory predicted",
                 "compile s",
                 "remat",
                 "predicted by component",
@@ -777,6 +785,10 @@ Wall time of the subprocesses (s, including planning and compiling every mesh tr
 {strategies}
 
 ### jaxcnn auto
+
+`metered` / `predicted`: bytes per device per step. `memory (XLA)`: the step's per-device memory from
+`memory_analysis()` (arguments + outputs - donated + temporaries); `memory predicted`: the whole-step
+memory model's peak (`jaxcnn.planner.step_memory`, `docs/step_memory.md`).
 
 {auto}
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
-from jaxcnn import algorithms
+from jaxcnn import algorithms, common_mesh
 from jaxcnn.algorithms.engine import build
 from jaxcnn.geometry import ConvGeometry, PaddingLike, conv_geometry, per_dim, transpose_padding
 from jaxcnn.mesh import mesh_sizes
@@ -55,16 +55,23 @@ def _on_mesh(value: jax.Array, sharding: NamedSharding) -> jax.Array:
     A concrete array laid out on another mesh over the same devices (another layer's) is moved
     explicitly (:func:`jaxcnn.redistribute.redistribute`, planned collectives, never XLA's "replicate,
     then re-partition"); anything else gets a sharding constraint. The algorithm's jitted shard_map
-    must only ever see arguments on its own mesh: ``jit`` names the layout it picks for an uncommitted
+    must only ever see arguments in its own layouts: ``jit`` names the layout it picks for an uncommitted
     argument on the mesh of the first committed one, so an argument left on another layer's mesh
-    (whose axes cannot tile this mesh's layout) made JAX raise ``IndivisibleError``.
+    (whose axes cannot tile this mesh's layout) made JAX raise ``IndivisibleError``. The constraint
+    names the layout on the common mesh of the devices (:mod:`jaxcnn.common_mesh`), where every
+    layer's layouts have names.
     """
     src = known_layout(value)
     if src == sharding:
         return value
-    if src is not None and src.mesh != sharding.mesh and same_device_order(src.mesh, sharding.mesh):
+    if (
+        src is not None
+        and src.mesh != sharding.mesh
+        and same_device_order(src.mesh, sharding.mesh)
+        and not src.is_equivalent_to(sharding, value.ndim)
+    ):
         value = redistribute(value, src, sharding)
-    return jax.lax.with_sharding_constraint(value, sharding)
+    return common_mesh.on_common_mesh(value, sharding.mesh, sharding.spec)
 
 
 def layer_geometry(

@@ -54,7 +54,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn import links
+from jaxcnn import common_mesh, links
 from jaxcnn.padding import crop_to, pad_to
 
 Entries = tuple[tuple[str, ...], ...]
@@ -556,8 +556,12 @@ def _gather_all_then_slice(x: jax.Array, src: NamedSharding, dst: NamedSharding)
                 xb = _slice(xb, ent_b[d], d)
         return xb
 
-    full = jax.shard_map(gather, mesh=src.mesh, in_specs=(src.spec,), out_specs=P(), check_vma=False)(x)
-    return jax.shard_map(cut, mesh=dst.mesh, in_specs=(P(),), out_specs=dst.spec, check_vma=False)(full)
+    full = common_mesh.shard_map(gather, mesh=src.mesh, in_specs=(src.spec,), out_specs=P(), check_vma=False)(
+        x
+    )
+    return common_mesh.shard_map(cut, mesh=dst.mesh, in_specs=(P(),), out_specs=dst.spec, check_vma=False)(
+        full
+    )
 
 
 def _fine_mesh(mesh: Mesh, fine: tuple[tuple[str, int], ...]) -> Mesh:
@@ -574,7 +578,7 @@ def _move(x: jax.Array, src: NamedSharding, dst: NamedSharding) -> jax.Array:
         y = _gather_all_then_slice(xp, src, dst)
     else:
         fine = _fine_mesh(src.mesh, r.fine)
-        y = jax.shard_map(
+        y = common_mesh.shard_map(
             _body(r.steps),
             mesh=fine,
             in_specs=(as_spec(r.src),),

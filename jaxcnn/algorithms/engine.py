@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh
 
+from jaxcnn import common_mesh
 from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
 from jaxcnn.algorithms.collectives import channel_panel, gather, halo_extend, reduce_scatter
 from jaxcnn.algorithms.groups import select_groups
@@ -93,7 +94,7 @@ def build(
 ) -> tuple[Layout, jax.stages.Wrapped]:
     """Layout and jitted shard_map for one (algorithm, layer, mesh, dtype); cached."""
     layout = make_layout(algorithm, geom, dict(sizes))
-    fn = jax.shard_map(
+    fn = common_mesh.shard_map(
         local_body(geom, layout, out_dtype),
         mesh=mesh,
         in_specs=(layout.x_spec, layout.kernel_spec),

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.common_mesh import on_common_mesh
 from jaxcnn.nn import BatchNorm, Conv, Placement, global_avg_pool, max_pool, parse_placement
 from jaxcnn.redistribute import redistribute
 
@@ -179,7 +180,7 @@ class ConvBN(nnx.Module):
     def __call__(self, x: jax.Array, src: NamedSharding) -> jax.Array:
         """``x`` laid out as ``src``; returns the block's output, laid out as ``self.output_sharding``."""
         y = self.bn(self.conv(redistribute(x, src, self.input_sharding)))
-        y = jax.lax.with_sharding_constraint(y, self.output_sharding)  # where it is already: no movement
+        y = on_common_mesh(y, self.mesh, self.output_sharding.spec)  # where it is already: no movement
         if not self.relu:
             return y
         return nnx.relu6(y) if self.relu6 else nnx.relu(y)

@@ -25,6 +25,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn import common_mesh
 from jaxcnn.nn import specs
 from jaxcnn.padding import pad_to
 from jaxcnn.redistribute import spec_entries
@@ -47,7 +48,7 @@ def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Arr
         return lax.psum(s, row_axes) if row_axes else s
 
     if shift is None:
-        fn = jax.shard_map(
+        fn = common_mesh.shard_map(
             lambda xb: body(xb, None),
             mesh=mesh,
             in_specs=(specs.as_spec(entries),),
@@ -56,7 +57,7 @@ def _sums(x: jax.Array, spec: P, mesh: Mesh, shift: jax.Array | None) -> jax.Arr
         sums = fn(xp)
     else:
         sp = pad_to(shift, (xp.shape[-1],))
-        fn = jax.shard_map(
+        fn = common_mesh.shard_map(
             body, mesh=mesh, in_specs=(specs.as_spec(entries), P(channel)), out_specs=P(None, channel)
         )
         sums = fn(xp, sp)

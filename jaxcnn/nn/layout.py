@@ -39,13 +39,11 @@ def reshard(
 ) -> jax.Array:
     """Moves ``x`` to the layout ``to``, possibly on another mesh over the same devices.
 
-    The way to combine activations that live on differently shaped meshes (two layers with different
-    algorithms, ``jaxcnn.make_mesh(c=8)`` and ``jaxcnn.make_mesh(n=2, c=4)``): move one operand onto
-    the other's layout first. Without it, ``y1 + y2`` (eagerly or under ``jit``), or a ``jit`` whose
-    arguments are all uncommitted and whose result lies on another mesh than the program's first
-    sharding, raises JAX's ``IndivisibleError`` ("shape=[2, 1, 1, 1, 4] is incompatible with
-    mesh_shape=...: dim_size=2 is not divisible by axis_size=8"): JAX names the layout XLA picked for
-    the result on that other mesh, which cannot express it.
+    Results of layers on differently shaped meshes (``jaxcnn.make_mesh(c=8)`` and
+    ``jaxcnn.make_mesh(n=2, c=4)``) combine as they are (they are named on the common mesh of their
+    devices, :mod:`jaxcnn.common_mesh`; XLA then moves one operand as it sees fit). ``reshard`` moves
+    one onto the other's layout with collectives jaxcnn plans and prices, and it is the way to
+    combine results whose meshes have no common mesh (axis sizes factored in different orders).
 
     How it moves: with ``src`` (the NamedSharding ``x`` is laid out as; under ``jit`` the caller
     asserts it, e.g. the producing layer's ``NamedSharding(mesh, layout.y_spec)``), or eagerly on a

@@ -24,6 +24,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn import common_mesh
 from jaxcnn.algorithms.collectives import halo_extend
 from jaxcnn.geometry import DimGeometry, PaddingLike, conv_geometry, halo_plan
 from jaxcnn.nn import specs
@@ -103,9 +104,9 @@ def _pool(
         pads.append((0, 0))
         return lax.reduce_window(xb, init, op, full_window, full_strides, pads)
 
-    y = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=specs.as_spec(entries))(
-        xp
-    )
+    y = common_mesh.shard_map(
+        body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=specs.as_spec(entries)
+    )(xp)
     return crop_to(y, (x.shape[0], *(d.out for d in dims), x.shape[-1]))
 
 
@@ -183,5 +184,5 @@ def global_avg_pool(x: jax.Array, *, mesh: Mesh | None = None, spec: P = specs.R
         return lax.psum(s, spatial) if spatial else s
 
     out = P(entries[0] or None, entries[3] or None)
-    y = jax.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=out)(xp)
+    y = common_mesh.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=out)(xp)
     return crop_to(y, (x.shape[0], x.shape[3])) / (x.shape[1] * x.shape[2])

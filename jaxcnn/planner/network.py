@@ -25,7 +25,7 @@ term is the weighted ``ICI + dcn_cost_factor · DCN`` bytes (:mod:`jaxcnn.links`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from jaxcnn import algorithms
 from jaxcnn.cost import Cost, itemsize_of, predict
@@ -202,26 +202,40 @@ def plan_graph(
     return _fit_memory(chosen, peak, solve, memory_bytes, sum(comm.values()), sum(memory.values()))
 
 
-def _fit_memory(chosen, peak, solve, cap: float, comm: float, memory: float) -> dict[str, Cost]:
-    """``chosen`` if its ``peak`` is under ``cap``, else the plan of the smallest memory weight found
-    (doubling, then 12 bisection steps) whose peak is; NoPlanError when even a heavy weight fails."""
-    if peak(chosen) <= cap:
+def _fit_memory(
+    chosen: dict[str, Cost],
+    peak: Callable[[Mapping[str, Cost]], float],
+    solve: Callable[[float], dict[str, Cost]],
+    cap: float,
+    comm: float,
+    memory: float,
+) -> dict[str, Cost]:
+    """``chosen`` if its ``peak`` is under ``cap``; else the plan of the smallest memory weight found
+    whose peak is (the weight multiplied by 4 until a plan fits, then 12 bisection steps).
+
+    Raises:
+      NoPlanError: once memory dominates the objective, raising the weight stops lowering the peak
+        and no plan fits (names the least peak found).
+    """
+    least = peak(chosen)
+    if least <= cap:
         return chosen
-    lo, hi = 0.0, max(comm, 1.0) / max(memory, 1.0)
-    fits = None
-    for _ in range(40):  # doubling until the memory term dominates
+    start = max(comm, 1.0) / max(memory, 1.0)  # bytes moved per byte of memory
+    lo, hi = 0.0, start
+    while True:
         plan = solve(hi)
-        if peak(plan) <= cap:
+        now = peak(plan)
+        if now <= cap:
             fits = plan
             break
-        lo, hi = hi, hi * 4
-    if fits is None:
-        least = min(peak(solve(hi)), peak(chosen))
-        raise NoPlanError(
-            f"the whole train step needs at least {fmt_bytes(least)} per device under any plan found "
-            f"(predicted peak, jaxcnn.planner.step_memory), over the memory budget of {fmt_bytes(cap)}",
-            least,
-        )
+        if now >= least and hi > start * 4**10:  # memory dominates and heavier weights stopped helping
+            raise NoPlanError(
+                f"the whole train step needs at least {fmt_bytes(least)} per device under any plan "
+                f"found (predicted peak, jaxcnn.planner.step_memory), over the memory budget of "
+                f"{fmt_bytes(cap)}",
+                least,
+            )
+        least, lo, hi = min(least, now), hi, hi * 4
     for _ in range(12):
         mid = (lo + hi) / 2
         plan = solve(mid)

@@ -1,10 +1,12 @@
 """Switching meshes between layers: x and the kernel may arrive laid out on another mesh (or on none).
 
 Every layer runs on its own mesh over the same 8 devices; the forward pass and both gradients must
-equal ``lax.conv_general_dilated`` (composed the same way), eagerly and under ``jax.jit``. Combining two
-results that live on different meshes (``y1 + y2``) needs ``jaxcnn.nn.reshard`` first; without it JAX
-itself raises ``IndivisibleError`` (``test_jax_alone_raises_indivisible_error`` shows it with no jaxcnn
-code). Tolerance: fp32, two chained 3x3x16 reductions, relative 2e-5 / absolute 1e-4.
+equal ``lax.conv_general_dilated`` (composed the same way), eagerly and under ``jax.jit``. Results of
+layers on different meshes combine (``y1 + y2``, a ``jit`` chain ending on another mesh, a gradient
+summed over both): jaxcnn names every layout on the common mesh of the devices
+(``jaxcnn.common_mesh``), where JAX alone raises ``IndivisibleError``
+(``test_jax_alone_raises_indivisible_error``). Tolerance: fp32, two chained 3x3x16 reductions,
+relative 2e-5 / absolute 1e-4.
 """
 
 from __future__ import annotations
@@ -123,33 +125,9 @@ def test_jit_uncommitted_loss_and_grads():
     chex.assert_trees_all_close(got, (jnp.vdot(y, ct), grads), **TOL)
 
 
-_JAX_NAMES_OUTPUTS_ON_THE_FIRST_MESH = (
-    "JAX 0.10.2, not jaxcnn: after compiling, pxla.maybe_recover_user_shardings names the layout XLA "
-    "picked for each result on one mesh: the first argument's (committed arguments; the result's own "
-    "mesh when its type carries one, which a sum of operands on two meshes does not) or else the first "
-    "NamedSharding inside the program, and re-raises IndivisibleError when that mesh cannot express it "
-    "(here the c=8 mesh cannot split the batch in 2). test_jax_alone_raises_indivisible_error repeats "
-    "it with plain with_sharding_constraint and +. Remedy: jaxcnn.nn.reshard one operand onto the "
-    "other's layout (test_sum_across_meshes_after_reshard), commit an argument or pass out_shardings."
-)
-
-
-@pytest.mark.xfail(strict=True, raises=IndivisibleError, reason=_JAX_NAMES_OUTPUTS_ON_THE_FIRST_MESH)
-def test_jit_uncommitted_returning_the_second_mesh_layout():
-    _, _, conv1 = _layer(*C8)
-    _, _, conv2 = _layer("channel", {"n": 2, "c": 4})
-    x, k, _, _ = _inputs()
-    jax.jit(lambda a, b: conv2(conv1(a, b), b))(x, k)
-
-
-def test_jit_uncommitted_with_out_shardings():
-    _, _, conv1 = _layer(*C8)
-    mesh2, layout2, conv2 = _layer("channel", {"n": 2, "c": 4})
-    x, k, _, ct = _inputs()
-    out = NamedSharding(mesh2, layout2.y_spec)
-    y = jax.jit(lambda a, b: conv2(conv1(a, b), b), out_shardings=out)(x, k)
-    assert y.sharding == out
-    chex.assert_trees_all_close(y, _reference_two(x, k, k, ct)[0], **TOL)
+def _same_layout(y, sharding):
+    """``y`` is laid out as ``sharding`` (named on the common mesh, or on ``sharding``'s own)."""
+    assert y.sharding.is_equivalent_to(sharding, y.ndim), (y.sharding, sharding)
 
 
 def _two_meshes():
@@ -159,12 +137,29 @@ def _two_meshes():
     return conv1, conv2, NamedSharding(mesh1, layout1.y_spec), NamedSharding(mesh2, layout2.y_spec)
 
 
+def test_jit_uncommitted_returning_the_second_mesh_layout():
+    """A ``jit`` chain with uncommitted arguments ending in a layout the first mesh cannot name."""
+    conv1, conv2, _, s2 = _two_meshes()
+    x, k1, k2, ct = _inputs()
+    y = jax.jit(lambda a, b, c: conv2(conv1(a, b), c))(x, k1, k2)
+    _same_layout(y, s2)
+    assert "_u0" in y.sharding.mesh.axis_names  # named on the common mesh
+    chex.assert_trees_all_close(y, _reference_two(x, k1, k2, ct)[0], **TOL)
+
+
+def test_jit_uncommitted_with_out_shardings():
+    conv1, conv2, _, out = _two_meshes()
+    x, k, _, ct = _inputs()
+    y = jax.jit(lambda a, b: conv2(conv1(a, b), b), out_shardings=out)(x, k)
+    assert y.sharding == out
+    chex.assert_trees_all_close(y, _reference_two(x, k, k, ct)[0], **TOL)
+
+
 def test_jit_uncommitted_chain_resharded_back_to_the_first_mesh():
-    """The remedy for the xfail above without out_shardings: end on the first layer's mesh."""
     conv1, conv2, s1, s2 = _two_meshes()
     x, k1, k2, ct = _inputs()
     y = jax.jit(lambda a, b, c: jaxcnn.reshard(conv2(conv1(a, b), c), to=s1, src=s2))(x, k1, k2)
-    assert y.sharding == s1
+    _same_layout(y, s1)
     chex.assert_trees_all_close(y, _reference_two(x, k1, k2, ct)[0], **TOL)
 
 
@@ -174,38 +169,37 @@ def test_eager_chain_moves_the_activation_between_meshes():
     conv1, conv2, s1, s2 = _two_meshes()
     x, k1, k2, ct = _inputs()
     y1 = conv1(x, k1)
-    assert y1.sharding == s1
+    _same_layout(y1, s1)
     y = conv2(y1, k2)
-    assert y.sharding == s2
+    _same_layout(y, s2)
     chex.assert_trees_all_close(y, _reference_two(x, k1, k2, ct)[0], **TOL)
-
-
-def _sum_of_two(conv1, conv2, s1, s2):
-    return lambda a, b, c: conv1(a, b) + jaxcnn.nn.reshard(conv2(a, c), to=s1, src=s2)
 
 
 def _reference_sum(x, k1, k2):
     return reference_conv(x, k1) + reference_conv(x, k2)
 
 
+@pytest.mark.parametrize("reshard", [False, True])
 @pytest.mark.parametrize("mode", first_fast(["jit committed", "eager", "jit uncommitted"], one_argument=True))
-def test_sum_across_meshes_after_reshard(mode):
-    """``y1 + reshard(y2, to=y1's layout, src=y2's)`` for y1, y2 from two meshes: exact, eagerly and
-    under jit; with committed arguments the gradients w.r.t. x and both kernels too (with all
-    arguments uncommitted, x's cotangent is itself a sum over both meshes: see the xfail below)."""
+def test_sum_across_meshes(mode, reshard):
+    """``y1 + y2`` (or ``y1 + reshard(y2, to=y1's layout, src=y2's)``) for y1, y2 from two meshes:
+    exact, eagerly and under jit; under jit the gradients w.r.t. x (a sum over both meshes) and both
+    kernels too."""
     conv1, conv2, s1, s2 = _two_meshes()
     x, k1, k2, _ = _inputs()
-    f = _sum_of_two(conv1, conv2, s1, s2)
-    if mode == "eager":
-        y = f(x, k1, k2)
-    else:
-        args = (x, k1, k2)
-        if mode == "jit committed":
-            args = jax.device_put(args, NamedSharding(s1.mesh, PartitionSpec()))
-        y = jax.jit(f)(*args)
-    assert y.sharding == s1
-    chex.assert_trees_all_close(y, _reference_sum(x, k1, k2), **TOL)
+
+    def f(a, b, c):
+        y2 = conv2(a, c)
+        return conv1(a, b) + (jaxcnn.nn.reshard(y2, to=s1, src=s2) if reshard else y2)
+
+    args = (x, k1, k2)
     if mode == "jit committed":
+        args = jax.device_put(args, NamedSharding(s1.mesh, PartitionSpec()))
+    y = f(*args) if mode == "eager" else jax.jit(f)(*args)
+    if reshard:
+        _same_layout(y, s1)
+    chex.assert_trees_all_close(y, _reference_sum(x, k1, k2), **TOL)
+    if mode != "eager":
 
         def loss(g):
             return lambda a, b, c: jnp.sum(jnp.tanh(g(a, b, c)))
@@ -215,23 +209,8 @@ def test_sum_across_meshes_after_reshard(mode):
         chex.assert_trees_all_close(grads, want, **TOL)
 
 
-@pytest.mark.xfail(strict=True, raises=IndivisibleError, reason=_JAX_NAMES_OUTPUTS_ON_THE_FIRST_MESH)
-def test_sum_across_meshes_without_reshard():
-    conv1, conv2, _, _ = _two_meshes()
-    x, k1, k2, _ = _inputs()
-    conv1(x, k1) + conv2(x, k2)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=IndivisibleError, reason=_JAX_NAMES_OUTPUTS_ON_THE_FIRST_MESH)
-def test_jit_uncommitted_grad_of_an_input_shared_by_two_meshes():
-    conv1, conv2, s1, s2 = _two_meshes()
-    x, k1, k2, _ = _inputs()
-    jax.jit(jax.grad(lambda a, b, c: jnp.sum(_sum_of_two(conv1, conv2, s1, s2)(a, b, c))))(x, k1, k2)
-
-
 def test_jax_alone_raises_indivisible_error():
-    """The limitation behind the xfails, with no jaxcnn code: two meshes over the same 8 devices."""
+    """What jaxcnn.common_mesh avoids, with no jaxcnn code: two meshes over the same 8 devices."""
     devices = np.asarray(jax.devices()[:8])
     auto = (AxisType.Auto,) * 2
     a = NamedSharding(Mesh(devices.reshape(1, 8), ("n", "c"), axis_types=auto), PartitionSpec(None, "c"))
