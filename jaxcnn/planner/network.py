@@ -197,7 +197,7 @@ def plan_graph(
     images = math.prod(layers[nodes.names[0]].x_shape) * itemsize / dict(input_layout[1]).get("n", 1)
 
     def peak(plan: Mapping[str, Cost]) -> float:
-        return step_memory(graph, layers, plan, batch_bytes=images, platform=platform).peak
+        return step_memory(graph, layers, plan, batch_bytes=images, platform=platform, itemsize=itemsize).peak
 
     return _fit_memory(chosen, peak, solve, memory_bytes, sum(comm.values()), sum(memory.values()))
 

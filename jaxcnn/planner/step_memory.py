@@ -19,9 +19,11 @@ working set                 at one convolution at a time: its forward working se
                             (``forward_temp + layout_copy``: halo window, gathered panels, unreduced
                             partial outputs); in the backward pass the same less the gathered panels
                             it kept (``MemoryCost.kept_panels``: read, not gathered again), plus the
-                            output and input gradient blocks, and the gradient of a max pooling window in
-                            its layout (XLA:CPU expands it into ``rank + 1`` index buffers of the
-                            pooled input's size; GPU and TPU scatter into one)
+                            output and input gradient blocks; a max pooling window's expansion on
+                            XLA:CPU (forward: an int32 iota of its input's size per dimension and
+                            the pooled values with one int32 index per dimension, the indices kept
+                            until the backward scatter into an input-sized gradient;
+                            GPU and TPU select and scatter from the input itself)
 kernel copies               the kernel as the input-gradient convolution reads it
                             (``MemoryCost.kernel_read``, rewritten reversed / transposed by XLA),
                             made once the backward pass starts and freed at that layer's backward
@@ -49,7 +51,7 @@ from collections.abc import Mapping, Sequence
 
 from jaxcnn.cost import Cost
 from jaxcnn.geometry import ConvGeometry
-from jaxcnn.models.graph import Node
+from jaxcnn.models.graph import Node, Pool
 from jaxcnn.planner.step import graph_nodes
 
 #: Optimizer state per parameter, in parameter copies (Adam's two moments; SGD with momentum: 1).
@@ -107,6 +109,29 @@ def _saved(choice: Cost, batchnorm: bool) -> float:
     return mem.saved + (2 * mem.output if batchnorm else 0.0)
 
 
+def _max_pool(
+    pool: Pool, y_shape: Sequence[int], block: float, itemsize: int, platform: str
+) -> tuple[float, float, float]:
+    """(forward working set, saved, backward working set) of a max pooling window over a ``block``
+    bytes input block. XLA:CPU expands its select-and-scatter gradient: in the forward pass one int32
+    iota of the input's size per dimension and a variadic reduce-window giving the pooled values and
+    one int32 index per dimension, whose indices are kept for the backward scatter into an input-sized
+    gradient; XLA keeps the spatial dimensions' iotas until then too (measured in its live ranges).
+    GPU and TPU select and scatter from the input itself."""
+    kept = 1.0
+    for size in y_shape[1:-1]:
+        out = (size - pool.window) // pool.stride + 1 if pool.padding == "VALID" else -(-size // pool.stride)
+        kept *= out / size
+    pooled = block * kept
+    if platform != "cpu":
+        return pooled, 0.0, block
+    ndim = len(y_shape)
+    index = 4 / itemsize  # int32 bytes per activation byte
+    indices = ndim * pooled * index
+    iotas = (ndim - 2) * block * index  # the spatial dimensions' iotas, kept for the backward pass too
+    return 2 * block * index + pooled + indices, indices + iotas, indices + block
+
+
 def step_memory(
     graph: Sequence[Node],
     layers: Mapping[str, ConvGeometry],
@@ -116,6 +141,7 @@ def step_memory(
     batch_bytes: float = 0.0,
     optimizer_copies: int = ADAM_COPIES,
     platform: str = "cpu",
+    itemsize: int = 4,
 ) -> StepMemory:
     """Predicts the peak memory per device of one train step of a model placed by ``choices``.
 
@@ -131,6 +157,7 @@ def step_memory(
       batch_bytes: the input batch per device (with ``state_bytes=None`` only).
       optimizer_copies: optimizer state per parameter, in parameter copies (Adam: 2).
       platform: ``"cpu"`` (max-pooling gradients expanded into index buffers) or ``"gpu"`` / ``"tpu"``.
+      itemsize: bytes per activation element (max pooling's int32 indices are priced against it).
     """
     nodes = graph_nodes(graph)
     names = nodes.names
@@ -150,13 +177,15 @@ def step_memory(
         saved[name] = _saved(c, name in with_bn)
         grads[name] = _kernel_bytes(c) + (2 * _channel_bytes(c) if name in with_bn else 0.0)
         kernels[name] = 0.0 if name == first else mem.kernel_read
-        forward_work[name] = mem.forward_temp + mem.layout_copy
-        pool = 0.0
+        pool_fwd = pool_saved = pool_bwd = 0.0
         if name in pools and pools[name].kind == "max":
-            ndim = len(layers[name].y_shape)
-            pool = mem.output * ((ndim + 1) if platform == "cpu" else 1)
+            pool_fwd, pool_saved, pool_bwd = _max_pool(
+                pools[name], layers[name].y_shape, mem.output, itemsize, platform
+            )
+        saved[name] += pool_saved
+        forward_work[name] = mem.forward_temp + mem.layout_copy + pool_fwd
         dx = 0.0 if name == first else mem.x_block
-        backward_work[name] = forward_work[name] - mem.kept_panels + mem.output + dx + pool
+        backward_work[name] = mem.forward_temp - mem.kept_panels + mem.output + dx + pool_bwd
     best = (0.0, "start of the step", {})
     live = 0.0
     for name in names:  # forward: saved activations accumulate

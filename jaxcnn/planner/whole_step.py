@@ -90,7 +90,9 @@ def whole_step(
     )
     cost = step_cost(built.plan_graph, layers, chosen, source, dtype, hosts)
     images = batch * image * image * 3 * itemsize_of(dtype) / sizes["n"]
-    memory = step_memory(built.plan_graph, layers, chosen, batch_bytes=images, platform=platform)
+    memory = step_memory(
+        built.plan_graph, layers, chosen, batch_bytes=images, platform=platform, itemsize=itemsize_of(dtype)
+    )
     return {
         "placements": {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.cost import itemsize_of
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.models.trace import named_convs, trace_layers
 from jaxcnn.planner.step import StepCost, choices_for, first_conv, grid_key, step_cost
@@ -119,4 +120,5 @@ def predict_memory(
         choices,
         state_bytes=state_bytes,
         platform=mesh.devices.flat[0].platform,
+        itemsize=itemsize_of(dtype),
     )
