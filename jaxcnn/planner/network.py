@@ -127,11 +127,10 @@ def plan_graph(
                 predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts)
                 for c in options[name]
             )
-        batchnorm = name != "head" and name not in nodes.plain and name not in nodes.outputs
         for i, c in enumerate(options[name]):
             parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
             comm[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
-            memory[name, i] = node_memory(c, batchnorm)
+            memory[name, i] = node_memory(c, nodes.batchnorm(name))
     edges: dict[tuple, float] = {}
     node_cost: dict[tuple[str, int], float] = {}
 

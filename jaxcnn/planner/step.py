@@ -229,6 +229,11 @@ class GraphNodes:
     outputs: frozenset[str] = frozenset()
     skips: frozenset[str] = frozenset()
 
+    def batchnorm(self, name: str) -> bool:
+        """Whether the convolution ``name`` is followed by a BatchNorm (not the head, an output or a
+        plain convolution)."""
+        return name != "head" and name not in self.outputs and name not in self.plain
+
 
 def graph_nodes(graph: Sequence[Node]) -> GraphNodes:
     """The graph's convolutions in execution order and what :func:`node_kinds` needs about each."""
@@ -270,7 +275,7 @@ def node_kinds(
         parts["loss"] = head_extras(choice, input_layout, choice.layout.padded[-1], geom.batch, itemsize)
     elif name in graph.outputs:
         parts["loss"] = segmentation_extras(choice, input_layout, geom.y_shape, itemsize)
-    elif name not in graph.plain:
+    elif graph.batchnorm(name):
         parts["batchnorm"] = batchnorm(choice)
     if name in graph.pools:
         parts["pooling"] = pooling(choice, graph.pools[name], geom.y_shape, itemsize)

@@ -27,7 +27,7 @@ from jaxcnn.nn.placement import format_placement
 from jaxcnn.runner import fit, optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.datasets import image_spec
-from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_memory, predict_step
+from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict
 from jaxcnn.runner.state import abstract_state
 from jaxcnn.runner.step import abstract_batch, jit_train_step
 
@@ -70,10 +70,14 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     model = nnx.merge(graphs.train, state["params"], state["rest"])  # abstract: nothing allocated
     padding = sum(m.padding_params for _, m in model.iter_modules() if isinstance(m, Head))
-    abstract = model_for_prediction(graphs, state)
-    predicted = predict_step(abstract, mesh, cfg.train.batch_size, shape, cfg.model.dtype)
-    state_bytes = footprint.total - footprint.parts.get("gradients", 0)
-    memory_model = predict_memory(abstract, mesh, cfg.train.batch_size, shape, cfg.model.dtype, state_bytes)
+    predicted, memory_model = predict(
+        model_for_prediction(graphs, state),
+        mesh,
+        cfg.train.batch_size,
+        shape,
+        cfg.model.dtype,
+        state_bytes=footprint.total - footprint.parts.get("gradients", 0),
+    )
     return {
         "compiled": compiled,
         "compile_time_s": elapsed,

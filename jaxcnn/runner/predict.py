@@ -1,8 +1,8 @@
 """A run's communication figures: metered from the compiled step, and predicted from the model.
 
 ``comm_bytes_per_step_max_device`` (:func:`metered_bytes`) and
-``predicted_comm_bytes_per_step_max_device`` (:func:`predict_step`); the step's predicted peak memory
-per device (:func:`predict_memory`).
+``predicted_comm_bytes_per_step_max_device`` (:func:`predict_step`); with the step's predicted peak
+memory per device (:func:`predict`).
 
 Reads the model's plan graph (:mod:`jaxcnn.models.graph`) and each convolution's placement (its
 algorithm and mesh), traces the convolutions' geometries for the run's batch
@@ -59,25 +59,17 @@ def wire_dtype(dtype: str, platform: str) -> str:
     return "float32" if platform == "cpu" and str(dtype) in _CPU_WIDENED else str(dtype)
 
 
-def _placed(
-    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
-) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
-    """``(plan graph, {conv: geometry}, {conv: Cost})`` of ``model`` as placed (None without a graph)."""
-    graph = getattr(model, "plan_graph", None)
-    if graph is None:
-        return None
-    dtype = wire_dtype(dtype, mesh.devices.flat[0].platform)
-    placements: dict[str, Any] = {
-        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in named_convs(model).values()
-    }
-    layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
-    return graph, layers, choices_for(layers, placements, dtype, first=first_conv(graph))
-
-
-def predict_step(
-    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
-) -> StepCost | None:
-    """Predicted bytes per device of one train step of ``model`` (None for a model without a plan graph).
+def predict(
+    model: nnx.Module,
+    mesh: Mesh,
+    batch: int,
+    image_shape: tuple[int, ...],
+    dtype: str,
+    state_bytes: float | None = None,
+) -> tuple[StepCost | None, StepMemory | None]:
+    """Predicted bytes per device of one train step of ``model`` and, given ``state_bytes``, its peak
+    memory per device (:func:`jaxcnn.planner.step_memory.step_memory`); ``(None, None)`` for a model
+    without a plan graph. The model's convolutions are traced once for both.
 
     Args:
       model: the built (possibly abstract) model; its images arrive as ``P("n")`` on ``mesh``.
@@ -85,40 +77,32 @@ def predict_step(
       batch: global batch size.
       image_shape: ``(H, W, C)``.
       dtype: the model's computation dtype (priced as :func:`wire_dtype` on the mesh's platform).
-    """
-    placed = _placed(model, mesh, batch, image_shape, dtype)
-    if placed is None:
-        return None
-    graph, layers, choices = placed
-    dtype = wire_dtype(dtype, mesh.devices.flat[0].platform)
-    return step_cost(graph, layers, choices, (P("n"), grid_key(mesh_sizes(mesh))), dtype)
-
-
-def predict_memory(
-    model: nnx.Module,
-    mesh: Mesh,
-    batch: int,
-    image_shape: tuple[int, ...],
-    dtype: str,
-    state_bytes: float,
-) -> StepMemory | None:
-    """Predicted peak memory per device of one train step of ``model``
-    (:func:`jaxcnn.planner.step_memory.step_memory`; None for a model without a plan graph).
-
-    Args:
-      model, mesh, batch, image_shape, dtype: as :func:`predict_step`.
       state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
-        without its gradients, which the prediction places in time itself).
+        without its gradients, which the prediction places in time itself); None: no memory figure.
     """
-    placed = _placed(model, mesh, batch, image_shape, dtype)
-    if placed is None:
-        return None
-    graph, layers, choices = placed
-    return step_memory(
-        graph,
-        layers,
-        choices,
-        state_bytes=state_bytes,
-        platform=mesh.devices.flat[0].platform,
-        itemsize=itemsize_of(dtype),
+    graph = getattr(model, "plan_graph", None)
+    if graph is None:
+        return None, None
+    platform = mesh.devices.flat[0].platform
+    dtype = wire_dtype(dtype, platform)
+    placements: dict[str, Any] = {
+        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in named_convs(model).values()
+    }
+    layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
+    choices = choices_for(layers, placements, dtype, first=first_conv(graph))
+    cost = step_cost(graph, layers, choices, (P("n"), grid_key(mesh_sizes(mesh))), dtype)
+    if state_bytes is None:
+        return cost, None
+    # the placements' memory is priced in the wire dtype, and so are max pooling's int32 indices
+    memory = step_memory(
+        graph, layers, choices, state_bytes=state_bytes, platform=platform, itemsize=itemsize_of(dtype)
     )
+    return cost, memory
+
+
+def predict_step(
+    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
+) -> StepCost | None:
+    """Predicted bytes per device of one train step of ``model`` (None for a model without a plan
+    graph); arguments as :func:`predict`."""
+    return predict(model, mesh, batch, image_shape, dtype)[0]
