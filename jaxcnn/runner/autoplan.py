@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR, check_hosts
 from jaxcnn.models.trace import UnnamedConvolutions, trace_layers
 from jaxcnn.nn.placement import format_placement
+from jaxcnn.planner.plan import NoPlanError
 from jaxcnn.runner.typed import ConfigError
 
 
@@ -85,7 +86,8 @@ def plan_algorithms(
       dcn_cost_factor: ``cluster.dcn_cost_factor``: how much dearer a byte between hosts is.
 
     Raises:
-      ConfigError: the convolutions have no names, or ``hosts`` does not divide the device count.
+      ConfigError: the convolutions have no names, ``hosts`` does not divide the device count, or no
+        plan fits ``memory_bytes``.
     """
     import jaxcnn
     from jaxcnn.mesh import mesh_sizes
@@ -102,11 +104,17 @@ def plan_algorithms(
     except ValueError as err:
         raise ConfigError(f"model.algorithms: 'auto' on {devices} devices: {err}") from None
     links = {"hosts": hosts, "dcn_cost_factor": dcn_cost_factor}
-    if graph is None:
-        plan = jaxcnn.plan_network(layers, devices, budget, dtype=dtype, **links)
-        return {step.name: format_placement(step.choice.algorithm, step.choice.grid) for step in plan.steps}
-    geoms = {layer.name: layer.geom for layer in layers}
-    source = (P("n"), grid_key(mesh_sizes(mesh)))
-    platform = mesh.devices.flat[0].platform
-    chosen = plan_graph(graph, geoms, devices, source, budget, dtype=dtype, platform=platform, **links)
+    try:
+        if graph is None:
+            plan = jaxcnn.plan_network(layers, devices, budget, dtype=dtype, **links)
+            steps = plan.steps
+            return {step.name: format_placement(step.choice.algorithm, step.choice.grid) for step in steps}
+        geoms = {layer.name: layer.geom for layer in layers}
+        source = (P("n"), grid_key(mesh_sizes(mesh)))
+        platform = mesh.devices.flat[0].platform
+        chosen = plan_graph(graph, geoms, devices, source, budget, dtype=dtype, platform=platform, **links)
+    except NoPlanError as err:
+        raise ConfigError(
+            f"model.plan_memory_bytes={memory_bytes:.0f}: {err}; raise it (0: unlimited) or use more devices"
+        ) from None
     return {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()}

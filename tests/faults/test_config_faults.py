@@ -174,6 +174,22 @@ def test_placements_the_model_rejects_are_one_line_exit_2(capsys, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_a_memory_budget_no_plan_fits_is_one_line_exit_2(capsys, tmp_path):
+    """``auto`` under a ``model.plan_memory_bytes`` below the least whole-step peak the planner finds."""
+    message = cli_error(
+        capsys,
+        "configs/default.yaml",
+        "--compile-only",
+        f"output_dir={tmp_path}",
+        "model.algorithms=auto",
+        "model.plan_memory_bytes=600KiB",
+    )
+    assert message.startswith("model.plan_memory_bytes=614400: the whole train step needs at least ")
+    assert message.endswith(
+        "over the memory budget of 600.0 KiB; raise it (0: unlimited) or use more devices"
+    )
+
+
 # ------------------------------------------------------------------------------------ row 3: floats
 
 
