@@ -29,19 +29,19 @@ format: setup
 	$(BIN)/ruff format jaxcnn tests experiments
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=60 -m "not sweep" tests
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup --durations=60 -m "not sweep" tests
 
 # The exhaustive sweeps (algorithm x grid x case beyond the cases `make test` keeps; see SWEEP_KEEP in
 # tests/conftest.py): about as long again as `make test`.
 test-sweep: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m sweep tests
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) -m sweep tests
 
 # The edit-test loop (about 2 minutes on 2 cores): ruff, then the library's tests not marked slow
 # (one or two cases of every check; `make test` runs them all). runner/, planner/ and models/ tests
 # join FAST_TESTS once their slow tests carry @pytest.mark.slow.
 FAST_TESTS ?= tests/test_*.py tests/algorithms tests/nn
 test-fast: setup lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(FAST_TESTS)
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) -m "not slow" $(FAST_TESTS)
 
 # A GPU/TPU smoke test (a distributed conv and a short training run on the accelerator, in a subprocess
 # without JAX_PLATFORMS); skipped on a machine without one.

@@ -220,6 +220,70 @@ def add_halo(ledger: Ledger, plan: HaloPlan | None, axis: str, row_bytes: float,
             ledger.permute(rows * row_bytes, axis, -sign * hop)
 
 
+@dataclasses.dataclass(frozen=True)
+class _XBlocks:
+    """A layout's local x: ``nl`` batch rows, its spatial ``blocks`` and halo ``windows``, ``cx``
+    channels before the gather over k."""
+
+    lay: Layout
+    nl: int
+    blocks: tuple[int, ...]
+    windows: tuple[int, ...]
+    cx: int
+
+    @classmethod
+    def of(cls, lay: Layout, sizes: Mapping[str, int]) -> _XBlocks:
+        n_pad, *spatial_pad, c_pad, _ = lay.padded
+        blocks = tuple(size // sizes[a] for size, a in zip(spatial_pad, lay.spatial_axes, strict=True))
+        windows = tuple(p.window if p else b for p, b in zip(lay.plans, blocks, strict=True))
+        return cls(lay, n_pad // sizes["n"], blocks, windows, c_pad // (sizes["c"] * sizes["k"]))
+
+    def add_halos(self, ledger: Ledger, itemsize: int, backward: bool) -> None:
+        """The halo exchanges, one per split spatial dimension in array order."""
+        for i, (axis, plan) in enumerate(zip(self.lay.spatial_axes, self.lay.plans, strict=True)):
+            # the block being extended along dimension i: earlier dimensions already extended
+            row = self.nl * math.prod(self.windows[:i]) * math.prod(self.blocks[i + 1 :]) * self.cx * itemsize
+            add_halo(ledger, plan, axis, row, backward)
+
+    def panel_bytes(self, itemsize: int) -> int:
+        """One gathered x panel (the full buffer of its all-gather over k)."""
+        gathered = self.cx * (dict(self.lay.sizes)["k"] if self.lay.k_gather else 1)  # channels after it
+        return self.nl * math.prod(self.windows) * (gathered // self.lay.panels) * itemsize
+
+
+def _reads_key(lay: Layout) -> tuple:
+    """What a forward pass does to x before its first local convolution depends on: the grid, x's
+    layout and padding, the halo plans, the channel panels and the axes x is gathered over."""
+    return (lay.sizes, lay.x_spec, lay.padded[:-1], lay.plans, lay.panels, lay.unit, lay.k_gather)
+
+
+def shared_reads(a: Cost, b: Cost, dtype="float32") -> CommCost | None:
+    """The forward collectives of ``b`` that XLA runs only once when ``a`` and ``b`` read the same array.
+
+    Two convolutions reading one array (a residual block's first convolution and its projection) run
+    the same collectives on it before their local convolutions when both lay it out, pad it and cut
+    its halo windows alike and gather its channel panels alike (the same grid; the kernels may
+    differ, e.g. ResNet-50's 1x1 conv1 and stride-2 projection both on ``3d@k=4,c=8``): the forward
+    halo exchanges and the first panel's all-gather over k (the later panels are gathered inside each
+    layer's own loop; the backward pass reads the saved panel). XLA's common-subexpression
+    elimination keeps one of each, so the pair moves those bytes once. None when the two differ in
+    any of that or there is nothing to share.
+
+    Args:
+      a, b: the two convolutions' costs (:func:`predict`, on the same hosts).
+      dtype: the dtype their collectives carry (``predict``'s ``wire_dtype`` or ``dtype``).
+    """
+    if _reads_key(a.layout) != _reads_key(b.layout):
+        return None
+    sizes = dict(b.layout.sizes)
+    x = _XBlocks.of(b.layout, sizes)
+    ledger = Ledger(sizes, b.hosts)
+    x.add_halos(ledger, itemsize_of(dtype), backward=False)
+    ledger.group("all-gather", x.panel_bytes(itemsize_of(dtype)), b.layout.k_gather)
+    shared = ledger.result()
+    return shared if shared.max_bytes > 0 else None
+
+
 def _sent_rows(plan: HaloPlan | None) -> int:
     """Rows of the halo pieces a device receives along one split dimension (0 when unsplit)."""
     if plan is None:
@@ -268,18 +332,15 @@ def predict(
     b_out = itemsize_of(wire_dtype or out_dtype or dtype)
     s_in, s_out = itemsize_of(dtype), itemsize_of(out_dtype or dtype)  # bytes per stored element
     b_acc = max(s_out, 4)
-    n_pad, *spatial_pad, c_pad, k_pad = lay.padded
+    k_pad = lay.padded[-1]
     pk, pc = sizes["k"], sizes["c"]
-    nl = n_pad // sizes["n"]
-    blocks = [size // sizes[a] for size, a in zip(spatial_pad, lay.spatial_axes, strict=True)]
-    windows = [p.window if p else b for p, b in zip(lay.plans, blocks, strict=True)]
-    cx = c_pad // (pc * pk)
+    x = _XBlocks.of(lay, sizes)
+    nl, blocks, windows, cx = x.nl, x.blocks, x.windows, x.cx
     out_block = math.prod(lay.out_blocks(geom))  # output positions of a device's block
     taps = math.prod(geom.window)
     m = lay.panels
-    x_gathered = cx * (pk if lay.k_gather else 1)  # x channels after the gather over k
     k_in, k_out = lay.kernel_block  # kernel channels after the gather over the rows
-    x_panel = nl * math.prod(windows) * (x_gathered // m) * b_in  # gathered x panel (full buffer)
+    x_panel = x.panel_bytes(b_in)  # gathered x panel (full buffer)
     k_panel = taps * (k_in // m) * k_out * b_in  # gathered kernel panel
     partial = nl * out_block * (k_pad // pk) * b_out  # unreduced output block
     kernel_block = taps * k_in * k_out * b_in  # a kernel replicated over the rows
@@ -287,10 +348,7 @@ def predict(
 
     fwd, bwd = Ledger(sizes, hosts), Ledger(sizes, hosts)
     for ledger, backward in ((fwd, False), (bwd, True)) if input_grad else ((fwd, False),):
-        for i, (axis, plan) in enumerate(zip(lay.spatial_axes, lay.plans, strict=True)):
-            # the block being extended along dimension i: earlier dimensions already extended
-            row = nl * math.prod(windows[:i]) * math.prod(blocks[i + 1 :]) * cx * b_in
-            add_halo(ledger, plan, axis, row, backward)
+        x.add_halos(ledger, b_in, backward)
     fwd.group("all-gather", x_panel, lay.k_gather, m)
     fwd.group("all-gather", k_panel, lay.kernel_gather, m)
     fwd.group("reduce-scatter", partial, lay.c_scatter)

@@ -470,6 +470,14 @@ def plan_for(shape: Sequence[int], src: NamedSharding, dst: NamedSharding) -> Re
     return plan(tuple(int(s) for s in shape), _layout_key(src), _layout_key(dst))
 
 
+def moves_nothing(shape: Sequence[int], src: NamedSharding, dst: NamedSharding) -> bool:
+    """Whether :func:`redistribute` of an array of ``shape`` from ``src`` to ``dst`` is the identity: both
+    lay the same blocks on the same devices (on meshes of different axes, ``P("n", "h", None, "k")`` with
+    ``k=2`` and ``P("n", "h", None, "c")`` with ``c=2`` on meshes that put ``k`` and ``c`` on the same
+    devices), so the planned change has no step."""
+    return not plan_for(shape, src, dst).steps
+
+
 # ----------------------------------------------------------------------------- execution
 
 

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.common_mesh import on_common_mesh
 from jaxcnn.nn import BatchNorm, Conv, Placement, global_avg_pool, max_pool, parse_placement
-from jaxcnn.redistribute import redistribute
+from jaxcnn.redistribute import moves_nothing, redistribute
 
 Algorithms = str | Mapping[str, str] | Sequence[str]
 
@@ -184,6 +184,28 @@ class ConvBN(nnx.Module):
         if not self.relu:
             return y
         return nnx.relu6(y) if self.relu6 else nnx.relu(y)
+
+
+Input = tuple[jax.Array, NamedSharding]  # an activation and the layout it is in
+
+
+def block_input(
+    x: jax.Array, src: NamedSharding, first: ConvBN, shortcut: NamedSharding
+) -> tuple[Input, Input]:
+    """A residual block's input for its main chain and for its shortcut, each with its layout.
+
+    The main chain reads ``x`` moved into ``first``'s input layout (``first``: the chain's first
+    convolution). The shortcut reads ``x`` in the layout ``shortcut`` (an identity shortcut: the sum's
+    layout; a projection: its convolution's input layout). When that moved copy already is in
+    ``shortcut`` (:func:`jaxcnn.redistribute.moves_nothing`: e.g. a ``filter`` expand reading
+    ``P(n, h, None, k)`` and a ``channel`` project summing in ``P(n, h, None, c)`` on the same devices),
+    the shortcut reads the same copy: the block input changes layout once, forward and backward (the
+    cotangents of both readers summed before the one change back), not once per reader
+    (:func:`jaxcnn.planner.step.step_cost` prices the block so). Else the shortcut reads ``x`` where it
+    is (``(x, src)``), and moves it itself.
+    """
+    moved = redistribute(x, src, first.input_sharding), first.input_sharding
+    return moved, moved if moves_nothing(x.shape, first.input_sharding, shortcut) else (x, src)
 
 
 def pool(x: jax.Array, after: ConvBN, window: int, stride: int, padding: str = "VALID") -> jax.Array:

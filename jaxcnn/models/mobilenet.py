@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements
+from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, block_input
 from jaxcnn.models.graph import Conv as ConvNode
 from jaxcnn.models.graph import Node, Residual
 from jaxcnn.redistribute import redistribute
@@ -63,7 +63,8 @@ class InvertedResidual(nnx.Module):
     shortcut when ``stride == 1`` and ``cin == cout``.
 
     The sum is formed in the project convolution's output layout (the block input is moved into it
-    explicitly, as :class:`jaxcnn.models.graph.Residual` prices it); no activation follows it.
+    explicitly, as :class:`jaxcnn.models.graph.Residual` prices it, or read where the first
+    convolution's input already is: :func:`jaxcnn.models.common.block_input`); no activation follows it.
 
     Args:
       cin, cout: channels in and out.
@@ -105,10 +106,15 @@ class InvertedResidual(nnx.Module):
 
     def __call__(self, x: jax.Array, src: NamedSharding) -> jax.Array:
         """``x`` laid out as ``src``; returns the block output in ``self.last.output_sharding``."""
-        y, at = x, src
+        if not self.identity:
+            y, at = x, src
+            for conv in self.convs:
+                y, at = conv(y, at), conv.output_sharding
+            return y
+        (y, at), (shortcut, where) = block_input(x, src, self.convs[0], self.last.output_sharding)
         for conv in self.convs:
             y, at = conv(y, at), conv.output_sharding
-        return y + redistribute(x, src, at) if self.identity else y
+        return y + redistribute(shortcut, where, at)
 
 
 class MobileNetV2(nnx.Module):

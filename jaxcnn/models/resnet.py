@@ -20,19 +20,20 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, pool
+from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, block_input, pool
 from jaxcnn.models.graph import Conv as ConvNode
 from jaxcnn.models.graph import Pool, Residual
 from jaxcnn.redistribute import redistribute
 
 
 def _residual(block: Any, main: Sequence[ConvBN], x: jax.Array, src: NamedSharding) -> jax.Array:
-    """``relu(main(x) + shortcut(x))``, the sum in the last main convolution's output layout."""
+    """``relu(main(x) + shortcut(x))``, the sum in the last main convolution's output layout (the block
+    input moved once where the first main convolution and the shortcut read the same layout:
+    :func:`jaxcnn.models.common.block_input`)."""
+    reads = block.proj.input_sharding if block.proj is not None else main[-1].output_sharding
+    (y, at), (shortcut, where) = block_input(x, src, main[0], reads)
     if block.proj is not None:
-        shortcut, where = block.proj(x, src), block.proj.output_sharding
-    else:
-        shortcut, where = x, src
-    y, at = x, src
+        shortcut, where = block.proj(shortcut, where), block.proj.output_sharding
     for conv in main:
         y, at = conv(y, at), conv.output_sharding
     return nnx.relu(y + redistribute(shortcut, where, at))

@@ -7,10 +7,14 @@ per device (bytes received, max over devices; the counting rule of :mod:`jaxcnn.
 component                   what moves
 ==========================  =================================================================
 ``conv``                    each convolution, forward and backward (:func:`jaxcnn.cost.predict`,
-                            kernel-gradient all-reduces of replicated kernels included)
+                            kernel-gradient all-reduces of replicated kernels included); a
+                            residual block's first convolution and projection reading one copy of
+                            its input alike exchange its halos and gather its first x panel once
+                            (:func:`jaxcnn.cost.shared_reads`)
 ``layout``                  every layout change (:mod:`jaxcnn.redistribute`): the images into the
                             first layer, between consecutive layers, a residual's shortcut into
-                            the sum's layout, a U-Net skip and the upsampled activation into the
+                            the sum's layout (none where the first main convolution's input
+                            already is there), a U-Net skip and the upsampled activation into the
                             concatenation layout, pooled features into the head, logits out of it;
                             forward and (except for the images) the reverse change backward
 ``batchnorm``               per BatchNorm: the psum of the stacked sums (2·K_local words) over the
@@ -43,7 +47,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn import redistribute
-from jaxcnn.cost import Cost, Ledger, add_halo, itemsize_of, predict
+from jaxcnn.cost import CommCost, Cost, Ledger, add_halo, itemsize_of, predict, shared_reads
 from jaxcnn.geometry import ConvGeometry, conv_geometry, halo_plan
 from jaxcnn.links import LinkBytes
 from jaxcnn.mesh import AXES
@@ -73,6 +77,11 @@ def _ledger(ledger: Ledger) -> Kinds:
     return LinkBytes({k: np.asarray(v) for k, v in comm.kind_per_device.items()}, comm.dcn_per_device)
 
 
+def _negated(comm: CommCost) -> Kinds:
+    """Per-device bytes of ``comm``, negated (to take back what two placements share)."""
+    return LinkBytes({k: -np.asarray(v) for k, v in comm.kind_per_device.items()}, -comm.dcn_per_device)
+
+
 def conv_kinds(choice: Cost) -> Kinds:
     """Per-device bytes of a convolution, forward + backward, by kind."""
     out = LinkBytes()
@@ -91,6 +100,12 @@ def move(
         r = redistribute.plan(tuple(shape), a, b)
         out.merge(LinkBytes(dict(r.traffic_by_kind(itemsize)), r.dcn_traffic(itemsize, hosts)))
     return out
+
+
+def moves_nothing(shape: Sequence[int], src: Layout, dst: Layout) -> bool:
+    """Whether changing an array of ``shape`` from ``src`` to ``dst`` moves nothing
+    (:func:`jaxcnn.redistribute.moves_nothing`: the same blocks on the same devices)."""
+    return not redistribute.plan(tuple(shape), src, dst).steps
 
 
 def _entries(spec: P, rank: int) -> tuple[tuple[str, ...], ...]:
@@ -378,16 +393,20 @@ def step_cost(
             for name in node.main:
                 moved(layers[name].x_shape, at, x_layout(choices[name]), backward=at is not input_layout)
                 at = y_layout(choices[name])
-            where = start
+            # the shortcut reads the block input where it is, or the copy the first main convolution
+            # reads when that is where the shortcut reads it (one layout change for both readers,
+            # jaxcnn.models.common.block_input)
+            shape = layers[node.main[0]].x_shape
+            first = x_layout(choices[node.main[0]])
+            reads = x_layout(choices[node.shortcut]) if node.shortcut is not None else at
+            where = first if moves_nothing(shape, first, reads) else start
             if node.shortcut is not None:
-                shortcut = choices[node.shortcut]
-                moved(
-                    layers[node.shortcut].x_shape,
-                    start,
-                    x_layout(shortcut),
-                    backward=start is not input_layout,
-                )
-                where = y_layout(shortcut)
+                moved(layers[node.shortcut].x_shape, where, reads, backward=where is not input_layout)
+                if where is first:  # the projection reads the first convolution's copy
+                    shared = shared_reads(choices[node.main[0]], choices[node.shortcut], itemsize)
+                    if shared is not None:  # run once (XLA's CSE), not once per reader
+                        parts["conv"].merge(_negated(shared))
+                where = y_layout(choices[node.shortcut])
             moved(layers[node.main[-1]].y_shape, where, at)
     kinds = LinkBytes()
     for part in parts.values():

@@ -69,7 +69,7 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
     memory = compiled.memory_analysis()
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     model = nnx.merge(graphs.train, state["params"], state["rest"])  # abstract: nothing allocated
-    padding = sum(m.padding_params for _, m in model.iter_modules() if isinstance(m, Head))
+    padding = sum(m.padding_params for _, m in nnx.iter_modules(model) if isinstance(m, Head))
     predicted, memory_model = predict(
         model_for_prediction(graphs, state),
         mesh,

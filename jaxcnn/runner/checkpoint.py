@@ -20,12 +20,18 @@ pipeline's position, so a resumed run reads exactly the batches an uninterrupted
   left on device"); earlier checkpoints are kept (orbax deletes old steps only after a new one is
   complete). The tracebacks orbax's writer threads log for such a failure are held back (the error says
   it once); a save that succeeds passes any such log on.
+- **Nothing on stderr after the fact.** Orbax closes the event loop of a save or restore as soon as
+  one array read or write fails, with the others still in flight in tensorstore; their completions
+  would then print ``RuntimeError: Event loop is closed`` tracebacks (and "Task exception was never
+  retrieved" at exit) long after the one-line error or warning. Saves and restores therefore run with
+  event loops that let those finish before closing (:class:`_DrainingEventLoop`).
 
 Saving is synchronous: a step's checkpoint is complete on disk when :meth:`Checkpointer.save` returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -94,6 +100,64 @@ def _held_back_tracebacks(failed: list[bool]) -> Iterator[None]:
                 logger.handle(record)
 
 
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """An event loop that, when closed, first lets the tasks it ran finish (at most ``_DRAIN_S``).
+
+    Orbax runs each save and restore in a fresh event loop that it closes as soon as the operation
+    returns. When one array read (or write) fails, ``asyncio.gather`` raises at once while the
+    others are still waiting for tensorstore; closing the loop then leaves them behind, and when
+    tensorstore finishes them its callbacks reach the closed loop: ``RuntimeError: Event loop is
+    closed`` tracebacks on stderr from tensorstore's threads, and "Task exception was never retrieved"
+    at exit, long after the one-line error or warning. Draining first closes the loop with nothing
+    pending. The leftover tasks' exceptions are marked retrieved: the first one is what orbax raised.
+    """
+
+    _DRAIN_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tasks: list[asyncio.Future] = []
+        self.set_task_factory(self._track)
+
+    def _track(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        self._tasks.append(task)
+        return task
+
+    def close(self) -> None:
+        if not self.is_closed() and not self.is_running():
+            pending = [t for t in self._tasks if not t.done()]
+            if pending:
+                _, late = self.run_until_complete(asyncio.wait(pending, timeout=self._DRAIN_S))
+                for task in late:
+                    task.cancel()
+                if late:
+                    self.run_until_complete(asyncio.wait(late))
+            for task in self._tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()
+            self._tasks.clear()
+        super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingEventLoop()
+
+
+@contextmanager
+def _draining_event_loops() -> Iterator[None]:
+    """New event loops (orbax's ``asyncio_utils.run_sync`` makes one per operation, in whichever thread)
+    are :class:`_DrainingEventLoop` meanwhile. The event loop policy is the one hook that needs no
+    patching of orbax (policies are deprecated from Python 3.14: revisit then)."""
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
 class Checkpointer:
     """Saves and restores the train state under ``directory`` (``<run dir>/checkpoints``).
 
@@ -139,7 +203,7 @@ class Checkpointer:
         leaves = jax.tree.leaves(state)
         failed = [False]
         try:
-            with _held_back_tracebacks(failed):
+            with _held_back_tracebacks(failed), _draining_event_loops():
                 try:
                     self.manager.save(
                         step,
@@ -203,7 +267,8 @@ class Checkpointer:
         failures, skipped = [], []
         for step in reversed(steps):
             try:
-                state, data_state = self._restore_step(like, step)
+                with _draining_event_loops():
+                    state, data_state = self._restore_step(like, step)
                 ok = True
             except ValueError as e:
                 if "does not match this model" in str(e):

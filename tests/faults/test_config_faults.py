@@ -256,12 +256,36 @@ def test_a_model_too_big_for_the_devices_stops_before_allocating(tmp_path):
     assert out.returncode == 2, out.stderr[-3000:]
     err = out.stderr
     assert err.count("\n") == 1 and "Traceback" not in err
+    # The figures, derived from the architecture (jaxcnn/models/resnet.py), not copied from a run.
+    # ResNet-18 at width 32: stage widths 2048·2^s, a 7x7/2 stem on the digits' 1 channel, BatchNorm
+    # after every convolution (scale and bias are parameters, mean and variance model statistics),
+    # projections where the stride or the width changes, a 10-class head with bias; all float32 and,
+    # under `data`, replicated on every device.
+    base, bn_channels = 64 * 32, 64 * 32
+    params = 7 * 7 * 1 * base + 2 * base  # stem conv + BN
+    cin = base
+    for stage in range(4):
+        width = base * 2**stage
+        for _ in range(2):  # two basic blocks a stage
+            params += 3 * 3 * cin * width + 3 * 3 * width * width + 2 * (2 * width)  # conv1, conv2 (+BN)
+            bn_channels += 2 * width
+            if cin != width:  # the first block of stages 2-4 (stride 2): a 1x1 projection (+BN)
+                params += cin * width + 2 * width
+                bn_channels += width
+            cin = width
+    params += cin * 10 + 10  # head
+    gib = params * 4 / 2**30
+    statistics_mib = 2 * bn_channels * 4 / 2**20  # mean and variance
+    adam_gib = 2 * gib  # two moments (its step counter: a few bytes)
+    batch_kib = 64 * 8 * 8 * 1 * 4 / 8 / 2**10  # batch 64 of 8x8x1 float32 images over n=8 (+ labels)
+    total_gib = gib + adam_gib + gib + (statistics_mib / 2**10) + batch_kib / 2**20
     assert err.startswith(
         PREFIX + "model.name=resnet18 with model.options={'width': 32} and model.algorithms=data "
-        "(11,425,855,498 parameters) does not fit: its train state needs 170.3 GiB per device (parameters "
-        "42.6 GiB, model statistics 1.2 MiB, optimizer state 85.1 GiB, gradients 42.6 GiB, input batch 2.0 "
-        "KiB; activations not counted) but a device has "
-    )
+        f"({params:,} parameters) does not fit: its train state needs {total_gib:.1f} GiB per device "
+        f"(parameters {gib:.1f} GiB, model statistics {statistics_mib:.1f} MiB, optimizer state "
+        f"{adam_gib:.1f} GiB, gradients {gib:.1f} GiB, input batch {batch_kib:.1f} KiB; activations not "
+        "counted) but a device has "
+    ), err
     assert "100% of it is replicated on every device; use fewer parameters" in err
     assert seconds < 60
     # Nothing was allocated: the process's peak RSS stayed far below the 42.6 GiB of one parameter copy.

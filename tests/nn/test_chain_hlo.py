@@ -1,18 +1,20 @@
 """A chain of convolutions with layout changes between them: the compiled forward and backward (VJP)
 programs contain exactly the communication the plan predicts - each layer's ``jaxcnn.cost.predict``
-plus each redistribution's ``transition_traffic`` - compared as totals over devices, max over devices
-and per collective kind. Metered from HLO (compile only), 8 devices, fp32."""
+plus each redistribution's ``transition_traffic`` - compared per device and per collective kind (the
+bytes each device receives from each kind, and each kind's count). Metered from HLO (compile only),
+8 devices, fp32."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
 import jaxcnn
 from jaxcnn.cost import predict
-from jaxcnn.measure import measure_fwd_bwd
+from jaxcnn.measure import KINDS, measure_fwd_bwd
 from jaxcnn.nn import reshard, transition_traffic
 
 SHAPE = (8, 16, 16, 16)  # activations keep this shape: 3×3 SAME convolutions, 16 → 16 channels
@@ -47,30 +49,39 @@ def _chain(placements):
 
 
 @pytest.mark.parametrize(
-    "placements",
+    ("placements", "move_kind"),
     [
         # 3d → 3d: y channels over (k, c), x over (c, k): one collective-permute each time.
-        [("3d", dict(n=2, k=2, c=2))] * 3,
+        ([("3d", dict(n=2, k=2, c=2))] * 3, "collective-permute"),
         # 2d → spatial: channels over k become rows over h, w: one all-to-all.
-        pytest.param([("2d", dict(n=4, k=2)), ("spatial", dict(n=2, h=2, w=2))], marks=pytest.mark.slow),
+        pytest.param(
+            [("2d", dict(n=4, k=2)), ("spatial", dict(n=2, h=2, w=2))], "all-to-all", marks=pytest.mark.slow
+        ),
     ],
     ids=["3d-3d-3d", "2d-spatial"],
 )
-def test_chain_moves_exactly_what_the_plan_predicts(placements):
+def test_chain_moves_exactly_what_the_plan_predicts(placements, move_kind):
+    """Per device and per kind: each layer's collectives (``CommCost.kind_per_device``, row-major over
+    the grid = the mesh's flat device order) plus, in ``move_kind``, each layout change's
+    ``transition_traffic`` (in the source mesh's flat device order)."""
     fwd, bwd, costs, moves = _chain(placements)
+    for grid in (g for _, g in placements):  # every mesh lists the 8 devices in id order: one indexing
+        assert [d.id for d in jaxcnn.make_mesh(**grid).devices.flat] == list(range(8))
     for metered, pass_, move_index in ((fwd, "forward", 0), (bwd, "backward", 1)):
+        assert metered.num_devices == 8
         layers = [getattr(c, pass_) for c in costs]
-        expected_total = sum(c.total_bytes for c in layers) + sum(m[move_index].total_bytes for m in moves)
-        assert metered.total_bytes == expected_total, pass_
-        predicted_kinds = {k for c in layers for k in c.per_kind}
-        moved_kinds = set(metered.by_kind) - {k for k, v in metered.by_kind.items() if v.count == 0}
-        assert moved_kinds - predicted_kinds <= {"all-to-all", "collective-permute"}, pass_
-        # Every layer-collective count is as predicted (transitions add exactly one collective each).
-        for kind in predicted_kinds - {"all-to-all", "collective-permute"}:
-            assert metered.by_kind[kind].count == sum(c.per_kind.get(kind, (0,))[0] for c in layers), kind
-        extra = sum(metered.by_kind[k].count for k in ("all-to-all", "collective-permute"))
-        predicted_extra = sum(c.per_kind.get("collective-permute", (0,))[0] for c in layers) + len(moves)
-        assert extra == predicted_extra, pass_
+        expected_total = np.zeros(8)
+        for kind in KINDS:
+            got = sum((np.asarray(op.per_device) for op in metered.ops if op.kind == kind), np.zeros(8))
+            want = sum((np.asarray(c.kind_per_device.get(kind, np.zeros(8))) for c in layers), np.zeros(8))
+            count = sum(c.per_kind.get(kind, (0,))[0] for c in layers)
+            if kind == move_kind:  # each layout change is one collective of this kind
+                want = want + sum(np.asarray(m[move_index].per_device) for m in moves)
+                count += len(moves)
+            np.testing.assert_array_equal(got, want, err_msg=f"{pass_} {kind}")
+            assert metered.by_kind[kind].count == count, (pass_, kind)
+            expected_total += want
+        np.testing.assert_array_equal(metered.per_device, expected_total, err_msg=pass_)
 
 
 def test_known_gap_xla_lowers_a_batch_to_channel_change_as_all_to_all_plus_permute():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import numpy as np
@@ -84,10 +85,15 @@ def test_dcn_bytes_by_hand():
     # data n8: the kernel-gradient all-reduce spans both hosts: all of it is DCN
     data = predict(LAYER, "data", {"n": 8}, hosts=2)
     assert data.dcn_bytes == data.bytes == 2 * (3 * 3 * 64 * 64 * 4) * 7 / 8
-    # spatial n2 h2 w2 on 4 hosts of 2 (host = 2n + h): the h halo row crosses hosts, the w one not
+    # spatial n2 h2 w2 on 4 hosts of 2 (host = 2n + h): the h halo row crosses hosts, the w one not.
+    # A device's block is (32/2, 56/2, 56/2, 64) = (16, 28, 28, 64); the 3x3 window needs one row from
+    # its h neighbour, then one column from its w neighbour of the block already extended along h
+    # (30 = 28 rows + the received row + the zero padding row at the image edge)
     spatial = predict(LAYER, "spatial", {"n": 2, "h": 2, "w": 2}, hosts=4)
-    assert spatial.forward.max_bytes == 237568
-    assert spatial.forward.dcn_max_bytes == 1 * 16 * 28 * 64 * 4  # one row of (N/n) x (W/w) x C
+    h_row = 16 * 28 * 64 * 4  # N/n images x W/w columns x C channels x 4 bytes (float32)
+    w_column = 16 * 30 * 64 * 4  # N/n images x 30 extended rows x C channels x 4 bytes
+    assert spatial.forward.max_bytes == h_row + w_column
+    assert spatial.forward.dcn_max_bytes == h_row  # only the h row comes from another host
     assert predict(LAYER, "spatial", {"n": 2, "h": 2, "w": 2}, hosts=2).forward.dcn_max_bytes == 0
 
 
@@ -150,8 +156,43 @@ def test_cli_rejects_bad_hosts(flags, message, capsys):
 def test_cli_prints_dcn_bytes(capsys):
     rc = main(["--network", NETWORK, "--batch", "16", "--devices", "8", "--hosts", "2"])
     out = capsys.readouterr().out
-    assert rc == 0 and "2 hosts of 4 devices" in out and "dcn f+b" in out
+    assert rc == 0 and "2 hosts of 4 devices" in out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("layer "))
+    columns = re.split(r"\s{2,}", lines[head])
+    rows = {cells[0]: dict(zip(columns, cells, strict=True)) for cells in _table_rows(lines[head + 2 :])}
+
+    def kib(nbytes: float) -> str:
+        return f"{nbytes / 1024:.2f} KiB"
+
+    # 8 devices, host = device // 4: the batch axis n of a grid (outermost) crosses hosts, k and c not.
+    # stem, 3x3 stride-2 conv 3 -> 32 channels, data n8: the kernel-gradient all-reduce spans all 8
+    # devices, both hosts: every byte of it (2 x kernel x 7/8, float32) is DCN
+    stem = rows["stem"]
+    assert (stem["algorithm"], stem["grid"]) == ("data", "n8")
+    assert stem["dcn f+b"] == stem["bytes f+b"] == kib(2 * (3 * 3 * 3 * 32 * 4) * 7 / 8)
+    # block2, 3x3 conv 128 -> 128 channels, 3d n2 k2 c2: only the kernel panel's all-gather (forward)
+    # and reduce-scatter (backward) run over n; a panel is 3 x 3 x 128/c x 128/k floats, half received.
+    # The layout change into it from data n8 stays inside a host (x's batch half n of the 3d grid is
+    # held by the 4 devices of host n under data n8): no DCN bytes
+    block2 = rows["block2 x2"]
+    assert (block2["algorithm"], block2["grid"]) == ("3d", "n2·k2·c2")
+    assert block2["dcn f+b"] == kib(2 * (3 * 3 * 64 * 64 * 4) / 2)
+    # dilated, 3x3 conv 128 -> 256 channels, filter n2 k4 (no layout change into it): x's all-gather
+    # and dx's reduce-scatter run over k inside a host; the kernel-gradient all-reduce over n
+    # (2 x kernel block x 1/2) crosses hosts
+    dilated = rows["dilated"]
+    assert (dilated["algorithm"], dilated["grid"]) == ("filter", "n2·k4")
+    assert dilated["dcn f+b"] == kib(2 * (3 * 3 * 128 * (256 // 4) * 4) / 2)
     assert main(["--network", NETWORK, "--batch", "16", "--devices", "8", "--dcn-cost-factor", "-1"]) == 2
+
+
+def _table_rows(lines):
+    """The cells of a planner table's layer rows, up to the rule above the totals."""
+    for line in lines:
+        if line.startswith("---"):
+            return
+        yield re.split(r"\s{2,}", line)
 
 
 def test_plan_graph_and_step_cost_on_hosts():

@@ -63,5 +63,9 @@ def test_resnet50_slurm_gpu_compiles_on_32_devices_with_auto():
     )
     assert figures["mesh"] == "{'n': 32, 'd': 1, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
     assert int(figures["num_params"]) == RESNET50_PARAMS
-    metered = float(figures["comm_bytes_per_step_max_device"])
-    assert metered == pytest.approx(float(figures["predicted_comm_bytes_per_step_max_device"]), rel=0.01)
+    texts = [figures.get(f"{p}comm_bytes_per_step_max_device") for p in ("", "predicted_")]
+    assert None not in texts and "None" not in texts, texts  # both figures present
+    # exactly equal (dyadic fractions where an all-reduce's 2·S·(p-1)/p is not whole: exact in floats)
+    metered, predicted = (float(t) for t in texts)
+    assert metered > 0
+    assert predicted == metered, (predicted, metered, figures.get("predicted_components"))

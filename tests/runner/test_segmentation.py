@@ -93,6 +93,9 @@ def test_shipped_unet_configs_are_segmentation_runs():
     assert load_config("configs/unet3d.yaml").data.image_size == (32, 32, 32)
 
 
+DICE_3D_BAR = 0.65
+
+
 def _short_run(tmp_path, overrides):
     from jaxcnn.runner.train import train
 
@@ -119,10 +122,14 @@ def test_a_short_unet_run_raises_the_held_out_dice(tmp_path):
     dices = [r["eval_dice"] for r in run.records if "eval_dice" in r]
     assert len(dices) == 3 and dices[-1] > dices[0] and dices[-1] > 0.7, dices
     assert run.summary["final_eval_dice"] == dices[-1]
-    assert (
-        run.summary["comm_bytes_per_step_max_device"]
-        == run.summary["predicted_comm_bytes_per_step_max_device"]
-    )
+    _assert_metered_as_predicted(run.summary)
+
+
+def _assert_metered_as_predicted(summary: dict) -> None:
+    """The run's step metered (a positive integer: the meter ran) and predicted to the byte."""
+    metered = summary["comm_bytes_per_step_max_device"]
+    assert metered is not None and metered > 0, metered
+    assert summary["predicted_comm_bytes_per_step_max_device"] == metered
 
 
 @pytest.mark.slow
@@ -132,4 +139,8 @@ def test_a_short_3d_unet_run(tmp_path):
         ["data.image_size=[16,16,16]", "model.options={width: 0.5, depth: 1, spatial_dims: 3}"],
     )
     dices = [r["eval_dice"] for r in run.records if "eval_dice" in r]
-    assert dices[-1] > dices[0], dices
+    # Measured here (seed 0): held-out Dice 0.273, 0.716, 0.795 at steps 10, 20, 30. The bar leaves
+    # room for other machines' rounding; a model that stops learning after step 10 fails it.
+    assert len(dices) == 3 and dices[-1] > dices[0] and dices[-1] > DICE_3D_BAR, dices
+    assert run.summary["final_eval_dice"] == dices[-1]
+    _assert_metered_as_predicted(run.summary)

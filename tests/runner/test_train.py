@@ -24,6 +24,7 @@ from jaxcnn.runner import datasets, metrics, optim, state, step
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import OptimizerConfig, from_dict, load_config
 from jaxcnn.runner.train import NonFiniteLossError, train
+from tests.utils import assert_trees_relatively_close
 
 # The default config's per-layer placements (spatial / 2d / 3d / data on the 8 devices).
 MIXED = {
@@ -79,14 +80,18 @@ def _leaves(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
 
 
-def test_distributed_step_matches_single_device():
-    """3 SGD-momentum steps of the mixed 8-device model vs the same model on 1 device.
+#: Relative-norm tolerance for the 8-device model against the single-device one after 3 momentum
+#: steps, per tensor (losses as one vector): about 10x the spread measured with ``python
+#: experiments/reduction_spread.py train`` (seeds 0-9, both directions): losses ≤ 1.7e-7, parameters
+#: and BatchNorm statistics ≤ 2.9e-6 (seed 9, conv2's BatchNorm bias). A lost or doubled gradient
+#: reduction errs by order 1.
+DISTRIBUTED_RTOL = 3e-5
 
-    Tolerance: fp32, relative 1e-4 / absolute 1e-6 on losses and parameters (reduction orders differ
-    between the sharded and the single-device programs; observed: losses and parameters differ by at
-    most 2.4e-7 absolute).
-    """
-    data = datasets.digits(0.2, seed=0)
+
+def distributed_and_single(seed: int) -> tuple[tuple, tuple]:
+    """3 SGD-momentum steps of the mixed 8-device model and of the same model (the same initial
+    parameters) on 1 device: ``((losses, params, rest) on 8 devices, (the same) on 1 device)``."""
+    data = datasets.digits(0.2, seed=seed)
     tx = optim.optimizer(OptimizerConfig(name="momentum", learning_rate=0.1), 3)
     mesh8, mesh1 = jaxcnn.make_mesh(n=8), jaxcnn.make_mesh()
 
@@ -97,7 +102,7 @@ def test_distributed_step_matches_single_device():
             in_channels=1,
             mesh=mesh,
             algorithms=algorithms,
-            rngs=nnx.Rngs(0),
+            rngs=nnx.Rngs(seed),
             width=0.25,
         )
 
@@ -109,16 +114,22 @@ def test_distributed_step_matches_single_device():
     for mesh, model in ((mesh8, model8), (mesh1, model1)):
         graphs, st = state.init_state(model, tx, mesh)
         train_step = step.jit_train_step(graphs, tx, st, mesh)
-        batches = data_lib.TrainBatches(data, 32, seed=0, mesh=mesh)
+        batches = data_lib.TrainBatches(data, 32, seed=seed, mesh=mesh)
         losses = []
         for i in range(3):
             st, metrics = train_step(st, *batches(i))
             losses.append(float(metrics["loss"]))
-        results.append((losses, _leaves(st["params"]), _leaves(st["rest"])))
-    (l8, p8, r8), (l1, p1, r1) = results
-    np.testing.assert_allclose(l8, l1, rtol=1e-4, atol=1e-6)
-    assert l8[2] < l8[0]  # it learns
-    chex.assert_trees_all_close((p8, r8), (p1, r1), rtol=1e-4, atol=1e-6)
+        results.append((np.asarray(losses), _leaves(st["params"]), _leaves(st["rest"])))
+    return results[0], results[1]
+
+
+def test_distributed_step_matches_single_device():
+    """3 SGD-momentum steps of the mixed 8-device model vs the same model on 1 device: losses,
+    parameters and BatchNorm statistics within :data:`DISTRIBUTED_RTOL` in relative norm per tensor
+    (reduction orders differ between the sharded and the single-device programs)."""
+    eight, one = distributed_and_single(seed=0)
+    assert_trees_relatively_close(eight, one, DISTRIBUTED_RTOL, "8 devices vs 1")
+    assert eight[0][2] < eight[0][0]  # it learns
 
 
 class Preempted(Exception):
@@ -225,7 +236,10 @@ def test_mobilenet_v2_config_trains_with_its_planned_placements(tmp_path):
     run = train(cfg)
     losses = [r["loss"] for r in run.records if "loss" in r]
     assert len(losses) == 3 and all(np.isfinite(losses))
-    assert 0.0 <= run.summary["final_eval_accuracy"] <= 1.0
+    # The planned step as run meters exactly the bytes the plan predicts (a positive count: it metered).
+    metered = run.summary["comm_bytes_per_step_max_device"]
+    assert metered is not None and metered > 0
+    assert run.summary["predicted_comm_bytes_per_step_max_device"] == metered
     model = state.merge(run.graphs.eval, run.state)
     depthwise = [c for name, c in named_convs(model).values() if name.endswith("depthwise")]
     assert len(depthwise) == 17 and all(c.feature_group_count == c.in_features for c in depthwise)
