@@ -76,21 +76,27 @@ def assert_close(actual, expected, rtol: float, what: str = "") -> None:
     assert err <= rtol, f"{what}: relative max error {err:.3e} > {rtol:.1e}"
 
 
+def leaves_by_path(tree) -> dict[str, np.ndarray]:
+    """The leaves on the host as plain arrays, by path (a mismatch names the parameter or statistic;
+    no mesh metadata is left to differ between trees built on different meshes)."""
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
+
+
 def relative_errors(actual, expected) -> dict[str, float]:
     """Per leaf, by path: ``‖a − b‖₂ / ‖b‖₂`` over the whole tensor (float64 on the host).
 
     A leaf whose expected norm is zero gets ``0.0`` if ``a`` is zero too, else ``inf``. Shapes and
     tree structures must match.
     """
-    actual_leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(actual))
-    expected_leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(expected))
-    assert [p for p, _ in actual_leaves] == [p for p, _ in expected_leaves], "tree structures differ"
+    actual_leaves, expected_leaves = leaves_by_path(actual), leaves_by_path(expected)
+    assert list(actual_leaves) == list(expected_leaves), "tree structures differ"
     errors = {}
-    for (path, a), (_, b) in zip(actual_leaves, expected_leaves, strict=True):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        assert a.shape == b.shape, f"{jax.tree_util.keystr(path)}: shape {a.shape} != {b.shape}"
+    for path, a in actual_leaves.items():
+        a, b = a.astype(np.float64), expected_leaves[path].astype(np.float64)
+        assert a.shape == b.shape, f"{path}: shape {a.shape} != {b.shape}"
         diff, norm = np.linalg.norm(a - b), np.linalg.norm(b)
-        errors[jax.tree_util.keystr(path)] = float(diff / norm) if norm else (0.0 if not diff else np.inf)
+        errors[path] = float(diff / norm) if norm else (0.0 if not diff else np.inf)
     return errors
 
 

@@ -106,15 +106,13 @@ class InvertedResidual(nnx.Module):
 
     def __call__(self, x: jax.Array, src: NamedSharding) -> jax.Array:
         """``x`` laid out as ``src``; returns the block output in ``self.last.output_sharding``."""
-        if not self.identity:
+        if self.identity:
+            (y, at), (shortcut, where) = block_input(x, src, self.convs[0], self.last.output_sharding)
+        else:
             y, at = x, src
-            for conv in self.convs:
-                y, at = conv(y, at), conv.output_sharding
-            return y
-        (y, at), (shortcut, where) = block_input(x, src, self.convs[0], self.last.output_sharding)
         for conv in self.convs:
             y, at = conv(y, at), conv.output_sharding
-        return y + redistribute(shortcut, where, at)
+        return y + redistribute(shortcut, where, at) if self.identity else y
 
 
 class MobileNetV2(nnx.Module):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -22,13 +21,14 @@ import jaxcnn
 from jaxcnn import models
 from jaxcnn.__main__ import main as jaxcnn_main
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import datasets, optim, setup, state, step
+from jaxcnn.runner import datasets, setup, step
 from jaxcnn.runner import metrics as metrics_lib
 from jaxcnn.runner.aot import compile_train_step
-from jaxcnn.runner.config import MeshConfig, OptimizerConfig, from_dict, load_config
+from jaxcnn.runner.config import MeshConfig, from_dict, load_config
 from jaxcnn.runner.train import evaluate, train
 from jaxcnn.runner.typed import ConfigError
-from tests.utils import assert_trees_relatively_close
+from tests.runner.test_train import momentum_steps
+from tests.utils import assert_trees_relatively_close, leaves_by_path
 
 
 @pytest.mark.parametrize(
@@ -204,12 +204,6 @@ def test_local_rows_of_a_batch_the_mesh_cannot_split():
 SMALL_BATCH_RTOL = 3e-5
 
 
-def _by_path(tree) -> dict[str, np.ndarray]:
-    """The leaves on the host by path (plain arrays: no mesh metadata to differ between meshes)."""
-    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
-    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
-
-
 def small_batch_and_single(output_dir, seed: int) -> tuple[dict, dict]:
     """small_cnn, batch 4 on 8 devices with ``auto`` through :func:`train`, and the same model trained
     on one device by hand: ``({losses, params, eval_loss, eval_accuracy, mesh}, {the same})``. The
@@ -229,7 +223,6 @@ def small_batch_and_single(output_dir, seed: int) -> tuple[dict, dict]:
     run = train(cfg)
     digits = datasets.digits(0.2, seed=seed)
     mesh1 = jaxcnn.make_mesh()
-    tx = optim.optimizer(OptimizerConfig(name="momentum", learning_rate=0.1), 3)
     model = models.build(
         "small_cnn",
         num_classes=10,
@@ -239,14 +232,8 @@ def small_batch_and_single(output_dir, seed: int) -> tuple[dict, dict]:
         rngs=nnx.Rngs(seed),
         width=0.25,
     )
-    graphs, st = state.init_state(model, tx, mesh1)
-    train_step = step.jit_train_step(graphs, tx, st, mesh1)
-    batches = data_lib.TrainBatches(digits, 4, seed=seed, mesh=mesh1)
-    expected = []
-    for i in range(3):
-        st, metrics = train_step(st, *batches(i))
-        expected.append(float(metrics["loss"]))
-    params, trained = _by_path(st["params"]), _by_path(run.state["params"])
+    expected, graphs, st = momentum_steps(model, mesh1, digits, 4, seed)
+    params, trained = leaves_by_path(st["params"]), leaves_by_path(run.state["params"])
     assert trained.keys() == params.keys()
     planned = {k: a[tuple(slice(0, n) for n in params[k].shape)] for k, a in trained.items()}
     padding = {k: a[..., params[k].shape[-1] :] for k, a in trained.items()}
@@ -260,7 +247,7 @@ def small_batch_and_single(output_dir, seed: int) -> tuple[dict, dict]:
         "padding": padding,
     }
     want = {
-        "losses": np.asarray(expected),
+        "losses": expected,
         "params": params,
         "eval_loss": np.asarray(reference["eval_loss"]),
         "eval_accuracy": reference["eval_accuracy"],

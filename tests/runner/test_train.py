@@ -24,7 +24,7 @@ from jaxcnn.runner import datasets, metrics, optim, state, step
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import OptimizerConfig, from_dict, load_config
 from jaxcnn.runner.train import NonFiniteLossError, train
-from tests.utils import assert_trees_relatively_close
+from tests.utils import assert_trees_relatively_close, leaves_by_path
 
 # The default config's per-layer placements (spatial / 2d / 3d / data on the 8 devices).
 MIXED = {
@@ -74,12 +74,6 @@ def _jsonl(path) -> list[dict]:
     return [json.loads(line) for line in _read(path).splitlines() if line.strip()]
 
 
-def _leaves(tree) -> dict[str, np.ndarray]:
-    """The leaves on the host, by path (so a mismatch names the parameter or statistic)."""
-    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
-    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
-
-
 #: Relative-norm tolerance for the 8-device model against the single-device one after 3 momentum
 #: steps, per tensor (losses as one vector): about 10x the spread measured with ``python
 #: experiments/reduction_spread.py train`` (seeds 0-9, both directions): losses ≤ 1.7e-7, parameters
@@ -92,7 +86,6 @@ def distributed_and_single(seed: int) -> tuple[tuple, tuple]:
     """3 SGD-momentum steps of the mixed 8-device model and of the same model (the same initial
     parameters) on 1 device: ``((losses, params, rest) on 8 devices, (the same) on 1 device)``."""
     data = datasets.digits(0.2, seed=seed)
-    tx = optim.optimizer(OptimizerConfig(name="momentum", learning_rate=0.1), 3)
     mesh8, mesh1 = jaxcnn.make_mesh(n=8), jaxcnn.make_mesh()
 
     def build(mesh, algorithms):
@@ -112,15 +105,23 @@ def distributed_and_single(seed: int) -> tuple[tuple, tuple]:
     model1 = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: build(mesh1, "data"))), values)
     results = []
     for mesh, model in ((mesh8, model8), (mesh1, model1)):
-        graphs, st = state.init_state(model, tx, mesh)
-        train_step = step.jit_train_step(graphs, tx, st, mesh)
-        batches = data_lib.TrainBatches(data, 32, seed=seed, mesh=mesh)
-        losses = []
-        for i in range(3):
-            st, metrics = train_step(st, *batches(i))
-            losses.append(float(metrics["loss"]))
-        results.append((np.asarray(losses), _leaves(st["params"]), _leaves(st["rest"])))
+        losses, _, st = momentum_steps(model, mesh, data, 32, seed)
+        results.append((losses, leaves_by_path(st["params"]), leaves_by_path(st["rest"])))
     return results[0], results[1]
+
+
+def momentum_steps(model, mesh, data, batch_size: int, seed: int, steps: int = 3):
+    """``steps`` SGD-momentum steps (lr 0.1) of ``model`` on ``mesh`` over the batches of ``seed``:
+    ``(losses, graphs, state)``."""
+    tx = optim.optimizer(OptimizerConfig(name="momentum", learning_rate=0.1), steps)
+    graphs, st = state.init_state(model, tx, mesh)
+    train_step = step.jit_train_step(graphs, tx, st, mesh)
+    batches = data_lib.TrainBatches(data, batch_size, seed=seed, mesh=mesh)
+    losses = []
+    for i in range(steps):
+        st, metrics = train_step(st, *batches(i))
+        losses.append(float(metrics["loss"]))
+    return np.asarray(losses), graphs, st
 
 
 def test_distributed_step_matches_single_device():
@@ -149,7 +150,7 @@ def test_resume_is_bit_identical_and_run_dir_is_complete(tmp_path):
     resumed = train(_config(tmp_path, "resumed", resume=True))
 
     # params, BatchNorm stats, optimizer state, step: bitwise (and the same dtypes and shapes)
-    chex.assert_trees_all_equal(_leaves(straight.state), _leaves(resumed.state), strict=True)
+    chex.assert_trees_all_equal(leaves_by_path(straight.state), leaves_by_path(resumed.state), strict=True)
     losses = [[r["loss"] for r in run.records if "loss" in r] for run in (straight, resumed)]
     assert len(losses[0]) == 6 and losses[0] == losses[1]  # every step's loss, exactly
 
