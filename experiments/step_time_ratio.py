@@ -25,8 +25,9 @@ from flax import nnx
 
 import jaxcnn
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import datasets, optim, setup, state, step
+from jaxcnn.runner import optim, setup, state, step
 from jaxcnn.runner.config import from_dict, load_config
+from jaxcnn.runner.data import datasets
 
 
 def time_steps(train_step, st, batches, steps: int, repeats: int = 3) -> tuple[float, float]:

@@ -11,7 +11,7 @@ COMMANDS = {
         "jaxcnn.planner.cli",
         "Plan per-layer algorithms for a network under a memory budget.",
     ),
-    "data": ("jaxcnn.runner.data_cli", "Prepare training data: data convert FOLDER OUT.array_record."),
+    "data": ("jaxcnn.runner.data.cli", "Prepare training data: data convert FOLDER OUT.array_record."),
 }
 
 

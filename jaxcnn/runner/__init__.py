@@ -1,25 +1,24 @@
 """The jaxcnn experiment runner: ``jaxcnn train CONFIG.yaml [key.sub=value ...]``.
 
-Modules, one concept each:
+Packages and modules, one concept each:
 
-- :mod:`.typed` / :mod:`.yaml_io` / :mod:`.config`: YAML + overrides → one frozen, validated
+- :mod:`.config`: the config schema, one module per section: YAML + overrides → one frozen, validated
   :class:`~.config.Config`;
-- :mod:`.datasets`: image sources (digits, synthetic, npz, image folder, ArrayRecord);
-  :mod:`.records`: the ArrayRecord format; :mod:`.data_cli`: ``jaxcnn data convert``;
-- :mod:`.pipeline`: the grain pipeline (per-epoch shuffling, each process's rows of each global batch);
-  :mod:`.data`: global batches on the mesh;
+- :mod:`.data`: the input pipeline: image sources, the grain pipeline, global batches on the mesh;
 - :mod:`.optim`: optax optimizer and schedule from the config;
 - :mod:`.state`: model → (graphdef, train state) and its shardings;
 - :mod:`.step`: the jitted train / eval steps;
-- :mod:`.checkpoint`: orbax save / restore of the train state (atomic, multi-host, any mesh);
+- :mod:`.prepare`: everything a run needs before its first step (mesh, model, state, compiled step,
+  predictions), shared by :mod:`.train` and :mod:`.aot` (compile-only checks);
+- :mod:`.setup`: processes, mesh, model, run directory; :mod:`.autoplan`: ``auto`` placements as config
+  errors; :mod:`.fit`: does the state fit the devices; :mod:`.predict`: metered and predicted figures;
+- :mod:`.train`: the training loop; :mod:`.checkpoint`: orbax save / restore of the train state;
 - :mod:`.metrics`: ``metrics.jsonl`` and plots; :mod:`.display`: progress bar and summary table;
-- :mod:`.setup`: processes, mesh, model, run directory; :mod:`.aot`: compile-only checks;
-- :mod:`.train`: the training loop; :mod:`.cli`: the command line;
-- :mod:`.cluster`: joining a multi-process job (the only caller of ``jax.distributed.initialize()``);
-  :mod:`.launch`: ``jaxcnn launch``, a multi-process job on one machine.
+- :mod:`.cli`: the command line; :mod:`.cluster`: joining a multi-process job (the only caller of
+  ``jax.distributed.initialize()``); :mod:`.launch`: ``jaxcnn launch``, a multi-process job on one machine.
 """
 
 from jaxcnn.runner.config import Config, load_config
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config"]

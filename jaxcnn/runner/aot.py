@@ -26,7 +26,7 @@ from jaxcnn.models.trace import named_convs
 from jaxcnn.nn.placement import format_placement
 from jaxcnn.runner import fit, optim, setup
 from jaxcnn.runner.config import Config
-from jaxcnn.runner.datasets import image_spec
+from jaxcnn.runner.data.datasets import image_spec
 from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict
 from jaxcnn.runner.state import abstract_state
 from jaxcnn.runner.step import abstract_batch, jit_train_step

@@ -28,7 +28,7 @@ from jaxcnn.links import DEFAULT_DCN_COST_FACTOR, check_hosts
 from jaxcnn.models.trace import UnnamedConvolutions, trace_layers
 from jaxcnn.nn.placement import format_placement
 from jaxcnn.planner.plan import NoPlanError
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
 
 
 def _layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) -> list[Any]:

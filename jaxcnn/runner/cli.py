@@ -7,7 +7,7 @@ import sys
 
 from jaxcnn.devices import request_cpu_devices
 from jaxcnn.runner.config import load_config
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
 
 EPILOG = """\
 overrides are dotted keys with YAML values, applied after the file (and its base_config chain):

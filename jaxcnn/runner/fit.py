@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from jaxcnn.runner.typed import ConfigError, to_plain
+from jaxcnn.runner.config.typed import ConfigError, to_plain
 
 if TYPE_CHECKING:
     import optax

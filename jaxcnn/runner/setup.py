@@ -106,7 +106,7 @@ def build_model(
         conv layers (both listing the network's convolutions), a placement the mesh cannot take, a
         ``model.options`` key the model's constructor does not take.
     """
-    from jaxcnn.runner.typed import to_plain
+    from jaxcnn.runner.config.typed import to_plain
 
     if builder is None:
         from jaxcnn import models

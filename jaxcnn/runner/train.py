@@ -25,7 +25,7 @@ from jaxcnn.runner import data as data_lib
 from jaxcnn.runner import display, fit, metrics, optim, setup
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import Config
-from jaxcnn.runner.datasets import Dataset, load_dataset
+from jaxcnn.runner.data.datasets import Dataset, load_dataset
 from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_step
 from jaxcnn.runner.state import Graphs, TrainState, abstract, init_state
 from jaxcnn.runner.step import abstract_batch, dice, jit_eval_step, jit_train_step

@@ -40,8 +40,8 @@ import pytest
 from jaxcnn.__main__ import main as jaxcnn_main
 from jaxcnn.runner import metrics
 from jaxcnn.runner.checkpoint import Checkpointer
+from jaxcnn.runner.config.typed import ConfigError
 from jaxcnn.runner.metrics import MetricsLog
-from jaxcnn.runner.typed import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["train.steps=4", "train.log_every=2", "checkpoint.every=2", "train.eval_every=0"]

@@ -20,8 +20,8 @@ import pytest
 from jaxcnn.runner import fit
 from jaxcnn.runner.cli import main
 from jaxcnn.runner.config import from_dict, load_config
+from jaxcnn.runner.config.typed import ConfigError
 from jaxcnn.runner.state import abstract_state
-from jaxcnn.runner.typed import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT = os.path.join(ROOT, "configs", "default.yaml")
@@ -294,7 +294,7 @@ def test_a_model_too_big_for_the_devices_stops_before_allocating(tmp_path):
 
 def test_the_footprint_counts_each_leafs_shard():
     from jaxcnn.runner import optim, setup
-    from jaxcnn.runner.datasets import image_spec
+    from jaxcnn.runner.data.datasets import image_spec
 
     for algorithms in ("data", "3d@n=2,k=2,c=2"):
         cfg = load_config(DEFAULT, [f"model.algorithms={algorithms}", "model.options={width: 8}"])

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn.runner import datasets, records
 from jaxcnn.runner.config import DataConfig
-from jaxcnn.runner.pipeline import LocalBatches
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data import datasets, records
+from jaxcnn.runner.data.pipeline import LocalBatches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

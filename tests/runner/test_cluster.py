@@ -17,7 +17,7 @@ import pytest
 from jaxcnn.runner import cluster
 from jaxcnn.runner.cluster import ENV, ClusterConfig, resolved
 from jaxcnn.runner.config import from_dict
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUTS = {"initialization_timeout": 120, "heartbeat_timeout_seconds": 30, "shutdown_timeout_seconds": 30}

@@ -12,13 +12,12 @@ import yaml
 from jaxcnn.runner.config import (
     Config,
     MeshConfig,
-    apply_overrides,
     from_dict,
     load_config,
-    parse_override,
     save_config,
 )
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.yaml_io import apply_overrides, parse_override
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.yaml")))
 

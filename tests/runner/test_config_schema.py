@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from jaxcnn.planner.cli import PlanCliError, parse_memory, resolve_args
 from jaxcnn.runner.config import Config, MeshConfig, ModelConfig, from_dict, load_config, save_config
-from jaxcnn.runner.typed import ConfigError, parse_bytes
+from jaxcnn.runner.config.typed import ConfigError, parse_bytes
 from jaxcnn.yaml_io import apply_overrides, load_yaml, parse_override
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")

@@ -7,9 +7,9 @@ import pytest
 
 import jaxcnn
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import datasets
 from jaxcnn.runner.config import DataConfig
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data import datasets
 
 
 @pytest.fixture(scope="module")

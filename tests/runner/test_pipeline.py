@@ -16,10 +16,11 @@ from PIL import Image
 
 import jaxcnn
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import data_cli, datasets, records
 from jaxcnn.runner.config import DataConfig
-from jaxcnn.runner.pipeline import LocalBatches
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data import cli as data_cli
+from jaxcnn.runner.data import datasets, records
+from jaxcnn.runner.data.pipeline import LocalBatches
 
 
 def reference(data: datasets.Dataset, batch_size: int, seed: int, rows: slice, step: int):

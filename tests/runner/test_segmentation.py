@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from jaxcnn.runner.config import from_dict, load_config
-from jaxcnn.runner.ellipsoids import ellipsoid_volumes, ellipsoids
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data.ellipsoids import ellipsoid_volumes, ellipsoids
 from jaxcnn.runner.step import dice, foreground_sums
-from jaxcnn.runner.typed import ConfigError
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (8, 12, 16)])

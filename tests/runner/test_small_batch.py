@@ -21,12 +21,13 @@ import jaxcnn
 from jaxcnn import models
 from jaxcnn.__main__ import main as jaxcnn_main
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import datasets, setup, step
 from jaxcnn.runner import metrics as metrics_lib
+from jaxcnn.runner import setup, step
 from jaxcnn.runner.aot import compile_train_step
 from jaxcnn.runner.config import MeshConfig, from_dict, load_config
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data import datasets
 from jaxcnn.runner.train import evaluate, train
-from jaxcnn.runner.typed import ConfigError
 from tests.runner.test_train import momentum_steps
 from tests.utils import assert_trees_relatively_close, leaves_by_path
 

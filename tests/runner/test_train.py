@@ -20,9 +20,10 @@ import jaxcnn
 from jaxcnn import models
 from jaxcnn.models.trace import named_convs
 from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import datasets, metrics, optim, state, step
+from jaxcnn.runner import metrics, optim, state, step
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import OptimizerConfig, from_dict, load_config
+from jaxcnn.runner.data import datasets
 from jaxcnn.runner.train import NonFiniteLossError, train
 from tests.utils import assert_trees_relatively_close, leaves_by_path
 

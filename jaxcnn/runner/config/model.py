@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from jaxcnn.mesh import AXES
-from jaxcnn.runner.typed import (
+from jaxcnn.runner.config.typed import (
     Bool,
     ByteSize,
     Float,

@@ -5,7 +5,7 @@ split fixed by ``--seed`` is held out, the same rows the ``folder`` source holds
 ``FOLDER/train/<class>/...`` and ``FOLDER/test/<class>/...``. Images are decoded (and resized to
 ``--image-size``) a chunk at a time on a thread pool and written one record each; nothing holds the
 whole dataset in memory. The output (``OUT.array_record.json``, ``OUT-train.array_record``,
-``OUT-test.array_record``: :mod:`jaxcnn.runner.records`) trains with ``data.source: array_record``,
+``OUT-test.array_record``: :mod:`jaxcnn.runner.data.records`) trains with ``data.source: array_record``,
 ``data.path: OUT.array_record``, and gives the batches the ``folder`` source gives.
 """
 
@@ -22,8 +22,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from jaxcnn.runner import datasets, records
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data import datasets, records
 
 CHUNK = 256  # images decoded ahead of the writer
 
@@ -102,7 +102,7 @@ def convert(
 
     Args:
       folder: ``folder/<class>/*`` or ``folder/{train,test}/<class>/*`` (the ``folder`` source's layout).
-      out: the dataset's name, ``OUT.array_record`` (see :mod:`jaxcnn.runner.records`).
+      out: the dataset's name, ``OUT.array_record`` (see :mod:`jaxcnn.runner.data.records`).
       image_size: ``(H, W)`` to resize every image to (bilinear), or ``()`` for their own equal size.
       test_fraction: held-out fraction when ``folder`` has no ``train`` / ``test`` split.
       seed: fixes that split.

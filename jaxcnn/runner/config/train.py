@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, Strict
 
-from jaxcnn.runner.typed import Bool, NonNegativeInt, PositiveInt, Section, fail
+from jaxcnn.runner.config.typed import Bool, NonNegativeInt, PositiveInt, Section, fail
 
 
 def bounded_float(

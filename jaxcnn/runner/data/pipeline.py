@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import grain
+import jax
 import numpy as np
+from jax.sharding import Mesh
 
-from jaxcnn.runner.datasets import Dataset
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data.datasets import Dataset
+from jaxcnn.runner.data.sharding import batch_sharding, local_rows, to_global
 
 State = dict[str, int]
 
@@ -230,3 +234,78 @@ class LocalBatches:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TrainBatches(LocalBatches):
+    """Global training batches: this process's rows (:class:`LocalBatches`) assembled into sharded
+    ``jax.Array`` s on ``mesh`` (batch over ``n``, replicated over the other axes).
+
+    ``next(batches)`` returns global batch ``batches.step`` as ``(images, labels)`` and advances;
+    ``batches(step)`` returns any step without moving; ``local(step)``, :meth:`get_state` and
+    :meth:`set_state` are :class:`LocalBatches`' (the position is valid for any process count).
+
+    Args:
+      data: the dataset.
+      batch_size: global batch size.
+      seed: shuffling seed.
+      mesh: the device mesh.
+      workers: grain worker processes per process (0: read in this process).
+      prefetch: batches read ahead, and read threads.
+      start: the first step ``next`` returns.
+
+    Raises:
+      ConfigError: the batch is larger than the training set or does not divide over ``n``.
+    """
+
+    def __init__(
+        self,
+        data: Dataset,
+        batch_size: int,
+        seed: int,
+        mesh: Mesh,
+        *,
+        workers: int = 0,
+        prefetch: int = 2,
+        start: int = 0,
+    ) -> None:
+        self.sharding = batch_sharding(mesh)
+        rows = local_rows(self.sharding, batch_size)
+        super().__init__(data, batch_size, seed, rows, workers=workers, prefetch=prefetch, start=start)
+
+    def _global(self, x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        return to_global(self.sharding, x, self.batch_size), to_global(self.sharding, y, self.batch_size)
+
+    def __call__(self, step: int) -> tuple[jax.Array, jax.Array]:
+        """Global batch ``step`` as sharded ``jax.Array`` s, read now (an explicit host-to-device
+        transfer; the position does not move)."""
+        return self._global(*self.local(step))
+
+    def __next__(self) -> tuple[jax.Array, jax.Array]:  # type: ignore[override]
+        """Global batch ``step`` from the grain iterator (an explicit host-to-device transfer); the
+        position advances by one."""
+        return self._global(*super().__next__())
+
+
+def eval_batches(
+    data: Dataset, batch_size: int, mesh: Mesh
+) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+    """The whole test split in order, as ``(images, labels, mask)`` global batches.
+
+    The last batch is padded with zeros; ``mask`` is 1.0 for real rows and 0.0 for padding (one entry
+    per row, also for per-voxel labels). Every
+    batch has ``batch_size`` rows (one compiled eval step), sharded like the train batches (``P("n")``:
+    ``batch_size`` must divide over ``n``); a ``batch_size`` larger than the test split is one padded
+    batch.
+    """
+    sharding = batch_sharding(mesh)
+    rows = local_rows(sharding, batch_size)
+    num = len(data.x_test)
+    for start in range(0, num, batch_size):
+        idx = np.arange(start, start + batch_size)[rows]
+        valid = idx < num
+        x, y = data.read("test", np.where(valid, idx, 0))
+        x = normalize(x, data.mean, data.std) * valid.reshape(-1, *(1,) * (x.ndim - 1))
+        y = np.where(valid.reshape(-1, *(1,) * (np.ndim(y) - 1)), y, 0).astype(np.int32)
+        yield tuple(
+            to_global(sharding, a, batch_size) for a in (x.astype(np.float32), y, valid.astype(np.float32))
+        )

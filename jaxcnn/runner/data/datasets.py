@@ -1,21 +1,21 @@
 """Image sources: scikit-learn digits, synthetic, ``.npz`` files, image folders, ArrayRecord files, and
-the generated segmentation task ``ellipsoids`` (:mod:`jaxcnn.runner.ellipsoids`).
+the generated segmentation task ``ellipsoids`` (:mod:`jaxcnn.runner.data.ellipsoids`).
 
 Every source returns a :class:`Dataset`: NHWC images (any numeric dtype; normalised per batch by
-:mod:`jaxcnn.runner.pipeline` with the training set's mean and standard deviation) and int32 labels,
+:mod:`jaxcnn.runner.data.pipeline` with the training set's mean and standard deviation) and int32 labels,
 read by row index (:meth:`Dataset.read`); ``ellipsoids`` has ``(N, *spatial, 1)`` volumes and one label
 per voxel, ``(N, *spatial)`` (:attr:`Dataset.task` is ``"segmentation"``). The first four are host
 NumPy arrays every process loads whole (they are small, or synthetic); ``array_record``
-(:mod:`jaxcnn.runner.records`, written by ``jaxcnn data convert``) stays on disk, and each process reads
+(:mod:`jaxcnn.runner.data.records`, written by ``jaxcnn data convert``) stays on disk, and each process reads
 only the rows of each global batch it holds.
 
-Bad data is a one-line :class:`~jaxcnn.runner.typed.ConfigError` naming the file, the array or the
+Bad data is a one-line :class:`~jaxcnn.runner.config.typed.ConfigError` naming the file, the array or the
 record and what would be valid, never a silent wrong answer: an ``.npz`` is read without unpickling
 (``allow_pickle=False``) and its arrays checked whole (it is loaded whole anyway): ranks, numeric
 dtypes, finite images, matching lengths, non-empty splits, integer labels in ``[0, num_classes)``
 (``num_classes`` is 1 + the largest label). Folder images name the file that cannot be decoded.
 ArrayRecord files are checked cheaply: the sidecar's keys at load, each split file's index when it is
-opened (at load), and each record's header and label as it is read (:mod:`jaxcnn.runner.records`).
+opened (at load), and each record's header and label as it is read (:mod:`jaxcnn.runner.data.records`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from typing import Literal
 
 import numpy as np
 
-from jaxcnn.runner import records
 from jaxcnn.runner.config import DataConfig
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
+from jaxcnn.runner.data import records
+from jaxcnn.runner.data.ellipsoids import ellipsoids
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -41,7 +42,7 @@ class Dataset:
 
     Attributes:
       x_train: ``(N, H, W, C)`` images: a NumPy array, or for ``array_record`` a
-        :class:`~jaxcnn.runner.records.RecordColumn` (``len``, ``shape``, indexing; read from disk).
+        :class:`~jaxcnn.runner.data.records.RecordColumn` (``len``, ``shape``, indexing; read from disk).
       y_train: ``(N,)`` int32 labels in ``[0, num_classes)`` (array or record column, like ``x_train``).
       x_test: ``(M, H, W, C)`` images.
       y_test: ``(M,)`` int32 labels.
@@ -142,9 +143,7 @@ def ellipsoid_segmentation(
     num_test: int,
     seed: int = 0,
 ) -> Dataset:
-    """The generated segmentation task of :mod:`jaxcnn.runner.ellipsoids` (2-D or 3-D by ``image_size``)."""
-    from jaxcnn.runner.ellipsoids import ellipsoids
-
+    """The generated segmentation task of :mod:`.ellipsoids` (2-D or 3-D by ``image_size``)."""
     x_tr, y_tr, x_te, y_te = ellipsoids(image_size, num_ellipsoids, noise_std, num_train, num_test, seed)
     x64 = x_tr.astype(np.float64)
     return Dataset(
@@ -412,7 +411,7 @@ def folder(path: str, image_size: tuple[int, ...] = (), test_fraction: float = 0
 
 
 def array_record(path: str) -> Dataset:
-    """The ArrayRecord dataset named ``path`` (``OUT.array_record``, see :mod:`jaxcnn.runner.records`).
+    """The ArrayRecord dataset named ``path`` (``OUT.array_record``, see :mod:`jaxcnn.runner.data.records`).
 
     Reads only the JSON sidecar and the split files' indexes: images and labels stay on disk, read by
     row (:meth:`Dataset.read`), each record's header and label checked as it is read.

@@ -15,7 +15,7 @@ uint16)`` followed by the image's ``H * W * C`` raw uint8 bytes in HWC order: de
 codec. Reads go through ``grain.sources.ArrayRecordDataSource``, opened lazily in each process that
 reads (grain worker processes included).
 
-Bad data is a one-line :class:`~jaxcnn.runner.typed.ConfigError` naming the file: :func:`read_meta`
+Bad data is a one-line :class:`~jaxcnn.runner.config.typed.ConfigError` naming the file: :func:`read_meta`
 checks the sidecar's keys and values; a split file that cannot be opened (missing, truncated, not an
 ArrayRecord file) or whose record count disagrees with the sidecar fails when it is opened
 (:meth:`RecordSplit.check`); each record is checked as it is read (its size, its header's shape
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.runner.typed import ConfigError
+from jaxcnn.runner.config.typed import ConfigError
 
 FORMAT = "jaxcnn-image-v1"
 SUFFIX = ".array_record"
@@ -180,7 +180,7 @@ class RecordColumn:
 
     Stands in for ``Dataset.x_train`` / ``y_train`` (``x_test`` / ``y_test``): ``len``, ``shape``,
     ``dtype``, ``ndim`` and indexing by an int, a slice or an integer array (each read goes to the file;
-    :meth:`jaxcnn.runner.datasets.Dataset.read` reads images and labels in one pass).
+    :meth:`jaxcnn.runner.data.datasets.Dataset.read` reads images and labels in one pass).
 
     Args:
       split: the split file.
