@@ -94,25 +94,63 @@ class Placement:
         return conv_layout(geom, mesh=self.mesh, algorithm=self.algorithm)
 
 
-def _parse_sizes(text: str, placement: str) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        name = name.strip()
-        if name not in AXES or not value.strip().isdigit() or int(value) < 1 or name in sizes:
-            problem = (
-                f"unknown axis {name!r}"
-                if name not in AXES
-                else f"axis {name!r} given twice"
-                if name in sizes
-                else f"size {value.strip()!r} of axis {name!r} is not an int >= 1"
-            )
+def parse_placement_text(placement: str) -> tuple[str, dict[str, int] | None]:
+    """Reads a placement string without a mesh: the one parser of placements (config validation
+    wraps its errors with the config key; :func:`parse_placement` resolves the result on a mesh).
+
+    Args:
+      placement: ``"3d"`` or ``"3d@n=2,k=2,c=2"`` (see the module docstring).
+
+    Returns:
+      ``(algorithm, {axis: size} with every axis of jaxcnn.AXES, or None without an "@" shape)``.
+
+    Raises:
+      ValueError: not a string, an unknown algorithm, a malformed shape (unknown or repeated axis, a
+        size that is not an int >= 1), or a shape with an axis of size > 1 the algorithm does not use.
+    """
+    if not isinstance(placement, str):
+        raise ValueError(
+            f"a layer placement must be a string like '3d' or '3d@n=2,k=2,c=2', got {placement!r}"
+        )
+    name, at, shape = placement.partition("@")
+    if name not in algorithms.ALGORITHMS:
+        quoting = (
+            " (a placement with a layer mesh inside a YAML [list] or {mapping} needs quotes: "
+            "['3d@n=2,k=2,c=2'], else YAML splits it at the commas)"
+            if "=" in name
+            else ""
+        )
+        raise ValueError(
+            f"unknown algorithm {placement!r}; valid algorithms are {algorithms.ALGORITHMS}, optionally "
+            f"with a layer mesh such as '3d@n=2,k=2,c=2'{quoting}"
+        )
+    if not at:
+        return name, None
+    sizes = dict.fromkeys(AXES, 1)
+    seen: set[str] = set()
+    for item in shape.split(","):
+        axis, _, value = (part.strip() for part in item.partition("="))
+        problem = (
+            f"unknown axis {axis!r}"
+            if axis not in AXES
+            else f"axis {axis!r} given twice"
+            if axis in seen
+            else f"size {value!r} of axis {axis!r} is not an int >= 1"
+            if not value.isdigit() or int(value) < 1
+            else None
+        )
+        if problem:
             raise ValueError(
-                f"bad mesh shape {text!r} in placement {placement!r}: {problem}; expected comma-separated "
+                f"bad layer mesh in placement {placement!r}: {problem}; expected comma-separated "
                 f"axis=size items with axes from {', '.join(AXES)} and sizes >= 1, e.g. '3d@n=2,k=2,c=2'"
             )
-        sizes[name] = int(value)
-    return sizes
+        seen.add(axis)
+        sizes[axis] = int(value)
+    try:
+        algorithms.get(name).check_mesh(sizes)
+    except ValueError as e:
+        raise ValueError(f"placement {placement!r}: {e}") from None
+    return name, sizes
 
 
 def format_placement(algorithm: str, grid: Mapping[str, int]) -> str:
@@ -136,21 +174,14 @@ def parse_placement(placement: str, mesh: Mesh) -> Placement:
       ValueError: unknown algorithm, malformed shape, a shape whose device count differs from the
         mesh's, or a mesh axis of size > 1 the algorithm does not use.
     """
-    if not isinstance(placement, str):
+    name, sizes = parse_placement_text(placement)
+    if sizes is None:
+        algorithms.get(name).check_mesh(mesh_sizes(mesh))
+        return Placement(name, mesh)
+    devices = list(mesh.devices.flat)
+    if math.prod(sizes.values()) != len(devices):
         raise ValueError(
-            f"a layer placement must be a string like '3d' or '3d@n=2,k=2,c=2', got {placement!r}"
+            f"placement {placement!r} uses {math.prod(sizes.values())} devices but the model's mesh "
+            f"has {len(devices)}; the axis sizes must multiply to {len(devices)}"
         )
-    name, _, shape = placement.partition("@")
-    algorithms.get(name)
-    if shape:
-        sizes = _parse_sizes(shape, placement)
-        devices = list(mesh.devices.flat)
-        if math.prod(sizes.values()) != len(devices):
-            raise ValueError(
-                f"placement {placement!r} uses {math.prod(sizes.values())} devices but the model's mesh "
-                f"has {len(devices)}; the axis sizes must multiply to {len(devices)}"
-            )
-        mesh = make_mesh(**sizes, devices=devices)
-    result = Placement(name, mesh)
-    algorithms.get(name).check_mesh(mesh_sizes(mesh))
-    return result
+    return Placement(name, make_mesh(**sizes, devices=devices))

@@ -9,6 +9,7 @@ import os
 import pytest
 import yaml
 
+from jaxcnn.nn.placement import parse_placement_text
 from jaxcnn.runner.config import (
     Config,
     MeshConfig,
@@ -216,3 +217,16 @@ def test_override_values_are_yaml():
     assert parse_override("a={x: 1}") == (["a"], {"x": 1})
     assert parse_override("name=run=2") == (["name"], "run=2")
     assert parse_override("flag=true") == (["flag"], True)
+
+
+def test_config_placements_are_read_by_the_layers_parser():
+    """One parser for placement strings: config validation reports jaxcnn.nn.placement's own error,
+    prefixed with the key."""
+    assert parse_placement_text("3d") == ("3d", None)
+    assert parse_placement_text("3d@n=2,k=2,c=2") == ("3d", {"n": 2, "d": 1, "h": 1, "w": 1, "k": 2, "c": 2})
+    for bad in ("4d", "3d@n=2,q=2", "3d@n=0,k=8", "3d@n=2,n=4", "data@n=4,k=2", "k=2"):
+        with pytest.raises(ValueError) as parsed:
+            parse_placement_text(bad)
+        with pytest.raises(ConfigError) as loaded:
+            from_dict({"model": {"algorithms": {"conv1": bad}}})
+        assert str(loaded.value) == f"model.algorithms.conv1: {parsed.value}"

@@ -1,7 +1,8 @@
-"""The ``model`` section of the run config, and placement strings checked without a mesh.
+"""The ``model`` section of the run config.
 
 Re-exported by :mod:`jaxcnn.runner.config`. A placement's syntax, algorithm and axis use are checked
-here, at load time (:func:`parse_placement_text`); :meth:`jaxcnn.runner.config.Config` checks what
+here, at load time, by the one placement parser (:func:`jaxcnn.nn.placement.parse_placement_text`,
+its errors wrapped with the key: :func:`placement_sizes`); :meth:`jaxcnn.runner.config.Config` checks what
 needs the mesh sizes (a layer mesh must use all the devices), and the model build what needs the network
 (layer names, list length: :func:`jaxcnn.runner.setup.build_model`).
 """
@@ -14,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from jaxcnn.mesh import AXES
+from jaxcnn.nn.placement import parse_placement_text
 from jaxcnn.runner.config.typed import (
     Bool,
     ByteSize,
@@ -27,7 +28,6 @@ from jaxcnn.runner.config.typed import (
     fail,
 )
 
-MESH_AXES = AXES  # ("n", "d", "h", "w", "k", "c")
 #: Models that label every voxel (the rest classify whole images).
 SEGMENTATION_MODELS = ("unet",)
 
@@ -82,7 +82,7 @@ class ModelConfig(Section):
         if not isinstance(algorithms, str | Mapping) and not algorithms:
             fail("the list of algorithms is empty")
         for sub, placement in _placements(algorithms):
-            parse_placement_text(placement, sub)
+            placement_sizes(placement, sub)
         return algorithms
 
     @field_validator("options")
@@ -110,66 +110,14 @@ def _placements(algorithms: Any) -> list[tuple[str, str]]:
     return [(f"[{i}]", v) for i, v in enumerate(algorithms)]
 
 
-def parse_placement_text(placement: str, sub: str = "") -> tuple[str, dict[str, int] | None]:
-    """Checks a placement string's syntax without a mesh (see :mod:`jaxcnn.nn.placement`).
-
-    Args:
-      placement: ``"3d"`` or ``"3d@n=2,k=2,c=2"``.
-      sub: key suffix for the error, e.g. ``".conv1"``.
-
-    Returns:
-      ``(algorithm, {axis: size} with every axis, or None without an "@" shape)``.
-
-    Raises:
-      PydanticCustomError: (inside validation) unknown algorithm, a malformed shape (unknown or
-        repeated axis, a size that is not an int >= 1), or a shape with an axis the algorithm does not use.
-    """
-    import jaxcnn
-    from jaxcnn import algorithms
-
-    valid = tuple(jaxcnn.ALGORITHMS)
-    name, at, shape = placement.partition("@")
-    if name not in valid:
-        quoting = (
-            " (a placement with a layer mesh inside a YAML [list] or {mapping} needs quotes: "
-            "['3d@n=2,k=2,c=2'], else YAML splits it at the commas)"
-            if "=" in name
-            else ""
-        )
-        fail(
-            f"unknown algorithm {placement!r}; valid algorithms are {valid}, optionally with a layer "
-            f"mesh such as '3d@n=2,k=2,c=2'{quoting}",
-            sub,
-        )
-    if not at:
-        return name, None
-    sizes = dict.fromkeys(MESH_AXES, 1)
-    seen: set[str] = set()
-    for item in shape.split(","):
-        axis, _, value = (part.strip() for part in item.partition("="))
-        problem = (
-            f"unknown axis {axis!r}"
-            if axis not in MESH_AXES
-            else f"axis {axis!r} given twice"
-            if axis in seen
-            else f"size {value!r} of axis {axis!r} is not an int >= 1"
-            if not value.isdigit() or int(value) < 1
-            else None
-        )
-        if problem:
-            fail(
-                f"bad layer mesh in placement {placement!r}: {problem}; expected comma-separated "
-                f"axis=size items with axes from {', '.join(MESH_AXES)} and sizes >= 1, e.g. "
-                "'3d@n=2,k=2,c=2'",
-                sub,
-            )
-        seen.add(axis)
-        sizes[axis] = int(value)
+def placement_sizes(placement: str, key: str) -> tuple[str, dict[str, int] | None]:
+    """:func:`jaxcnn.nn.placement.parse_placement_text` inside config validation: its error becomes
+    the one-line error of ``key`` (e.g. ``"model.algorithms.conv1"``; relative to the section, as
+    ``".conv1"``, inside the section's own validators)."""
     try:
-        algorithms.get(name).check_mesh(sizes)
+        return parse_placement_text(placement)
     except ValueError as e:
-        fail(f"placement {placement!r}: {e}", sub)
-    return name, sizes
+        fail(str(e), key)
 
 
-__all__ = ["MESH_AXES", "SEGMENTATION_MODELS", "ModelConfig", "OptionValue", "parse_placement_text"]
+__all__ = ["SEGMENTATION_MODELS", "ModelConfig", "OptionValue", "placement_sizes"]

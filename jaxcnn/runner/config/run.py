@@ -31,10 +31,11 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from jaxcnn import algorithms
 from jaxcnn.runner.config.cluster import ClusterConfig
 from jaxcnn.runner.config.data import CLASSIFICATION_SOURCES, SEGMENTATION_SOURCES, DataConfig
 from jaxcnn.runner.config.mesh import MeshConfig
-from jaxcnn.runner.config.model import ModelConfig, parse_placement_text
+from jaxcnn.runner.config.model import ModelConfig, placement_sizes
 from jaxcnn.runner.config.train import CheckpointConfig, OptimizerConfig, TrainConfig
 from jaxcnn.runner.config.typed import Bool, Int, Section, Str, fail, to_plain, validate
 from jaxcnn.yaml_io import apply_overrides, load_yaml
@@ -124,10 +125,8 @@ class Config(Section):
         known = {a: max(s, 1) for a, s in sizes.items()}  # a -1 axis counts as 1 for the axis-use check
         devices = math.prod(sizes.values()) if -1 not in sizes.values() else None
         for sub, placement in self.model.placements():
-            name, shape = parse_placement_text(placement, f"model.algorithms{sub}")
+            name, shape = placement_sizes(placement, f"model.algorithms{sub}")
             if shape is None:
-                from jaxcnn import algorithms
-
                 try:
                     algorithms.get(name).check_mesh(known)
                 except ValueError as e:
