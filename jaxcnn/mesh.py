@@ -145,3 +145,16 @@ def mesh_sizes(mesh: Mesh) -> dict[str, int]:
             "(build one with jaxcnn.make_mesh)"
         )
     return {a: int(shape.get(a, 1)) for a in AXES}
+
+
+def batch_mesh_sizes(sizes: Mapping[str, int], *batches: int) -> dict[str, int]:
+    """The run mesh that lays out batches ``sizes["n"]`` does not divide: ``n = gcd(n, *batches)``, and
+    the factor ``n / gcd`` multiplies ``c`` (batch 32 on 64 devices: ``n=32, c=2``).
+
+    The one place of this rule (``model.algorithms: auto`` with ``mesh.n: -1``, and ``jaxcnn plan
+    --whole-step``): every convolution of a planned model gets its own arrangement of all the devices,
+    so the run mesh only decides how the input batch is laid out, split over ``n`` and replicated over
+    the rest, before the first convolution reshards it.
+    """
+    fit = math.gcd(sizes["n"], *batches)
+    return {**{a: 1 for a in AXES}, **sizes, "n": fit, "c": sizes.get("c", 1) * (sizes["n"] // fit)}

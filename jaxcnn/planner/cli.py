@@ -53,6 +53,7 @@ from jaxcnn.planner.report import (
     make_plan,
     measure_rows,
 )
+from jaxcnn.planner.whole_step import format_whole_step, whole_step
 from jaxcnn.yaml_io import load_yaml, parse_bytes
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -265,8 +266,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = measure_rows(rows, args.dtype)
     print(format_table(args, rows))
     if args.whole_step:
-        from jaxcnn.planner.whole_step import format_whole_step, whole_step
-
         try:
             result = whole_step(
                 args.model,

@@ -9,11 +9,15 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.bounds import lower_bound
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
+from jaxcnn.measure import measure_conv
+from jaxcnn.mesh import make_mesh
 from jaxcnn.networks import ConvLayer
 from jaxcnn.planner.plan import NoPlanError, plan_layer, plan_network
 
@@ -167,19 +171,13 @@ def measure_rows(rows: Sequence[Row], dtype: str) -> list[Row]:
     as the grids use. ``Row.expected`` is the prediction the meter must equal: the plan's bytes, except
     that XLA:CPU carries 16-bit collectives as float32 (``wire_dtype``, see :func:`jaxcnn.cost.predict`).
     """
-    import jax
-    import jax.numpy as jnp
-
-    import jaxcnn
-    from jaxcnn.measure import measure_conv
-
     wire = "float32" if itemsize_of(dtype) < 4 and jax.default_backend() == "cpu" else None
     cache: dict[Any, float] = {}
     out = []
     for row in rows:
         key = (row.layer.geom, row.choice.algorithm, tuple(row.choice.grid.items()))
         if key not in cache:
-            mesh = jaxcnn.make_mesh(**row.choice.grid)
+            mesh = make_mesh(**row.choice.grid)
             fwd, bwd = measure_conv(
                 row.layer.geom, mesh=mesh, algorithm=row.choice.algorithm, dtype=jnp.dtype(dtype)
             )

@@ -9,18 +9,15 @@ placements as a ``model.algorithms`` mapping that can be pasted into a config.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from jax.sharding import PartitionSpec as P
+import jax
+from flax import nnx
 
+from jaxcnn import models
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
-
-
-def input_mesh_sizes(batch: int, devices: int) -> dict[str, int]:
-    """The run mesh of ``auto`` for the images: batch over ``n = gcd(batch, devices)``, the rest on ``c``."""
-    n = math.gcd(batch, devices)
-    return {"n": n, "h": 1, "w": 1, "k": 1, "c": devices // n}
+from jaxcnn.mesh import batch_mesh_sizes, make_mesh
+from jaxcnn.planner.model import plan_model
 
 
 def whole_step(
@@ -36,11 +33,13 @@ def whole_step(
     **options: Any,
 ) -> dict[str, Any]:
     """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices): its bytes
-    moved and its peak memory per device (:func:`jaxcnn.planner.step_memory.step_memory`, the train
-    state estimated from the placements with Adam's two moments; ``memory_bytes`` caps it).
+    moved and its peak memory per device (:func:`jaxcnn.planner.model.plan_model`: the train state
+    estimated from the placements with Adam's two moments; ``memory_bytes`` caps it).
 
-    ``hosts`` and ``dcn_cost_factor`` are :func:`jaxcnn.planner.network.plan_graph`'s (the plan
-    minimises ``ICI + dcn_cost_factor · DCN`` bytes on ``hosts > 1``).
+    The images are laid out as ``model.algorithms: auto`` lays them out (:func:`jaxcnn.mesh.batch_mesh_sizes`:
+    the batch over ``n = gcd(batch, devices)``, the rest on ``c``). ``hosts`` and ``dcn_cost_factor``
+    are :func:`jaxcnn.planner.network.plan_graph`'s (the plan minimises ``ICI + dcn_cost_factor · DCN``
+    bytes on ``hosts > 1``).
 
     Returns:
       ``{"placements": {layer: placement}, "predicted_comm_bytes_per_step_max_device": float,
@@ -48,21 +47,8 @@ def whole_step(
       "predicted_memory_bytes_per_device": float, "predicted_memory_peak_at": str,
       "memory_components": {...}}``.
     """
-    import jax
-    from flax import nnx
-
-    import jaxcnn
-    from jaxcnn import models
-    from jaxcnn.cost import itemsize_of
-    from jaxcnn.models.trace import trace_layers
-    from jaxcnn.nn.placement import format_placement
-    from jaxcnn.planner.network import plan_graph
-    from jaxcnn.planner.step import grid_key, step_cost
-    from jaxcnn.planner.step_memory import step_memory
-
-    sizes = input_mesh_sizes(batch, devices)
-    platform = jax.devices()[0].platform
-    mesh = jaxcnn.make_mesh(**sizes)
+    sizes = batch_mesh_sizes({"n": devices}, batch)
+    mesh = make_mesh(**sizes)
     built = nnx.eval_shape(
         lambda: models.build(
             model,
@@ -75,26 +61,20 @@ def whole_step(
             **options,
         )
     )
-    layers = {layer.name: layer.geom for layer in trace_layers(built, batch, (image, image, 3))}
-    source = (P("n"), grid_key(sizes))
-    chosen = plan_graph(
-        built.plan_graph,
-        layers,
-        devices,
-        source,
-        memory_bytes,
+    plan = plan_model(
+        built,
+        batch,
+        (image, image, 3),
+        sizes,
+        memory_bytes=memory_bytes,
         dtype=dtype,
+        platform=jax.devices()[0].platform,
         hosts=hosts,
         dcn_cost_factor=dcn_cost_factor,
-        platform=platform,
     )
-    cost = step_cost(built.plan_graph, layers, chosen, source, dtype, hosts)
-    images = batch * image * image * 3 * itemsize_of(dtype) / sizes["n"]
-    memory = step_memory(
-        built.plan_graph, layers, chosen, batch_bytes=images, platform=platform, itemsize=itemsize_of(dtype)
-    )
+    cost, memory = plan.cost, plan.memory
     return {
-        "placements": {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
+        "placements": plan.placements,
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,
         "predicted_dcn_bytes_per_step_max_device": cost.dcn_max_bytes,
         "hosts": hosts,

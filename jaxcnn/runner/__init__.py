@@ -18,7 +18,6 @@ Packages and modules, one concept each:
   ``jax.distributed.initialize()``); :mod:`.launch`: ``jaxcnn launch``, a multi-process job on one machine.
 """
 
-from jaxcnn.runner.config import Config, load_config
-from jaxcnn.runner.config import ConfigError
+from jaxcnn.runner.config import Config, ConfigError, load_config
 
 __all__ = ["Config", "ConfigError", "load_config"]

@@ -15,7 +15,6 @@ stops on the same figures.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
@@ -24,16 +23,14 @@ from flax import nnx
 from jaxcnn.models.common import Head
 from jaxcnn.models.trace import named_convs
 from jaxcnn.nn.placement import format_placement
-from jaxcnn.runner import fit, optim, setup
+from jaxcnn.runner import fit, setup
 from jaxcnn.runner.config import Config
-from jaxcnn.runner.data.datasets import image_spec
-from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict
-from jaxcnn.runner.state import abstract_state
-from jaxcnn.runner.step import abstract_batch, jit_train_step
+from jaxcnn.runner.prepare import prepare
 
 
 def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -> dict[str, Any]:
-    """Compiles ``cfg``'s train step for the current devices.
+    """Compiles ``cfg``'s train step for the current devices (:func:`jaxcnn.runner.prepare.prepare`
+    with ``compile_only``).
 
     Args:
       cfg: the config (its mesh must fit ``jax.device_count()``).
@@ -41,7 +38,7 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
 
     Returns:
       ``{"compiled", "compile_time_s", "mesh", "num_params" (without the head's zero class padding),
-      "head_padding_params", "temp_bytes", "argument_bytes",
+      "head_padding_params", "placements", "temp_bytes", "argument_bytes",
       "comm_bytes_per_step_max_device", "predicted_comm_bytes_per_step_max_device",
       "predicted_components", "predicted_kinds", "memory_state_bytes_per_device",
       "memory_compiled_bytes_per_device", "device_memory_bytes", "device_memory_source",
@@ -52,36 +49,18 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
 
     Raises:
       ConfigError: the mesh does not fit the devices or batches, or the builder rejects the
-        ``model`` section (see :func:`jaxcnn.runner.setup.build_model`).
+        ``model`` section (see :func:`jaxcnn.runner.setup.model_builder`).
     """
-    mesh = setup.build_mesh(cfg)
-    shape, num_classes = image_spec(cfg.data, cfg.seed)
-    tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
-    graphs, state = abstract_state(
-        lambda: setup.build_model(cfg, mesh, num_classes, shape, builder), tx, mesh
-    )
-    batch = abstract_batch(mesh, cfg.train.batch_size, shape, cfg.data.task)
-    footprint = fit.state_footprint(state, batch)  # reported, never a stop (see the module docstring)
-    t0 = time.perf_counter()
-    step = jit_train_step(graphs, tx, state, mesh)
-    compiled = step.lower(state, *batch).compile()
-    elapsed = time.perf_counter() - t0
-    memory = compiled.memory_analysis()
+    run = prepare(cfg, builder, compile_only=True)
+    state, predicted, memory_model = run.state, run.predicted, run.predicted_memory
+    memory = run.compiled.memory_analysis()
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    model = nnx.merge(graphs.train, state["params"], state["rest"])  # abstract: nothing allocated
+    model = nnx.merge(run.graphs.train, state["params"], state["rest"])  # abstract: nothing allocated
     padding = sum(m.padding_params for _, m in nnx.iter_modules(model) if isinstance(m, Head))
-    predicted, memory_model = predict(
-        model_for_prediction(graphs, state),
-        mesh,
-        cfg.train.batch_size,
-        shape,
-        cfg.model.dtype,
-        state_bytes=footprint.total - footprint.parts.get("gradients", 0),
-    )
     return {
-        "compiled": compiled,
-        "compile_time_s": elapsed,
-        "mesh": dict(mesh.shape),
+        "compiled": run.compiled,
+        "compile_time_s": run.compile_s,
+        "mesh": dict(run.mesh.shape),
         "num_params": num_params - padding,
         "head_padding_params": padding,
         "placements": {
@@ -89,11 +68,11 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         },
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
         "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
-        "comm_bytes_per_step_max_device": metered_bytes(compiled)[0],
+        "comm_bytes_per_step_max_device": run.comm_bytes,
         "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
         "predicted_components": None if predicted is None else dict(predicted.components),
         "predicted_kinds": None if predicted is None else dict(predicted.kinds),
-        **fit.report(footprint, compiled, list(mesh.devices.flat)),
+        **fit.report(run.footprint, run.compiled, list(run.mesh.devices.flat)),
         "predicted_memory_bytes_per_device": None if memory_model is None else round(memory_model.peak),
         "predicted_memory_peak_at": None if memory_model is None else memory_model.at,
     }

@@ -43,6 +43,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxcnn.runner.config import CheckpointConfig
 from jaxcnn.runner.state import TrainState, abstract
 
 
@@ -183,6 +184,11 @@ class Checkpointer:
             )
         except OSError as e:
             raise CheckpointError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from None
+
+    @classmethod
+    def for_run(cls, run_dir: str, cfg: CheckpointConfig) -> Checkpointer | None:
+        """The run's checkpointer (``<run_dir>/checkpoints``), or None when ``checkpoint.enabled`` is off."""
+        return cls(os.path.join(run_dir, "checkpoints"), cfg.max_to_keep) if cfg.enabled else None
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""

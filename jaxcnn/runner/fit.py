@@ -34,19 +34,16 @@ import dataclasses
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 
 from jaxcnn.runner.config.typed import ConfigError, to_plain
 
 if TYPE_CHECKING:
-    import optax
-    from flax import nnx
-
     from jaxcnn.runner.config import Config
 
 _PARTS = {"params": "parameters", "rest": "model statistics", "opt_state": "optimizer state"}
@@ -281,32 +278,6 @@ def model_subject(cfg: Config) -> str:
         f"model.name={cfg.model.name} with model.options={to_plain(cfg.model.options)} and "
         f"model.algorithms={to_plain(cfg.model.algorithms)}"
     )
-
-
-def check_build(
-    build: Callable[[], nnx.Module],
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    batch: Iterable[Any] = (),
-    *,
-    subject: str = "the model",
-) -> StateFootprint:
-    """:func:`check_state` for the model ``build`` makes, built abstractly (nothing is allocated).
-
-    Args:
-      build: builds the model (run under ``nnx.eval_shape`` by ``abstract_state``).
-      tx: the optimizer (its state is counted).
-      mesh: the model's mesh (its devices are compared with).
-      batch: the abstract input batch.
-      subject: see :func:`check_state`.
-
-    Raises:
-      ConfigError: see :func:`check_state`.
-    """
-    from jaxcnn.runner.state import abstract_state
-
-    _, state = abstract_state(build, tx, mesh)
-    return check_state(state, batch, subject=subject, devices=list(mesh.devices.flat))
 
 
 def check_compiled(

@@ -1,27 +1,27 @@
 """A run's communication figures: metered from the compiled step, and predicted from the model.
 
 ``comm_bytes_per_step_max_device`` (:func:`metered_bytes`) and
-``predicted_comm_bytes_per_step_max_device`` (:func:`predict_step`); with the step's predicted peak
-memory per device (:func:`predict`).
+``predicted_comm_bytes_per_step_max_device`` with the step's predicted peak memory per device
+(:func:`predict`).
 
-Reads the model's plan graph (:mod:`jaxcnn.models.graph`) and each convolution's placement (its
-algorithm and mesh), traces the convolutions' geometries for the run's batch
-(:func:`jaxcnn.models.trace.trace_layers`), and evaluates :func:`jaxcnn.planner.step.step_cost`.
+The predictions are the planner's (:func:`jaxcnn.planner.model.predict_model`: the model's plan graph
+and each convolution's placement, priced for the run's batch); this module adds what the run knows:
+the mesh, and the dtype its collectives carry on the mesh's platform (:func:`wire_dtype`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
 from flax import nnx
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
-from jaxcnn.cost import itemsize_of
+from jaxcnn import measure
 from jaxcnn.mesh import mesh_sizes
-from jaxcnn.models.trace import named_convs, trace_layers
-from jaxcnn.planner.step import StepCost, choices_for, first_conv, grid_key, step_cost
-from jaxcnn.planner.step_memory import StepMemory, step_memory
+from jaxcnn.planner.model import predict_model
+from jaxcnn.planner.step import StepCost
+from jaxcnn.planner.step_memory import StepMemory
 
 
 def metered_bytes(compiled: Any) -> tuple[float | None, str]:
@@ -29,8 +29,6 @@ def metered_bytes(compiled: Any) -> tuple[float | None, str]:
 
     The meter is advisory: if it cannot parse the program, the value is None and the note says why.
     """
-    from jaxcnn import measure
-
     try:
         return float(measure.meter_compiled(compiled).max_bytes), ""
     except measure.HloParseError as e:  # never stop a run over the meter
@@ -38,8 +36,7 @@ def metered_bytes(compiled: Any) -> tuple[float | None, str]:
 
 
 def model_for_prediction(graphs: Any, state: Any) -> nnx.Module:
-    """The train-mode model with abstract leaves (nothing is copied), for :func:`predict_step`."""
-    import jax
+    """The train-mode model with abstract leaves (nothing is copied), for :func:`predict`."""
 
     def abstract(leaf: Any) -> Any:
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) if hasattr(leaf, "shape") else leaf
@@ -68,8 +65,8 @@ def predict(
     state_bytes: float | None = None,
 ) -> tuple[StepCost | None, StepMemory | None]:
     """Predicted bytes per device of one train step of ``model`` and, given ``state_bytes``, its peak
-    memory per device (:func:`jaxcnn.planner.step_memory.step_memory`); ``(None, None)`` for a model
-    without a plan graph. The model's convolutions are traced once for both.
+    memory per device (:func:`jaxcnn.planner.model.predict_model`); ``(None, None)`` for a model
+    without a plan graph.
 
     Args:
       model: the built (possibly abstract) model; its images arrive as ``P("n")`` on ``mesh``.
@@ -80,29 +77,14 @@ def predict(
       state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
         without its gradients, which the prediction places in time itself); None: no memory figure.
     """
-    graph = getattr(model, "plan_graph", None)
-    if graph is None:
-        return None, None
     platform = mesh.devices.flat[0].platform
-    dtype = wire_dtype(dtype, platform)
-    placements: dict[str, Any] = {
-        name: (conv.algorithm, mesh_sizes(conv.mesh)) for name, conv in named_convs(model).values()
-    }
-    layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
-    choices = choices_for(layers, placements, dtype, first=first_conv(graph))
-    cost = step_cost(graph, layers, choices, (P("n"), grid_key(mesh_sizes(mesh))), dtype)
-    if state_bytes is None:
-        return cost, None
-    # the placements' memory is priced in the wire dtype, and so are max pooling's int32 indices
-    memory = step_memory(
-        graph, layers, choices, state_bytes=state_bytes, platform=platform, itemsize=itemsize_of(dtype)
+    predicted = predict_model(
+        model,
+        batch,
+        image_shape,
+        mesh_sizes(mesh),
+        dtype=wire_dtype(dtype, platform),
+        platform=platform,
+        state_bytes=state_bytes,
     )
-    return cost, memory
-
-
-def predict_step(
-    model: nnx.Module, mesh: Mesh, batch: int, image_shape: tuple[int, ...], dtype: str
-) -> StepCost | None:
-    """Predicted bytes per device of one train step of ``model`` (None for a model without a plan
-    graph); arguments as :func:`predict`."""
-    return predict(model, mesh, batch, image_shape, dtype)[0]
+    return predicted.cost, predicted.memory

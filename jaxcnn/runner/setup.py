@@ -1,4 +1,5 @@
-"""Everything a run needs before its first step: processes, mesh, model, run directory.
+"""The parts of a run's preparation: processes, mesh, model, run directory (put together by
+:func:`jaxcnn.runner.prepare.prepare`).
 
 Processes join a multi-process job through :mod:`jaxcnn.runner.cluster`; the mesh it builds is passed
 explicitly to the model (no global mesh is set).
@@ -17,9 +18,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-import jaxcnn
+from jaxcnn import models
+from jaxcnn.mesh import host_count, make_mesh
 from jaxcnn.runner import cluster
+from jaxcnn.runner.autoplan import plan_algorithms
 from jaxcnn.runner.config import Config, ConfigError, save_config
+from jaxcnn.runner.config.typed import to_plain
 
 ModelBuilder = Callable[..., nnx.Module]
 
@@ -44,7 +48,7 @@ def build_mesh(cfg: Config) -> Mesh:
       ConfigError: the sizes do not fit the devices, or ``mesh.n`` does not divide a batch size (a
         one-line message naming the keys and a mesh that would work).
     """
-    return jaxcnn.make_mesh(**cfg.mesh_sizes(jax.device_count()))
+    return make_mesh(**cfg.mesh_sizes(jax.device_count()))
 
 
 def _algorithms(
@@ -58,9 +62,6 @@ def _algorithms(
     """
     algs = cfg.model.algorithms
     if isinstance(algs, str) and algs == "auto":
-        from jaxcnn.mesh import host_count
-        from jaxcnn.runner.autoplan import plan_algorithms
-
         return plan_algorithms(
             build,
             mesh,
@@ -78,16 +79,16 @@ def _algorithms(
     return algs
 
 
-def build_model(
+def model_builder(
     cfg: Config,
     mesh: Mesh,
     num_classes: int,
     image_shape: tuple[int, ...],
     builder: ModelBuilder | None = None,
-    *,
-    before_init: Callable[[Callable[[], nnx.Module]], None] | None = None,
-) -> nnx.Module:
-    """Builds the configured network on ``mesh`` with parameters from ``nnx.Rngs(cfg.seed)``.
+) -> Callable[[], nnx.Module]:
+    """A zero-argument function that builds the configured network on ``mesh`` with parameters from
+    ``nnx.Rngs(cfg.seed)``: placements resolved (``auto`` planned) once, now; the model may then be
+    built abstractly (``nnx.eval_shape``) and for real.
 
     Args:
       cfg: the run config (``model`` section and ``seed``).
@@ -95,23 +96,14 @@ def build_model(
       num_classes: classifier width.
       image_shape: ``(H, W, C)`` of the inputs.
       builder: a function with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
-      before_init: called, before any parameter is created, with a zero-argument function that builds
-        the model (placements resolved, ``auto`` planned once); it may build it abstractly
-        (``nnx.eval_shape``, e.g. through :func:`jaxcnn.runner.state.abstract_state`) and raise to stop
-        before anything is allocated (:func:`jaxcnn.runner.fit.check_state`).
 
     Raises:
-      ConfigError: one line naming the key, for what the builder rejects: layer names in
-        ``model.algorithms`` the network does not have, a list whose length differs from the number of
-        conv layers (both listing the network's convolutions), a placement the mesh cannot take, a
-        ``model.options`` key the model's constructor does not take.
+      ConfigError: (here for ``auto``, else when the function is called) one line naming the key, for
+        what the builder rejects: layer names in ``model.algorithms`` the network does not have, a list
+        whose length differs from the number of conv layers (both listing the network's convolutions),
+        a placement the mesh cannot take, a ``model.options`` key the model's constructor does not take.
     """
-    from jaxcnn.runner.config.typed import to_plain
-
-    if builder is None:
-        from jaxcnn import models
-
-        builder = models.build
+    builder = models.build if builder is None else builder
 
     def construct(algorithms: Any) -> nnx.Module:
         return builder(
@@ -162,9 +154,18 @@ def build_model(
             raise ConfigError(f"model.algorithms={given}: {message}{listing}") from None
 
     algorithms = _algorithms(cfg, mesh, image_shape, build)
-    if before_init is not None:
-        before_init(lambda: build(algorithms))
-    return build(algorithms)
+    return lambda: build(algorithms)
+
+
+def build_model(
+    cfg: Config,
+    mesh: Mesh,
+    num_classes: int,
+    image_shape: tuple[int, ...],
+    builder: ModelBuilder | None = None,
+) -> nnx.Module:
+    """The configured network on ``mesh``, built now (:func:`model_builder`'s function, called)."""
+    return model_builder(cfg, mesh, num_classes, image_shape, builder)()
 
 
 def prepare_run_dir(cfg: Config) -> str:

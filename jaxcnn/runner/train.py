@@ -21,14 +21,13 @@ import numpy as np
 from jax.sharding import Mesh
 from rich.console import Console
 
-from jaxcnn.runner import data as data_lib
-from jaxcnn.runner import display, fit, metrics, optim, setup
+from jaxcnn.runner import display, metrics, optim, setup
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import Config
-from jaxcnn.runner.data.datasets import Dataset, load_dataset
-from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict_step
-from jaxcnn.runner.state import Graphs, TrainState, abstract, init_state
-from jaxcnn.runner.step import abstract_batch, dice, jit_eval_step, jit_train_step
+from jaxcnn.runner.data import Dataset, TrainBatches, eval_batches
+from jaxcnn.runner.prepare import Prepared, prepare
+from jaxcnn.runner.state import Graphs, TrainState
+from jaxcnn.runner.step import dice, jit_eval_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,7 +58,7 @@ def evaluate(
     plus ``eval_dice``: the foreground Dice coefficient over all held-out voxels (:func:`step.dice`)."""
     sums = []
     with jax.transfer_guard("disallow"):
-        for images, labels, mask in data_lib.eval_batches(data, batch_size, mesh):
+        for images, labels, mask in eval_batches(data, batch_size, mesh):
             sums.append(eval_step(state, images, labels, mask))
     sums = jax.device_get(sums)
     total = {key: sum(float(s[key]) for s in sums) for key in sums[0]}
@@ -79,6 +78,67 @@ def _stop(bad_step: int, ckpt: Checkpointer | None) -> NonFiniteLossError:
         f"training loss became NaN/inf at step {bad_step + 1}; stopping. Last good checkpoint: {where}. "
         "Lower optimizer.learning_rate (or set optimizer.grad_clip_norm) and rerun, or resume=true."
     )
+
+
+def _resume(
+    cfg: Config, ckpt: Checkpointer | None, state: TrainState, say: Callable[[str, str], None]
+) -> tuple[TrainState, dict[str, Any], int]:
+    """``(state, the input pipeline's saved position, first step)``: restored from the newest checkpoint
+    with ``resume``, else as given from step 0; ``say(kind, line)`` prints a warning or a note."""
+    if cfg.resume and ckpt is not None and ckpt.latest_step() is not None:
+        state, data_state, _ = ckpt.restore(state, warn=lambda line: say("warning", line))
+        return state, data_state, int(jax.device_get(state["step"]))
+    if cfg.resume:
+        say("note", "resume=true but there is no checkpoint yet; starting at step 0")
+    return state, {}, 0
+
+
+def _train_record(cfg: Config, done: int, fetched: list[Any], dt: float, lr: float) -> dict[str, Any]:
+    """The ``metrics.jsonl`` record of the steps up to ``done`` (their metrics ``fetched``)."""
+    return {
+        "step": done,
+        "loss": float(np.mean([m["loss"] for m in fetched])),
+        "accuracy": float(np.mean([m["accuracy"] for m in fetched])),
+        "step_time_s": dt,
+        "images_per_s": cfg.train.batch_size / dt,
+        "lr": lr,
+    }
+
+
+def _train_batches(cfg: Config, run: Prepared, start: int, data_state: dict[str, Any]) -> TrainBatches:
+    """The run's training batches from step ``start``, or from a checkpoint's pipeline position
+    ``data_state`` (which is checked to have been written for this data and seed)."""
+    batches = TrainBatches(
+        run.data,
+        cfg.train.batch_size,
+        cfg.seed,
+        run.mesh,
+        workers=cfg.data.workers,
+        prefetch=cfg.data.prefetch,
+        start=start,
+    )
+    if data_state:
+        batches.set_state(data_state)
+    return batches
+
+
+def _banner(cfg: Config, run: Prepared, start: int, run_dir: str) -> list[str]:
+    """What process 0 prints before the first step."""
+    data = run.data
+    lines = [
+        f"[bold]jaxcnn[/bold] {cfg.model.name} on mesh {dict(run.mesh.shape)} ({jax.device_count()} devices, "
+        f"{jax.process_count()} processes); {len(data.x_train)} train / {len(data.x_test)} test images "
+        f"{data.image_shape}; steps {start}→{cfg.train.steps}; compiled in {run.compile_s:.1f}s; run dir "
+        f"{run_dir}"
+    ]
+    if run.comm_note:
+        lines.append(f"[yellow]note:[/yellow] no communication figure ({run.comm_note})")
+    return lines
+
+
+def _every(done: int, total: int, every: int) -> bool:
+    """Step ``done`` is the last one or a multiple of ``every`` (> 0)."""
+    return done == total or (every > 0 and done % every == 0)
 
 
 def train(
@@ -102,135 +162,55 @@ def train(
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the newest checkpoint is the last good one).
-      ConfigError: the mesh does not fit the devices.
+      ConfigError: the mesh, the train state or the compiled step does not fit the devices.
     """
     t_start = time.perf_counter()
     setup.init_distributed(cfg)
-    main = setup.is_main_process()
-    console = console or Console()
-    mesh = setup.build_mesh(cfg)  # a mesh that does not fit fails before anything is written
-    data = load_dataset(cfg.data, cfg.seed)
-    tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
-    lr = optim.schedule(cfg.optimizer, cfg.train.steps)
-    batch = abstract_batch(mesh, cfg.train.batch_size, data.image_shape, data.task)
-    subject, footprint = fit.model_subject(cfg), []
-    model = setup.build_model(  # stops a state too big for the devices before allocating it (fit.py)
-        cfg,
-        mesh,
-        data.num_classes,
-        data.image_shape,
-        builder,
-        before_init=lambda build: footprint.append(fit.check_build(build, tx, mesh, batch, subject=subject)),
+    main, console = setup.is_main_process(), console or Console()
+    run = prepare(cfg, builder)  # what cannot fit stops here, before the old run directory is touched
+    mesh, data, total = run.mesh, run.data, cfg.train.steps
+    lr = optim.schedule(cfg.optimizer, total)
+    run_dir = setup.prepare_run_dir(cfg)
+    ckpt = Checkpointer.for_run(run_dir, cfg.checkpoint)
+    state, data_state, start = _resume(
+        cfg, ckpt, run.state, lambda kind, line: main and console.print(f"[yellow]{kind}:[/yellow] {line}")
     )
-    graphs, state = init_state(model, tx, mesh)
-    del model
-    run_dir = setup.prepare_run_dir(cfg)  # only now: a model that cannot fit leaves the old run untouched
-
-    ckpt = (
-        Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.max_to_keep)
-        if cfg.checkpoint.enabled
-        else None
-    )
-    start = 0
-    data_state: dict[str, Any] = {}
-    if cfg.resume and ckpt is not None and ckpt.latest_step() is not None:
-
-        def warn(line: str) -> None:
-            if main:
-                console.print(f"[yellow]warning:[/yellow] {line}")
-
-        state, data_state, _ = ckpt.restore(state, warn=warn)
-        start = int(jax.device_get(state["step"]))
-    elif cfg.resume and main:
-        console.print("[yellow]note:[/yellow] resume=true but there is no checkpoint yet; starting at step 0")
-    total = cfg.train.steps
     log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
-
-    t0 = time.perf_counter()
-    train_step = jit_train_step(graphs, tx, state, mesh)
-    compiled = train_step.lower(abstract(state), *batch).compile()
-    fit.check_compiled(
-        compiled, subject=subject, devices=list(mesh.devices.flat), footprint=next(iter(footprint), None)
-    )
-    eval_step = jit_eval_step(graphs, state, mesh, data.task)
-    compile_s = time.perf_counter() - t0
-    comm_bytes, comm_note = metered_bytes(compiled)
-    predicted = predict_step(
-        model_for_prediction(graphs, state),
-        mesh,
-        cfg.train.batch_size,
-        data.image_shape,
-        cfg.model.dtype,
-    )
-    batches = data_lib.TrainBatches(
-        data,
-        cfg.train.batch_size,
-        cfg.seed,
-        mesh,
-        workers=cfg.data.workers,
-        prefetch=cfg.data.prefetch,
-        start=start,
-    )
-    if data_state:  # a checkpoint's pipeline position; checks it was written for this data and seed
-        batches.set_state(data_state)
-    if main:
-        console.print(
-            f"[bold]jaxcnn[/bold] {cfg.model.name} on mesh {dict(mesh.shape)} ({jax.device_count()} devices, "
-            f"{jax.process_count()} processes); {len(data.x_train)} train / {len(data.x_test)} test images "
-            f"{data.image_shape}; steps {start}→{total}; compiled in {compile_s:.1f}s; run dir {run_dir}"
-        )
-        if comm_note:
-            console.print(f"[yellow]note:[/yellow] no communication figure ({comm_note})")
-
+    eval_step = jit_eval_step(run.graphs, state, mesh, data.task)
+    batches = _train_batches(cfg, run, start, data_state)
+    for line in _banner(cfg, run, start, run_dir) if main else ():
+        console.print(line)
     bar = display.ProgressBar(total, start, main, console)
-    pending: list[Any] = []
-    step_times: list[float] = []
-    last_eval: dict[str, float] = {}
-    t_last = time.perf_counter()
+    pending, step_times, last_eval, t_last = [], [], {}, time.perf_counter()
     try:
         for step in range(start, total):
             with jax.transfer_guard("disallow"):
                 images, labels = next(batches)  # global batch `step` (batches.step == step)
-                state, step_metrics = compiled(state, images, labels)
+                state, step_metrics = run.compiled(state, images, labels)
             pending.append(step_metrics)
             done = step + 1
-            is_eval = done == total or (cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0)
-            is_ckpt = ckpt is not None and (
-                done == total or (cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0)
-            )
-            if not (done % cfg.train.log_every == 0 or is_eval or is_ckpt):
-                if callback is not None:
-                    callback(done, state)
-                continue
-            fetched, bad_step = jax.device_get((pending, state["first_bad_step"]))
-            dt = (time.perf_counter() - t_last) / len(pending)
-            if int(bad_step) >= 0:
-                raise _stop(int(bad_step), ckpt)
-            step_times += [dt] * len(pending)
-            record = {
-                "step": done,
-                "loss": float(np.mean([m["loss"] for m in fetched])),
-                "accuracy": float(np.mean([m["accuracy"] for m in fetched])),
-                "step_time_s": dt,
-                "images_per_s": cfg.train.batch_size / dt,
-                "lr": float(lr(step)),
-            }
-            log.write(record)
-            bar.update(done, record)
-            pending = []
-            if is_eval:
-                last_eval = evaluate(eval_step, state, data, cfg.train.eval_batch_size, mesh)
-                log.write({"step": done, **last_eval})
-                dice_text = f", Dice {last_eval['eval_dice']:.4f}" if "eval_dice" in last_eval else ""
-                bar.print(
-                    f"step {done}: test accuracy {last_eval['eval_accuracy']:.4f}, "
-                    f"loss {last_eval['eval_loss']:.4f}{dice_text}"
-                )
-            if is_ckpt:
-                ckpt.save(done, state, batches.get_state())  # the pipeline's position (== done)
+            is_eval = _every(done, total, cfg.train.eval_every)
+            is_ckpt = ckpt is not None and _every(done, total, cfg.checkpoint.every)
+            if done % cfg.train.log_every == 0 or is_eval or is_ckpt:
+                fetched, bad_step = jax.device_get((pending, state["first_bad_step"]))
+                dt = (time.perf_counter() - t_last) / len(pending)
+                if int(bad_step) >= 0:
+                    raise _stop(int(bad_step), ckpt)
+                step_times += [dt] * len(pending)
+                record = _train_record(cfg, done, fetched, dt, float(lr(step)))
+                log.write(record)
+                bar.update(done, record)
+                pending = []
+                if is_eval:
+                    last_eval = evaluate(eval_step, state, data, cfg.train.eval_batch_size, mesh)
+                    log.write({"step": done, **last_eval})
+                    bar.print(_eval_line(done, last_eval))
+                if is_ckpt:
+                    ckpt.save(done, state, batches.get_state())  # the pipeline's position (== done)
             if callback is not None:
                 callback(done, state)
-            t_last = time.perf_counter()
+            if not pending:  # fetched: the next interval starts now
+                t_last = time.perf_counter()
     finally:
         bar.close()
         batches.close()  # the grain iterator's threads and worker processes
@@ -238,30 +218,51 @@ def train(
             ckpt.close()
     if not last_eval:  # nothing left to train (a resumed, finished run): still report the test accuracy
         last_eval = evaluate(eval_step, state, data, cfg.train.eval_batch_size, mesh)
-
-    # Steady state: skip the first interval (first execution, caches warming up).
-    steady = step_times[cfg.train.log_every :] or step_times
-    summary = {
-        "final_step": total,
-        "final_eval_accuracy": last_eval.get("eval_accuracy"),
-        "final_eval_loss": last_eval.get("eval_loss"),
-        "final_eval_dice": last_eval.get("eval_dice"),
-        "final_train_loss": next((r["loss"] for r in reversed(log.records) if "loss" in r), None),
-        "wall_time_s": time.perf_counter() - t_start,
-        "compile_time_s": compile_s,
-        "mean_step_time_s": float(np.mean(steady)) if steady else None,
-        "images_per_s": cfg.train.batch_size / float(np.mean(steady)) if steady else None,
-        "comm_bytes_per_step_max_device": comm_bytes,
-        "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
-        "mesh": dict(mesh.shape),
-        "devices": jax.device_count(),
-        "run_dir": run_dir,
-    }
+    summary = _summary(cfg, run, run_dir, log.records, last_eval, step_times, time.perf_counter() - t_start)
     if main:
         metrics.write_json(os.path.join(run_dir, "summary.json"), summary)
         metrics.plot(log.records, run_dir)
         console.print(display.summary_table(_summary_rows(summary)))
-    return RunResult(state, graphs, log.records, summary)
+    return RunResult(state, run.graphs, log.records, summary)
+
+
+def _eval_line(done: int, result: dict[str, float]) -> str:
+    dice_text = f", Dice {result['eval_dice']:.4f}" if "eval_dice" in result else ""
+    return (
+        f"step {done}: test accuracy {result['eval_accuracy']:.4f}, loss {result['eval_loss']:.4f}{dice_text}"
+    )
+
+
+def _summary(
+    cfg: Config,
+    run: Prepared,
+    run_dir: str,
+    records: list[dict[str, Any]],
+    last_eval: dict[str, float],
+    step_times: list[float],
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """The run's ``summary.json``; the mean step time skips the first logging interval (first
+    execution, caches warming up)."""
+    steady = step_times[cfg.train.log_every :] or step_times
+    return {
+        "final_step": cfg.train.steps,
+        "final_eval_accuracy": last_eval.get("eval_accuracy"),
+        "final_eval_loss": last_eval.get("eval_loss"),
+        "final_eval_dice": last_eval.get("eval_dice"),
+        "final_train_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
+        "wall_time_s": wall_time_s,
+        "compile_time_s": run.compile_s,
+        "mean_step_time_s": float(np.mean(steady)) if steady else None,
+        "images_per_s": cfg.train.batch_size / float(np.mean(steady)) if steady else None,
+        "comm_bytes_per_step_max_device": run.comm_bytes,
+        "predicted_comm_bytes_per_step_max_device": None
+        if run.predicted is None
+        else run.predicted.max_bytes,
+        "mesh": dict(run.mesh.shape),
+        "devices": jax.device_count(),
+        "run_dir": run_dir,
+    }
 
 
 def _summary_rows(s: dict[str, Any]) -> dict[str, str]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+from flax import nnx
+
 import jaxcnn
 from jaxcnn.geometry import conv_geometry
+from jaxcnn.models.trace import trace_layers
 from jaxcnn.networks import ConvLayer
 from jaxcnn.nn.placement import format_placement
-from jaxcnn.runner import autoplan, setup
+from jaxcnn.runner import setup
 from jaxcnn.runner.config import from_dict
 from tests.runner import tiny_model
 
@@ -31,7 +34,7 @@ def test_auto_plans_the_traced_layers():
     def build(algorithms):
         return tiny_model.build("tiny", num_classes=10, in_channels=3, mesh=mesh, algorithms=algorithms)
 
-    assert autoplan.conv_layers(build, 8, 16, (12, 12, 3)) == layers
+    assert trace_layers(nnx.eval_shape(lambda: build("data@n=8")), 16, (12, 12, 3)) == layers
     expected = jaxcnn.plan_network(layers, 8, math.inf)
     placements = {s.name: format_placement(s.choice.algorithm, s.choice.grid) for s in expected.steps}
     built = {b.name: (b.conv.algorithm, dict(b.conv.mesh.shape)) for b in (model.first, model.second)}

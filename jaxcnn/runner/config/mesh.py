@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field, Strict, model_validator
 
-from jaxcnn.mesh import AXES
+from jaxcnn.mesh import AXES, batch_mesh_sizes
 from jaxcnn.runner.config.typed import ConfigError, Section, check, fail
 
 
@@ -108,9 +108,7 @@ class MeshConfig(Section):
         if all(b % n == 0 for b in batches.values()):
             return sizes
         if auto and self.n == -1:
-            fit = math.gcd(n, *batches.values())
-            sizes["n"], sizes["c"] = fit, sizes["c"] * (n // fit)
-            return sizes
+            return batch_mesh_sizes(sizes, *batches.values())
         key, bad = next((k, b) for k, b in batches.items() if b % n)
         if self.n != -1:
             where = f"{num_devices} devices"

@@ -1,0 +1,160 @@
+"""A whole model, planned or predicted: the one entry from a built model to placements and figures.
+
+model + batch + devices in, placements + predictions out:
+
+- :func:`plan_model`: places every convolution of a model built abstractly (``nnx.eval_shape``, every
+  convolution on ``data`` over all the devices): a model with a plan graph (every
+  :mod:`jaxcnn.models` network) as a whole by :func:`jaxcnn.planner.network.plan_graph` (residual
+  blocks, the head, every layout change and the step's other collectives priced), any other
+  model's named convolutions as a chain by :func:`jaxcnn.planner.plan.plan_network`; and predicts
+  the chosen step's bytes and peak memory per device.
+- :func:`predict_model`: the same predictions for a model as built, from the placements its
+  convolutions carry (what ``jaxcnn train`` prints next to the bytes it meters).
+
+Both trace the model's convolutions for the batch (:func:`jaxcnn.models.trace.trace_layers`: exact
+geometries, in execution order, under the names a plan is keyed by) and price the step with
+:func:`jaxcnn.planner.step.step_cost` and :func:`jaxcnn.planner.step_memory.step_memory`. The
+images arrive as ``P("n")`` on the run mesh ``input_sizes`` (:func:`jaxcnn.mesh.batch_mesh_sizes`:
+the batch over ``n``, the rest replicated).
+
+Callers: ``model.algorithms: auto`` (:mod:`jaxcnn.runner.autoplan`, which only turns errors into
+config errors), a run's predictions (:mod:`jaxcnn.runner.predict`) and ``jaxcnn plan --whole-step``
+(:mod:`jaxcnn.planner.whole_step`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from jaxcnn.cost import itemsize_of
+from jaxcnn.geometry import ConvGeometry
+from jaxcnn.links import DEFAULT_DCN_COST_FACTOR, check_hosts
+from jaxcnn.mesh import mesh_sizes
+from jaxcnn.models.trace import named_convs, trace_layers
+from jaxcnn.nn.placement import format_placement
+from jaxcnn.planner.network import plan_graph
+from jaxcnn.planner.plan import plan_network
+from jaxcnn.planner.step import StepCost, choices_for, first_conv, grid_key, step_cost
+from jaxcnn.planner.step_memory import StepMemory, step_memory
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+    """A model's placements and the predictions for its train step.
+
+    Attributes:
+      placements: ``{layer: "alg@axis=size,..."}`` on the run's devices (a ``model.algorithms``
+        mapping).
+      layers: ``{layer: geometry}`` for the batch, in execution order.
+      cost: the step's predicted bytes per device; None for a model without a plan graph.
+      memory: the step's predicted peak memory per device; None without a plan graph (or, for
+        :func:`predict_model`, without ``state_bytes``).
+    """
+
+    placements: dict[str, str]
+    layers: dict[str, ConvGeometry]
+    cost: StepCost | None = None
+    memory: StepMemory | None = None
+
+
+def plan_model(
+    model: nnx.Module,
+    batch: int,
+    image_shape: tuple[int, ...],
+    input_sizes: Mapping[str, int],
+    *,
+    memory_bytes: float = math.inf,
+    dtype: str = "float32",
+    platform: str = "cpu",
+    hosts: int = 1,
+    dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+) -> ModelPlan:
+    """Places ``model``'s convolutions on the devices of the run mesh ``input_sizes`` and predicts
+    the step (bytes; peak memory with Adam's state estimated from the placements).
+
+    Args:
+      model: the model, built abstractly with every convolution on ``data`` over all the devices.
+      batch: global batch size.
+      image_shape: one image, ``(*spatial, channels)``.
+      input_sizes: the run mesh's axis sizes (the images' layout ``P("n")`` on it); its product is the
+        device count every placement uses.
+      memory_bytes: per-device cap on the whole step's predicted peak (``math.inf``: none).
+      dtype: element type the plan prices activations and kernels in.
+      platform: ``"cpu"``, ``"gpu"`` or ``"tpu"`` (how max pooling's backward is held in memory).
+      hosts: hosts the devices lie on (equal consecutive groups of the flat device order).
+      dcn_cost_factor: how much dearer a byte between hosts is (``hosts > 1``).
+
+    Raises:
+      jaxcnn.models.trace.UnnamedConvolutions: some convolutions have no names to key the plan by.
+      NoPlanError: no plan keeps the step under ``memory_bytes``.
+      ValueError: ``hosts`` does not divide the device count.
+    """
+    devices = math.prod(input_sizes.values())
+    traced = trace_layers(model, batch, image_shape)
+    check_hosts(devices, hosts)
+    layers = {layer.name: layer.geom for layer in traced}
+    graph = getattr(model, "plan_graph", None)  # a model outside jaxcnn.models may have none
+    links = {"hosts": hosts, "dcn_cost_factor": dcn_cost_factor}
+    if graph is None:
+        steps = plan_network(traced, devices, memory_bytes, dtype=dtype, **links).steps
+        return ModelPlan({s.name: format_placement(s.choice.algorithm, s.choice.grid) for s in steps}, layers)
+    source = (P("n"), grid_key(input_sizes))
+    chosen = plan_graph(graph, layers, devices, source, memory_bytes, dtype=dtype, platform=platform, **links)
+    images = batch * math.prod(image_shape) * itemsize_of(dtype) / input_sizes["n"]
+    return ModelPlan(
+        {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
+        layers,
+        step_cost(graph, layers, chosen, source, dtype, hosts),
+        step_memory(
+            graph, layers, chosen, batch_bytes=images, platform=platform, itemsize=itemsize_of(dtype)
+        ),
+    )
+
+
+def predict_model(
+    model: nnx.Module,
+    batch: int,
+    image_shape: tuple[int, ...],
+    input_sizes: Mapping[str, int],
+    *,
+    dtype: str = "float32",
+    platform: str = "cpu",
+    state_bytes: float | None = None,
+) -> ModelPlan:
+    """The predictions for ``model`` as built: each named convolution's placement read from the model.
+
+    Args:
+      model: the built (possibly abstract) model.
+      batch, image_shape, input_sizes, platform: as :func:`plan_model`.
+      dtype: element type the collectives carry (the run's wire dtype).
+      state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
+        without its gradients, which the prediction places in time itself); None: no memory figure.
+
+    Returns:
+      The model's placements and layers; ``cost`` and ``memory`` are None for a model without a plan
+      graph.
+    """
+    convs = named_convs(model).values()
+    placements = {name: format_placement(c.algorithm, mesh_sizes(c.mesh)) for name, c in convs}
+    layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
+    graph = getattr(model, "plan_graph", None)
+    if graph is None:
+        return ModelPlan(placements, layers)
+    grids = {name: (c.algorithm, mesh_sizes(c.mesh)) for name, c in convs}
+    choices = choices_for(layers, grids, dtype, first=first_conv(graph))
+    cost = step_cost(graph, layers, choices, (P("n"), grid_key(input_sizes)), dtype)
+    if state_bytes is None:
+        return ModelPlan(placements, layers, cost)
+    # the placements' memory is priced in the wire dtype, and so are max pooling's int32 indices
+    memory = step_memory(
+        graph, layers, choices, state_bytes=state_bytes, platform=platform, itemsize=itemsize_of(dtype)
+    )
+    return ModelPlan(placements, layers, cost, memory)
+
+
+__all__ = ["ModelPlan", "plan_model", "predict_model"]

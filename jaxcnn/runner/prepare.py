@@ -1,0 +1,132 @@
+"""Everything a run needs before its first step, for ``jaxcnn train`` and ``--compile-only`` alike.
+
+:func:`prepare` goes mesh → data → optimizer → model → abstract batch → train state → jitted step →
+compiled step → metered and predicted figures, in that order, so the cheapest checks fail first: a
+mesh that does not fit the devices or the batches fails before any data is read, a train state too
+big for the devices before any parameter is allocated (:mod:`jaxcnn.runner.fit`), a compiled step
+too big before the run directory is touched.
+
+``compile_only`` (``jaxcnn train --compile-only``, :mod:`jaxcnn.runner.aot`) keeps the state
+abstract (``jax.ShapeDtypeStruct`` leaves: nothing is allocated), reads no data (the image shape
+comes from :func:`jaxcnn.runner.data.image_spec`) and reports the memory figures instead of stopping
+on them: with hundreds of fake CPU devices the host RAM split per device is meaningless, and checking
+a config meant for bigger devices is the point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import optax
+from jax.sharding import Mesh
+
+from jaxcnn.planner.step import StepCost
+from jaxcnn.planner.step_memory import StepMemory
+from jaxcnn.runner import fit, optim, setup
+from jaxcnn.runner.config import Config
+from jaxcnn.runner.data import Dataset, image_spec, load_dataset
+from jaxcnn.runner.predict import metered_bytes, model_for_prediction, predict
+from jaxcnn.runner.state import Graphs, TrainState, abstract, abstract_state, init_state
+from jaxcnn.runner.step import abstract_batch, jit_train_step
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A run ready for its first step.
+
+    Attributes:
+      mesh: the run's mesh (input batches are ``P("n")`` on it).
+      tx: the optimizer.
+      graphs: the model's train and eval graphdefs.
+      state: the train state: placed arrays, or ``jax.ShapeDtypeStruct`` s with ``compile_only``.
+      batch: the abstract ``(images, labels)`` batch the step was compiled for.
+      data: the dataset (None with ``compile_only``).
+      image_shape: one image, ``(*spatial, channels)``.
+      footprint: the train state and batch per device (:func:`jaxcnn.runner.fit.state_footprint`).
+      compiled: the compiled, donated train step.
+      compile_s: seconds to lower and compile it.
+      comm_bytes: bytes the busiest device receives per step, metered from the compiled program
+        (None when the meter cannot read it; ``comm_note`` says why).
+      comm_note: why there is no ``comm_bytes``, else ``""``.
+      predicted: the step's predicted bytes per device (None for a model without a plan graph).
+      predicted_memory: its predicted peak memory per device (None likewise).
+    """
+
+    mesh: Mesh
+    tx: optax.GradientTransformation
+    graphs: Graphs
+    state: TrainState
+    batch: tuple[Any, Any]
+    data: Dataset | None
+    image_shape: tuple[int, ...]
+    footprint: fit.StateFootprint
+    compiled: Any
+    compile_s: float
+    comm_bytes: float | None
+    comm_note: str
+    predicted: StepCost | None
+    predicted_memory: StepMemory | None
+
+
+def prepare(
+    cfg: Config, builder: setup.ModelBuilder | None = None, *, compile_only: bool = False
+) -> Prepared:
+    """Builds and compiles ``cfg``'s run on the current devices (see the module docstring).
+
+    Args:
+      cfg: the validated config.
+      builder: a function with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
+      compile_only: abstract state, no data, memory reported rather than checked.
+
+    Raises:
+      ConfigError: the mesh does not fit the devices or batches, the builder rejects the ``model``
+        section (:func:`jaxcnn.runner.setup.model_builder`), ``auto`` finds no plan, or (not
+        ``compile_only``) the train state or the compiled step does not fit a device's memory.
+    """
+    mesh = setup.build_mesh(cfg)
+    data = None if compile_only else load_dataset(cfg.data, cfg.seed)
+    image_shape, num_classes = (
+        image_spec(cfg.data, cfg.seed) if data is None else (data.image_shape, data.num_classes)
+    )
+    tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
+    batch = abstract_batch(mesh, cfg.train.batch_size, image_shape, cfg.data.task)
+    build = setup.model_builder(cfg, mesh, num_classes, image_shape, builder)
+    graphs, state = abstract_state(build, tx, mesh)
+    subject, devices = fit.model_subject(cfg), list(mesh.devices.flat)
+    if compile_only:
+        footprint = fit.state_footprint(state, batch)
+    else:
+        footprint = fit.check_state(state, batch, subject=subject, devices=devices)
+        graphs, state = init_state(build(), tx, mesh)
+    t0 = time.perf_counter()
+    compiled = jit_train_step(graphs, tx, state, mesh).lower(abstract(state), *batch).compile()
+    compile_s = time.perf_counter() - t0
+    if not compile_only:
+        fit.check_compiled(compiled, subject=subject, devices=devices, footprint=footprint)
+    comm_bytes, comm_note = metered_bytes(compiled)
+    predicted, predicted_memory = predict(
+        model_for_prediction(graphs, state),
+        mesh,
+        cfg.train.batch_size,
+        image_shape,
+        cfg.model.dtype,
+        state_bytes=footprint.total - footprint.parts.get("gradients", 0),
+    )
+    return Prepared(
+        mesh,
+        tx,
+        graphs,
+        state,
+        batch,
+        data,
+        image_shape,
+        footprint,
+        compiled,
+        compile_s,
+        comm_bytes,
+        comm_note,
+        predicted,
+        predicted_memory,
+    )
