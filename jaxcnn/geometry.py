@@ -450,8 +450,12 @@ class ConvLayer:
       name: unique, readable name (e.g. ``"layer2.0.conv2"``).
       geom: its geometry (batch included).
       repeat: how many identical convolutions this entry stands for (1 unless deduplicated).
+      pad_outputs: its output channels are padded to a multiple of its placement's ``k · c`` (a
+        classifier head, :class:`jaxcnn.models.common.Head`); the planner
+        (:func:`jaxcnn.planner.plan_layer`) then ranks each grid with the channels it will have.
     """
 
     name: str
     geom: ConvGeometry
     repeat: int = 1
+    pad_outputs: bool = False

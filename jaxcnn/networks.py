@@ -5,7 +5,9 @@ the models are traced from the models themselves (:func:`model_layers`), so name
 ``layer2.0.proj``, ``conv5_3``, ``blocks.4.depthwise``, ``head``) and shapes are those the models run
 and a plan can be pasted into a config; the geometry comes from :func:`jaxcnn.conv_geometry`, so
 padding and output sizes are exactly what :func:`jaxcnn.conv2d` computes. Only convolutions are
-listed (the classifier is one: a 1x1 convolution on a 1x1 map); pooling and normalisation are not.
+listed (the classifier is one: a 1x1 convolution on a 1x1 map, its ``pad_outputs`` set); pooling and
+normalisation are not. :data:`NETWORKS` holds every classifier of :data:`jaxcnn.models.MODELS`, traced
+on its class's default input (``default_image``, ``default_in_channels``, ``default_num_classes``).
 
 >>> layers = get_network("resnet50", batch=32)
 >>> sum(layer.geom.flops * layer.repeat for layer in layers) / 2 / 32  # ≈ 4.09e9 MACs per image
@@ -17,10 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from jaxcnn import models
 from jaxcnn.geometry import ConvGeometry, ConvLayer, conv_geometry
+from jaxcnn.mesh import make_mesh
+from jaxcnn.models.common import HEAD_NAME
+from jaxcnn.models.trace import trace_layers
 
 
 def _check_sizes(batch: int, image: int) -> None:
@@ -45,23 +51,8 @@ def model_layers(
       **options: model options (``width``, ``small_images``).
     """
     _check_sizes(batch, image)
-    from flax import nnx
-
-    from jaxcnn import models
-    from jaxcnn.mesh import make_mesh
-    from jaxcnn.models.trace import trace_layers
-
-    mesh = make_mesh()
-    model = nnx.eval_shape(
-        lambda: models.build(
-            name,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            mesh=mesh,
-            rngs=nnx.Rngs(0),
-            sharded_init=False,
-            **options,
-        )
+    model = models.build_abstract(
+        name, num_classes=num_classes, in_channels=in_channels, mesh=make_mesh(), **options
     )
     return trace_layers(model, batch, (image, image, in_channels))
 
@@ -83,9 +74,9 @@ def vgg16_layers(batch: int, image: int = 224) -> list[ConvLayer]:
 
 
 _REQUIRED = ("h", "w", "c", "k", "r")
-_OPTIONAL = ("name", "s", "stride", "padding", "dilation", "repeat")
+_OPTIONAL = ("name", "s", "stride", "padding", "dilation", "repeat", "pad_outputs")
 _REQUIRED_ND = ("input", "k", "kernel")  # the N-D form: 1-, 2- or 3-D layers
-_OPTIONAL_ND = ("name", "stride", "padding", "dilation", "repeat")
+_OPTIONAL_ND = ("name", "stride", "padding", "dilation", "repeat", "pad_outputs")
 
 
 def _pair_or_int(value: Any) -> Any:
@@ -159,7 +150,9 @@ def layers_from_dicts(entries: Iterable[Mapping[str, Any]], batch: int) -> list[
     ``input`` ([W, C], [H, W, C] or [D, H, W, C]), ``k`` (output channels) and ``kernel`` (an int, or
     one int per spatial dimension). Both forms take ``stride`` (int or one per spatial dimension,
     default 1), ``padding`` ("SAME", "VALID", an int, or one [lo, hi] (or int) per spatial dimension;
-    default "SAME"), ``dilation`` (default 1), ``name`` (default ``"conv<i>"``), ``repeat`` (default 1).
+    default "SAME"), ``dilation`` (default 1), ``name`` (default ``"conv<i>"``), ``repeat`` (default 1),
+    ``pad_outputs`` (true: the output channels may be padded to the grid's ``k · c``, as a classifier
+    head's are; default: for a layer named ``head``, as the tables of the models name it).
 
     Args:
       entries: one mapping per convolution.
@@ -167,7 +160,8 @@ def layers_from_dicts(entries: Iterable[Mapping[str, Any]], batch: int) -> list[
 
     Raises:
       ValueError: an unknown or missing key (named, with the valid keys listed), keys of both forms, a
-        non-integer size, or a geometry :func:`jaxcnn.conv_geometry` rejects (the layer is named).
+        non-integer size, a non-boolean ``pad_outputs``, or a geometry :func:`jaxcnn.conv_geometry`
+        rejects (the layer is named).
     """
     _check_sizes(batch, 1)
     layers = []
@@ -190,7 +184,11 @@ def layers_from_dicts(entries: Iterable[Mapping[str, Any]], batch: int) -> list[
             )
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
-        layers.append(ConvLayer(str(entry.get("name", f"conv{i}")), geom, entry.get("repeat", 1)))
+        name = str(entry.get("name", f"conv{i}"))
+        pad_outputs = entry.get("pad_outputs", name == HEAD_NAME)  # a table's "head" pads, as the models'
+        if not isinstance(pad_outputs, bool):
+            raise ValueError(f"{where}: 'pad_outputs' must be true or false, got {pad_outputs!r}")
+        layers.append(ConvLayer(name, geom, entry.get("repeat", 1), pad_outputs))
     return layers
 
 
@@ -210,14 +208,22 @@ def layers_from_yaml(path: str | os.PathLike[str], batch: int) -> list[ConvLayer
     return layers_from_dicts(data, batch)
 
 
-NETWORKS: dict[str, Any] = {
-    "resnet50": resnet50_layers,
-    "vgg16": vgg16_layers,
-    "resnet18": lambda batch, image=224: model_layers("resnet18", batch, image),
-    "mobilenet_v2": lambda batch, image=224: model_layers("mobilenet_v2", batch, image),
-    "small_cnn": lambda batch, image=8: model_layers(
-        "small_cnn", batch, image, num_classes=10, in_channels=1
-    ),
+def _table(name: str) -> Callable[..., list[ConvLayer]]:
+    """``(batch, image=default) -> layers`` of model ``name`` on its class's default input."""
+    cls = models.MODELS[name]
+
+    def layers(batch: int, image: int = cls.default_image) -> list[ConvLayer]:
+        return model_layers(
+            name, batch, image, num_classes=cls.default_num_classes, in_channels=cls.default_in_channels
+        )
+
+    layers.__doc__ = f"The convolutions of {name} (:func:`model_layers` on its default input)."
+    return layers
+
+
+#: ``{name: (batch, image=default) -> layers}`` of every classifier of :data:`jaxcnn.models.MODELS`.
+NETWORKS: dict[str, Callable[..., list[ConvLayer]]] = {
+    name: _table(name) for name in models.model_names("classification")
 }
 
 

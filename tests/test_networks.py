@@ -38,6 +38,8 @@ def test_resnet50_counts_macs_and_weights():
     assert layers[0].geom.y_shape == (2, 112, 112, 64)
     assert layers[-2].geom.y_shape == (2, 7, 7, 2048)
     assert layers[-1].geom.x_shape == (2, 1, 1, 2048) and layers[-1].geom.y_shape == (2, 1, 1, 1000)
+    # Only the classifier may pad its classes to the grid's k * c (the planner ranks it so).
+    assert [layer.name for layer in layers if layer.pad_outputs] == ["head"]
     conv2 = next(layer for layer in layers if layer.name == "layer2.0.conv2")
     assert conv2.geom.strides == (2, 2) and conv2.geom.y_shape == (2, 28, 28, 128)  # v1.5: stride in 3x3
 
@@ -96,6 +98,25 @@ def test_layers_of_any_rank_from_yaml(tmp_path):
     assert plane == same and plane.geom.y_shape == (3, 8, 2, 8)
 
 
+def test_a_table_layer_pads_its_outputs_when_named_head_or_told():
+    entry = {"h": 1, "w": 1, "c": 16, "k": 10, "r": 1}
+    head, told, plain, untold = layers_from_dicts(
+        [
+            {**entry, "name": "head"},
+            {**entry, "pad_outputs": True},
+            entry,
+            {**entry, "name": "head", "pad_outputs": False},
+        ],
+        batch=2,
+    )
+    assert (head.pad_outputs, told.pad_outputs, plain.pad_outputs, untold.pad_outputs) == (
+        True,
+        True,
+        False,
+        False,
+    )
+
+
 @pytest.mark.parametrize(
     "entry,match",
     [
@@ -106,6 +127,10 @@ def test_layers_of_any_rank_from_yaml(tmp_path):
         ({"input": [8, 0, 3], "k": 4, "kernel": 3}, "'input' must be a positive int, got 0"),
         ({"input": [8, 3], "kernel": 3}, r"missing required keys \['k'\]"),
         ({"input": [8, 3], "k": 4, "kernel": 3, "groups": 2}, r"unknown keys \['groups'\]"),
+        (
+            {"input": [1, 1, 8], "k": 4, "kernel": 1, "pad_outputs": "yes"},
+            "'pad_outputs' must be true or false",
+        ),
         ({"name": "deep", "input": [2, 8, 8, 3], "k": 4, "kernel": 3, "padding": "VALID"}, "deep.*output D"),
         ({"h": 8, "w": 8, "c": 3, "r": 3}, r"missing required keys \['k'\]"),
         ({"h": 8, "w": 8, "c": 3, "k": 4, "r": 0}, "'r' must be a positive int"),

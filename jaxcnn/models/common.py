@@ -1,7 +1,7 @@
 """Building blocks shared by the models: per-layer placement, Conv+BN(+ReLU), pooling, the head.
 
 Every convolution of a model has a dotted name (``"stem"``, ``"layer1.0.conv1"``, ...; the classifier
-is the convolution ``"head"``) and a placement string (:mod:`jaxcnn.nn.placement`: ``"3d"`` or
+is the convolution :data:`HEAD_NAME`) and a placement string (:mod:`jaxcnn.nn.placement`: ``"3d"`` or
 ``"3d@n=2,k=2,c=2"``). A model's ``algorithms`` argument gives them as one string for all
 convolutions, a dict ``{name: placement}`` (the key ``"*"`` is the default for names not listed), or
 a list in layer order.
@@ -11,14 +11,15 @@ Layouts flow explicitly: every block is called with its input *and the layout th
 :func:`jaxcnn.redistribute.redistribute` (collectives jaxcnn plans and counts; nothing is left to
 XLA's partitioner). Activations leave a block in its convolution's output layout; BatchNorm, ReLU and
 pooling work in the layout they are given. Each model also describes itself as a plan graph
-(:attr:`graph`, see :mod:`jaxcnn.models.graph`) so that the planner places all layers jointly.
+(``plan_graph``, see :mod:`jaxcnn.models.graph`) so that the planner places all layers jointly; what
+every model provides is :class:`jaxcnn.models.protocol.Network`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,9 @@ from jaxcnn.nn import BatchNorm, Conv, Placement, global_avg_pool, max_pool, par
 from jaxcnn.redistribute import moves_nothing, redistribute
 
 Algorithms = str | Mapping[str, str] | Sequence[str]
+
+#: The name of a classifier's :class:`Head` convolution (its placement key and plan-graph node's name).
+HEAD_NAME = "head"
 
 
 class Placements:
@@ -232,8 +236,9 @@ class Head(nnx.Module):
 
     The dense layer ``(N, C) @ (C, K)`` is the convolution of ``(N, 1, 1, C)`` with a ``(1, 1, C, K)``
     kernel, so it runs under any algorithm that does not split space (data, filter, channel, 2d, 2.5d,
-    3d) and is placed by the planner like every other layer (its name is ``"head"``). Logits leave in
-    the layout ``logits_sharding``: batch split as the head's rows, classes gathered.
+    3d) and is placed by the planner like every other layer (its name is :data:`HEAD_NAME`, its
+    plan-graph node a :class:`jaxcnn.models.graph.Head`). Logits leave in the layout
+    ``logits_sharding``: batch split as the head's rows, classes gathered.
 
     The classes are padded to a multiple of the placement's ``k · c`` (the blocks the output channels
     are split into; 1000 → 1008 on ``3d@n=32,k=4,c=4``): without it a classifier of 1000 classes on a
@@ -250,13 +255,16 @@ class Head(nnx.Module):
       rngs: parameter initialisation.
     """
 
+    #: The classes are padded to a multiple of the placement's ``k · c`` (see above).
+    pad_outputs: ClassVar[bool] = True
+
     def __init__(
         self, features: int, num_classes: int, *, plan: Placements, dtype: Any = jnp.float32, rngs: nnx.Rngs
     ):
         devices = plan.mesh.devices.size
-        placement = plan.placement("head", default=f"data@n={devices}")
+        placement = plan.placement(HEAD_NAME, default=f"data@n={devices}")
         multiple = placement.mesh.shape.get("k", 1) * placement.mesh.shape.get("c", 1)
-        self.name = "head"
+        self.name = HEAD_NAME
         self.num_classes = num_classes
         self.conv = Conv(
             features,

@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,9 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, block_input
 from jaxcnn.models.graph import Conv as ConvNode
+from jaxcnn.models.graph import Head as HeadNode
 from jaxcnn.models.graph import Node, Residual
+from jaxcnn.models.protocol import Task
 from jaxcnn.redistribute import redistribute
 
 #: The stages ``(t, c, n, s)``: expansion factor, output channels, blocks, stride of the first block.
@@ -132,6 +134,11 @@ class MobileNetV2(nnx.Module):
       rngs: parameter initialisation.
     """
 
+    task: ClassVar[Task] = "classification"
+    default_image: ClassVar[int] = 224  # the layer tables of jaxcnn.networks: 224×224×3 images, 1000 classes
+    default_in_channels: ClassVar[int] = 3
+    default_num_classes: ClassVar[int] = 1000
+
     def __init__(
         self,
         num_classes: int,
@@ -171,7 +178,7 @@ class MobileNetV2(nnx.Module):
         self.conv_names = plan.finish()
         self.input_sharding = NamedSharding(mesh, P("n"))
         chain = (node for block in blocks for node in block.graph())
-        self.plan_graph = (ConvNode("stem"), *chain, ConvNode("final"), ConvNode("head"))
+        self.plan_graph = (ConvNode("stem"), *chain, ConvNode("final"), HeadNode(self.head.name))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, in_channels)`` images, laid out as ``input_sharding`` → ``(N, num_classes)``."""

@@ -12,7 +12,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,9 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, block_input, pool
 from jaxcnn.models.graph import Conv as ConvNode
+from jaxcnn.models.graph import Head as HeadNode
 from jaxcnn.models.graph import Pool, Residual
+from jaxcnn.models.protocol import Task
 from jaxcnn.redistribute import redistribute
 
 
@@ -112,6 +114,11 @@ class ResNet(nnx.Module):
       rngs: parameter initialisation.
     """
 
+    task: ClassVar[Task] = "classification"
+    default_image: ClassVar[int] = 224  # the layer tables of jaxcnn.networks: 224×224×3 images, 1000 classes
+    default_in_channels: ClassVar[int] = 3
+    default_num_classes: ClassVar[int] = 1000
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],
@@ -152,7 +159,7 @@ class ResNet(nnx.Module):
         self.conv_names = plan.finish()
         self.input_sharding = NamedSharding(mesh, P("n"))
         stem = (ConvNode("stem"),) if small_images else (ConvNode("stem"), Pool("stem", 3, 2, "SAME", "max"))
-        self.plan_graph = (*stem, *(block_graph(b) for b in blocks), ConvNode("head"))
+        self.plan_graph = (*stem, *(block_graph(b) for b in blocks), HeadNode(self.head.name))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, in_channels)`` images, laid out as ``input_sharding`` → ``(N, num_classes)``."""
@@ -165,11 +172,15 @@ class ResNet(nnx.Module):
         return self.head(x, self.blocks[-1].last)
 
 
-def ResNet18(num_classes: int, in_channels: int, **kwargs: Any) -> ResNet:
+class ResNet18(ResNet):
     """ResNet-18: basic blocks, stages (2, 2, 2, 2); keyword arguments as :class:`ResNet`."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, **kwargs)
+
+    def __init__(self, num_classes: int, in_channels: int, **kwargs: Any):
+        super().__init__(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, **kwargs)
 
 
-def ResNet50(num_classes: int, in_channels: int, **kwargs: Any) -> ResNet:
+class ResNet50(ResNet):
     """ResNet-50: bottleneck blocks, stages (3, 4, 6, 3); keyword arguments as :class:`ResNet`."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, **kwargs)
+
+    def __init__(self, num_classes: int, in_channels: int, **kwargs: Any):
+        super().__init__(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, **kwargs)

@@ -4,9 +4,10 @@
 each convolution's ``conv_general_dilated`` hook wrapped to record its input and kernel shapes,
 strides, padding, dilation and feature group count, so the geometries are exactly those the model
 computes, in execution order, under the names its blocks carry (a module with a ``name`` and a
-``conv``); a transposed convolution is recorded with its input dilation. The planner, the whole-step
-prediction and :mod:`jaxcnn.networks` all read layers from here, so names and shapes cannot drift
-from the models.
+``conv``); a transposed convolution is recorded with its input dilation, and the head of a
+:class:`~jaxcnn.models.protocol.Network` that pads its classes with ``pad_outputs``. The planner, the
+whole-step prediction and :mod:`jaxcnn.networks` all read layers from here, so names and shapes
+cannot drift from the models.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxcnn.geometry import ConvLayer, conv_geometry
+from jaxcnn.models.protocol import Network
+from jaxcnn.nn import Conv, ConvTranspose
 
 
 class UnnamedConvolutions(ValueError):
@@ -58,8 +61,6 @@ class Recorder:
 def is_distributed_conv(conv: object) -> bool:
     """A layer computed by a jaxcnn algorithm through a ``conv_general_dilated`` hook: a
     ``jaxcnn.nn.Conv`` or a ``jaxcnn.nn.ConvTranspose`` (whose hook gets the input dilation)."""
-    from jaxcnn.nn import Conv, ConvTranspose
-
     return isinstance(conv, Conv | ConvTranspose)
 
 
@@ -78,18 +79,21 @@ def trace_layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) ->
     """The convolutions ``model`` runs on a batch of ``batch`` images, as ``ConvLayer`` s in execution
     order (abstractly: ``jax.eval_shape``, nothing is computed; the model may be abstract itself).
 
+    ``model`` is any module whose named blocks hold its convolutions and whose ``conv_names`` lists
+    them; for a :class:`~jaxcnn.models.protocol.Network`, its head's layer carries the head's
+    ``pad_outputs``.
+
     Raises:
       UnnamedConvolutions: some of the model's convolutions have no names to key a plan by.
     """
-    from jaxcnn.models import conv_layer_names
-
+    padded = {model.head.name} if isinstance(model, Network) and model.head.pad_outputs else set()
     records: list[Any] = []
     graphdef, state = nnx.split(model)
 
     def forward(state: Any, x: jax.Array) -> jax.Array:
         local = nnx.merge(graphdef, state)
         named = named_convs(local)
-        missing = sorted(set(conv_layer_names(local)) - {n for n, _ in named.values()})
+        missing = sorted(set(local.conv_names) - {n for n, _ in named.values()})
         if missing:
             raise UnnamedConvolutions(missing)
         for name, conv in named.values():
@@ -110,6 +114,7 @@ def trace_layers(model: nnx.Module, batch: int, image_shape: tuple[int, ...]) ->
                 groups,
                 input_dilation=1 if lhs is None else tuple(lhs),
             ),
+            pad_outputs=name in padded,
         )
         for name, x, k, strides, padding, dil, lhs, groups in records
     ]

@@ -24,7 +24,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from jaxcnn.models.common import Algorithms, ConvBN, Placements, pool
 from jaxcnn.models.graph import Concat, Output, Pool, channels_gathered
 from jaxcnn.models.graph import Conv as ConvNode
+from jaxcnn.models.protocol import Task
 from jaxcnn.nn import Conv, ConvTranspose
 from jaxcnn.redistribute import redistribute
 
@@ -89,8 +90,11 @@ class SegmentationHead(nnx.Module):
     """The final 1×1 convolution (named ``out``, with bias) → float32 logits with the classes gathered.
 
     ``logits_sharding``: batch and space split as ``out``'s output, classes whole (the softmax is
-    local); ``label_sharding``: the labels' layout that meets them.
+    local); ``label_sharding``: the labels' layout that meets them. Its classes are not padded.
     """
+
+    #: Its output channels are exactly the classes (:class:`~jaxcnn.models.protocol.ModelHead`).
+    pad_outputs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -159,7 +163,10 @@ class UNet(nnx.Module):
       ValueError: ``depth`` < 1 or ``spatial_dims`` not 2 or 3.
     """
 
-    task = "segmentation"
+    task: ClassVar[Task] = "segmentation"
+    default_image: ClassVar[int] = 32  # configs/unet.yaml's ellipses: 32×32×1 images, 2 classes per pixel
+    default_in_channels: ClassVar[int] = 1
+    default_num_classes: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -205,7 +212,7 @@ class UNet(nnx.Module):
         for level in reversed(range(depth)):
             graph += [ConvNode(f"up{level}", batchnorm=False), Concat(f"enc{level}.conv2", f"up{level}")]
             graph += [ConvNode(f"dec{level}.conv1"), ConvNode(f"dec{level}.conv2")]
-        self.plan_graph = (*graph, Output("out"))
+        self.plan_graph = (*graph, Output(self.head.name))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, *spatial, in_channels)`` laid out as ``input_sharding`` → ``(N, *spatial, num_classes)``

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.models.common import Algorithms, ConvBN, Head, Placements, pool
 from jaxcnn.models.graph import Conv, Pool
+from jaxcnn.models.graph import Head as HeadNode
+from jaxcnn.models.protocol import Task
 
 #: Channels of the 13 convolutions, ``"M"`` a 2×2/2 max pool.
 VGG16_CONFIG: tuple[int | str, ...] = (
@@ -39,6 +41,11 @@ class VGG16(nnx.Module):
       K. Simonyan, A. Zisserman. Very Deep Convolutional Networks for Large-Scale Image
       Recognition. ICLR 2015.
     """
+
+    task: ClassVar[Task] = "classification"
+    default_image: ClassVar[int] = 224  # the layer tables of jaxcnn.networks: 224×224×3 images, 1000 classes
+    default_in_channels: ClassVar[int] = 3
+    default_num_classes: ClassVar[int] = 1000
 
     def __init__(
         self,
@@ -74,7 +81,7 @@ class VGG16(nnx.Module):
             graph.append(Conv(layer.name))
             if i in self.pool_after:
                 graph.append(Pool(layer.name, 2, 2, "VALID", "max"))
-        self.plan_graph = (*graph, Conv("head"))
+        self.plan_graph = (*graph, HeadNode(self.head.name))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, in_channels)`` images (H, W ≥ 32) → ``(N, num_classes)`` logits."""

@@ -35,6 +35,7 @@ from jaxcnn.cost import itemsize_of
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR, check_hosts
 from jaxcnn.mesh import mesh_sizes
+from jaxcnn.models.protocol import Network
 from jaxcnn.models.trace import named_convs, trace_layers
 from jaxcnn.nn.placement import format_placement
 from jaxcnn.planner.network import plan_graph
@@ -78,7 +79,9 @@ def plan_model(
     the step (bytes; peak memory with Adam's state estimated from the placements).
 
     Args:
-      model: the model, built abstractly with every convolution on ``data`` over all the devices.
+      model: the model, built abstractly with every convolution on ``data`` over all the devices: a
+        :class:`jaxcnn.models.Network` is placed by its plan graph, any other model's named
+        convolutions as a chain.
       batch: global batch size.
       image_shape: one image, ``(*spatial, channels)``.
       input_sizes: the run mesh's axis sizes (the images' layout ``P("n")`` on it); its product is the
@@ -98,7 +101,7 @@ def plan_model(
     traced = trace_layers(model, batch, image_shape)
     check_hosts(devices, hosts)
     layers = {layer.name: layer.geom for layer in traced}
-    graph = getattr(model, "plan_graph", None)  # a model outside jaxcnn.models may have none
+    graph = model.plan_graph if isinstance(model, Network) else None  # else: a chain of named convs
     links = {"hosts": hosts, "dcn_cost_factor": dcn_cost_factor}
     if graph is None:
         steps = plan_network(traced, devices, memory_bytes, dtype=dtype, **links).steps
@@ -142,9 +145,9 @@ def predict_model(
     convs = named_convs(model).values()
     placements = {name: format_placement(c.algorithm, mesh_sizes(c.mesh)) for name, c in convs}
     layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
-    graph = getattr(model, "plan_graph", None)
-    if graph is None:
+    if not isinstance(model, Network):
         return ModelPlan(placements, layers)
+    graph = model.plan_graph
     grids = {name: (c.algorithm, mesh_sizes(c.mesh)) for name, c in convs}
     choices = choices_for(layers, grids, dtype, first=first_conv(graph))
     cost = step_cost(graph, layers, choices, (P("n"), grid_key(input_sizes)), dtype)

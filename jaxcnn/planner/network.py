@@ -1,6 +1,6 @@
 """Placing a whole network: dynamic programming over its plan graph (chains and residual blocks).
 
-Each convolution (the classifier ``head`` included) has a few candidate placements, its cheapest
+Each convolution (the classifier head included) has a few candidate placements, its cheapest
 ``(algorithm, grid)`` pairs by :func:`jaxcnn.plan_layer` and the cheapest that reads each layout the
 layer before it may leave (:func:`jaxcnn.planner.plan.keep_candidates`). A placement's *node cost*
 is everything that depends on it alone (:mod:`jaxcnn.planner.step`): the convolution, its BatchNorm,
@@ -31,7 +31,7 @@ from jaxcnn import algorithms
 from jaxcnn.cost import Cost, itemsize_of, predict
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
-from jaxcnn.models.graph import Concat, Conv, Node, Output, Residual
+from jaxcnn.models.graph import Concat, Conv, Head, Node, Output, Residual
 from jaxcnn.planner.plan import NoPlanError, fmt_bytes, keep_candidates, plan_layer
 from jaxcnn.planner.step import (
     Layout,
@@ -116,7 +116,7 @@ def plan_graph(
             memory_bytes,
             allowed=algs,
             dtype=dtype,
-            pad_outputs=name == "head",
+            pad_outputs=name == nodes.head,
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
         )
@@ -149,7 +149,7 @@ def plan_graph(
         for i, c in enumerate(options[name]):
             layout = y_layout(c)
             for (s, pending), (cost, chosen) in states.items():
-                if name == "head":
+                if name == nodes.head:
                     extra = edge(geom.x_shape, pooled_layout(chosen[nodes.feeds_head]), x_layout(c))
                 else:
                     extra = edge(geom.x_shape, s, x_layout(c), backward=not first)
@@ -180,7 +180,7 @@ def plan_graph(
         states: dict[Key, State] = {(input_layout, ()): (0.0, {})}
         first = True
         for node in graph:
-            if isinstance(node, Conv | Output):
+            if isinstance(node, Conv | Head | Output):
                 states = step(states, node.name, first)
                 first = False
             elif isinstance(node, Residual):

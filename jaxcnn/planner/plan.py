@@ -85,8 +85,9 @@ def plan_layer(
       dtype: element type of activations and kernels.
       pad_outputs: the layer may pad its output channels to a multiple of the grid's ``k · c`` (the
         classifier does, :class:`jaxcnn.models.common.Head`); each grid is then ranked with the channel
-        count it will really have (its candidate's ``layout.padded``). Default: for a layer named
-        ``"head"``.
+        count it will really have (its candidate's ``layout.padded``). Default: the layer's own
+        ``pad_outputs`` (:class:`jaxcnn.geometry.ConvLayer`: set on a model's classifier head by
+        :func:`jaxcnn.models.trace.trace_layers`); False for a bare geometry.
       hosts: hosts the devices are split over (equal consecutive groups of the flat device order,
         :mod:`jaxcnn.links`); candidates are predicted for them (``Cost.dcn_bytes``).
       dcn_cost_factor: with ``hosts > 1``, candidates are ranked by ``Cost.weighted(dcn_cost_factor)``
@@ -105,7 +106,7 @@ def plan_layer(
         raise ValueError(f"num_devices must be a positive int, got {num_devices!r}")
     links.check_hosts(num_devices, hosts)
     if pad_outputs is None:
-        pad_outputs = name == "head"
+        pad_outputs = bool(getattr(layer, "pad_outputs", False))
     costs, unsupported = [], []
     for parts in (d for d in range(1, num_devices + 1) if num_devices % d == 0) if pad_outputs else (None,):
         g = geom if parts is None else _padded_outputs(geom, parts)

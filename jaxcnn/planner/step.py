@@ -51,7 +51,7 @@ from jaxcnn.cost import CommCost, Cost, Ledger, add_halo, itemsize_of, predict, 
 from jaxcnn.geometry import ConvGeometry, conv_geometry, halo_plan
 from jaxcnn.links import LinkBytes
 from jaxcnn.mesh import AXES
-from jaxcnn.models.graph import Concat, Conv, Node, Output, Pool, Residual, channels_gathered
+from jaxcnn.models.graph import Concat, Conv, Head, Node, Output, Pool, Residual, channels_gathered
 
 Layout = tuple[P, tuple[tuple[str, int], ...]]  # (spec, mesh axes and sizes), as redistribute.plan takes
 
@@ -231,10 +231,11 @@ class GraphNodes:
     Attributes:
       names: the convolutions in execution order.
       pools: the pooling after a convolution, by its name.
-      feeds_head: the convolution feeding the classifier ``head`` (the last main one before it).
+      feeds_head: the convolution feeding the classifier head (the last main one before it).
       plain: convolutions without a BatchNorm (transposed convolutions; the head and outputs aside).
       outputs: segmentation outputs (:class:`~jaxcnn.models.graph.Output`).
       skips: convolutions whose output a later :class:`~jaxcnn.models.graph.Concat` reads.
+      head: the classifier (:class:`~jaxcnn.models.graph.Head`), None in a graph without one.
     """
 
     names: list[str]
@@ -243,11 +244,12 @@ class GraphNodes:
     plain: frozenset[str] = frozenset()
     outputs: frozenset[str] = frozenset()
     skips: frozenset[str] = frozenset()
+    head: str | None = None
 
     def batchnorm(self, name: str) -> bool:
         """Whether the convolution ``name`` is followed by a BatchNorm (not the head, an output or a
         plain convolution)."""
-        return name != "head" and name not in self.outputs and name not in self.plain
+        return name != self.head and name not in self.outputs and name not in self.plain
 
 
 def graph_nodes(graph: Sequence[Node]) -> GraphNodes:
@@ -255,13 +257,15 @@ def graph_nodes(graph: Sequence[Node]) -> GraphNodes:
     names: list[str] = []
     pools: dict[str, Pool] = {}
     plain, outputs, skips = set(), set(), set()
-    feeds_head = last = None
+    feeds_head = last = head = None
     for node in graph:
         if isinstance(node, Conv):
-            if node.name == "head":
-                feeds_head = last
-            elif not node.batchnorm:
+            if not node.batchnorm:
                 plain.add(node.name)
+            names.append(node.name)
+            last = node.name
+        elif isinstance(node, Head):
+            feeds_head, head = last, node.name
             names.append(node.name)
             last = node.name
         elif isinstance(node, Output):
@@ -276,7 +280,7 @@ def graph_nodes(graph: Sequence[Node]) -> GraphNodes:
             skips.add(node.skip)
         else:
             raise TypeError(f"unknown plan-graph node {node!r}")
-    return GraphNodes(names, pools, feeds_head, frozenset(plain), frozenset(outputs), frozenset(skips))
+    return GraphNodes(names, pools, feeds_head, frozenset(plain), frozenset(outputs), frozenset(skips), head)
 
 
 def node_kinds(
@@ -286,7 +290,7 @@ def node_kinds(
     for the head (an output) its extras; a pooling window in its output layout; global pooling if it
     feeds the head. The planner's node cost and :func:`step_cost` both read this."""
     parts = {"conv": conv_kinds(choice)}
-    if name == "head":  # the head's classes as placed (padded to its k * c, jaxcnn.models.common.Head)
+    if name == graph.head:  # the head's classes as placed (padded to its k * c, jaxcnn.models.common.Head)
         parts["loss"] = head_extras(choice, input_layout, choice.layout.padded[-1], geom.batch, itemsize)
     elif name in graph.outputs:
         parts["loss"] = segmentation_extras(choice, input_layout, geom.y_shape, itemsize)
@@ -342,7 +346,7 @@ def step_cost(
 
     Args:
       graph: the model's ``plan_graph``.
-      layers: ``{conv name: geometry}`` (``jaxcnn.runner.autoplan.conv_layers``).
+      layers: ``{conv name: geometry}`` (:func:`jaxcnn.models.trace.trace_layers`).
       choices: ``{conv name: jaxcnn.cost.predict(...)}`` of the placements the model runs.
       input_layout: the images' layout (``(P("n"), grid of the run mesh)``).
       dtype: activation dtype (collectives carry it).
@@ -372,9 +376,9 @@ def step_cost(
     at: Layout = input_layout
     saved: dict[str, Layout] = {}  # outputs a later Concat reads, in their producers' layouts
     for node in graph:
-        if isinstance(node, Conv) and node.name == "head":
-            head = choices["head"]
-            moved(layers["head"].x_shape, pooled_layout(choices[nodes.feeds_head]), x_layout(head))
+        if isinstance(node, Head):
+            head = choices[node.name]
+            moved(layers[node.name].x_shape, pooled_layout(choices[nodes.feeds_head]), x_layout(head))
             at = y_layout(head)
         elif isinstance(node, Conv | Output):
             moved(
@@ -440,6 +444,6 @@ def first_conv(graph: Sequence[Node]) -> str:
     node = graph[0]
     if isinstance(node, Residual):
         return node.main[0]
-    if isinstance(node, Conv | Output):
+    if isinstance(node, Conv | Head | Output):
         return node.name
     raise TypeError(f"a plan graph starts with a convolution, got {node!r}")

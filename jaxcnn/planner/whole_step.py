@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-from flax import nnx
 
 from jaxcnn import models
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
@@ -49,18 +48,7 @@ def whole_step(
     """
     sizes = batch_mesh_sizes({"n": devices}, batch)
     mesh = make_mesh(**sizes)
-    built = nnx.eval_shape(
-        lambda: models.build(
-            model,
-            num_classes=num_classes,
-            in_channels=3,
-            mesh=mesh,
-            algorithms=f"data@n={devices}",
-            rngs=nnx.Rngs(0),
-            sharded_init=False,
-            **options,
-        )
-    )
+    built = models.build_abstract(model, num_classes=num_classes, in_channels=3, mesh=mesh, **options)
     plan = plan_model(
         built,
         batch,

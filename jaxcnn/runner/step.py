@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.models.protocol import Network
 from jaxcnn.redistribute import redistribute
 from jaxcnn.runner.data import batch_sharding
 from jaxcnn.runner.state import Graphs, TrainState, state_shardings
@@ -51,13 +52,13 @@ def dice(intersection: float, predicted: float, target: float) -> float:
     return 1.0 if total == 0 else 2.0 * float(intersection) / total
 
 
-def align_labels(model: nnx.Module, labels: jax.Array, src: NamedSharding | None) -> jax.Array:
-    """Moves ``labels`` (laid out as ``src``) to the model's logits layout (``model.head.label_sharding``)
-    with an explicit layout change; models without one get them as they are."""
-    dst = getattr(getattr(model, "head", None), "label_sharding", None)
-    if src is None or not isinstance(dst, NamedSharding):
+def align_labels(model: Network, labels: jax.Array, src: NamedSharding | None) -> jax.Array:
+    """Moves ``labels`` (laid out as ``src``) to the model's logits layout (``model.head.label_sharding``,
+    :class:`jaxcnn.models.protocol.ModelHead`) with an explicit layout change; with ``src`` None they
+    stay as they are."""
+    if src is None:
         return labels
-    return redistribute(labels, src, dst)
+    return redistribute(labels, src, model.head.label_sharding)
 
 
 def train_step_fn(

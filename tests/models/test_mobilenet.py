@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.models as models
-from jaxcnn.models.graph import Conv, Residual
+from jaxcnn.models.graph import Conv, Head, Residual
 from jaxcnn.models.mobilenet import MOBILENET_V2_SETTINGS, make_divisible
 from jaxcnn.models.trace import named_convs, trace_layers
 from jaxcnn.planner.network import plan_graph
@@ -117,7 +117,7 @@ def test_parameter_count_names_shapes_and_plan_graph():
     assert len(residuals) == 10 and all(r.shortcut is None for r in residuals)
     assert residuals[0].main == ("blocks.2.expand", "blocks.2.depthwise", "blocks.2.project")
     assert model.plan_graph[:3] == (Conv("stem"), Conv("blocks.0.depthwise"), Conv("blocks.0.project"))
-    assert model.plan_graph[-2:] == (Conv("final"), Conv("head"))
+    assert model.plan_graph[-2:] == (Conv("final"), Head("head"))
     assert layers["head"].y_shape == (2, 1, 1, 1000)  # the classifier on the pooled features
     # small_images: a stride-1 stem; width 0.5 halves the block widths (multiples of 8), not the last 1280.
     small = _abstract(num_classes=10, width=0.5, small_images=True, settings=SHORT)

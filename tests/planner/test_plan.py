@@ -9,6 +9,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn.cost import predict
+from jaxcnn.geometry import ConvLayer
 from jaxcnn.mesh import AXES
 from jaxcnn.planner import NoPlanError, layout_change_bytes, plan_layer, plan_network
 from jaxcnn.planner.plan import keep_candidates
@@ -162,3 +163,17 @@ def test_plan_network_no_plan_error_and_fixed():
     plan = plan_network(layers, 8, fixed={"conv": "channel"})  # ConvGeometry layers are all named "conv"
     assert {s.choice.algorithm for s in plan.steps} == {"channel"}
     assert plan.bytes == sum(s.bytes for s in plan.steps)
+
+
+def test_a_layer_pads_its_outputs_by_its_flag_not_its_name():
+    """A classifier's ``ConvLayer`` (``pad_outputs``, set by the trace) is ranked with the classes each
+    grid pads to (10 → 12 on k · c = 4); a layer merely named ``head`` is not."""
+    geom = jaxcnn.conv_geometry((8, 1, 1, 16), (1, 1, 16, 10), 1, "VALID")
+    padded = plan_layer(ConvLayer("classifier", geom, pad_outputs=True), 8)
+    assert [_key(c) for c in padded.candidates] == [
+        _key(c) for c in plan_layer(geom, 8, pad_outputs=True).candidates
+    ]
+    assert any(c.layout.padded[-1] == 12 for c in padded.candidates)
+    named = plan_layer(ConvLayer("head", geom), 8)
+    assert [_key(c) for c in named.candidates] == [_key(c) for c in plan_layer(geom, 8).candidates]
+    assert all(c.layout.padded[-1] == 10 for c in named.candidates)

@@ -13,7 +13,7 @@ import pytest
 
 from jaxcnn.cost import predict
 from jaxcnn.geometry import conv_geometry
-from jaxcnn.models.graph import Conv, Pool
+from jaxcnn.models.graph import Conv, Head, Pool
 from jaxcnn.planner.plan import NoPlanError
 from jaxcnn.planner.step_memory import node_memory, step_memory
 
@@ -42,7 +42,7 @@ HEAD_KERNEL = (1 * 1 * 16 * 10) * F32  # kernel (1, 1, 16, 10), replicated
 
 
 def _two_layers(b_algorithm: str = "filter", b_grid=None):
-    graph = (Conv("a"), Pool("a", 2, 2, "VALID", "max"), Conv("b"), Conv("head"))
+    graph = (Conv("a"), Pool("a", 2, 2, "VALID", "max"), Conv("b"), Head("head"))
     layers = {"a": A, "b": B, "head": HEAD}
     choices = {
         "a": predict(A, "data", {"n": 8}, input_grad=False),

@@ -4,7 +4,7 @@ Re-exported by :mod:`jaxcnn.runner.config`. A placement's syntax, algorithm and 
 here, at load time, by the one placement parser (:func:`jaxcnn.nn.placement.parse_placement_text`,
 its errors wrapped with the key: :func:`placement_sizes`); :meth:`jaxcnn.runner.config.Config` checks what
 needs the mesh sizes (a layer mesh must use all the devices), and the model build what needs the network
-(layer names, list length: :func:`jaxcnn.runner.setup.build_model`).
+(layer names, list length: :func:`jaxcnn.runner.setup.model_builder`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
+from jaxcnn import models
 from jaxcnn.nn.placement import parse_placement_text
 from jaxcnn.runner.config.typed import (
     Bool,
@@ -28,8 +29,8 @@ from jaxcnn.runner.config.typed import (
     fail,
 )
 
-#: Models that label every voxel (the rest classify whole images).
-SEGMENTATION_MODELS = ("unet",)
+#: Every model name, read from the registry (jaxcnn.models.MODELS).
+ModelName = Literal[models.model_names()]  # type: ignore[valid-type]
 
 
 def _finite_option(value: Any) -> Any:
@@ -47,10 +48,12 @@ class ModelConfig(Section):
 
     key_path: ClassVar[str] = "model"
 
-    name: Literal["small_cnn", "resnet18", "resnet50", "vgg16", "mobilenet_v2", "unet"] = Field(
+    name: ModelName = Field(
         "small_cnn",
-        description="network from jaxcnn.models: the classifiers small_cnn, resnet18, resnet50, vgg16, "
-        "mobilenet_v2, or unet (segmentation: one label per voxel, needs data.source: ellipsoids)",
+        description="network from the registry jaxcnn.models.MODELS: the classifiers "
+        f"{', '.join(models.model_names('classification'))}, or the segmentation models "
+        f"{', '.join(models.model_names('segmentation'))} (one label per voxel, needs data.source: "
+        "ellipsoids)",
     )
     algorithms: Str | tuple[Str, ...] | FrozenMapping[Str, Str] = Field(
         "data",
@@ -120,4 +123,4 @@ def placement_sizes(placement: str, key: str) -> tuple[str, dict[str, int] | Non
         fail(str(e), key)
 
 
-__all__ = ["SEGMENTATION_MODELS", "ModelConfig", "OptionValue", "placement_sizes"]
+__all__ = ["ModelConfig", "ModelName", "OptionValue", "placement_sizes"]

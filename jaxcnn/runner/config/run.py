@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from jaxcnn import algorithms
+from jaxcnn import algorithms, models
 from jaxcnn.runner.config.cluster import ClusterConfig
 from jaxcnn.runner.config.data import CLASSIFICATION_SOURCES, SEGMENTATION_SOURCES, DataConfig
 from jaxcnn.runner.config.mesh import MeshConfig
@@ -87,23 +87,21 @@ class Config(Section):
         """The model and the data agree on the task: a segmentation model (``unet``) needs per-voxel labels
         (``data.source: ellipsoids``), a classifier one label per image; the U-Net's ``spatial_dims``
         option matches the image rank."""
-        from jaxcnn.runner.config.model import SEGMENTATION_MODELS
-
-        model_task = "segmentation" if self.model.name in SEGMENTATION_MODELS else "classification"
+        model_task = models.task_of(self.model.name)
         if model_task != self.data.task:
             wanted = (
                 f"a segmentation source ({', '.join(SEGMENTATION_SOURCES)})"
                 if model_task == "segmentation"
                 else f"one of the classification sources ({', '.join(CLASSIFICATION_SOURCES)})"
             )
-            models = (
-                f"a segmentation model ({', '.join(SEGMENTATION_MODELS)})"
+            others = (
+                f"a segmentation model ({', '.join(models.model_names('segmentation'))})"
                 if self.data.task == "segmentation"
-                else "a classifier (small_cnn, resnet18, resnet50, vgg16)"
+                else f"a classifier ({', '.join(models.model_names('classification'))})"
             )
             fail(
                 f"model {self.model.name!r} does {model_task} but data.source={self.data.source!r} is a "
-                f"{self.data.task} dataset; use {wanted}, or {models}",
+                f"{self.data.task} dataset; use {wanted}, or {others}",
                 "model.name",
             )
         dims = self.model.options.get("spatial_dims", 2)
