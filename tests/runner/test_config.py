@@ -5,14 +5,17 @@ from __future__ import annotations
 import glob
 import math
 import os
+import typing
 
 import pytest
 import yaml
 
+from jaxcnn import models
 from jaxcnn.nn.placement import parse_placement_text
 from jaxcnn.runner.config import (
     Config,
     MeshConfig,
+    ModelConfig,
     from_dict,
     load_config,
     save_config,
@@ -230,3 +233,10 @@ def test_config_placements_are_read_by_the_layers_parser():
         with pytest.raises(ConfigError) as loaded:
             from_dict({"model": {"algorithms": {"conv1": bad}}})
         assert str(loaded.value) == f"model.algorithms.conv1: {parsed.value}"
+
+
+def test_model_names_and_tasks_come_from_the_registry():
+    assert typing.get_args(ModelConfig.model_fields["name"].annotation) == tuple(models.MODELS)
+    with pytest.raises(ConfigError) as err:
+        from_dict({"model": {"name": "unet"}})  # digits: a classification source
+    assert f"a classifier ({', '.join(models.model_names('classification'))})" in str(err.value)
