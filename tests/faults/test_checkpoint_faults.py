@@ -44,7 +44,11 @@ from jaxcnn.runner.config.typed import ConfigError
 from jaxcnn.runner.metrics import MetricsLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = ["train.steps=4", "train.log_every=2", "checkpoint.every=2", "train.eval_every=0"]
+#: A constant learning rate: train.steps is then no constant of the compiled step, and every run of this
+#: module (4 steps, resumed to 6 or 2, in this process or in a subprocess) compiles the same train step,
+#: which the test run's persistent compilation cache (tests/conftest.py) compiles once.
+CONSTANT_LR = "optimizer.schedule=constant"
+SMALL = ["train.steps=4", "train.log_every=2", "checkpoint.every=2", "train.eval_every=0", CONSTANT_LR]
 
 
 @pytest.fixture(autouse=True)
@@ -411,7 +415,7 @@ def test_kill_9_during_a_real_save_then_resume_ignores_the_partial_save(tmp_path
     # A checkpoint every step; the run stops inside the save of step 2 (step 1 complete, step 2's files
     # all in orbax's temporary directory, not yet renamed) and is killed there.
     out, marker = tmp_path / "runs", tmp_path / "stalled"
-    args = ["train.steps=4", "train.log_every=1", "checkpoint.every=1", "train.eval_every=0"]
+    args = ["train.steps=4", "train.log_every=1", "checkpoint.every=1", "train.eval_every=0", CONSTANT_LR]
     args = ["train", os.path.join(ROOT, "configs/default.yaml"), *args, f"output_dir={out}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     stalled = [sys.executable, "-c", _STALLED_SAVE, "2", str(marker), *args]

@@ -106,9 +106,10 @@ def compile_only(devices: int, overrides: list[str]) -> tuple[dict[str, str], st
     """Runs ``jaxcnn train configs/default.yaml --compile-only`` on ``devices`` fake CPU devices."""
     # The two LLVM flags shorten compiles 2-3x and leave the compiled HLO (what is metered) unchanged.
     flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    env = dict(
-        os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {flags}", JAX_PLATFORMS="cpu"
-    )
+    # Without the test run's persistent compilation cache (tests/conftest.py): a program loaded from it
+    # is not partitioned again, and the partitioner's log is what says whether it rematerialized.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {flags}", JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-m", "jaxcnn", "train", "configs/default.yaml", "--compile-only", *overrides],
         cwd=ROOT,
