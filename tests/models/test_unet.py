@@ -41,6 +41,7 @@ def _loss_and_grads(model, x, labels):
     return jax.jit(step, out_shardings=out)(state, jax.device_put(x, replicated))
 
 
+@pytest.mark.slow
 def test_unet_mixed_placements_equal_one_device():
     # One level (8 convolutions, every algorithm once): depth only repeats the same blocks.
     placements = [
@@ -56,6 +57,7 @@ def test_unet_mixed_placements_equal_one_device():
     _assert_equals_one_device(ours, ref, (8, 16, 16))
 
 
+@pytest.mark.slow
 def test_unet3d_with_split_depth_equals_one_device():
     # Volumes with depth and height split (halos along d and h, d alone, d with w) and the transposed
     # convolution up0 and the concatenation on a d split; kernels gathered over k on 2d.
@@ -113,6 +115,7 @@ def test_unet_graph_options_and_errors():
         models.build("unet", mesh=mesh, rngs=nnx.Rngs(0), **{**BUILD, "depth": 0})
 
 
+@pytest.mark.slow
 def test_auto_places_the_unet_and_predicts_its_step():
     from jaxcnn.planner.network import plan_graph
     from jaxcnn.planner.step import grid_key, step_cost
