@@ -36,10 +36,9 @@ test: setup lint
 test-sweep: setup
 	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) -m sweep tests
 
-# The edit-test loop (about 2 minutes on 2 cores): ruff, then the library's tests not marked slow
-# (one or two cases of every check; `make test` runs them all). runner/, planner/ and models/ tests
-# join FAST_TESTS once their slow tests carry @pytest.mark.slow.
-FAST_TESTS ?= tests/test_*.py tests/algorithms tests/nn
+# The edit-test loop (2-3 minutes on 2 cores): ruff, then the library's tests not marked slow (one or
+# two cases of every check; `make test` runs them all, and tests/faults and tests/multiprocess).
+FAST_TESTS ?= tests/test_*.py tests/algorithms tests/nn tests/runner tests/planner tests/models
 test-fast: setup lint
 	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) -m "not slow" $(FAST_TESTS)
 

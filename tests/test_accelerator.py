@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from tests.utils import once_per_test_run
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 BACKEND = """
@@ -72,9 +74,13 @@ def _run(script: str, *args: str, timeout: float = 600) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def accelerator() -> dict:
-    info = _run(BACKEND, timeout=120)
+@pytest.fixture(scope="session")
+def accelerator(tmp_path_factory) -> dict:
+    def probe(out):  # once per test run, whichever worker asks first
+        (out / "backend.json").write_text(json.dumps(_run(BACKEND, timeout=120)))
+
+    made = once_per_test_run(tmp_path_factory, "accelerator", probe)
+    info = json.loads((made / "backend.json").read_text())
     if info["backend"] == "cpu":
         pytest.skip("no GPU/TPU: JAX's default backend is the CPU")
     return info

@@ -44,7 +44,11 @@ from jaxcnn.runner.config.typed import ConfigError
 from jaxcnn.runner.metrics import MetricsLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = ["train.steps=4", "train.log_every=2", "checkpoint.every=2", "train.eval_every=0"]
+#: A constant learning rate: train.steps is then no constant of the compiled step, and every run of this
+#: module (4 steps, resumed to 6 or 2, in this process or in a subprocess) compiles the same train step,
+#: which the test run's persistent compilation cache (tests/conftest.py) compiles once.
+CONSTANT_LR = "optimizer.schedule=constant"
+SMALL = ["train.steps=4", "train.log_every=2", "checkpoint.every=2", "train.eval_every=0", CONSTANT_LR]
 
 
 @pytest.fixture(autouse=True)
@@ -407,11 +411,11 @@ sys.exit(main(sys.argv[3:]))
 
 
 @pytest.mark.slow
-def test_kill_9_during_a_real_save_then_resume_ignores_the_partial_save(tmp_path):
+def test_kill_9_during_a_real_save_then_resume_ignores_the_partial_save(tmp_path, capfd):
     # A checkpoint every step; the run stops inside the save of step 2 (step 1 complete, step 2's files
     # all in orbax's temporary directory, not yet renamed) and is killed there.
     out, marker = tmp_path / "runs", tmp_path / "stalled"
-    args = ["train.steps=4", "train.log_every=1", "checkpoint.every=1", "train.eval_every=0"]
+    args = ["train.steps=4", "train.log_every=1", "checkpoint.every=1", "train.eval_every=0", CONSTANT_LR]
     args = ["train", os.path.join(ROOT, "configs/default.yaml"), *args, f"output_dir={out}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     stalled = [sys.executable, "-c", _STALLED_SAVE, "2", str(marker), *args]
@@ -438,16 +442,11 @@ def test_kill_9_during_a_real_save_then_resume_ignores_the_partial_save(tmp_path
     assert partial, f"no temporary directory of the killed save of step 2: {left}"
     assert os.listdir(checkpoints / partial[0]), "the killed save's temporary directory is empty"
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "jaxcnn", *args, "resume=true", "train.steps=2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "steps 1→2" in " ".join(resumed.stdout.split())
+    capfd.readouterr()
+    code = jaxcnn_main([*args, "resume=true", "train.steps=2"])  # in this process, as the tests above
+    resumed_out, resumed_err = capfd.readouterr()
+    assert code == 0, resumed_err[-2000:]
+    assert "steps 1→2" in " ".join(resumed_out.split())
     left = os.listdir(checkpoints)
     assert not any(".orbax-checkpoint-tmp" in n for n in left), left  # cleaned up
     assert sorted(n for n in left if n.isdigit()) == ["1", "2"]

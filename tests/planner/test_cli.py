@@ -206,6 +206,7 @@ def _check_measured(out: str) -> None:
     assert total.split()[-1] == "yes"
 
 
+@pytest.mark.slow
 def test_measure_reruns_itself_when_the_backend_has_too_few_devices(capsys):
     """This test process already runs JAX on 8 devices; 16 are needed, so the CLI re-executes."""
     rc, out, _ = _run(MEASURE, capsys)
@@ -213,6 +214,7 @@ def test_measure_reruns_itself_when_the_backend_has_too_few_devices(capsys):
     _check_measured(out)
 
 
+@pytest.mark.slow
 def test_measure_sets_the_device_count_before_jax_starts():
     """In a fresh process without XLA_FLAGS, the CLI sets them itself (no subprocess)."""
     script = (

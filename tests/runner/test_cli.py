@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from jaxcnn.__main__ import main as jaxcnn_main
@@ -27,6 +28,7 @@ def test_override_and_file_errors_exit_2_with_one_line(capsys):
     assert err.count("\n") == 1 and "config file not found: configs/nope.yaml" in err
 
 
+@pytest.mark.slow
 def test_cpu_devices_flag_gives_a_fresh_process_virtual_devices(tmp_path):
     """`jaxcnn train --cpu-devices 8` works without XLA_FLAGS (a laptop); it prints the 8-device mesh."""
     import os

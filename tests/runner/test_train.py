@@ -1,7 +1,7 @@
 """The training loop: distributed = single device, bit-identical resume, NaN stop, run-directory outputs.
 
-Models are ``small_cnn`` at width 0.25 (8 channels: each compile takes seconds). A persistent
-compilation cache shared by the tests of this module lets repeated runs of the same config reuse
+Models are ``small_cnn`` at width 0.25 (8 channels: each compile takes seconds). The test run's
+persistent compilation cache (tests/conftest.py) lets repeated runs of the same config reuse
 executables.
 """
 
@@ -37,14 +37,14 @@ MIXED = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Reuse compiled executables across the runs of this module (same config → same program)."""
-    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+def compilation_cache():
+    """Reuse compiled executables across the runs of this module (same config → same program): the
+    test run's persistent compilation cache (tests/conftest.py) keeps every program of this module,
+    also those that compile in under a second."""
+    old = jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
 
 
 def _config(tmp_path, name: str, **overrides):
@@ -125,6 +125,7 @@ def momentum_steps(model, mesh, data, batch_size: int, seed: int, steps: int = 3
     return np.asarray(losses), graphs, st
 
 
+@pytest.mark.slow
 def test_distributed_step_matches_single_device():
     """3 SGD-momentum steps of the mixed 8-device model vs the same model on 1 device: losses,
     parameters and BatchNorm statistics within :data:`DISTRIBUTED_RTOL` in relative norm per tensor
@@ -138,6 +139,7 @@ class Preempted(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_and_run_dir_is_complete(tmp_path):
     straight = train(_config(tmp_path, "straight"))
 
@@ -205,6 +207,7 @@ def test_plots_name_the_run_and_the_metric_and_label_their_axes(tmp_path, monkey
     assert seen["loss.png"][0] == "given\ntrain and test loss"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # SGD with lr 1e30: step 1's loss is finite, the parameters then overflow and the loss turns NaN/inf.
     cfg = _config(
