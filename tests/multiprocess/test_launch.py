@@ -192,7 +192,10 @@ def _wait_for_step(job: subprocess.Popen, lines: list[str], run_dir, step: int) 
 
 
 def test_killed_process_ends_the_job_and_resume_finishes_it(two_process, tmp_path):
+    # --grace 1: the survivor, blocked in a collective with its dead peer, ignores SIGTERM; the launcher
+    # kills it 1 s after instead of the default 10 (the stop path is the same).
     cmd = _launch_cmd(tmp_path, "killed", f"train.steps={STEPS}")
+    cmd[cmd.index("launch") + 1 : cmd.index("launch") + 1] = ["--grace", "1"]
     job = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
     )
