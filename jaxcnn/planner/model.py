@@ -108,14 +108,13 @@ def plan_model(
         return ModelPlan({s.name: format_placement(s.choice.algorithm, s.choice.grid) for s in steps}, layers)
     source = (P("n"), grid_key(input_sizes))
     chosen = plan_graph(graph, layers, devices, source, memory_bytes, dtype=dtype, platform=platform, **links)
-    images = batch * math.prod(image_shape) * itemsize_of(dtype) / input_sizes["n"]
+    itemsize = itemsize_of(dtype)
+    images = batch * math.prod(image_shape) * itemsize / input_sizes["n"]
     return ModelPlan(
         {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
         layers,
         step_cost(graph, layers, chosen, source, dtype, hosts),
-        step_memory(
-            graph, layers, chosen, batch_bytes=images, platform=platform, itemsize=itemsize_of(dtype)
-        ),
+        step_memory(graph, layers, chosen, batch_bytes=images, platform=platform, itemsize=itemsize),
     )
 
 

@@ -51,7 +51,8 @@ class Prepared:
         (None when the meter cannot read it; ``comm_note`` says why).
       comm_note: why there is no ``comm_bytes``, else ``""``.
       predicted: the step's predicted bytes per device (None for a model without a plan graph).
-      predicted_memory: its predicted peak memory per device (None likewise).
+      predicted_memory: its predicted peak memory per device (``compile_only`` only; None for a
+        model without a plan graph).
     """
 
     mesh: Mesh
@@ -112,7 +113,8 @@ def prepare(
         cfg.train.batch_size,
         image_shape,
         cfg.model.dtype,
-        state_bytes=footprint.total - footprint.parts.get("gradients", 0),
+        # the peak-memory prediction is a --compile-only figure; a run only prints the bytes
+        state_bytes=footprint.total - footprint.parts.get("gradients", 0) if compile_only else None,
     )
     return Prepared(
         mesh,
