@@ -145,15 +145,16 @@ def plan_graph(
         """Chain recurrence into conv ``name``; new states keyed by its output layout (and the pending
         skips, this convolution's output added if a later Concat reads it)."""
         out: dict[Key, State] = {}
-        geom = layers[name]
+        shape, head = layers[name].x_shape, name == nodes.head
+        backward = head or not first
         for i, c in enumerate(options[name]):
-            layout = y_layout(c)
+            layout, into, own = y_layout(c), x_layout(c), node_cost[name, i]
+            moved: dict[Layout, float] = {}  # the states share a few source layouts
             for (s, pending), (cost, chosen) in states.items():
-                if name == nodes.head:
-                    extra = edge(geom.x_shape, pooled_layout(chosen[nodes.feeds_head]), x_layout(c))
-                else:
-                    extra = edge(geom.x_shape, s, x_layout(c), backward=not first)
-                so_far = cost + extra + node_cost[name, i]
+                src = pooled_layout(chosen[nodes.feeds_head]) if head else s
+                if src not in moved:
+                    moved[src] = edge(shape, src, into, backward)
+                so_far = cost + moved[src] + own
                 key = (layout, (*pending, (name, layout)) if name in nodes.skips else pending)
                 if key not in out or so_far < out[key][0]:
                     out[key] = (so_far, {**chosen, name: c})

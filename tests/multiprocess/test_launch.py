@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -68,14 +67,10 @@ COMMON = [
 RTOL = 1e-5
 
 
-CACHE = os.path.join(tempfile.gettempdir(), f"jaxcnn-test-compilation-cache-{os.getuid()}")
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    # The runs below compile the same few programs again and again: JAX's persistent cache keeps them.
-    env["JAX_COMPILATION_CACHE_DIR"] = CACHE
+    env["JAX_PLATFORMS"] = "cpu"  # the runs below compile the same few programs again and again: the
+    # test run's persistent compilation cache, inherited (tests/conftest.py), keeps them
     return env
 
 

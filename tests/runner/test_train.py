@@ -36,17 +36,6 @@ MIXED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    """Reuse compiled executables across the runs of this module (same config → same program): the
-    test run's persistent compilation cache (tests/conftest.py) keeps every program of this module,
-    also those that compile in under a second."""
-    old = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
-
-
 def _config(tmp_path, name: str, **overrides):
     base = {
         "name": name,
