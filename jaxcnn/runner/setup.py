@@ -7,8 +7,10 @@ explicitly to the model (no global mesh is set).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -168,6 +170,41 @@ def build_model(
     return model_builder(cfg, mesh, num_classes, image_shape, builder)()
 
 
+def check_run_dir(cfg: Config) -> None:
+    """Fails fast, before the model is built and compiled, where the run directory could not be written:
+    a temporary file is made and removed in it, or in the nearest directory above it that exists (so
+    nothing on disk changes). Process 0 only.
+
+    Raises:
+      ConfigError: as :func:`prepare_run_dir` does (read-only or full file system, ``output_dir`` under
+        a file).
+    """
+    if not is_main_process():
+        return
+    run_dir = os.path.abspath(cfg.run_dir)
+    where = run_dir
+    while not os.path.lexists(where):
+        where = os.path.dirname(where)
+    try:
+        if not os.path.isdir(where):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), cfg.run_dir)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".jaxcnn-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise _unwritable(cfg, OSError(e.errno, e.strerror, cfg.run_dir)) from None
+
+
+def _unwritable(cfg: Config, e: OSError) -> ConfigError:
+    run_dir = cfg.run_dir
+    where = (
+        f" ({e.filename})" if e.filename and os.path.abspath(e.filename) != os.path.abspath(run_dir) else ""
+    )
+    return ConfigError(
+        f"output_dir={cfg.output_dir}: cannot write the run directory {run_dir}{where}: {e.strerror or e}"
+    )
+
+
 def prepare_run_dir(cfg: Config) -> str:
     """Creates ``<output_dir>/<name>`` and writes ``config.yaml`` (process 0).
 
@@ -189,15 +226,7 @@ def prepare_run_dir(cfg: Config) -> str:
                         os.remove(os.path.join(run_dir, f))
             save_config(cfg, os.path.join(run_dir, "config.yaml"))
         except OSError as e:
-            where = (
-                f" ({e.filename})"
-                if e.filename and os.path.abspath(e.filename) != os.path.abspath(run_dir)
-                else ""
-            )
-            raise ConfigError(
-                f"output_dir={cfg.output_dir}: cannot write the run directory {run_dir}{where}: "
-                f"{e.strerror or e}"
-            ) from None
+            raise _unwritable(cfg, e) from None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxcnn.runner.prepare_run_dir")
     return run_dir

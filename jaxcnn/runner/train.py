@@ -167,6 +167,7 @@ def train(
     t_start = time.perf_counter()
     setup.init_distributed(cfg)
     main, console = setup.is_main_process(), console or Console()
+    setup.check_run_dir(cfg)  # an unwritable output_dir stops here, before the model is built
     run = prepare(cfg, builder)  # what cannot fit stops here, before the old run directory is touched
     mesh, data, total = run.mesh, run.data, cfg.train.steps
     lr = optim.schedule(cfg.optimizer, total)

@@ -39,6 +39,7 @@ import pytest
 
 from jaxcnn.__main__ import main as jaxcnn_main
 from jaxcnn.runner import metrics
+from jaxcnn.runner import train as train_module
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config.typed import ConfigError
 from jaxcnn.runner.metrics import MetricsLog
@@ -263,9 +264,14 @@ def full_at_step_4(request, small_fs, tmp_path, monkeypatch) -> str:
 # ------------------------------------------------------------------------------ run directory
 
 
-def test_output_dir_under_a_regular_file_is_one_line(capfd, tmp_path):
+def test_output_dir_under_a_regular_file_is_one_line(capfd, tmp_path, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("not a directory\n")
+
+    def prepare(*_, **__):
+        raise AssertionError("the model was built before the run directory was checked")
+
+    monkeypatch.setattr(train_module, "prepare", prepare)  # fails fast: no build, no compile
     code, _, err = train(capfd, afile)
     assert code == 2
     line = one_line(err)

@@ -228,7 +228,7 @@ def test_without_the_launcher_a_dead_peer_ends_the_survivor_within_the_heartbeat
     # missing heartbeats (cluster.heartbeat_timeout_s) and ends the process with a non-zero code.
     port = launch.free_port()
     cmd = launch.train_command(
-        CONFIG, [f"output_dir={tmp_path}", "name=bare", *COMMON, "cluster.heartbeat_timeout_s=10"], 4
+        CONFIG, [f"output_dir={tmp_path}", "name=bare", *COMMON, "cluster.heartbeat_timeout_s=5"], 4
     )
     procs = [
         subprocess.Popen(

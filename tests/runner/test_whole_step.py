@@ -144,10 +144,12 @@ def comm_figures(figures: dict[str, str]) -> tuple[float, float]:
 # 512 devices (small_cnn keeps 64 and 512 in make test; mobilenet_v2-auto-64: 25-40 s of compile, 60-80 s
 # in all on 2 shared cores) and vgg16-auto-8 (VGG-16 is small_cnn's ConvBN / pool / Head blocks, 13 deep:
 # small_cnn-auto-8 runs the same blocks, and every placement VGG-16's plan picks here, spatial@n=4,w=2,
-# filter@n=4,k=2, 3d@k=4,c=2 and 3d@k=2,c=4, is in small_cnn-auto-8's or resnet18-auto-8's plan).
+# filter@n=4,k=2, 3d@k=4,c=2 and 3d@k=2,c=4, is in small_cnn-auto-8's or resnet18-auto-8's plan) and
+# small_cnn-auto-8 itself (auto's plan of small_cnn's whole step: make test keeps it at 64 and 512 devices,
+# and the same network hand-placed on 8).
 SWEEP_CASES = (
     "unet-auto-8", "unet-mixed-8", "resnet18-auto-64", "mobilenet_v2-auto-64", "vgg16-auto-512",
-    "vgg16-auto-8",
+    "vgg16-auto-8", "small_cnn-auto-8",
 )  # fmt: skip
 
 
