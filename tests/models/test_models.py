@@ -71,6 +71,15 @@ def test_conv_layer_names_and_placement_errors():
     assert resnet18[:4] == ("stem", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1")
     assert resnet50[1:5] == ("layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer1.0.proj")
     assert vgg16[-4:] == ("conv5_1", "conv5_2", "conv5_3", "head")
+    # stage_sizes: the same kinds of blocks, fewer of them (a bottleneck block with a projection opens
+    # each stage; layer1.1 is one with the identity shortcut)
+    short = names("resnet50", stage_sizes=(2, 1, 1, 1))
+    assert len(short) == 1 + 3 * 5 + 4 + 1
+    assert short[5:8] == ("layer1.1.conv1", "layer1.1.conv2", "layer1.1.conv3")
+    assert short[-5:] == ("layer4.0.conv1", "layer4.0.conv2", "layer4.0.conv3", "layer4.0.proj", "head")
+    for bad in ((), (2, 0), (2.0,)):
+        with pytest.raises(ValueError, match="stage_sizes must be a non-empty list of positive ints"):
+            names("resnet18", stage_sizes=bad)
 
     def build_small(**kw):  # abstract: the errors are raised before any array is computed
         nnx.eval_shape(lambda: models.build(num_classes=10, in_channels=1, mesh=mesh, rngs=nnx.Rngs(0), **kw))

@@ -152,7 +152,11 @@ def test_unknown_keys(data, message):
         ({"data": {"test_fraction": 1.0}}, "data.test_fraction: must be finite and in (0, 1), got 1.0"),
         ({"data": {"image_size": [8, "x"]}}, "data.image_size[1]: expected int, got 'x' (str)"),
         ({"model": {"algorithms": []}}, "model.algorithms: the list of algorithms is empty"),
-        ({"model": {"options": {"width": [1]}}}, "model.options.width: expected int or float or bool or str"),
+        ({"model": {"options": {"width": [1]}}}, "model.options.width: must be a finite number > 0"),
+        (
+            {"model": {"options": {"depth": [1.5]}}},
+            "model.options.depth: expected int or float or bool or str or list",
+        ),
         ({"model": {"plan_memory_bytes": "lots"}}, "model.plan_memory_bytes: must be a size such as 16GiB"),
         ({"mesh": {"n": 0}}, "mesh.n: must be a positive int or -1, got 0"),
         ({"name": "a/b"}, "name: must be a non-empty file name, got 'a/b'"),

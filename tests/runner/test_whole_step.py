@@ -47,6 +47,14 @@ CASES = {
         ["model.name=resnet50", "model.algorithms=auto", "train.batch_size=8", "data.image_size=[32,32]",
          "model.options={width: 0.0625}", *SYNTHETIC],
     ),
+    # ResNet-50's kinds of blocks, fewer of them (the stem and max pool, a bottleneck with a projection
+    # opening each stage, stride 2 in the 3x3 of stages 2-4, one with the identity shortcut): make test's
+    # ResNet-50 case; the 16-block network compiles 3x longer and is in make test-sweep.
+    "resnet50-short-auto-8": (
+        8,
+        ["model.name=resnet50", "model.algorithms=auto", "train.batch_size=8", "data.image_size=[32,32]",
+         "model.options={width: 0.0625, stage_sizes: [2, 1, 1, 1]}", *SYNTHETIC],
+    ),
     "vgg16-auto-8": (
         8,
         ["model.name=vgg16", "model.algorithms=auto", "train.batch_size=4", "data.image_size=[32,32]",
@@ -64,6 +72,14 @@ CASES = {
         8,
         ["model.name=mobilenet_v2", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
          "model.options={width: 0.25, small_images: true}", *SYNTHETIC],
+    ),
+    # MobileNetV2's kinds of blocks, fewer of them: a block without expansion, inverted residuals with
+    # stride-2 depthwise convolutions, and ones with the identity shortcut (make test's MobileNetV2 case).
+    "mobilenet_v2-short-auto-8": (
+        8,
+        ["model.name=mobilenet_v2", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
+         "model.options={width: 0.25, small_images: true, settings: [[1, 16, 1, 1], [6, 24, 2, 2], "
+         "[6, 32, 3, 2]]}", *SYNTHETIC],
     ),
     # 3-D U-Net: depth split over d (halos of 3x3x3 windows along d and h, the transposed convolutions and
     # the skips on d splits), and auto's own plan of it.
@@ -146,10 +162,11 @@ def comm_figures(figures: dict[str, str]) -> tuple[float, float]:
 # small_cnn-auto-8 runs the same blocks, and every placement VGG-16's plan picks here, spatial@n=4,w=2,
 # filter@n=4,k=2, 3d@k=4,c=2 and 3d@k=2,c=4, is in small_cnn-auto-8's or resnet18-auto-8's plan) and
 # small_cnn-auto-8 itself (auto's plan of small_cnn's whole step: make test keeps it at 64 and 512 devices,
-# and the same network hand-placed on 8).
+# and the same network hand-placed on 8), and the full ResNet-50 and MobileNetV2 on 8 (make test's
+# short versions run every kind of block they have: 25-35 s each, against 10-15 s).
 SWEEP_CASES = (
     "unet-auto-8", "unet-mixed-8", "resnet18-auto-64", "mobilenet_v2-auto-64", "vgg16-auto-512",
-    "vgg16-auto-8", "small_cnn-auto-8",
+    "vgg16-auto-8", "small_cnn-auto-8", "resnet50-auto-8", "mobilenet_v2-auto-8",
 )  # fmt: skip
 
 

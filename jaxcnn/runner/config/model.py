@@ -39,8 +39,11 @@ def _finite_option(value: Any) -> Any:
     return value
 
 
-OptionValue = Annotated[Int | Float | Bool | Str, AfterValidator(_finite_option)]
-"""A ``model.options`` value: int, finite float, bool or str."""
+OptionValue = Annotated[
+    Int | Float | Bool | Str | tuple[Int, ...] | tuple[tuple[Int, ...], ...], AfterValidator(_finite_option)
+]
+"""A ``model.options`` value: int, finite float, bool, str, or a list of ints or of lists of ints (a ResNet's
+``stage_sizes``, MobileNetV2's ``settings``)."""
 
 
 class ModelConfig(Section):
@@ -70,7 +73,9 @@ class ModelConfig(Section):
     options: FrozenMapping[Str, OptionValue] = Field(
         default_factory=FrozenDict,
         description="extra keyword arguments of the model's constructor, e.g. {width: 0.5} (channel "
-        "multiplier) or {small_images: true} for the ResNets and MobileNetV2 on 32x32 images",
+        "multiplier), {small_images: true} for the ResNets and MobileNetV2 on 32x32 images, "
+        "{stage_sizes: [2, 1, 1, 1]} (blocks per stage of a ResNet) or {settings: [[1, 16, 1, 1], "
+        "[6, 24, 2, 2]]} (MobileNetV2's stages (t, c, n, s))",
     )
     plan_memory_bytes: ByteSize = Field(
         0,
