@@ -44,7 +44,8 @@ def test_resnet50_tpu_pod_compiles_on_256_devices():
 
 
 @pytest.mark.slow
-@pytest.mark.sweep  # ~65 s; make test keeps the TPU pod's ResNet-50 compile and resnet50-short-auto-8's whole step
+# ~65 s; make test keeps the TPU pod's ResNet-50 compile and resnet50-short-auto-8's whole step
+@pytest.mark.sweep
 def test_resnet50_gpu_node_compiles_on_8_devices():
     figures = _compile_only("resnet50_gpu_node.yaml", 8, "train.batch_size=16", "data.image_size=[32, 32]")
     assert figures["mesh"] == "{'n': 8, 'd': 1, 'h': 1, 'w': 1, 'k': 1, 'c': 1}"
