@@ -12,6 +12,10 @@ COMMANDS = {
         "Plan per-layer algorithms for a network under a memory budget.",
     ),
     "data": ("jaxcnn.runner.data.cli", "Prepare training data: data convert FOLDER OUT.array_record."),
+    "calibrate": (
+        "jaxcnn.timing.cli",
+        "Time this backend's collectives and local compute; save its timing profile.",
+    ),
 }
 
 
@@ -21,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {name:<6} {doc}" for name, (_, doc) in COMMANDS.items()]
+        lines = [f"  {name:<9} {doc}" for name, (_, doc) in COMMANDS.items()]
         print("usage: jaxcnn COMMAND [args]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])

@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mesh", "geometry", "padding", "common_mesh", "links", "devices", "yaml_io"),
     ("algorithms", "transition", "redistribute", "bounds"),
     ("conv", "cost"),
-    ("nn", "measure"),
+    ("nn", "measure", "timing"),
     ("models",),
     ("networks",),
     ("planner",),
