@@ -93,5 +93,5 @@ def main(argv: list[str] | None = None) -> int:
         )
     if profile.memory is not None:
         console.print(f"  memory-bound        {profile.memory.rates[0] / 1e9:8.2f} GB/s")
-    console.print(f"profile: {path}")
+    console.print(f"profile: {path}", soft_wrap=True)  # a path to copy: never wrapped
     return 0
