@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxcnn.devices import request_cpu_devices
+from jaxcnn.devices import cpu_devices_problem
 from jaxcnn.runner.config import load_config
 from jaxcnn.runner.config.typed import ConfigError
 
@@ -58,13 +58,10 @@ def main(argv: list[str] | None = None) -> int:
       before anything is allocated); 1 when the loss became NaN/inf.
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    if args.cpu_devices is not None:
-        if args.cpu_devices < 1:
-            print(f"jaxcnn train: --cpu-devices must be >= 1, got {args.cpu_devices}", file=sys.stderr)
-            return 2
-        if not request_cpu_devices(args.cpu_devices):
-            print("jaxcnn train: --cpu-devices has no effect: JAX already started", file=sys.stderr)
-            return 2
+    problem = None if args.cpu_devices is None else cpu_devices_problem(args.cpu_devices)
+    if problem:
+        print(f"jaxcnn train: {problem}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -7,10 +7,8 @@ explicitly to the model (no global mesh is set).
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxcnn import models
+from jaxcnn.files import check_writable
 from jaxcnn.mesh import host_count, make_mesh
 from jaxcnn.runner import cluster
 from jaxcnn.runner.autoplan import plan_algorithms
@@ -171,9 +170,8 @@ def build_model(
 
 
 def check_run_dir(cfg: Config) -> None:
-    """Fails fast, before the model is built and compiled, where the run directory could not be written:
-    a temporary file is made and removed in it, or in the nearest directory above it that exists (so
-    nothing on disk changes). Process 0 only.
+    """Fails fast, before the model is built and compiled, where the run directory could not be written
+    (:func:`jaxcnn.files.check_writable`: nothing on disk changes). Process 0 only.
 
     Raises:
       ConfigError: as :func:`prepare_run_dir` does (read-only or full file system, ``output_dir`` under
@@ -181,16 +179,8 @@ def check_run_dir(cfg: Config) -> None:
     """
     if not is_main_process():
         return
-    run_dir = os.path.abspath(cfg.run_dir)
-    where = run_dir
-    while not os.path.lexists(where):
-        where = os.path.dirname(where)
     try:
-        if not os.path.isdir(where):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), cfg.run_dir)
-        fd, probe = tempfile.mkstemp(dir=where, prefix=".jaxcnn-write-check-")
-        os.close(fd)
-        os.remove(probe)
+        check_writable(cfg.run_dir)
     except OSError as e:
         raise _unwritable(cfg, OSError(e.errno, e.strerror, cfg.run_dir)) from None
 

@@ -22,7 +22,7 @@ import jax
 
 from jaxcnn.timing import compute
 from jaxcnn.timing.collectives import calibrate_collectives
-from jaxcnn.timing.profile import Profile, current_key
+from jaxcnn.timing.profile import COLLECTIVE_KINDS, Profile, current_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Plan:
     @property
     def measurements(self) -> int:
         """How many timings the plan takes (for a progress bar)."""
-        collectives = 5 * len(self.groups) * len(self.elements)
+        collectives = len(COLLECTIVE_KINDS) * len(self.groups) * len(self.elements)
         return collectives + compute.measurement_count(self.quick)
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 
 import jax
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jaxcnn.devices import request_cpu_devices
+from jaxcnn.devices import cpu_devices_problem
+from jaxcnn.files import check_writable
 from jaxcnn.timing import calibrate as calibration
 from jaxcnn.timing.profile import profile_dir, save_profile
 
@@ -47,20 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     """Calibrates and saves; prints the fitted rates. 2 (one line) for a usage mistake."""
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.cpu_devices is not None:
-        if args.cpu_devices < 2:
-            return _fail(f"--cpu-devices must be >= 2 (collectives need two devices), got {args.cpu_devices}")
-        if not request_cpu_devices(args.cpu_devices):
-            return _fail("--cpu-devices has no effect: JAX already started")
+        problem = cpu_devices_problem(args.cpu_devices, 2, " (collectives need two devices)")
+        if problem:
+            return _fail(problem)
     try:
         measured = calibration.plan(jax.device_count(), args.quick)
     except ValueError as e:
         return _fail(str(e))
     directory = profile_dir(args.dir)
     try:  # before a minute of measuring, not after
-        os.makedirs(directory, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".jaxcnn-write-check-")
-        os.close(fd)
-        os.remove(probe)
+        check_writable(directory)
     except OSError as e:
         return _fail(f"cannot write the profile under {directory}: {e.strerror or e}")
     console = Console()

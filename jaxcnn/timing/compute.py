@@ -72,7 +72,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.geometry import DIMENSION_NUMBERS
 from jaxcnn.timing.clock import median_seconds, seconds_per_iteration
-from jaxcnn.timing.profile import CONV_PASSES, LinearFit, fit_linear
+from jaxcnn.timing.profile import CONV_PASSES, LinearFit, check_conv_pass, fit_linear
 
 ITEMSIZE = 4  # float32
 AXIS = "d"
@@ -195,18 +195,13 @@ def memory_elements(quick: bool = False) -> tuple[int, ...]:
     return QUICK_MEMORY_ELEMENTS if quick else MEMORY_ELEMENTS
 
 
-def _check_pass(pass_name: str) -> None:
-    if pass_name not in CONV_PASSES:
-        raise ValueError(f"unknown convolution pass {pass_name!r}; valid: {', '.join(CONV_PASSES)}")
-
-
 def conv_features(shape: ConvShape, pass_name: str) -> tuple[float, float]:
     """``(MACs, bytes)`` of one ``pass_name`` on one device's ``shape`` (module docstring).
 
     Raises:
       ValueError: an unknown pass.
     """
-    _check_pass(pass_name)
+    check_conv_pass(pass_name)
     n, ho, wo, k = shape.output_shape
     r, s, cg, _ = shape.kernel_shape
     macs = n * ho * wo * k * cg * r * s
@@ -253,7 +248,7 @@ def _conv(shape: ConvShape, x: jax.Array, w: jax.Array) -> jax.Array:
 
 def _pass(shape: ConvShape, pass_name: str) -> tuple[Callable[..., jax.Array], tuple[str, str]]:
     """One application of the pass on local operands, and its operands (``x``, ``w`` or ``y``)."""
-    _check_pass(pass_name)
+    check_conv_pass(pass_name)
     if pass_name == "forward":
         return functools.partial(_conv, shape), ("x", "w")
     if pass_name == "input_grad":

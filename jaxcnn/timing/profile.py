@@ -50,6 +50,12 @@ def latency_steps(kind: str, group: int) -> int:
     return (2 if kind == "all-reduce" else 1) * (group - 1)
 
 
+def check_conv_pass(name: str) -> None:
+    """Raises ValueError unless ``name`` is one of :data:`CONV_PASSES`."""
+    if name not in CONV_PASSES:
+        raise ValueError(f"unknown convolution pass {name!r}; valid: {', '.join(CONV_PASSES)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ProfileKey:
     """What makes two profiles' timings comparable."""
@@ -188,8 +194,7 @@ class Profile:
                 collectives[kind] = CollectiveFit(float(d["alpha_s"]), float(d["beta_bytes_per_s"]), points)
             conv = {}
             for name, d in data["conv"].items():
-                if name not in CONV_PASSES:
-                    raise ValueError(f"unknown convolution pass {name!r}; valid: {', '.join(CONV_PASSES)}")
+                check_conv_pass(name)
                 conv[name] = linear(d)
             memory = None if data.get("memory") is None else linear(data["memory"])
             return cls(

@@ -69,8 +69,9 @@ RTOL = 1e-5
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"  # the runs below compile the same few programs again and again: the
-    # test run's persistent compilation cache, inherited (tests/conftest.py), keeps them
+    env["JAX_PLATFORMS"] = "cpu"
+    # The runs below compile the same few programs again and again: the test run's persistent
+    # compilation cache, inherited (tests/conftest.py), keeps them.
     return env
 
 

@@ -51,3 +51,13 @@ def test_cpu_devices_flag_gives_a_fresh_process_virtual_devices(tmp_path):
     )  # fmt: skip
     assert no_flag.returncode == 2
     assert "product 8 != 1 available devices" in no_flag.stderr and "--cpu-devices N" in no_flag.stderr
+
+
+def test_bad_cpu_devices_is_one_line_exit_2(capsys):
+    from jaxcnn.runner.cli import main
+
+    assert main(["configs/default.yaml", "--cpu-devices", "0"]) == 2
+    assert capsys.readouterr().err == "jaxcnn train: --cpu-devices must be >= 1, got 0\n"
+    # this test process runs JAX already: the request cannot take effect, and says so
+    assert main(["configs/default.yaml", "--cpu-devices", "4"]) == 2
+    assert capsys.readouterr().err == "jaxcnn train: --cpu-devices has no effect: JAX already started\n"
