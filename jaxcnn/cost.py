@@ -44,6 +44,22 @@ from jaxcnn.algorithms.base import Layout
 from jaxcnn.geometry import ConvGeometry, HaloPlan
 from jaxcnn.mesh import AXES
 
+#: The collective kinds the cost model counts (the HLO op names).
+COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+
+
+def latency_steps(kind: str, group: int) -> int:
+    """The latency terms of one bandwidth-optimal collective of ``kind`` over ``group`` devices: ``g-1``
+    for the ring kinds (all-gather, reduce-scatter, all-to-all), ``2(g-1)`` for an all-reduce
+    (reduce-scatter then all-gather), 1 for a permute (a device receives from one other)."""
+    if kind not in COLLECTIVE_KINDS:
+        raise ValueError(f"unknown collective kind {kind!r}; valid: {', '.join(COLLECTIVE_KINDS)}")
+    if group < 1:
+        raise ValueError(f"a group has at least 1 device, got {group}")
+    if kind == "collective-permute":
+        return 1
+    return (2 if kind == "all-reduce" else 1) * (group - 1)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CommCost:
@@ -58,6 +74,10 @@ class CommCost:
       kind_per_device: ``per_device`` split by collective kind.
       dcn_per_device: the part of ``per_device`` that crosses hosts (:mod:`jaxcnn.links`; zeros on
         one host).
+      steps_per_device: per kind, the latency terms each device takes part in (:func:`latency_steps`
+        of each collective, times its count), the α side of a time model (:mod:`jaxcnn.timing`).
+      dcn_steps_per_device: the part of those terms in collectives that cross hosts.
+      calls_per_device: per kind, the collectives each device takes part in.
     """
 
     per_kind: Mapping[str, tuple[int, float, float]]
@@ -66,6 +86,20 @@ class CommCost:
     per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     kind_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     dcn_per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    steps_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    dcn_steps_per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    calls_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def link_bytes(self, sign: float = 1.0) -> links.LinkBytes:
+        """Bytes, latency terms and calls per device by kind (times ``sign``), as the step accounting
+        sums them."""
+        return links.LinkBytes(
+            {k: sign * np.asarray(v) for k, v in self.kind_per_device.items()},
+            sign * np.asarray(self.dcn_per_device),
+            {k: sign * np.asarray(v) for k, v in self.steps_per_device.items()},
+            sign * np.asarray(self.dcn_steps_per_device) if self.dcn_steps_per_device.size else np.zeros(1),
+            {k: sign * np.asarray(v) for k, v in self.calls_per_device.items()},
+        )
 
     @property
     def dcn_max_bytes(self) -> float:
@@ -165,15 +199,23 @@ class Ledger:
         self.num_devices = math.prod(self.shape)
         links.check_hosts(self.num_devices, hosts)
         self.hosts = hosts
+        # kind: [count, bytes per device, latency terms per device, calls per device]
         self.kinds: dict[str, list] = {}
         self.dcn = np.zeros(self.num_devices)
+        self.dcn_steps = np.zeros(self.num_devices)
 
-    def _add(self, kind: str, received: np.ndarray, count: int, crosses: np.ndarray) -> None:
-        entry = self.kinds.setdefault(kind, [0, np.zeros(self.num_devices)])
+    def _add(
+        self, kind: str, received: np.ndarray, count: int, crosses: np.ndarray, steps: np.ndarray
+    ) -> None:
+        zeros = np.zeros(self.num_devices)
+        entry = self.kinds.setdefault(kind, [0, zeros, zeros, zeros])
         entry[0] += count
         entry[1] = entry[1] + received * count
+        entry[2] = entry[2] + steps * count
+        entry[3] = entry[3] + (steps > 0) * count
         if self.hosts > 1:
             self.dcn = self.dcn + received * count * crosses
+            self.dcn_steps = self.dcn_steps + steps * count * crosses
 
     def group(self, kind: str, full_bytes: float, axes: tuple[str, ...], count: int = 1) -> None:
         """All-gather / reduce-scatter / all-reduce over ``axes`` of a buffer of ``full_bytes``."""
@@ -182,7 +224,8 @@ class Ledger:
             return
         factor = 2.0 if kind == "all-reduce" else 1.0
         crosses = links.group_crosses(self.shape, [AXES.index(a) for a in axes], self.hosts)
-        self._add(kind, np.full(self.num_devices, factor * full_bytes * (p - 1) / p), count, crosses)
+        steps = np.full(self.num_devices, float(latency_steps(kind, p)))
+        self._add(kind, np.full(self.num_devices, factor * full_bytes * (p - 1) / p), count, crosses, steps)
 
     def permute(self, nbytes: float, axis: str, hop: int) -> None:
         """A non-cyclic shift by ``hop`` along ``axis``: device b receives from b - hop."""
@@ -190,14 +233,26 @@ class Ledger:
         valid = (src >= 0) & (src < self.sizes[axis])
         stride = math.prod(self.shape[AXES.index(axis) + 1 :])
         sources = np.where(valid, np.arange(self.num_devices) - hop * stride, -1)
-        self._add("collective-permute", nbytes * valid, 1, links.source_crosses(sources, self.hosts))
+        crosses = links.source_crosses(sources, self.hosts)
+        self._add("collective-permute", nbytes * valid, 1, crosses, valid.astype(float))
+        self.kinds["collective-permute"][3] += 1 - valid  # every device takes part, receiving or not
 
     def result(self) -> CommCost:
         total = sum((v[1] for v in self.kinds.values()), np.zeros(self.num_devices))
         per_kind = {k: (v[0], float(v[1].max()), float(v[1].sum())) for k, v in self.kinds.items()}
         kinds = {k: _frozen(v[1]) for k, v in self.kinds.items()}
+        steps = {k: _frozen(v[2]) for k, v in self.kinds.items()}
+        calls = {k: _frozen(v[3]) for k, v in self.kinds.items()}
         return CommCost(
-            per_kind, float(total.max()), float(total.sum()), _frozen(total), kinds, _frozen(self.dcn)
+            per_kind,
+            float(total.max()),
+            float(total.sum()),
+            _frozen(total),
+            kinds,
+            _frozen(self.dcn),
+            steps,
+            _frozen(self.dcn_steps),
+            calls,
         )
 
 

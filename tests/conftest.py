@@ -19,6 +19,9 @@ alone are ~50), and loading them is ~2.5 s faster per run. Tests that read the c
 (``tests/runner/test_whole_step.py``) compile without it. A ``JAX_COMPILATION_CACHE_DIR`` already set
 (e.g. a directory kept between runs) is used as it is.
 
+No timing profile: ``JAXCNN_PROFILE_DIR`` is an empty temporary directory (``jaxcnn calibrate``'s profile
+of this machine, if its user made one, would make ``auto`` plan by time and change what tests see).
+
 The suite runs on the CPU platform even where there is an accelerator: its meshes need 8 devices of one
 platform (a 1-GPU machine has one), and its byte counts and numerics are pinned to the CPU backend. The
 Makefile sets no platform (``make train`` uses the GPU/TPU); ``tests/test_accelerator.py`` (``make
@@ -44,6 +47,12 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the xdist controller's, i
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-compilation-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# No timing profile unless a test writes one: a profile this machine's user calibrated (in ~/.cache) must
+# not change a verdict (auto plans by time where there is one). Tests that need one write their own.
+if not os.environ.get("JAXCNN_TEST_PROFILE_DIR"):
+    os.environ["JAXCNN_TEST_PROFILE_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-profiles-")
+    atexit.register(shutil.rmtree, os.environ["JAXCNN_TEST_PROFILE_DIR"], ignore_errors=True)
+os.environ["JAXCNN_PROFILE_DIR"] = os.environ["JAXCNN_TEST_PROFILE_DIR"]
 
 import jax
 

@@ -46,6 +46,7 @@ from typing import Any
 
 from jaxcnn.devices import request_cpu_devices, with_cpu_device_count
 from jaxcnn.networks import NETWORKS, ConvLayer, get_network, layers_from_yaml
+from jaxcnn.planner.model import OBJECTIVES
 from jaxcnn.planner.plan import NoPlanError
 from jaxcnn.planner.report import (
     PlanArgs,
@@ -54,6 +55,8 @@ from jaxcnn.planner.report import (
     measure_rows,
 )
 from jaxcnn.planner.whole_step import format_whole_step, whole_step
+from jaxcnn.timing.model import TimeModel, backend_time_model
+from jaxcnn.timing.presets import PRESETS, preset_profile
 from jaxcnn.yaml_io import load_yaml, parse_bytes
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -71,6 +74,8 @@ CONFIG_KEYS = (
     "classes",
     "hosts",
     "dcn_cost_factor",
+    "objective",
+    "preset",
 )
 
 
@@ -129,6 +134,15 @@ def _parser() -> argparse.ArgumentParser:
         dest="dcn_cost_factor",
         type=float,
         help="how much dearer a byte between hosts is than one within a host (default 10)",
+    )
+    p.add_argument(
+        "--objective",
+        help="what --whole-step minimises: time (the step's predicted seconds: the backend's profile from "
+        "jaxcnn calibrate, or --preset) or bytes (default: time where there is a profile, else bytes)",
+    )
+    p.add_argument(
+        "--preset",
+        help=f"price --whole-step's time with published figures: one of {', '.join(PRESETS)}",
     )
     p.add_argument(
         "--per-layer-only",
@@ -196,6 +210,12 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     dtype = str(values.get("dtype", defaults.dtype))
     if dtype not in DTYPES:
         raise PlanCliError(f"unknown dtype {dtype!r}; valid dtypes are {list(DTYPES)}")
+    objective = values.get("objective")
+    if objective is not None and objective not in OBJECTIVES:
+        raise PlanCliError(f"unknown objective {objective!r}; valid objectives are {list(OBJECTIVES)}")
+    preset = values.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise PlanCliError(f"unknown preset {preset!r}; valid presets are {list(PRESETS)}")
     flags = {}
     for key in ("measure", "per_layer_only", "whole_step"):
         value = values.get(key, False)
@@ -208,6 +228,8 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
         dtype=dtype,
         network=None if network is None else str(network),
         dcn_cost_factor=float(factor),
+        objective=objective,
+        preset=preset,
         **ints,
         **flags,
     )
@@ -250,6 +272,15 @@ def _rerun(argv: Sequence[str], devices: int) -> int:
     return out.returncode
 
 
+def time_model_for(args: PlanArgs) -> tuple[TimeModel | None, str]:
+    """The time model ``--whole-step`` prices with: ``--preset``'s published figures for the devices
+    and hosts, else the backend's saved profile (``(None, why)`` without one)."""
+    if args.preset is not None:
+        profile = preset_profile(args.preset, args.devices, hosts=args.hosts, dtype=args.dtype)
+        return TimeModel.of(profile), ""
+    return backend_time_model()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jaxcnn plan``; returns the exit status (0 ok, 2 bad input or no plan)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -267,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(args, rows))
     if args.whole_step:
         try:
+            time_model, note = time_model_for(args)
+            objective = args.objective or "time"
+            if time_model is None:  # one line, then by bytes
+                print(f"jaxcnn plan: {note}; planning by bytes", file=sys.stderr)
+                objective = "bytes"
             result = whole_step(
                 args.model,
                 args.batch,
@@ -277,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.classes,
                 hosts=args.hosts,
                 dcn_cost_factor=args.dcn_cost_factor,
+                time_model=time_model,
+                objective=objective,
             )
         except (NoPlanError, ValueError) as err:
             print(f"jaxcnn plan: error: {err}", file=sys.stderr)

@@ -24,6 +24,7 @@ term is the weighted ``ICI + dcn_cost_factor · DCN`` bytes (:mod:`jaxcnn.links`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -45,6 +46,8 @@ from jaxcnn.planner.step import (
     y_layout,
 )
 from jaxcnn.planner.step_memory import node_memory, step_memory
+from jaxcnn.planner.step_time import node_timer
+from jaxcnn.timing.model import TimeModel
 
 State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)
 Key = tuple[Layout, tuple[tuple[str, Layout], ...]]  # (the activation's layout, pending skips' layouts)
@@ -65,8 +68,11 @@ def plan_graph(
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
     beam: int = 256,
     platform: str = "cpu",
+    time_model: TimeModel | None = None,
+    optimizer: str = "adam",
 ) -> dict[str, Cost]:
-    """One placement per convolution of ``graph`` minimising the predicted bytes of the train step.
+    """One placement per convolution of ``graph`` minimising the predicted bytes (or, with
+    ``time_model``, the predicted seconds) of the train step.
 
     Args:
       graph: the model's ``plan_graph``.
@@ -91,6 +97,11 @@ def plan_graph(
         combination of pending skip layouts) ever need more than ``candidates``.
       platform: the devices' platform, for the step's predicted peak memory (``"cpu"``, ``"gpu"``,
         ``"tpu"``).
+      time_model: plan by time (:mod:`jaxcnn.planner.step_time`): each layer's candidates are its
+        fastest placements on their own, a node costs its :func:`~jaxcnn.planner.step_time.node_time`
+        and an edge the seconds of its layout change (collectives crossing hosts on the slow links'
+        rates, so ``dcn_cost_factor`` is not used). None: plan by bytes.
+      optimizer: the optimizer's name (its update's share of a node's time).
 
     Returns:
       ``{name: Cost}`` (``cost.algorithm``, ``cost.grid``; predicted for ``hosts``) for every
@@ -104,6 +115,15 @@ def plan_graph(
     itemsize = itemsize_of(dtype)
     nodes = graph_nodes(graph)
     first = first_conv(graph)
+
+    if time_model is not None:
+        timer = node_timer(time_model, graph, layers, input_layout, itemsize, optimizer)
+
+    def without_input_grad(costs: Sequence[Cost]) -> tuple[Cost, ...]:  # the images need none
+        return tuple(
+            predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts) for c in costs
+        )
+
     options: dict[str, tuple[Cost, ...]] = {}
     comm: dict[tuple[str, int], float] = {}  # a placement's own bytes moved
     memory: dict[tuple[str, int], float] = {}  # its share of the step's memory
@@ -120,16 +140,24 @@ def plan_graph(
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
         )
+
+        if time_model is not None:  # the fastest on their own first (a stable sort: bytes break ties)
+            if name == first:
+                table = dataclasses.replace(table, candidates=without_input_grad(table.candidates))
+            seconds = {id(c): timer(name, c).seconds for c in table.candidates}
+            table = dataclasses.replace(
+                table, candidates=tuple(sorted(table.candidates, key=lambda c: seconds[id(c)]))
+            )
         options[name] = keep_candidates(table, candidates, previous)
         previous = {y_layout(c) for c in options[name]}
-        if name == first:  # the images need no gradient
-            options[name] = tuple(
-                predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts)
-                for c in options[name]
-            )
+        if name == first and time_model is None:
+            options[name] = without_input_grad(options[name])
         for i, c in enumerate(options[name]):
-            parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
-            comm[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
+            if time_model is not None:
+                comm[name, i] = seconds[id(c)]
+            else:
+                parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
+                comm[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
             memory[name, i] = node_memory(c, nodes.batchnorm(name))
     edges: dict[tuple, float] = {}
     node_cost: dict[tuple[str, int], float] = {}
@@ -138,7 +166,10 @@ def plan_graph(
         key = (tuple(shape), src, dst, backward)
         if key not in edges:
             moved = move(shape, src, dst, itemsize, backward, hosts)
-            edges[key] = float(moved.weighted(dcn_cost_factor).max())
+            if time_model is not None:
+                edges[key] = float(time_model.comm_seconds(moved).max())
+            else:
+                edges[key] = float(moved.weighted(dcn_cost_factor).max())
         return edges[key]
 
     def step(states: dict[Key, State], name: str, first: bool = False) -> dict[Key, State]:

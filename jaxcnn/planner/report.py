@@ -71,6 +71,10 @@ class PlanArgs:
       hosts: hosts the devices are split over (:mod:`jaxcnn.links`); > 1 ranks by weighted bytes and
         adds a column of the bytes over the DCN.
       dcn_cost_factor: how much dearer a byte between hosts is than one within a host.
+      objective: what ``whole_step`` minimises: ``"time"``, ``"bytes"``, or None (time where there is
+        a time model, else bytes).
+      preset: price time with this preset's published figures (:mod:`jaxcnn.timing.presets`) instead
+        of the backend's measured profile.
     """
 
     model: str = "resnet50"
@@ -86,6 +90,8 @@ class PlanArgs:
     classes: int = 1000
     hosts: int = 1
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR
+    objective: str | None = None
+    preset: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

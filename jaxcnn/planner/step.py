@@ -73,21 +73,17 @@ Kinds = LinkBytes  # per-device bytes by collective kind, and the part of them o
 
 
 def _ledger(ledger: Ledger) -> Kinds:
-    comm = ledger.result()
-    return LinkBytes({k: np.asarray(v) for k, v in comm.kind_per_device.items()}, comm.dcn_per_device)
+    return ledger.result().link_bytes()
 
 
 def _negated(comm: CommCost) -> Kinds:
     """Per-device bytes of ``comm``, negated (to take back what two placements share)."""
-    return LinkBytes({k: -np.asarray(v) for k, v in comm.kind_per_device.items()}, -comm.dcn_per_device)
+    return comm.link_bytes(-1.0)
 
 
 def conv_kinds(choice: Cost) -> Kinds:
     """Per-device bytes of a convolution, forward + backward, by kind."""
-    out = LinkBytes()
-    for comm in (choice.forward, choice.backward):
-        out.merge(LinkBytes({k: np.asarray(v) for k, v in comm.kind_per_device.items()}, comm.dcn_per_device))
-    return out
+    return choice.forward.link_bytes().merge(choice.backward.link_bytes())
 
 
 def move(
@@ -97,8 +93,7 @@ def move(
     the part of them that crosses ``hosts`` hosts."""
     out = LinkBytes()
     for a, b in ((src, dst), (dst, src)) if backward else ((src, dst),):
-        r = redistribute.plan(tuple(shape), a, b)
-        out.merge(LinkBytes(dict(r.traffic_by_kind(itemsize)), r.dcn_traffic(itemsize, hosts)))
+        out.merge(redistribute.plan(tuple(shape), a, b).link_bytes(itemsize, hosts))
     return out
 
 
@@ -312,12 +307,17 @@ class StepCost:
       components: ``{component: max-over-devices bytes of that component alone}`` (see module docs).
       kinds: ``{collective kind: max-over-devices bytes of that kind alone}``.
       dcn_per_device: the part of ``per_device`` that crosses hosts (:mod:`jaxcnn.links`).
+      link: every kind's bytes and latency terms per device, and their DCN parts (what a time model
+        prices, :mod:`jaxcnn.planner.step_time`).
+      parts: ``link`` by component.
     """
 
     per_device: tuple[float, ...]
     components: Mapping[str, float]
     kinds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     dcn_per_device: tuple[float, ...] = ()
+    link: LinkBytes = dataclasses.field(default_factory=LinkBytes, compare=False)
+    parts: Mapping[str, LinkBytes] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def max_bytes(self) -> float:
@@ -421,6 +421,8 @@ def step_cost(
         {k: float(v.total().max()) for k, v in parts.items()},
         {k: float(np.asarray(v).max()) for k, v in kinds.kinds.items()},
         tuple(float(v) for v in kinds.dcn + np.zeros(num)),
+        kinds,
+        parts,
     )
 
 

@@ -17,6 +17,7 @@ from jaxcnn import models
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.mesh import batch_mesh_sizes, make_mesh
 from jaxcnn.planner.model import plan_model
+from jaxcnn.timing.model import TimeModel
 
 
 def whole_step(
@@ -29,6 +30,8 @@ def whole_step(
     num_classes: int,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+    time_model: TimeModel | None = None,
+    objective: str = "bytes",
     **options: Any,
 ) -> dict[str, Any]:
     """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices): its bytes
@@ -44,7 +47,10 @@ def whole_step(
       ``{"placements": {layer: placement}, "predicted_comm_bytes_per_step_max_device": float,
       "predicted_dcn_bytes_per_step_max_device": float, "hosts": int, "components": {...},
       "predicted_memory_bytes_per_device": float, "predicted_memory_peak_at": str,
-      "memory_components": {...}}``.
+      "memory_components": {...}}``; with a ``time_model`` (:mod:`jaxcnn.planner.step_time`; the plan
+      minimises it with ``objective="time"``) also ``"objective"``, ``"predicted_step_time_s"``,
+      ``"time_components"`` and ``"layer_seconds"`` (each convolution's own seconds, and the layout
+      changes').
     """
     sizes = batch_mesh_sizes({"n": devices}, batch)
     mesh = make_mesh(**sizes)
@@ -59,8 +65,18 @@ def whole_step(
         platform=jax.devices()[0].platform,
         hosts=hosts,
         dcn_cost_factor=dcn_cost_factor,
+        time_model=time_model,
+        objective=objective,
     )
     cost, memory = plan.cost, plan.memory
+    timed = {}
+    if plan.time is not None:
+        timed = {
+            "objective": objective,
+            "predicted_step_time_s": plan.time.seconds,
+            "time_components": dict(plan.time.components),
+            "layer_seconds": dict(plan.time.layers),
+        }
     return {
         "placements": plan.placements,
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,
@@ -70,6 +86,7 @@ def whole_step(
         "predicted_memory_bytes_per_device": memory.peak,
         "predicted_memory_peak_at": memory.at,
         "memory_components": {"train state and images": memory.state, **memory.components},
+        **timed,
     }
 
 
@@ -89,6 +106,13 @@ def format_whole_step(result: dict[str, Any]) -> str:
         f"(peak at the {result['predicted_memory_peak_at']}; Adam's state estimated)"
     )
     lines += [f"  {k}: {v:,.0f}" for k, v in result["memory_components"].items()]
+    if "predicted_step_time_s" in result:
+        lines.append(
+            f"predicted_step_time_s: {result['predicted_step_time_s']:.6g} (planned by {result['objective']})"
+        )
+        lines += [f"  {k}: {v * 1e3:.3f} ms" for k, v in result["time_components"].items()]
+        lines.append("seconds per layer (its compute, memory-bound work and own collectives):")
+        lines += [f"  {k}: {v * 1e3:.3f} ms" for k, v in result["layer_seconds"].items()]
     lines.append("model.algorithms:")
     lines += [f"  {name}: {p}" for name, p in result["placements"].items()]
     return "\n".join(lines)

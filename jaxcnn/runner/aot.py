@@ -40,7 +40,9 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
       ``{"compiled", "compile_time_s", "mesh", "num_params" (without the head's zero class padding),
       "head_padding_params", "placements", "temp_bytes", "argument_bytes",
       "comm_bytes_per_step_max_device", "predicted_comm_bytes_per_step_max_device",
-      "predicted_components", "predicted_kinds", "memory_state_bytes_per_device",
+      "predicted_components", "predicted_kinds", "predicted_step_time_s", "predicted_time_components",
+      "predicted_time_note" (only when there is no time figure for a model with a plan graph: why),
+      "memory_state_bytes_per_device",
       "memory_compiled_bytes_per_device", "device_memory_bytes", "device_memory_source",
       "memory_fits", "predicted_memory_bytes_per_device", "predicted_memory_peak_at"}`` (memory
       figures per device, from XLA's memory analysis and :func:`jaxcnn.runner.fit.report` - reported,
@@ -72,6 +74,13 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
         "predicted_components": None if predicted is None else dict(predicted.components),
         "predicted_kinds": None if predicted is None else dict(predicted.kinds),
+        "predicted_step_time_s": None
+        if run.predicted_time is None
+        else float(f"{run.predicted_time.seconds:.6g}"),
+        "predicted_time_components": None
+        if run.predicted_time is None
+        else {k: float(f"{v:.4g}") for k, v in run.predicted_time.components.items()},
+        **({"predicted_time_note": run.time_note} if run.time_note and predicted is not None else {}),
         **fit.report(run.footprint, run.compiled, list(run.mesh.devices.flat)),
         "predicted_memory_bytes_per_device": None if memory_model is None else round(memory_model.peak),
         "predicted_memory_peak_at": None if memory_model is None else memory_model.at,

@@ -26,6 +26,7 @@ from jaxcnn.models.trace import UnnamedConvolutions
 from jaxcnn.planner.model import plan_model
 from jaxcnn.planner.plan import NoPlanError
 from jaxcnn.runner.config import ConfigError
+from jaxcnn.timing.model import TimeModel
 
 
 def plan_algorithms(
@@ -37,6 +38,8 @@ def plan_algorithms(
     dtype: str,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+    time_model: TimeModel | None = None,
+    optimizer: str = "adam",
 ) -> dict[str, str]:
     """``{layer: placement}`` for the run's devices and batch (:func:`jaxcnn.planner.model.plan_model`).
 
@@ -51,6 +54,9 @@ def plan_algorithms(
       hosts: hosts (or TPU slices) the mesh's devices lie on, as equal consecutive groups of its flat
         order (``jaxcnn.mesh.host_count``).
       dcn_cost_factor: ``cluster.dcn_cost_factor``: how much dearer a byte between hosts is.
+      time_model: plan by the step's predicted seconds (``model.plan_objective: time`` with the
+        backend's profile); None: by bytes.
+      optimizer: ``optimizer.name`` (its update's share of the step's time).
 
     Raises:
       ConfigError: the convolutions have no names, ``hosts`` does not divide the device count, or no
@@ -68,6 +74,9 @@ def plan_algorithms(
             platform=mesh.devices.flat[0].platform,
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
+            time_model=time_model,
+            objective="bytes" if time_model is None else "time",
+            optimizer=optimizer,
         )
     except UnnamedConvolutions as err:
         raise ConfigError(

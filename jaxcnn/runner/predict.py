@@ -1,8 +1,8 @@
 """A run's communication figures: metered from the compiled step, and predicted from the model.
 
 ``comm_bytes_per_step_max_device`` (:func:`metered_bytes`) and
-``predicted_comm_bytes_per_step_max_device`` with the step's predicted peak memory per device
-(:func:`predict`).
+``predicted_comm_bytes_per_step_max_device`` with the step's predicted peak memory per device and
+``predicted_step_time_s`` (:func:`predict`).
 
 The predictions are the planner's (:func:`jaxcnn.planner.model.predict_model`: the model's plan graph
 and each convolution's placement, priced for the run's batch); this module adds what the run knows:
@@ -19,9 +19,8 @@ from jax.sharding import Mesh
 
 from jaxcnn import measure
 from jaxcnn.mesh import mesh_sizes
-from jaxcnn.planner.model import predict_model
-from jaxcnn.planner.step import StepCost
-from jaxcnn.planner.step_memory import StepMemory
+from jaxcnn.planner.model import ModelPlan, predict_model
+from jaxcnn.timing.model import TimeModel
 
 
 def metered_bytes(compiled: Any) -> tuple[float | None, str]:
@@ -63,10 +62,12 @@ def predict(
     image_shape: tuple[int, ...],
     dtype: str,
     state_bytes: float | None = None,
-) -> tuple[StepCost | None, StepMemory | None]:
-    """Predicted bytes per device of one train step of ``model`` and, given ``state_bytes``, its peak
-    memory per device (:func:`jaxcnn.planner.model.predict_model`); ``(None, None)`` for a model
-    without a plan graph.
+    time_model: TimeModel | None = None,
+    optimizer: str = "adam",
+) -> ModelPlan:
+    """Predicted bytes per device of one train step of ``model``, given ``state_bytes`` its peak
+    memory per device, given a ``time_model`` its seconds (:func:`jaxcnn.planner.model.predict_model`;
+    its ``cost``, ``memory`` and ``time`` are None for a model without a plan graph).
 
     Args:
       model: the built (possibly abstract) model; its images arrive as ``P("n")`` on ``mesh``.
@@ -76,9 +77,12 @@ def predict(
       dtype: the model's computation dtype (priced as :func:`wire_dtype` on the mesh's platform).
       state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
         without its gradients, which the prediction places in time itself); None: no memory figure.
+      time_model: the backend's time model (:func:`jaxcnn.timing.model.backend_time_model`); None: no
+        time figure.
+      optimizer: ``optimizer.name`` (its update's share of the step's time).
     """
     platform = mesh.devices.flat[0].platform
-    predicted = predict_model(
+    return predict_model(
         model,
         batch,
         image_shape,
@@ -86,5 +90,6 @@ def predict(
         dtype=wire_dtype(dtype, platform),
         platform=platform,
         state_bytes=state_bytes,
+        time_model=time_model,
+        optimizer=optimizer,
     )
-    return predicted.cost, predicted.memory

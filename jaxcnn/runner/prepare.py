@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from jaxcnn.planner.step import StepCost
 from jaxcnn.planner.step_memory import StepMemory
+from jaxcnn.planner.step_time import StepTime
 from jaxcnn.runner import fit, optim, setup
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.data import Dataset, image_spec, load_dataset
@@ -53,6 +54,9 @@ class Prepared:
       predicted: the step's predicted bytes per device (None for a model without a plan graph).
       predicted_memory: its predicted peak memory per device (``compile_only`` only; None for a
         model without a plan graph).
+      predicted_time: its predicted seconds (None for a model without a plan graph, or without a
+        timing profile of the backend: ``time_note`` says why).
+      time_note: why there is no ``predicted_time``, else ``""``.
     """
 
     mesh: Mesh
@@ -69,6 +73,8 @@ class Prepared:
     comm_note: str
     predicted: StepCost | None
     predicted_memory: StepMemory | None
+    predicted_time: StepTime | None = None
+    time_note: str = ""
 
 
 def prepare(
@@ -93,7 +99,8 @@ def prepare(
     )
     tx = optim.optimizer(cfg.optimizer, cfg.train.steps)
     batch = abstract_batch(mesh, cfg.train.batch_size, image_shape, cfg.data.task)
-    build = setup.model_builder(cfg, mesh, num_classes, image_shape, builder)
+    time_model, time_note = setup.time_model()
+    build = setup.model_builder(cfg, mesh, num_classes, image_shape, builder, time_model=time_model)
     graphs, state = abstract_state(build, tx, mesh)
     subject, devices = fit.model_subject(cfg), list(mesh.devices.flat)
     if compile_only:
@@ -107,7 +114,7 @@ def prepare(
     if not compile_only:
         fit.check_compiled(compiled, subject=subject, devices=devices, footprint=footprint)
     comm_bytes, comm_note = metered_bytes(compiled)
-    predicted, predicted_memory = predict(
+    figures = predict(
         model_for_prediction(graphs, state),
         mesh,
         cfg.train.batch_size,
@@ -115,6 +122,8 @@ def prepare(
         cfg.model.dtype,
         # the peak-memory prediction is a --compile-only figure; a run only prints the bytes
         state_bytes=footprint.total - footprint.parts.get("gradients", 0) if compile_only else None,
+        time_model=time_model,
+        optimizer=cfg.optimizer.name,
     )
     return Prepared(
         mesh,
@@ -129,6 +138,8 @@ def prepare(
         compile_s,
         comm_bytes,
         comm_note,
-        predicted,
-        predicted_memory,
+        figures.cost,
+        figures.memory,
+        figures.time,
+        time_note,
     )

@@ -7,6 +7,8 @@ explicitly to the model (no global mesh is set).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -14,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -25,6 +28,7 @@ from jaxcnn.runner import cluster
 from jaxcnn.runner.autoplan import plan_algorithms
 from jaxcnn.runner.config import Config, ConfigError, save_config
 from jaxcnn.runner.config.typed import to_plain
+from jaxcnn.timing.model import TimeModel, backend_time_model
 
 ModelBuilder = Callable[..., nnx.Module]
 
@@ -41,6 +45,21 @@ def init_distributed(cfg: Config) -> None:
         cluster.initialize(cfg.cluster)
 
 
+def time_model() -> tuple[TimeModel | None, str]:
+    """The backend's time model (:func:`jaxcnn.timing.model.backend_time_model`), the same on every
+    process: each host reads its own profile file, and processes that planned by different profiles
+    would compile different programs. When they differ (or some lack one), every process goes without,
+    with a note saying so."""
+    model, note = backend_time_model()
+    if jax.process_count() == 1:
+        return model, note
+    text = "" if model is None else json.dumps(model.profile.to_json(), sort_keys=True)
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int64)
+    if np.all(multihost_utils.process_allgather(digest) == digest):
+        return model, note
+    return None, "the processes have different timing profiles (jaxcnn calibrate on every host, or none)"
+
+
 def build_mesh(cfg: Config) -> Mesh:
     """The run's mesh over all devices (``mesh`` sizes resolved against ``jax.device_count()`` and the
     train/eval batch sizes, see :meth:`Config.mesh_sizes`; input batches are sharded over its ``n``).
@@ -53,7 +72,11 @@ def build_mesh(cfg: Config) -> Mesh:
 
 
 def _algorithms(
-    cfg: Config, mesh: Mesh, image_shape: tuple[int, ...], build: Callable[[Any], nnx.Module]
+    cfg: Config,
+    mesh: Mesh,
+    image_shape: tuple[int, ...],
+    build: Callable[[Any], nnx.Module],
+    time_model: TimeModel | None = None,
 ) -> Any:
     """``model.algorithms`` in the form ``jaxcnn.models.build`` takes (a str, dict or list).
 
@@ -72,6 +95,9 @@ def _algorithms(
             cfg.model.dtype,
             hosts=host_count(list(mesh.devices.flat)),
             dcn_cost_factor=cfg.cluster.dcn_cost_factor,
+            # model.plan_objective: time where the backend has a profile, else bytes (prepare says so)
+            time_model=time_model if cfg.model.plan_objective == "time" else None,
+            optimizer=cfg.optimizer.name,
         )
     if isinstance(algs, Mapping):
         return dict(algs)
@@ -86,6 +112,8 @@ def model_builder(
     num_classes: int,
     image_shape: tuple[int, ...],
     builder: ModelBuilder | None = None,
+    *,
+    time_model: TimeModel | None = None,
 ) -> Callable[[], nnx.Module]:
     """A zero-argument function that builds the configured network on ``mesh`` with parameters from
     ``nnx.Rngs(cfg.seed)``: placements resolved (``auto`` planned) once, now; the model may then be
@@ -97,6 +125,8 @@ def model_builder(
       num_classes: classifier width.
       image_shape: ``(H, W, C)`` of the inputs.
       builder: a function with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
+      time_model: the backend's time model; ``auto`` with ``model.plan_objective: time`` plans by it
+        (None: by bytes).
 
     Raises:
       ConfigError: (here for ``auto``, else when the function is called) one line naming the key, for
@@ -154,7 +184,7 @@ def model_builder(
             )
             raise ConfigError(f"model.algorithms={given}: {message}{listing}") from None
 
-    algorithms = _algorithms(cfg, mesh, image_shape, build)
+    algorithms = _algorithms(cfg, mesh, image_shape, build, time_model)
     return lambda: build(algorithms)
 
 

@@ -133,6 +133,9 @@ def _banner(cfg: Config, run: Prepared, start: int, run_dir: str) -> list[str]:
     ]
     if run.comm_note:
         lines.append(f"[yellow]note:[/yellow] no communication figure ({run.comm_note})")
+    if run.time_note and run.predicted is not None:
+        by_bytes = cfg.model.algorithms == "auto" and cfg.model.plan_objective == "time"
+        lines.append(f"[yellow]note:[/yellow] {run.time_note}{'; auto planned by bytes' if by_bytes else ''}")
     return lines
 
 
@@ -260,6 +263,8 @@ def _summary(
         "predicted_comm_bytes_per_step_max_device": None
         if run.predicted is None
         else run.predicted.max_bytes,
+        "median_step_time_s": float(np.median(steady)) if steady else None,
+        "predicted_step_time_s": None if run.predicted_time is None else run.predicted_time.seconds,
         "mesh": dict(run.mesh.shape),
         "devices": jax.device_count(),
         "run_dir": run_dir,
@@ -269,6 +274,9 @@ def _summary(
 def _summary_rows(s: dict[str, Any]) -> dict[str, str]:
     def fmt(v: Any, spec: str) -> str:
         return "n/a" if v is None else format(v, spec)
+
+    def ms(seconds: float | None) -> str:
+        return fmt(None if seconds is None else seconds * 1e3, ".2f") + " ms"
 
     dice_row = (
         {} if s.get("final_eval_dice") is None else {"final test Dice": fmt(s["final_eval_dice"], ".4f")}
@@ -281,8 +289,9 @@ def _summary_rows(s: dict[str, Any]) -> dict[str, str]:
         "steps": str(s["final_step"]),
         "wall time": fmt(s["wall_time_s"], ".1f") + " s",
         "compile time": fmt(s["compile_time_s"], ".1f") + " s",
-        "mean step time": fmt(None if s["mean_step_time_s"] is None else s["mean_step_time_s"] * 1e3, ".2f")
-        + " ms",
+        "mean step time": ms(s["mean_step_time_s"]),
+        "median step time": ms(s["median_step_time_s"]),
+        "predicted step time": ms(s["predicted_step_time_s"]),
         "throughput": fmt(s["images_per_s"], ",.0f") + " images/s",
         "comm bytes / step (max device)": fmt(s["comm_bytes_per_step_max_device"], ",.0f"),
         "predicted comm bytes / step": fmt(s["predicted_comm_bytes_per_step_max_device"], ",.0f"),

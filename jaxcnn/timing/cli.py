@@ -88,5 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if profile.memory is not None:
         console.print(f"  memory-bound        {profile.memory.rates[0] / 1e9:8.2f} GB/s")
+    if profile.barrier is not None:
+        per_step, share = (1 / r if r > 0 else 0.0 for r in profile.barrier.rates)
+        console.print(
+            f"  collective in a step  + {profile.barrier.intercept_s * 1e6:.1f} µs "
+            f"+ {per_step * 1e6:.1f} µs/step + {share:.0%} of the work before it"
+        )
+    console.print(f"  program launch      {profile.launch_s * 1e6:8.1f} µs")
     console.print(f"profile: {path}", soft_wrap=True)  # a path to copy: never wrapped
     return 0

@@ -30,24 +30,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: The collective kinds a profile fits, as :mod:`jaxcnn.cost` names them.
-COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+# A profile fits the collective kinds of jaxcnn.cost, with the latency terms of their algorithms.
+from jaxcnn.cost import COLLECTIVE_KINDS as COLLECTIVE_KINDS
+from jaxcnn.cost import latency_steps
+
 #: The passes of a convolution a profile fits.
 CONV_PASSES = ("forward", "input_grad", "kernel_grad")
 #: The profile file format; a file of another version is not read.
 VERSION = 1
 ENV_DIR = "JAXCNN_PROFILE_DIR"
-
-
-def latency_steps(kind: str, group: int) -> int:
-    """The latency terms of one bandwidth-optimal collective of ``kind`` over ``group`` devices."""
-    if kind not in COLLECTIVE_KINDS:
-        raise ValueError(f"unknown collective kind {kind!r}; valid: {', '.join(COLLECTIVE_KINDS)}")
-    if group < 1:
-        raise ValueError(f"a group has at least 1 device, got {group}")
-    if kind == "collective-permute":
-        return 1
-    return (2 if kind == "all-reduce" else 1) * (group - 1)
 
 
 def check_conv_pass(name: str) -> None:
@@ -142,6 +133,11 @@ class Profile:
       collectives: ``{kind: CollectiveFit}`` for the kinds measured.
       conv: ``{pass: LinearFit}`` over ``("macs", "bytes")`` for the passes measured.
       memory: memory-bound work over ``("bytes",)``, or None.
+      launch_s: seconds to launch one program on every device and wait for it (dispatch, launch and
+        the devices' synchronisation: what a step pays beyond its operations).
+      barrier: what a collective costs beyond its own fit when the devices arrive at it from
+        computation, over ``("compute_s",)`` (:mod:`jaxcnn.timing.barrier`: seconds per collective,
+        and the share of the work before it that is added); None where not measured.
       created: ISO 8601 time of the calibration.
       calibration_s: how long it took.
       notes: free-form facts of the measurement (repeats, sizes, dtype).
@@ -151,6 +147,8 @@ class Profile:
     collectives: Mapping[str, CollectiveFit]
     conv: Mapping[str, LinearFit]
     memory: LinearFit | None = None
+    launch_s: float = 0.0
+    barrier: LinearFit | None = None
     created: str = ""
     calibration_s: float = 0.0
     notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -166,6 +164,8 @@ class Profile:
             "collectives": {kind: dataclasses.asdict(fit) for kind, fit in self.collectives.items()},
             "conv": {name: dataclasses.asdict(fit) for name, fit in self.conv.items()},
             "memory": None if self.memory is None else dataclasses.asdict(self.memory),
+            "launch_s": self.launch_s,
+            "barrier": None if self.barrier is None else dataclasses.asdict(self.barrier),
         }
 
     @classmethod
@@ -202,6 +202,8 @@ class Profile:
                 collectives=collectives,
                 conv=conv,
                 memory=memory,
+                launch_s=float(data.get("launch_s", 0.0)),
+                barrier=None if data.get("barrier") is None else linear(data["barrier"]),
                 created=str(data.get("created", "")),
                 calibration_s=float(data.get("calibration_s", 0.0)),
                 notes=dict(data.get("notes", {})),

@@ -84,6 +84,13 @@ class ModelConfig(Section):
         "512MiB, 2e9 (the units of jaxcnn plan --memory); 0: unlimited",
     )
 
+    plan_objective: Literal["time", "bytes"] = Field(
+        "time",
+        description="algorithms: auto (and jaxcnn plan's --objective): minimise the step's predicted "
+        "seconds (time: needs the backend's timing profile, jaxcnn calibrate; without one the run says "
+        "so in one line and plans by bytes) or its predicted bytes per device (bytes)",
+    )
+
     @field_validator("algorithms")
     @classmethod
     def _known_algorithms(cls, algorithms: Any) -> Any:

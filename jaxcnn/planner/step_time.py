@@ -1,0 +1,256 @@
+"""Whole-training-step time: a placed model's step, predicted in seconds from a timing profile.
+
+:func:`step_time` adds, per device, what one train step of a model placed by ``choices`` runs
+(``docs/step_time.md``, "The step-time model"):
+
+==============  ======================================================================================
+component       what it counts
+==============  ======================================================================================
+``compute``     every convolution's local passes, forward, input gradient (not for the layer reading
+                the images) and kernel gradient, one per channel panel
+                (:meth:`jaxcnn.timing.model.TimeModel.conv_seconds`)
+``collectives`` every collective of :func:`jaxcnn.planner.step.step_cost` (convolutions, layout
+                changes, BatchNorm, pooling, head, loss), ``α·steps + bytes/β`` per kind, on the slow
+                links' rates where they cross hosts; max over devices of the sum
+``memory``      memory-bound passes (:data:`PASSES`): BatchNorm with its activation, pooling, residual
+                adds, skip concatenations, halo windows assembled and their gradients scattered, and
+                the optimizer's update of every local parameter
+``launch``      the program's launch (the profile's ``launch_s``)
+==============  ======================================================================================
+
+**Overlap.** On the CPU every device runs its program's operations one after another and XLA:CPU's
+collectives are synchronous: nothing hides, the step is the sum. On GPU and TPU XLA's latency-hiding
+scheduler issues collectives asynchronously and runs independent computation meanwhile; the rule
+here counts the one overlap every data-parallel step gets: the all-reduces of kernel gradients
+(issued as soon as a layer's kernel gradient exists) hide behind the backward computation of the
+layers before it, up to that computation's time (``hidden``). Every other collective feeds the next
+operation and is counted in full (until the algorithms overlap halos and panels themselves).
+
+The per-layer figures (:attr:`StepTime.layers`) are each convolution's own compute, memory-bound work
+and collectives (its node in the plan graph, :func:`jaxcnn.planner.step.node_kinds`); layout changes
+between layers are the ``layout`` row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from jaxcnn.cost import Cost, itemsize_of
+from jaxcnn.geometry import ConvGeometry
+from jaxcnn.links import LinkBytes
+from jaxcnn.models.graph import Concat, Node, Residual
+from jaxcnn.planner.step import GraphNodes, Layout, first_conv, graph_nodes, node_kinds, step_cost
+from jaxcnn.timing.model import TimeModel
+
+#: Memory-bound passes per element of an activation (read + written, forward and backward), and the
+#: fused operations they take: BatchNorm with its activation (forward: the statistics read y, the
+#: normalisation reads y and writes the activation; backward: the three sums read dy and y, the
+#: gradient reads dy and y and writes dx), a residual add with its ReLU (reads two, writes one; its
+#: gradient reads dy and the output, writes one), a skip concatenation (read and write both inputs;
+#: backward slices the gradient back), a halo window (the pieces concatenated into the window:
+#: read and write it; backward the window's gradient sliced and added back).
+PASSES = {
+    "batchnorm": (8, 4),
+    "residual": (6, 2),
+    "concat": (4, 2),
+    "window": (4, 2),
+}
+#: Optimizer state per parameter in parameter copies, and the update's reads and writes per
+#: parameter: Adam (read p, g, m, v; write p, m, v), SGD with momentum (read p, g, m; write p, m),
+#: plain SGD (read p, g; write p).
+OPTIMIZER_PASSES = {"adam": 7, "adamw": 7, "momentum": 5, "sgd": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+    """Predicted seconds of one train step (max over devices).
+
+    Attributes:
+      seconds: the step.
+      components: ``compute``, ``collectives``, ``memory``, ``straggle`` (waiting at collectives for
+        devices that share cores, :mod:`jaxcnn.timing.barrier`), ``launch`` and ``hidden`` (collective
+        time overlapped with computation, subtracted: 0 on the CPU).
+      layers: per convolution: its own compute, memory-bound work and collectives; ``layout`` for the
+        layout changes between layers.
+    """
+
+    seconds: float
+    components: Mapping[str, float]
+    layers: Mapping[str, float]
+
+
+def _activation_bytes(choice: Cost, itemsize: int) -> float:
+    """A placement's local output block (after any reduce-scatter over c), in bytes."""
+    lay, geom = choice.layout, choice.geom
+    assert geom is not None
+    sizes = dict(lay.sizes)
+    out = math.prod(lay.out_blocks(geom))
+    return lay.padded[0] // sizes["n"] * out * lay.padded[-1] / (sizes["k"] * sizes["c"]) * itemsize
+
+
+def _param_bytes(choice: Cost) -> float:
+    """A placement's local parameters: its kernel block and a float32 per local output channel for a
+    BatchNorm's scale and bias or a bias."""
+    lay = choice.layout
+    channels = lay.padded[-1] / (lay.size("k") * lay.size("c"))
+    return choice.memory.inputs - choice.memory.x_block + 2 * channels * 4
+
+
+def _node_memory(choice: Cost, nodes: GraphNodes, name: str, itemsize: int) -> tuple[float, int]:
+    """Memory-bound bytes and fused operations of a convolution's own work: its BatchNorm and
+    activation, its halo window, a pooling window in its output layout."""
+    nbytes, ops = 0.0, 0
+    y = _activation_bytes(choice, itemsize)
+    parts = []
+    if nodes.batchnorm(name):
+        parts.append(("batchnorm", y))
+    if any(choice.layout.plans):
+        parts.append(("window", choice.memory.window))
+    for kind, size in parts:
+        nbytes, ops = nbytes + PASSES[kind][0] * size, ops + PASSES[kind][1]
+    pool = nodes.pools.get(name)
+    if pool is not None:  # reads y, writes the pooled block; backward reads both, writes dx
+        nbytes += 3 * y + 2 * y / pool.stride ** len(choice.layout.plans)
+        ops += 2
+    return nbytes, ops
+
+
+def _joins(graph: Sequence[Node], choices: Mapping[str, Cost], itemsize: int) -> tuple[float, int]:
+    """Memory-bound bytes and operations of the residual adds and skip concatenations."""
+    nbytes, ops = 0.0, 0
+    for node in graph:
+        if isinstance(node, Residual):
+            nbytes += PASSES["residual"][0] * _activation_bytes(choices[node.main[-1]], itemsize)
+            ops += PASSES["residual"][1]
+        elif isinstance(node, Concat):
+            for name in (node.skip, node.up):
+                nbytes += PASSES["concat"][0] * _activation_bytes(choices[name], itemsize)
+                ops += PASSES["concat"][1]
+    return nbytes, ops
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeTime:
+    """One placement's own seconds: local convolutions (and their backward part), memory-bound work
+    (with the optimizer's update of its parameters), and its own collectives (max over devices of
+    each component of :func:`jaxcnn.planner.step.node_kinds`)."""
+
+    compute: float
+    backward: float
+    memory: float
+    collectives: float
+    straggle: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.compute + self.memory + self.collectives + self.straggle
+
+
+def node_time(
+    model: TimeModel,
+    name: str,
+    choice: Cost,
+    geom: ConvGeometry,
+    input_layout: Layout,
+    itemsize: int,
+    nodes: GraphNodes,
+    *,
+    first: bool = False,
+    optimizer: str = "adam",
+) -> NodeTime:
+    """The seconds of one placement on its own (the planner's node cost by time)."""
+    conv = model.conv_seconds(choice, input_grad=not first, itemsize=itemsize)
+    nbytes, ops = _node_memory(choice, nodes, name, itemsize)
+    passes = OPTIMIZER_PASSES.get(optimizer, OPTIMIZER_PASSES["adam"])
+    # the optimizer's update of the layer's float32 parameters: one fused operation per array
+    memory = model.memory_seconds(nbytes, ops) + model.memory_seconds(passes * _param_bytes(choice), 2)
+    own = node_kinds(name, choice, geom, input_layout, itemsize, nodes)
+    comm = sum(float(model.comm_seconds(k).max()) for k in own.values())
+    work = sum(conv.values())
+    straggle = model.straggle_seconds(work + memory)
+    return NodeTime(work, conv["input_grad"] + conv["kernel_grad"], memory, comm, straggle)
+
+
+def node_timer(
+    model: TimeModel,
+    graph: Sequence[Node],
+    layers: Mapping[str, ConvGeometry],
+    input_layout: Layout,
+    itemsize: int,
+    optimizer: str = "adam",
+) -> Callable[[str, Cost], NodeTime]:
+    """``timer(name, choice)``: :func:`node_time` of the convolution ``name`` of ``graph`` placed as
+    ``choice`` (the layer reading the images without an input gradient)."""
+    nodes, first = graph_nodes(graph), first_conv(graph)
+
+    def timer(name: str, choice: Cost) -> NodeTime:
+        return node_time(
+            model,
+            name,
+            choice,
+            layers[name],
+            input_layout,
+            itemsize,
+            nodes,
+            first=name == first,
+            optimizer=optimizer,
+        )
+
+    return timer
+
+
+def step_time(
+    graph: Sequence[Node],
+    layers: Mapping[str, ConvGeometry],
+    choices: Mapping[str, Cost],
+    input_layout: Layout,
+    model: TimeModel,
+    dtype="float32",
+    hosts: int = 1,
+    optimizer: str = "adam",
+) -> StepTime:
+    """Predicts the seconds of one train step of a model placed by ``choices`` (module docstring).
+
+    Args:
+      graph, layers, choices, input_layout, dtype, hosts: as :func:`jaxcnn.planner.step.step_cost`.
+      model: the backend's :class:`~jaxcnn.timing.model.TimeModel`.
+      optimizer: the optimizer's name (its update's passes, :data:`OPTIMIZER_PASSES`; unknown names
+        count as Adam).
+    """
+    itemsize = itemsize_of(dtype)
+    nodes = graph_nodes(graph)
+    comm = step_cost(graph, layers, choices, input_layout, dtype, hosts)
+    collectives = float(model.comm_seconds(comm.link).max())
+    joined, join_ops = _joins(graph, choices, itemsize)
+    memory = model.memory_seconds(joined, join_ops) if join_ops else 0.0
+    compute = backward = straggle = 0.0
+    per_layer: dict[str, float] = {}
+    timer = node_timer(model, graph, layers, input_layout, itemsize, optimizer)
+    for name in nodes.names:
+        t = timer(name, choices[name])
+        per_layer[name] = t.seconds
+        compute, backward, memory = compute + t.compute, backward + t.backward, memory + t.memory
+        straggle += t.straggle
+    per_layer["layout"] = float(model.comm_seconds(comm.parts["layout"]).max())
+    hidden = 0.0
+    if model.platform != "cpu":
+        grads = comm.parts["conv"]
+        reductions = LinkBytes(
+            {"all-reduce": grads.kinds.get("all-reduce", np.zeros(1))},
+            steps={"all-reduce": grads.steps.get("all-reduce", np.zeros(1))},
+        )
+        hidden = min(float(model.comm_seconds(reductions).max()), backward)
+    launch = float(model.profile.launch_s)
+    components = {
+        "compute": compute,
+        "collectives": collectives,
+        "memory": memory,
+        "straggle": straggle,
+        "launch": launch,
+        "hidden": hidden,
+    }
+    return StepTime(compute + collectives + memory + straggle + launch - hidden, components, per_layer)
