@@ -133,6 +133,35 @@ def _joins(graph: Sequence[Node], choices: Mapping[str, Cost], itemsize: int) ->
     return nbytes, ops
 
 
+def _gradient_reduction(choice: Cost, sign: float = 1.0) -> LinkBytes:
+    """The calls and latency terms (no bytes) of a placement's kernel-gradient all-reduce over its rows
+    (the only all-reduce :func:`jaxcnn.cost.predict` issues)."""
+    calls = choice.backward.calls_per_device.get("all-reduce")
+    if calls is None:
+        return LinkBytes()
+    steps = choice.backward.steps_per_device["all-reduce"]
+    return LinkBytes(
+        steps={"all-reduce": sign * np.asarray(steps)}, calls={"all-reduce": sign * np.asarray(calls)}
+    )
+
+
+def combined_reductions(choices: Mapping[str, Cost]) -> LinkBytes:
+    """XLA's all-reduce combiner: the kernel-gradient all-reduces are independent of each other and only
+    the optimizer reads them, so XLA runs those over the same device groups as one all-reduce (seen in
+    the compiled HLO: small_cnn's data-parallel step has one gradient all-reduce of every kernel, not
+    five). The adjustment to the step's calls and latency terms: each layer's taken back, one per
+    group of devices added; the bytes are unchanged."""
+    out, groups = LinkBytes(), {}
+    for choice in choices.values():
+        reduction = _gradient_reduction(choice)
+        if reduction.calls:
+            out.merge(_gradient_reduction(choice, -1.0))
+            groups.setdefault((tuple(sorted(choice.grid.items())), choice.layout.rows), reduction)
+    for reduction in groups.values():
+        out.merge(reduction)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeTime:
     """One placement's own seconds: local convolutions (and their backward part), memory-bound work
@@ -169,6 +198,9 @@ def node_time(
     # the optimizer's update of the layer's float32 parameters: one fused operation per array
     memory = model.memory_seconds(nbytes, ops) + model.memory_seconds(passes * _param_bytes(choice), 2)
     own = node_kinds(name, choice, geom, input_layout, itemsize, nodes)
+    # its kernel-gradient all-reduce joins the others on the same devices (combined_reductions): here
+    # only its bytes
+    own["conv"] = LinkBytes().merge(own["conv"]).merge(_gradient_reduction(choice, -1.0))
     comm = sum(float(model.comm_seconds(k).max()) for k in own.values())
     work = sum(conv.values())
     straggle = model.straggle_seconds(work + memory)
@@ -224,7 +256,8 @@ def step_time(
     itemsize = itemsize_of(dtype)
     nodes = graph_nodes(graph)
     comm = step_cost(graph, layers, choices, input_layout, dtype, hosts)
-    collectives = float(model.comm_seconds(comm.link).max())
+    link = LinkBytes().merge(comm.link).merge(combined_reductions(choices))
+    collectives = float(model.comm_seconds(link).max())
     joined, join_ops = _joins(graph, choices, itemsize)
     memory = model.memory_seconds(joined, join_ops) if join_ops else 0.0
     compute = backward = straggle = 0.0

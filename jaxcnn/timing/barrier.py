@@ -123,20 +123,18 @@ def calibrate_barrier(
 
 
 def barrier_fit(points: list[tuple[float, float, float]]) -> LinearFit:
-    """``extra = sync + steps · s + compute_s / R`` (a :class:`LinearFit` over :data:`FEATURES`) from
-    ``(latency steps, convolution seconds, extra seconds)`` points: the two after the shortest
-    convolution give ``sync`` and ``s`` (the smallest and the largest group), the longest convolution
-    ``1/R``, each at least 0 (a difference of three timings can come out negative in noise).
+    """``extra = sync + steps · s + compute_s / R`` (a :class:`LinearFit` over :data:`FEATURES`) from the
+    ``(latency steps, convolution seconds, extra seconds)`` points of :func:`calibrate_barrier`, in its
+    order: the first two (one convolution, psums over a small and a large group) give ``s`` and
+    ``sync``, a third (a longer convolution) ``1/R``; each at least 0 (a difference of three timings
+    can come out negative in noise).
     """
-    short = min(p[1] for p in points)
-    first = sorted(p for p in points if p[1] == short)  # by latency steps
-    (k1, _, e1), (k2, _, e2) = first[0], first[-1]
-    per_step = max(0.0, (e2 - e1) / (k2 - k1)) if k2 > k1 else 0.0
+    (k1, _, e1), (k2, _, e2) = points[0], points[1]
+    per_step = max(0.0, (e2 - e1) / (k2 - k1)) if k2 != k1 else 0.0
     sync = max(0.0, e1 - per_step * k1)
     share = 0.0
-    longest = max(points, key=lambda p: p[1])
-    if longest[1] > short:
-        k, conv_s, extra = longest
+    if len(points) > 2:
+        k, conv_s, extra = points[2]
         share = max(0.0, extra - sync - per_step * k) / conv_s
 
     def rate(c: float) -> float:

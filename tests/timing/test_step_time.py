@@ -247,3 +247,17 @@ def test_a_profile_keeps_its_launch_and_barrier_through_json():
     older = original.to_json()
     del older["launch_s"], older["barrier"]  # a profile written before they were measured
     assert prof.Profile.from_json(older).barrier is None
+
+
+def test_kernel_gradient_all_reduces_over_the_same_devices_are_one_call():
+    """As XLA's all-reduce combiner runs them (small_cnn's data-parallel HLO: one all-reduce of every
+    kernel gradient); the bytes are unchanged."""
+    from jaxcnn.planner.step_time import combined_reductions
+
+    graph, layers = _small_cnn()[0].plan_graph, _plan().layers
+    data = choices_for(layers, {name: ("data", {"n": 8}) for name in layers}, first=first_conv(graph))
+    adjust = combined_reductions(data)
+    assert not adjust.kinds and np.all(adjust.calls["all-reduce"] == 1 - len(layers))
+    assert np.all(adjust.steps["all-reduce"] == (1 - len(layers)) * latency_steps("all-reduce", 8))
+    mixed = dict(data, conv2=predict(layers["conv2"], "spatial", {"n": 2, "h": 2, "w": 2}))
+    assert np.all(combined_reductions(mixed).calls["all-reduce"] == 1 - (len(layers) - 1))  # two groups
