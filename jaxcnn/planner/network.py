@@ -20,6 +20,12 @@ layout when they are read), and after each convolution only the ``beam`` cheapes
 each term's maximum over devices (the prediction, :func:`jaxcnn.planner.step.step_cost`, takes the
 maximum of the sum; they differ only where permutes leave some devices idle). On ``hosts > 1`` each
 term is the weighted ``ICI + dcn_cost_factor · DCN`` bytes (:mod:`jaxcnn.links`).
+
+With a time model (``time_model``, :mod:`jaxcnn.planner.step_time`) the same DP minimises seconds: a
+layer's candidates are its fastest on their own, a node costs its
+:func:`~jaxcnn.planner.step_time.node_time` (local convolutions, memory-bound work, its own
+collectives priced by the profile, the slow links' rates where they cross hosts) and an edge the time
+of its layout change's collectives.
 """
 
 from __future__ import annotations
@@ -125,7 +131,7 @@ def plan_graph(
         )
 
     options: dict[str, tuple[Cost, ...]] = {}
-    comm: dict[tuple[str, int], float] = {}  # a placement's own bytes moved
+    comm: dict[tuple[str, int], float] = {}  # a placement's own bytes moved (or seconds, by time)
     memory: dict[tuple[str, int], float] = {}  # its share of the step's memory
     previous: set[Layout] = {input_layout}  # layouts the layer before may leave (execution order)
     for name in nodes.names:
@@ -140,7 +146,6 @@ def plan_graph(
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
         )
-
         if time_model is not None:  # the fastest on their own first (a stable sort: bytes break ties)
             if name == first:
                 table = dataclasses.replace(table, candidates=without_input_grad(table.candidates))
