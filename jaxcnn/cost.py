@@ -207,12 +207,14 @@ class Ledger:
     def _add(
         self, kind: str, received: np.ndarray, count: int, crosses: np.ndarray, steps: np.ndarray
     ) -> None:
+        """``count`` collectives of ``kind`` in which every device takes part (a permute too, receiving
+        or not), each receiving ``received`` and taking ``steps`` latency terms per device."""
         zeros = np.zeros(self.num_devices)
         entry = self.kinds.setdefault(kind, [0, zeros, zeros, zeros])
         entry[0] += count
         entry[1] = entry[1] + received * count
         entry[2] = entry[2] + steps * count
-        entry[3] = entry[3] + (steps > 0) * count
+        entry[3] = entry[3] + count
         if self.hosts > 1:
             self.dcn = self.dcn + received * count * crosses
             self.dcn_steps = self.dcn_steps + steps * count * crosses
@@ -235,7 +237,6 @@ class Ledger:
         sources = np.where(valid, np.arange(self.num_devices) - hop * stride, -1)
         crosses = links.source_crosses(sources, self.hosts)
         self._add("collective-permute", nbytes * valid, 1, crosses, valid.astype(float))
-        self.kinds["collective-permute"][3] += 1 - valid  # every device takes part, receiving or not
 
     def result(self) -> CommCost:
         total = sum((v[1] for v in self.kinds.values()), np.zeros(self.num_devices))

@@ -137,13 +137,14 @@ def plan_model(
     )
     itemsize = itemsize_of(dtype)
     images = batch * math.prod(image_shape) * itemsize / input_sizes["n"]
+    cost = step_cost(graph, layers, chosen, source, dtype, hosts)
     seconds = None
     if time_model is not None:
-        seconds = step_time(graph, layers, chosen, source, time_model, dtype, hosts, optimizer)
+        seconds = step_time(graph, layers, chosen, source, time_model, dtype, hosts, optimizer, cost)
     return ModelPlan(
         {name: format_placement(c.algorithm, c.grid) for name, c in chosen.items()},
         layers,
-        step_cost(graph, layers, chosen, source, dtype, hosts),
+        cost,
         step_memory(graph, layers, chosen, batch_bytes=images, platform=platform, itemsize=itemsize),
         seconds,
     )
@@ -199,7 +200,7 @@ def predict_model(
     cost = step_cost(graph, layers, choices, source, dtype)
     seconds = None
     if time_model is not None:
-        seconds = step_time(graph, layers, choices, source, time_model, dtype, optimizer=optimizer)
+        seconds = step_time(graph, layers, choices, source, time_model, dtype, optimizer=optimizer, cost=cost)
     memory = None
     if state_bytes is not None:
         # the placements' memory is priced in the wire dtype, and so are max pooling's int32 indices

@@ -82,6 +82,12 @@ def _kernel_bytes(choice: Cost) -> float:
     return choice.memory.inputs - choice.memory.x_block
 
 
+def param_bytes(choice: Cost, batchnorm: bool) -> float:
+    """A placement's local parameters (and so its gradient): its kernel block, and with a BatchNorm
+    after it the BatchNorm's float32 scale and bias."""
+    return _kernel_bytes(choice) + (2 * _channel_bytes(choice) if batchnorm else 0.0)
+
+
 def _channel_bytes(choice: Cost, itemsize: int = 4) -> float:
     """One float32 per local output channel (a BatchNorm scale, bias, mean or variance)."""
     geom = choice.geom
@@ -177,7 +183,7 @@ def step_memory(
         c = choices[name]
         mem = c.memory
         saved[name] = _saved(c, nodes.batchnorm(name))
-        grads[name] = _kernel_bytes(c) + (2 * _channel_bytes(c) if nodes.batchnorm(name) else 0.0)
+        grads[name] = param_bytes(c, nodes.batchnorm(name))
         kernels[name] = 0.0 if name == first else mem.kernel_read
         pool_fwd = pool_saved = pool_bwd = 0.0
         if name in pools and pools[name].kind == "max":

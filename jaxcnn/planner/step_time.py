@@ -10,11 +10,15 @@ component       what it counts
                 the images) and kernel gradient, one per channel panel
                 (:meth:`jaxcnn.timing.model.TimeModel.conv_seconds`)
 ``collectives`` every collective of :func:`jaxcnn.planner.step.step_cost` (convolutions, layout
-                changes, BatchNorm, pooling, head, loss), ``α·steps + bytes/β`` per kind, on the slow
+                changes, BatchNorm, pooling, head, loss; the kernel-gradient all-reduces over the same
+                devices as one call, :func:`combined_reductions`), ``(α + s)·steps + bytes/β +
+                sync·calls`` per kind (:meth:`jaxcnn.timing.model.TimeModel.comm_seconds`), on the slow
                 links' rates where they cross hosts; max over devices of the sum
 ``memory``      memory-bound passes (:data:`PASSES`): BatchNorm with its activation, pooling, residual
                 adds, skip concatenations, halo windows assembled and their gradients scattered, and
                 the optimizer's update of every local parameter
+``straggle``    the waiting collectives add to the work before them where devices share cores
+                (:meth:`jaxcnn.timing.model.TimeModel.straggle_seconds`)
 ``launch``      the program's launch (the profile's ``launch_s``)
 ==============  ======================================================================================
 
@@ -34,7 +38,6 @@ between layers are the ``layout`` row.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -43,7 +46,8 @@ from jaxcnn.cost import Cost, itemsize_of
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.links import LinkBytes
 from jaxcnn.models.graph import Concat, Node, Residual
-from jaxcnn.planner.step import GraphNodes, Layout, first_conv, graph_nodes, node_kinds, step_cost
+from jaxcnn.planner.step import GraphNodes, Layout, StepCost, first_conv, graph_nodes, node_kinds, step_cost
+from jaxcnn.planner.step_memory import param_bytes
 from jaxcnn.timing.model import TimeModel
 
 #: Memory-bound passes per element of an activation (read + written, forward and backward), and the
@@ -83,28 +87,11 @@ class StepTime:
     layers: Mapping[str, float]
 
 
-def _activation_bytes(choice: Cost, itemsize: int) -> float:
-    """A placement's local output block (after any reduce-scatter over c), in bytes."""
-    lay, geom = choice.layout, choice.geom
-    assert geom is not None
-    sizes = dict(lay.sizes)
-    out = math.prod(lay.out_blocks(geom))
-    return lay.padded[0] // sizes["n"] * out * lay.padded[-1] / (sizes["k"] * sizes["c"]) * itemsize
-
-
-def _param_bytes(choice: Cost) -> float:
-    """A placement's local parameters: its kernel block and a float32 per local output channel for a
-    BatchNorm's scale and bias or a bias."""
-    lay = choice.layout
-    channels = lay.padded[-1] / (lay.size("k") * lay.size("c"))
-    return choice.memory.inputs - choice.memory.x_block + 2 * channels * 4
-
-
-def _node_memory(choice: Cost, nodes: GraphNodes, name: str, itemsize: int) -> tuple[float, int]:
+def _node_memory(choice: Cost, nodes: GraphNodes, name: str) -> tuple[float, int]:
     """Memory-bound bytes and fused operations of a convolution's own work: its BatchNorm and
     activation, its halo window, a pooling window in its output layout."""
     nbytes, ops = 0.0, 0
-    y = _activation_bytes(choice, itemsize)
+    y = choice.memory.output  # the local output block, after any reduce-scatter over c
     parts = []
     if nodes.batchnorm(name):
         parts.append(("batchnorm", y))
@@ -119,16 +106,16 @@ def _node_memory(choice: Cost, nodes: GraphNodes, name: str, itemsize: int) -> t
     return nbytes, ops
 
 
-def _joins(graph: Sequence[Node], choices: Mapping[str, Cost], itemsize: int) -> tuple[float, int]:
+def _joins(graph: Sequence[Node], choices: Mapping[str, Cost]) -> tuple[float, int]:
     """Memory-bound bytes and operations of the residual adds and skip concatenations."""
     nbytes, ops = 0.0, 0
     for node in graph:
         if isinstance(node, Residual):
-            nbytes += PASSES["residual"][0] * _activation_bytes(choices[node.main[-1]], itemsize)
+            nbytes += PASSES["residual"][0] * choices[node.main[-1]].memory.output
             ops += PASSES["residual"][1]
         elif isinstance(node, Concat):
             for name in (node.skip, node.up):
-                nbytes += PASSES["concat"][0] * _activation_bytes(choices[name], itemsize)
+                nbytes += PASSES["concat"][0] * choices[name].memory.output
                 ops += PASSES["concat"][1]
     return nbytes, ops
 
@@ -193,10 +180,11 @@ def node_time(
 ) -> NodeTime:
     """The seconds of one placement on its own (the planner's node cost by time)."""
     conv = model.conv_seconds(choice, input_grad=not first, itemsize=itemsize)
-    nbytes, ops = _node_memory(choice, nodes, name, itemsize)
+    nbytes, ops = _node_memory(choice, nodes, name)
     passes = OPTIMIZER_PASSES.get(optimizer, OPTIMIZER_PASSES["adam"])
     # the optimizer's update of the layer's float32 parameters: one fused operation per array
-    memory = model.memory_seconds(nbytes, ops) + model.memory_seconds(passes * _param_bytes(choice), 2)
+    params = param_bytes(choice, nodes.batchnorm(name))
+    memory = model.memory_seconds(nbytes, ops) + model.memory_seconds(passes * params, 2)
     own = node_kinds(name, choice, geom, input_layout, itemsize, nodes)
     # its kernel-gradient all-reduce joins the others on the same devices (combined_reductions): here
     # only its bytes
@@ -244,6 +232,7 @@ def step_time(
     dtype="float32",
     hosts: int = 1,
     optimizer: str = "adam",
+    cost: StepCost | None = None,
 ) -> StepTime:
     """Predicts the seconds of one train step of a model placed by ``choices`` (module docstring).
 
@@ -252,13 +241,15 @@ def step_time(
       model: the backend's :class:`~jaxcnn.timing.model.TimeModel`.
       optimizer: the optimizer's name (its update's passes, :data:`OPTIMIZER_PASSES`; unknown names
         count as Adam).
+      cost: the step's :func:`~jaxcnn.planner.step.step_cost` for the same arguments, when the caller
+        has it (else it is computed here).
     """
     itemsize = itemsize_of(dtype)
     nodes = graph_nodes(graph)
-    comm = step_cost(graph, layers, choices, input_layout, dtype, hosts)
+    comm = cost if cost is not None else step_cost(graph, layers, choices, input_layout, dtype, hosts)
     link = LinkBytes().merge(comm.link).merge(combined_reductions(choices))
     collectives = float(model.comm_seconds(link).max())
-    joined, join_ops = _joins(graph, choices, itemsize)
+    joined, join_ops = _joins(graph, choices)
     memory = model.memory_seconds(joined, join_ops) if join_ops else 0.0
     compute = backward = straggle = 0.0
     per_layer: dict[str, float] = {}
