@@ -6,8 +6,10 @@ pipeline's position, so a resumed run reads exactly the batches an uninterrupted
 
 - **Atomic.** Orbax writes a step into a temporary directory and renames it into place only when every
   process has finished writing; a step directory therefore exists only complete. Temporary directories
-  left by a killed save (``<step>.orbax-checkpoint-tmp-<time>``) are never listed as steps, and orbax
-  deletes them when the next run opens the directory (``cleanup_tmp_directories``).
+  left by a killed or failed save (``<step>.orbax-checkpoint-tmp[-<time>]``) are never listed as steps,
+  and opening the directory deletes them before :class:`Checkpointer` returns (process 0, the others
+  wait), so the directory holds complete steps only from then on. (Orbax's own
+  ``cleanup_tmp_directories`` does this in a background thread whose failure nobody sees.)
 - **Any mesh, any process count.** Arrays are restored into the current state's shardings, so a
   checkpoint written by 2 processes x 4 devices restores on 1 x 8 (or onto another mesh) and back.
 - **A damaged newest checkpoint is skipped.** :meth:`Checkpointer.restore` tries steps newest first; a
@@ -35,6 +37,8 @@ import asyncio
 import logging
 import os
 import re
+import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +57,17 @@ class CheckpointError(RuntimeError):
 
 def _paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+_UNFINISHED = re.compile(r"^\d+\.orbax-checkpoint-tmp(-\d+)?$")  # a save's directory until it commits
+
+
+def _barrier(name: str) -> None:
+    """All processes wait here (nothing when there is one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _all_agree(ok: bool) -> bool:
@@ -178,12 +193,39 @@ class Checkpointer:
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=max_to_keep,
                     enable_async_checkpointing=False,
-                    cleanup_tmp_directories=True,
+                    cleanup_tmp_directories=False,  # done here, synchronously: _remove_unfinished
                 ),
                 item_names=("leaves", "meta", "data"),
             )
         except OSError as e:
             raise CheckpointError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from None
+        self._remove_unfinished()
+
+    def _remove_unfinished(self) -> None:
+        """Deletes the temporary directories of saves that never finished (process 0; all wait).
+
+        Raises:
+          CheckpointError: one cannot be deleted (the error names it and the reason).
+        """
+        if jax.process_index() == 0:
+            for name in sorted(os.listdir(self.directory)):
+                if not _UNFINISHED.match(name):
+                    continue
+                path = os.path.join(self.directory, name)
+                for attempt in range(3):  # a writer that outlived its failed save may still add a file
+                    try:
+                        shutil.rmtree(path)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError as e:
+                        if attempt == 2:
+                            raise CheckpointError(
+                                f"cannot delete the unfinished save {path} ({_reason(e)}); remove it and "
+                                "rerun"
+                            ) from None
+                        time.sleep(0.2)
+        _barrier("jaxcnn.runner.checkpoint.remove_unfinished")
 
     @classmethod
     def for_run(cls, run_dir: str, cfg: CheckpointConfig) -> Checkpointer | None:
@@ -318,10 +360,7 @@ class Checkpointer:
                         f"cannot move unreadable checkpoint step {step} aside ({_reason(e)}); remove {src} "
                         "and rerun"
                     ) from None
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("jaxcnn.runner.checkpoint.move_aside")
+        _barrier("jaxcnn.runner.checkpoint.move_aside")
         self.manager.reload()
 
     def close(self) -> None:

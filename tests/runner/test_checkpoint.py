@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxcnn
+from jaxcnn.runner import checkpoint as checkpoint_module
 from jaxcnn.runner.checkpoint import Checkpointer, CheckpointError
 
 ROWS = P("n")
@@ -181,12 +182,32 @@ def test_orbax_temporary_directory_is_not_a_step(tmp_path, mesh8):
     ckpt.close()
 
     reopened = Checkpointer(directory)
+    assert sorted(os.listdir(directory)) == ["3"]  # deleted before the constructor returns
     assert reopened.all_steps() == [3]
     assert reopened.latest_step() == 3
     restored, data_state, step = reopened.restore(_zeros_like(_state(mesh8)))
     assert step == 3
     assert data_state == {"step": 3}
     _assert_equal(restored, _state(mesh8, scale=3))
+
+
+def test_an_unfinished_save_that_cannot_be_deleted_is_one_clear_error(tmp_path, monkeypatch):
+    directory = tmp_path / "ck"
+    (directory / "5.orbax-checkpoint-tmp").mkdir(parents=True)
+    (directory / "5.orbax-checkpoint-tmp" / "x").write_text("")
+
+    def rmtree(path, *_, **__):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(checkpoint_module.time, "sleep", lambda _: None)
+    with pytest.raises(CheckpointError) as e:
+        Checkpointer(str(directory))
+    message = str(e.value)
+    unfinished = directory / "5.orbax-checkpoint-tmp"
+    assert message.startswith(f"cannot delete the unfinished save {unfinished} ("), message
+    assert "Permission denied" in message and message.endswith("); remove it and rerun"), message
+    assert "\n" not in message
 
 
 def test_structure_mismatch_raises_value_error(tmp_path, mesh8):
