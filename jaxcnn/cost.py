@@ -125,8 +125,10 @@ class MemoryCost:
       layout_copy: the largest buffer a backend may hold once more (a gathered x panel, or the
         unreduced output before the reduce-scatter: XLA:CPU gathers and scatters along the major
         dimension and transposes; or the received halo pieces before they are concatenated into the
-        window, which XLA:CPU keeps for spatial splits); compiled temp memory lies between
-        ``forward_temp`` and ``forward_temp + layout_copy`` (see docs/cost_model.md).
+        window, which XLA:CPU keeps for spatial splits); with ``+overlap`` also the output pieces
+        before they are concatenated into the block (:mod:`jaxcnn.algorithms.overlap`; written in
+        place or not, as the backend chooses); compiled temp memory lies between ``forward_temp``
+        and ``forward_temp + layout_copy`` (see docs/cost_model.md).
       x_block: the local x block alone (``inputs`` without the kernel block).
       window: the halo-extended input window the local convolution reads (``x_block`` when no
         spatial dimension is split); the backward pass reads it again for the kernel gradient.
@@ -441,7 +443,10 @@ def predict(
         inputs=float(x_local + k_local),
         output=float(nl * out_block * (k_pad // (pk * pc)) * s_out),
         forward_temp=float(window + gathered_x + gathered_k + acc),
-        layout_copy=float(max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)),
+        layout_copy=float(
+            max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)
+            + (partial_acc if lay.interior is not None else 0)
+        ),
         x_block=float(x_local),
         window=float(window or x_local),
         saved=float((window or x_local) * (m > 1 or not gathered_x) + gathered_x + gathered_k),

@@ -121,6 +121,25 @@ def assert_trees_relatively_close(actual, expected, rtol: float, what: str = "")
     )
 
 
+def assert_same_loss_and_grads(conv, reference, x, kernel, rtol: float = 5e-5) -> None:
+    """``conv(x, kernel)`` and ``reference(x, kernel)`` give the same output, the same loss
+    ``Σ cos(y)`` and the same gradients w.r.t. x and the kernel (jitted), within ``rtol``."""
+
+    def loss_and_grads(f):
+        def loss(a, b):
+            y = f(a, b)
+            return jnp.sum(jnp.cos(y)), y
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+    (value, y), (gx, gk) = loss_and_grads(conv)(x, kernel)
+    (ref, y_ref), (rx, rk) = loss_and_grads(reference)(x, kernel)
+    assert_close(y, y_ref, rtol, "y")
+    assert_close(value, ref, rtol, "loss")
+    assert_close(gx, rx, rtol, "dx")
+    assert_close(gk, rk, rtol, "dkernel")
+
+
 def random_inputs(seed: int, x_shape, kernel_shape, dtype=jnp.float32):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal(x_shape), dtype)

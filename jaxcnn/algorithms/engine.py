@@ -11,6 +11,9 @@ Per device, in order:
    more than one gathered panel);
 3. reduce-scatter the partial output over ``c`` along the output channels.
 
+With ``+overlap`` (:mod:`jaxcnn.algorithms.overlap`) step 2's convolution runs as the interior from
+the device's own block (independent of the halo permutes) and the boundary from the window.
+
 The local convolution keeps the layer's rank (1-, 2- or 3-D, channels-last: ``NWC`` / ``NHWC`` /
 ``NDHWC`` with ``WIO`` / ``HWIO`` / ``DHWIO`` kernels): x's channels are its last dimension, the
 kernel's input / output channels its last two.
@@ -37,6 +40,7 @@ from jaxcnn import common_mesh
 from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
 from jaxcnn.algorithms.collectives import channel_panel, gather, halo_extend, reduce_scatter
 from jaxcnn.algorithms.groups import select_groups
+from jaxcnn.algorithms.overlap import overlapped_conv
 from jaxcnn.geometry import ConvGeometry
 
 
@@ -66,18 +70,32 @@ def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
             preferred_element_type=acc_dtype,
         )
 
-    def panel_conv(x: jax.Array, kernel: jax.Array, t: jax.Array | int) -> jax.Array:
-        xp = gather(channel_panel(x, t, layout.panels, layout.unit, axis=channels), layout.k_gather, channels)
+    def panel_conv(x: jax.Array, window: jax.Array, kernel: jax.Array, t: jax.Array | int) -> jax.Array:
+        """Panel ``t``'s convolution: ``x`` the device's own block, ``window`` its halo-extended one."""
         kp = channel_panel(kernel, t, layout.panels, layout.unit, axis=geom.rank)
-        return conv(select_groups(xp, layout), gather(kp, layout.kernel_gather, layout.kernel_axis))
+        kp = gather(kp, layout.kernel_gather, layout.kernel_axis)
+        if layout.interior is not None:  # x is not gathered over k (overlap.interior_ranges)
+            return overlapped_conv(
+                conv,
+                channel_panel(x, t, layout.panels, layout.unit, axis=channels),
+                channel_panel(window, t, layout.panels, layout.unit, axis=channels),
+                kp,
+                plans=layout.plans,
+                dims=geom.dims,
+                interior=layout.interior,
+                axis_names=layout.spatial_axes,
+            )
+        xp = channel_panel(window, t, layout.panels, layout.unit, axis=channels)
+        return conv(select_groups(gather(xp, layout.k_gather, channels), layout), kp)
 
     def body(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        window = x
         for i, (axis_name, plan) in enumerate(zip(layout.spatial_axes, layout.plans, strict=True)):
             if plan:
-                x = halo_extend(x, 1 + i, axis_name, plan)
-        y = panel_conv(x, kernel, 0)
+                window = halo_extend(window, 1 + i, axis_name, plan)
+        y = panel_conv(x, window, kernel, 0)
         if layout.panels > 1:
-            step = jax.checkpoint(lambda t, acc: acc + panel_conv(x, kernel, t))
+            step = jax.checkpoint(lambda t, acc: acc + panel_conv(x, window, kernel, t))
             y = lax.fori_loop(1, layout.panels, step, y)
         return reduce_scatter(y.astype(out_dtype), layout.c_scatter, channels)
 

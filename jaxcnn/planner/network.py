@@ -55,6 +55,17 @@ from jaxcnn.planner.step_memory import node_memory, step_memory
 from jaxcnn.planner.step_time import node_timer
 from jaxcnn.timing.model import TimeModel
 
+
+def with_overlap(allowed: Sequence[str]) -> tuple[str, ...]:
+    """``allowed`` and the ``+overlap`` variants of those that split a spatial dimension."""
+    extra = [a + algorithms.OVERLAP for a in allowed if a in algorithms.OVERLAPPING]
+    return (*allowed, *(a for a in extra if a not in allowed))
+
+
+def _overlap(choice: Cost) -> bool:
+    return algorithms.get(choice.algorithm).overlap
+
+
 State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)
 Key = tuple[Layout, tuple[tuple[str, Layout], ...]]  # (the activation's layout, pending skips' layouts)
 
@@ -106,7 +117,9 @@ def plan_graph(
       time_model: plan by time (:mod:`jaxcnn.planner.step_time`): each layer's candidates are its
         fastest placements on their own, a node costs its :func:`~jaxcnn.planner.step_time.node_time`
         and an edge the seconds of its layout change (collectives crossing hosts on the slow links'
-        rates, so ``dcn_cost_factor`` is not used). None: plan by bytes.
+        rates, so ``dcn_cost_factor`` is not used). On a backend with asynchronous collectives the
+        candidates also include the ``+overlap`` variants of the allowed algorithms
+        (:mod:`jaxcnn.algorithms.overlap`) where a layer's layout overlaps. None: plan by bytes.
       optimizer: the optimizer's name (its update's share of a node's time).
 
     Returns:
@@ -134,8 +147,9 @@ def plan_graph(
     comm: dict[tuple[str, int], float] = {}  # a placement's own bytes moved (or seconds, by time)
     memory: dict[tuple[str, int], float] = {}  # its share of the step's memory
     previous: set[Layout] = {input_layout}  # layouts the layer before may leave (execution order)
+    variants = with_overlap(allowed) if time_model is not None and time_model.asynchronous else allowed
     for name in nodes.names:
-        algs = (fixed[name],) if fixed and name in fixed else allowed
+        algs = (fixed[name],) if fixed and name in fixed else variants
         table = plan_layer(
             layers[name],
             num_devices,
@@ -146,6 +160,9 @@ def plan_graph(
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
         )
+        if algs is variants and variants is not allowed:  # the added +overlap where nothing overlaps
+            kept = tuple(c for c in table.candidates if c.layout.interior is not None or not _overlap(c))
+            table = dataclasses.replace(table, candidates=kept or table.candidates)
         if time_model is not None:  # the fastest on their own first (a stable sort: bytes break ties)
             if name == first:
                 table = dataclasses.replace(table, candidates=without_input_grad(table.candidates))

@@ -25,10 +25,16 @@ component       what it counts
 **Overlap.** On the CPU every device runs its program's operations one after another and XLA:CPU's
 collectives are synchronous: nothing hides, the step is the sum. On GPU and TPU XLA's latency-hiding
 scheduler issues collectives asynchronously and runs independent computation meanwhile; the rule
-here counts the one overlap every data-parallel step gets: the all-reduces of kernel gradients
-(issued as soon as a layer's kernel gradient exists) hide behind the backward computation of the
-layers before it, up to that computation's time (``hidden``). Every other collective feeds the next
-operation and is counted in full (until the algorithms overlap halos and panels themselves).
+here counts two overlaps (``hidden``):
+
+- an ``+overlap`` placement's halo permutes (:mod:`jaxcnn.algorithms.overlap`) hide behind its core
+  convolutions, the forward permutes behind the core's forward pass and the reversed ones behind its
+  share of the gradients, each up to that time
+  (:meth:`jaxcnn.timing.model.TimeModel.halo_hidden`); its boundary pieces cost their fixed costs;
+- the all-reduces of kernel gradients (issued as soon as a layer's kernel gradient exists) hide
+  behind the backward computation no halo hides behind, up to its time.
+
+Every other collective feeds the next operation and is counted in full.
 
 The per-layer figures (:attr:`StepTime.layers`) are each convolution's own compute, memory-bound work
 and collectives (its node in the plan graph, :func:`jaxcnn.planner.step.node_kinds`); layout changes
@@ -160,10 +166,12 @@ class NodeTime:
     memory: float
     collectives: float
     straggle: float = 0.0
+    hidden: float = 0.0
+    hidden_backward: float = 0.0
 
     @property
     def seconds(self) -> float:
-        return self.compute + self.memory + self.collectives + self.straggle
+        return self.compute + self.memory + self.collectives + self.straggle - self.hidden
 
 
 def node_time(
@@ -192,7 +200,10 @@ def node_time(
     comm = sum(float(model.comm_seconds(k).max()) for k in own.values())
     work = sum(conv.values())
     straggle = model.straggle_seconds(work + memory)
-    return NodeTime(work, conv["input_grad"] + conv["kernel_grad"], memory, comm, straggle)
+    forward, backward = model.halo_hidden(choice, conv, input_grad=not first)
+    return NodeTime(
+        work, conv["input_grad"] + conv["kernel_grad"], memory, comm, straggle, forward + backward, backward
+    )
 
 
 def node_timer(
@@ -251,7 +262,7 @@ def step_time(
     collectives = float(model.comm_seconds(link).max())
     joined, join_ops = _joins(graph, choices)
     memory = model.memory_seconds(joined, join_ops) if join_ops else 0.0
-    compute = backward = straggle = 0.0
+    compute = backward = straggle = hidden = halo_backward = 0.0
     per_layer: dict[str, float] = {}
     timer = node_timer(model, graph, layers, input_layout, itemsize, optimizer)
     for name in nodes.names:
@@ -259,15 +270,15 @@ def step_time(
         per_layer[name] = t.seconds
         compute, backward, memory = compute + t.compute, backward + t.backward, memory + t.memory
         straggle += t.straggle
+        hidden, halo_backward = hidden + t.hidden, halo_backward + t.hidden_backward
     per_layer["layout"] = float(model.comm_seconds(comm.parts["layout"]).max())
-    hidden = 0.0
-    if model.platform != "cpu":
+    if model.asynchronous:  # the gradient all-reduces hide behind backward work no halo hides behind
         grads = comm.parts["conv"]
         reductions = LinkBytes(
             {"all-reduce": grads.kinds.get("all-reduce", np.zeros(1))},
             steps={"all-reduce": grads.steps.get("all-reduce", np.zeros(1))},
         )
-        hidden = min(float(model.comm_seconds(reductions).max()), backward)
+        hidden += min(float(model.comm_seconds(reductions).max()), backward - halo_backward)
     launch = float(model.profile.launch_s)
     components = {
         "compute": compute,

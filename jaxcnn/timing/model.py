@@ -60,10 +60,16 @@ class PassWork:
 @dataclasses.dataclass(frozen=True)
 class ConvWork:
     """A placement's local convolutions per device: ``applications`` of ``work`` per pass (one per
-    channel panel; no input gradient for the layer that reads the images)."""
+    channel panel; no input gradient for the layer that reads the images).
+
+    With ``+overlap`` (:mod:`jaxcnn.algorithms.overlap`) each application runs as ``pieces``
+    convolutions (the core and the boundary strips) of the same total work, the core ``core`` of it.
+    """
 
     work: PassWork
     applications: Mapping[str, int]
+    pieces: int = 1
+    core: float = 0.0
 
 
 def conv_work(cost: Cost, input_grad: bool = True, itemsize: int = 4) -> ConvWork:
@@ -92,7 +98,12 @@ def conv_work(cost: Cost, input_grad: bool = True, itemsize: int = 4) -> ConvWor
     macs = nl * out * k_out * c_panel * taps
     nbytes = itemsize * (x_elems + taps * c_panel * k_out + y_elems)
     apps = {"forward": m, "input_grad": m if input_grad else 0, "kernel_grad": m}
-    return ConvWork(PassWork(float(macs), float(nbytes)), apps)
+    pieces, core = 1, 0.0
+    if lay.interior is not None:
+        ranges = [(r, p.out_block) for r, p in zip(lay.interior, lay.plans, strict=True) if p is not None]
+        pieces += sum((lo > 0) + (hi < bo) for (lo, hi), bo in ranges)
+        core = math.prod((hi - lo) / bo for (lo, hi), bo in ranges)
+    return ConvWork(PassWork(float(macs), float(nbytes)), apps, pieces, core)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,19 +184,52 @@ class TimeModel:
             total = total + np.asarray(link.dcn_steps) * (self.dcn.alpha_s - fast.alpha_s)
         return total
 
-    def pass_seconds(self, name: str, work: PassWork) -> float:
+    def pass_seconds(self, name: str, work: PassWork, pieces: int = 1) -> float:
         """Seconds of one application of convolution pass ``name`` (the forward fit where the profile
-        lacks that pass)."""
+        lacks that pass), run as ``pieces`` convolutions (each its own fixed cost)."""
         fits = self.profile.conv
         fit: LinearFit | None = fits.get(name) or fits.get("forward")
         if fit is None:
             raise ValueError(f"profile {self.profile.key.file_name()} has no convolution timings")
-        return fit.seconds(work.macs, work.bytes)
+        return fit.seconds(work.macs, work.bytes) + (pieces - 1) * fit.intercept_s
 
     def conv_seconds(self, cost: Cost, input_grad: bool = True, itemsize: int = 4) -> dict[str, float]:
         """Seconds per pass of a placement's local convolutions (:func:`conv_work`)."""
         work = conv_work(cost, input_grad, itemsize)
-        return {name: n * self.pass_seconds(name, work.work) for name, n in work.applications.items()}
+        return {
+            name: n * self.pass_seconds(name, work.work, work.pieces) for name, n in work.applications.items()
+        }
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the backend runs collectives asynchronously, so that independent work can hide
+        them (XLA's latency-hiding scheduler on GPU and TPU; not XLA:CPU)."""
+        return self.platform != "cpu"
+
+    def halo_hidden(
+        self, cost: Cost, conv: Mapping[str, float], input_grad: bool = True
+    ) -> tuple[float, float]:
+        """Seconds of an ``+overlap`` placement's halo permutes hidden behind its core convolutions,
+        ``(forward, backward)``: the forward permutes behind the core's forward pass, the reversed
+        ones behind the core's share of the input and kernel gradients, each up to that time; none
+        on a synchronous backend or without overlap. ``conv`` is :meth:`conv_seconds` of ``cost``."""
+        work = conv_work(cost, input_grad)
+        if not self.asynchronous or cost.layout.interior is None:
+            return 0.0, 0.0
+        kind = "collective-permute"
+
+        def permutes(comm) -> float:
+            link = comm.link_bytes()
+            only = LinkBytes(
+                {kind: link.kinds.get(kind, np.zeros(1))},
+                steps={kind: link.steps.get(kind, np.zeros(1))},
+                calls={kind: link.calls.get(kind, np.zeros(1))},
+            )
+            return float(self.comm_seconds(only).max())
+
+        forward = min(permutes(cost.forward), work.core * conv["forward"])
+        backward = min(permutes(cost.backward), work.core * (conv["input_grad"] + conv["kernel_grad"]))
+        return forward, backward
 
     def memory_seconds(self, nbytes: float, passes: int = 1) -> float:
         """Seconds of ``passes`` fused memory-bound passes reading and writing ``nbytes`` in all."""
