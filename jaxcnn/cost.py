@@ -127,7 +127,8 @@ class MemoryCost:
         dimension and transposes; or the received halo pieces before they are concatenated into the
         window, which XLA:CPU keeps for spatial splits); with ``+overlap`` also the output pieces
         before they are concatenated into the block (:mod:`jaxcnn.algorithms.overlap`; written in
-        place or not, as the backend chooses); compiled temp memory lies between ``forward_temp``
+        place or not, as the backend chooses); with double-buffered panels (:mod:`jaxcnn.algorithms.pipeline`)
+        the next panel of each operand arriving; compiled temp memory lies between ``forward_temp``
         and ``forward_temp + layout_copy`` (see docs/cost_model.md).
       x_block: the local x block alone (``inputs`` without the kernel block).
       window: the halo-extended input window the local convolution reads (``x_block`` when no
@@ -135,7 +136,8 @@ class MemoryCost:
       saved: what the local convolution read and the backward pass reads again (the residuals of
         autodiff), beyond the kernel block: the gathered x panel, or the window when x is not
         gathered, and the gathered kernel panel; streaming (several panels under
-        ``jax.checkpoint``), the window and the first panel's gathered x and kernel.
+        ``jax.checkpoint``, or double-buffered, :mod:`jaxcnn.algorithms.pipeline`), the window and the
+        first panel's gathered x and kernel.
       kernel_read: the kernel as the local convolution reads it (the gathered panel, or the block).
       kept_panels: the gathered x and kernel panels among ``saved`` when there is one panel: the
         backward pass reads them rather than gathering again (streaming, it gathers panel by panel).
@@ -412,7 +414,7 @@ def predict(
     fwd.group("reduce-scatter", partial, lay.c_scatter)
 
     bwd.group("all-gather", partial, lay.c_scatter)
-    bwd.group("all-gather", x_panel, lay.k_gather, m - 1)
+    bwd.group("all-gather", x_panel, lay.k_gather, m - 1)  # panel 0's kept from the forward pass
     bwd.group("all-gather", k_panel, lay.kernel_gather, m - 1)
     bwd.group("reduce-scatter", x_panel, lay.k_gather, m if input_grad else 0)
     bwd.group("reduce-scatter", k_panel, lay.kernel_gather, m)
@@ -446,6 +448,7 @@ def predict(
         layout_copy=float(
             max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)
             + (partial_acc if lay.interior is not None else 0)
+            + ((gathered_x + gathered_k) if lay.pipelined else 0)
         ),
         x_block=float(x_local),
         window=float(window or x_local),

@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.algorithms.groups import grouped_channels
 from jaxcnn.algorithms.overlap import Interior, interior_ranges
+from jaxcnn.algorithms.pipeline import pipelined
 from jaxcnn.geometry import SPATIAL_AXES, ConvGeometry, HaloPlan, halo_plan
 from jaxcnn.mesh import AXES
 
@@ -99,6 +100,8 @@ class Layout:
       interior: with ``+overlap``, per spatial dimension the output rows computed from the device's
         own block while the halos are in flight (None where unsplit); None when the layer runs
         without overlap (:func:`jaxcnn.algorithms.overlap.interior_ranges`).
+      pipelined: with ``+overlap``, the channel panels are double-buffered
+        (:func:`jaxcnn.algorithms.pipeline.pipelined`).
     """
 
     sizes: tuple[tuple[str, int], ...]
@@ -120,6 +123,12 @@ class Layout:
     local_groups: int = 1
     select: bool = False
     interior: Interior | None = None
+    pipelined: bool = False
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether ``+overlap`` changes anything here (halos behind the interior, or pipelined panels)."""
+        return self.interior is not None or self.pipelined
 
     @property
     def rank(self) -> int:
@@ -214,7 +223,9 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
     c_pad, k_pad = channels.pop("channels")
     spatial = tuple(p.in_block * p.parts if p else d.size for p, d in zip(plans, geom.dims, strict=True))
     if algorithm.overlap:
-        channels["interior"] = interior_ranges(plans, geom.dims, bool(channels["k_gather"]))
+        x_gathered = bool(channels["k_gather"])
+        channels["interior"] = interior_ranges(plans, geom.dims, x_gathered)
+        channels["pipelined"] = pipelined(algorithm.streaming, True, channels["panels"], x_gathered)
     return Layout(
         sizes=tuple((a, sizes[a]) for a in AXES),
         rows=rows,

@@ -4,8 +4,9 @@
   no source receives zeros (which is exactly zero padding at the image border).
 - :func:`halo_extend`: halo exchange along one split spatial dimension, any reach (several hops when the
   halo is wider than a neighbour's block), then each device cuts its own input window.
-- :func:`channel_panel` / :func:`gather`: the strided channel panels streamed by 2d / 2.5d and the
-  tiled all-gather that assembles them.
+- :func:`channel_panel` / :func:`put_channel_panel` / :func:`gather`: the strided channel panels
+  streamed by 2d / 2.5d (read, and written back as gradients by :mod:`.pipeline`) and the tiled
+  all-gather that assembles them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ from jax import lax
 from jaxcnn.geometry import HaloPlan
 
 AxisNames = str | tuple[str, ...]
+
+
+def varying_axes(value: jax.Array) -> frozenset[str]:
+    """The mesh axes ``value`` varies over inside a shard_map (empty where JAX does not track them)."""
+    aval = jax.typeof(value)
+    manual = getattr(aval, "manual_axis_type", None)
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def as_varying(value: jax.Array, axes: frozenset[str]) -> jax.Array:
+    """``value`` cast to vary over ``axes`` too (where it does not already)."""
+    missing = axes - varying_axes(value)
+    return lax.pcast(value, tuple(sorted(missing)), to="varying") if missing else value
 
 
 def shift(x: jax.Array, axis_name: str, hop: int, parts: int) -> jax.Array:
@@ -92,6 +106,18 @@ def channel_panel(x: jax.Array, t: jax.Array | int, panels: int, unit: int, axis
     blocks = x.reshape(*shape[:axis], -1, panels, unit, *shape[axis + 1 :])
     taken = lax.dynamic_index_in_dim(blocks, t, axis=axis + 1, keepdims=False)
     return taken.reshape(*shape[:axis], -1, *shape[axis + 1 :])
+
+
+def put_channel_panel(
+    x: jax.Array, panel: jax.Array, t: jax.Array | int, panels: int, unit: int, axis: int
+) -> jax.Array:
+    """``x`` with its channel panel ``t`` (:func:`channel_panel`) replaced by ``panel``."""
+    if panels == 1:
+        return panel
+    shape = x.shape
+    blocks = x.reshape(*shape[:axis], -1, panels, unit, *shape[axis + 1 :])
+    piece = panel.reshape(*shape[:axis], -1, 1, unit, *shape[axis + 1 :])
+    return lax.dynamic_update_slice_in_dim(blocks, piece, t, axis=axis + 1).reshape(shape)
 
 
 def gather(x: jax.Array, axis_names: Sequence[str], axis: int) -> jax.Array:

@@ -11,8 +11,10 @@ Per device, in order:
    more than one gathered panel);
 3. reduce-scatter the partial output over ``c`` along the output channels.
 
-With ``+overlap`` (:mod:`jaxcnn.algorithms.overlap`) step 2's convolution runs as the interior from
-the device's own block (independent of the halo permutes) and the boundary from the window.
+With ``+overlap`` step 2's convolution runs as the interior from the device's own block (independent
+of the halo permutes) and the boundary from the window (:mod:`jaxcnn.algorithms.overlap`, where x is
+not gathered over ``k``); or, streaming with x gathered over ``k``, the panels are double-buffered:
+panel t+1's gathers in flight during panel t's convolution (:mod:`jaxcnn.algorithms.pipeline`).
 
 The local convolution keeps the layer's rank (1-, 2- or 3-D, channels-last: ``NWC`` / ``NHWC`` /
 ``NDHWC`` with ``WIO`` / ``HWIO`` / ``DHWIO`` kernels): x's channels are its last dimension, the
@@ -41,6 +43,7 @@ from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
 from jaxcnn.algorithms.collectives import channel_panel, gather, halo_extend, reduce_scatter
 from jaxcnn.algorithms.groups import select_groups
 from jaxcnn.algorithms.overlap import overlapped_conv
+from jaxcnn.algorithms.pipeline import pipelined_panels
 from jaxcnn.geometry import ConvGeometry
 
 
@@ -93,6 +96,9 @@ def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
         for i, (axis_name, plan) in enumerate(zip(layout.spatial_axes, layout.plans, strict=True)):
             if plan:
                 window = halo_extend(window, 1 + i, axis_name, plan)
+        if layout.pipelined:
+            y = pipelined_panels(conv, window, kernel, layout)
+            return reduce_scatter(y.astype(out_dtype), layout.c_scatter, channels)
         y = panel_conv(x, window, kernel, 0)
         if layout.panels > 1:
             step = jax.checkpoint(lambda t, acc: acc + panel_conv(x, window, kernel, t))

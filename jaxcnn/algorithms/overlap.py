@@ -17,11 +17,12 @@ same input rows as the whole convolution would, so the result is the same convol
 collectives are the same ones: the bytes do not change). Their gradients flow the same way: the
 reversed halo permutes carry only the boundary's input gradient, the core's is local.
 
-Where it applies (:func:`interior_ranges`; elsewhere the layer runs as without ``+overlap`` and
-``Layout.interior`` is None): x is not gathered over ``k`` (the halo'd block is the convolution's
-operand itself: spatial, and the row splits of 2d / 2.5d / 3d when ``k = 1``); no input dilation (not
-a transposed convolution); some split dimension exchanges a halo; and every split dimension has a
-non-empty interior (a block wider than the kernel's reach).
+Where it applies (:func:`interior_ranges`; elsewhere ``Layout.interior`` is None and the layer runs as
+without ``+overlap``, except that a streaming algorithm whose x is gathered over ``k`` double-buffers
+its channel panels, :mod:`jaxcnn.algorithms.pipeline`): x is not gathered over ``k`` (the halo'd
+block is the convolution's operand itself: spatial, and the row splits of 2d / 2.5d / 3d when
+``k = 1``); no input dilation (not a transposed convolution); some split dimension exchanges a halo;
+and every split dimension has a non-empty interior (a block wider than the kernel's reach).
 
 On the CPU collectives are synchronous, so nothing hides and the pieces only add work; on GPU / TPU
 the latency-hiding scheduler may issue the permutes before the core and wait for them after it. The
@@ -36,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.algorithms.collectives import as_varying, varying_axes
 from jaxcnn.geometry import DimGeometry, HaloPlan
 
 Interior = tuple[tuple[int, int] | None, ...]
@@ -73,13 +75,6 @@ def interior_ranges(
     return ranges
 
 
-def _varying(value: jax.Array) -> frozenset[str]:
-    """The mesh axes ``value`` varies over inside a shard_map (empty where JAX does not track them)."""
-    aval = jax.typeof(value)
-    manual = getattr(aval, "manual_axis_type", None)
-    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
-
-
 def _rows(dim: DimGeometry, lo: int, hi: int) -> tuple[int, int]:
     """Window rows ``[start, stop)`` that output rows ``[lo, hi)`` read."""
     return dim.stride * lo, dim.stride * (hi - 1) + dim.extent
@@ -109,9 +104,7 @@ def overlapped_conv(
     # One cast of a replicated kernel to varying for all the pieces: its transpose is then one psum of
     # the summed kernel gradient, not one per piece (which XLA would combine into one all-reduce of
     # all the pieces' gradients).
-    missing = _varying(block) - _varying(kernel)
-    if missing:
-        kernel = lax.pcast(kernel, tuple(sorted(missing)), to="varying")
+    kernel = as_varying(kernel, varying_axes(block))
     split = [
         (1 + i, plan, dim, rng, name)
         for i, (plan, dim, rng, name) in enumerate(zip(plans, dims, interior, axis_names, strict=True))

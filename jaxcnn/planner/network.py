@@ -161,7 +161,7 @@ def plan_graph(
             dcn_cost_factor=dcn_cost_factor,
         )
         if algs is variants and variants is not allowed:  # the added +overlap where nothing overlaps
-            kept = tuple(c for c in table.candidates if c.layout.interior is not None or not _overlap(c))
+            kept = tuple(c for c in table.candidates if c.layout.overlaps or not _overlap(c))
             table = dataclasses.replace(table, candidates=kept or table.candidates)
         if time_model is not None:  # the fastest on their own first (a stable sort: bytes break ties)
             if name == first:

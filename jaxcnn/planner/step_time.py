@@ -29,8 +29,9 @@ here counts two overlaps (``hidden``):
 
 - an ``+overlap`` placement's halo permutes (:mod:`jaxcnn.algorithms.overlap`) hide behind its core
   convolutions, the forward permutes behind the core's forward pass and the reversed ones behind its
-  share of the gradients, each up to that time
-  (:meth:`jaxcnn.timing.model.TimeModel.halo_hidden`); its boundary pieces cost their fixed costs;
+  share of the gradients, each up to that time; its boundary pieces cost their fixed costs; or its
+  double-buffered panels' gathers (:mod:`jaxcnn.algorithms.pipeline`) hide behind the previous
+  panel's passes (:meth:`jaxcnn.timing.model.TimeModel.overlap_hidden`);
 - the all-reduces of kernel gradients (issued as soon as a layer's kernel gradient exists) hide
   behind the backward computation no halo hides behind, up to its time.
 
@@ -200,7 +201,7 @@ def node_time(
     comm = sum(float(model.comm_seconds(k).max()) for k in own.values())
     work = sum(conv.values())
     straggle = model.straggle_seconds(work + memory)
-    forward, backward = model.halo_hidden(choice, conv, input_grad=not first)
+    forward, backward = model.overlap_hidden(choice, conv, input_grad=not first)
     return NodeTime(
         work, conv["input_grad"] + conv["kernel_grad"], memory, comm, straggle, forward + backward, backward
     )

@@ -206,30 +206,45 @@ class TimeModel:
         them (XLA's latency-hiding scheduler on GPU and TPU; not XLA:CPU)."""
         return self.platform != "cpu"
 
-    def halo_hidden(
+    def _kind_seconds(self, comm, kind: str) -> float:
+        """Max over devices of the seconds of ``comm``'s collectives of one kind."""
+        link = comm.link_bytes()
+        only = LinkBytes(
+            {kind: link.kinds.get(kind, np.zeros(1))},
+            steps={kind: link.steps.get(kind, np.zeros(1))},
+            calls={kind: link.calls.get(kind, np.zeros(1))},
+        )
+        return float(self.comm_seconds(only).max())
+
+    def overlap_hidden(
         self, cost: Cost, conv: Mapping[str, float], input_grad: bool = True
     ) -> tuple[float, float]:
-        """Seconds of an ``+overlap`` placement's halo permutes hidden behind its core convolutions,
-        ``(forward, backward)``: the forward permutes behind the core's forward pass, the reversed
-        ones behind the core's share of the input and kernel gradients, each up to that time; none
-        on a synchronous backend or without overlap. ``conv`` is :meth:`conv_seconds` of ``cost``."""
-        work = conv_work(cost, input_grad)
-        if not self.asynchronous or cost.layout.interior is None:
+        """Seconds of an ``+overlap`` placement's collectives hidden behind its own convolutions,
+        ``(forward, backward)``, on a backend with asynchronous collectives (none on the CPU or
+        without overlap). ``conv`` is :meth:`conv_seconds` of ``cost``.
+
+        - halo overlap (:mod:`jaxcnn.algorithms.overlap`): the forward permutes behind the core's
+          forward pass, the reversed ones behind the core's share of the input and kernel gradients,
+          each up to that time;
+        - double-buffered panels (:mod:`jaxcnn.algorithms.pipeline`): the gathers of panels 1..m-1
+          behind the passes of panels 0..m-2, each panel's gathers up to its pass's time, forward
+          and backward.
+        """
+        if not self.asynchronous:
             return 0.0, 0.0
-        kind = "collective-permute"
-
-        def permutes(comm) -> float:
-            link = comm.link_bytes()
-            only = LinkBytes(
-                {kind: link.kinds.get(kind, np.zeros(1))},
-                steps={kind: link.steps.get(kind, np.zeros(1))},
-                calls={kind: link.calls.get(kind, np.zeros(1))},
+        backward = conv["input_grad"] + conv["kernel_grad"]
+        if cost.layout.interior is not None:
+            core = conv_work(cost, input_grad).core
+            permute = "collective-permute"
+            return (
+                min(self._kind_seconds(cost.forward, permute), core * conv["forward"]),
+                min(self._kind_seconds(cost.backward, permute), core * backward),
             )
-            return float(self.comm_seconds(only).max())
-
-        forward = min(permutes(cost.forward), work.core * conv["forward"])
-        backward = min(permutes(cost.backward), work.core * (conv["input_grad"] + conv["kernel_grad"]))
-        return forward, backward
+        if cost.layout.pipelined:
+            m = cost.layout.panels
+            gathers = self._kind_seconds(cost.forward, "all-gather") / m  # one panel's x and kernel
+            return (m - 1) * min(gathers, conv["forward"] / m), (m - 1) * min(gathers, backward / m)
+        return 0.0, 0.0
 
     def memory_seconds(self, nbytes: float, passes: int = 1) -> float:
         """Seconds of ``passes`` fused memory-bound passes reading and writing ``nbytes`` in all."""

@@ -5,7 +5,9 @@ does not apply it runs as without."""
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -120,54 +122,61 @@ def test_overlap_moves_the_same_bytes_metered_equals_predicted(algorithm, grid):
     _assert_same(bwd, cost.backward, "backward")
 
 
-def _entry_graph(hlo: str) -> tuple[dict[str, bool], dict[str, str], dict[str, set[str]]]:
-    """Of the entry computation: ``({instruction: is a convolution}, {instruction: opcode},
-    {instruction: instructions it reads})``. A convolution is a ``convolution`` instruction or a fusion
-    that calls one (XLA:CPU wraps them in custom fusions)."""
-    comps, entry = parse_computations(hlo)
+def _graph(hlo: str, computation: str) -> tuple[dict[str, bool], dict[str, str], dict[str, set[str]]]:
+    """Of one computation of a compiled module: ``({instruction: is a convolution}, {instruction:
+    opcode}, {instruction: instructions it reads})``. A convolution is a ``convolution`` instruction or
+    a fusion that calls one (XLA:CPU wraps them in custom fusions)."""
+    comps, _ = parse_computations(hlo)
     with_conv = {name for name, instrs in comps.items() if any(i.opcode == "convolution" for i in instrs)}
-    text = hlo[hlo.index("ENTRY") :]
+    lines = hlo.splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if re.match(rf"(ENTRY )?%?{re.escape(computation)} ", line)
+    )
     is_conv, opcodes, reads = {}, {}, {}
-    for line in text[: text.index("\n}")].splitlines()[1:]:
-        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)", line)
+    for line in itertools.takewhile(lambda text: text.strip() != "}", lines[start + 1 :]):
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\((.*)", line)
         if m:
             name, opcode, rest = m.groups()
-            calls = set(re.findall(r"calls=%([\w.\-]+)", rest))
+            calls = set(re.findall(r"(?:calls|body|condition)=%([\w.\-]+)", rest))
             opcodes[name] = opcode
             reads[name] = set(re.findall(r"%([\w.\-]+)", rest.split("metadata=")[0])) - calls
             is_conv[name] = opcode == "convolution" or bool(calls & with_conv)
-    assert set(opcodes) == {i.name for i in comps[entry]}
+    assert set(opcodes) == {i.name for i in comps[computation]}
     return is_conv, opcodes, reads
 
 
-def _convolutions_after_permutes(algorithm: str) -> tuple[int, int]:
-    """(convolutions of the compiled forward program, those that read a collective-permute's result,
-    directly or not) for the ResNet-50 layer 56×56×64, batch 32, on n=2, h=2, w=2."""
+def _upstream(opcodes: dict[str, str], reads: dict[str, set[str]], kind: str) -> Callable[[str], bool]:
+    """``f(name)``: whether instruction ``name`` reads the result of a ``kind`` collective (directly or
+    through other instructions of its computation)."""
+    seen: dict[str, bool] = {}
+
+    def f(name: str) -> bool:
+        if name not in seen:
+            seen[name] = any(opcodes[r].startswith(kind) or f(r) for r in reads[name] if r in opcodes)
+        return seen[name]
+
+    return f
+
+
+def _compiled_forward(algorithm: str, grid: dict[str, int]) -> str:
+    """The compiled forward program of the ResNet-50 layer 56×56×64 → 64, batch 32, on ``grid``."""
     geom = jaxcnn.conv_geometry((32, 56, 56, 64), (3, 3, 64, 64))
-    mesh = jaxcnn.make_mesh(n=2, h=2, w=2)
+    mesh = jaxcnn.make_mesh(**grid)
     layout = jaxcnn.conv_layout(geom, mesh=mesh, algorithm=algorithm)
     x = jax.ShapeDtypeStruct(geom.x_shape, jnp.float32, sharding=jax.NamedSharding(mesh, layout.x_spec))
     k = jax.ShapeDtypeStruct(
         geom.kernel_shape, jnp.float32, sharding=jax.NamedSharding(mesh, layout.kernel_spec)
     )
-    hlo = (
-        jax.jit(lambda a, b: jaxcnn.conv(a, b, mesh=mesh, algorithm=algorithm))
-        .lower(x, k)
-        .compile()
-        .as_text()
-    )
-    is_conv, opcodes, reads = _entry_graph(hlo)
-    after: dict[str, bool] = {}
+    fn = jax.jit(lambda a, b: jaxcnn.conv(a, b, mesh=mesh, algorithm=algorithm))
+    return fn.lower(x, k).compile().as_text()
 
-    def after_permute(name: str) -> bool:
-        if name not in after:
-            after[name] = any(
-                opcodes[r].startswith("collective-permute") or after_permute(r)
-                for r in reads[name]
-                if r in opcodes
-            )
-        return after[name]
 
+def _convolutions_after_permutes(algorithm: str) -> tuple[int, int]:
+    """(convolutions of the compiled forward program, those that read a collective-permute's result,
+    directly or not) for the ResNet-50 layer on n=2, h=2, w=2."""
+    hlo = _compiled_forward(algorithm, dict(n=2, h=2, w=2))
+    is_conv, opcodes, reads = _graph(hlo, parse_computations(hlo)[1])
+    after_permute = _upstream(opcodes, reads, "collective-permute")
     convs = [n for n, conv in is_conv.items() if conv]
     return len(convs), sum(after_permute(n) for n in convs)
 
@@ -217,23 +226,30 @@ def test_interior_range_is_the_rows_every_block_computes_from_its_own_rows():
 
 
 def test_where_nothing_overlaps_it_runs_as_without():
-    """x gathered over k (2d with k > 1), no split dimension (data, filter), a transposed layer: the
-    layout has no interior and the program is the plain one; an unknown variant is a clear error."""
+    """No split dimension, a 1x1 kernel (no halo), a transposed layer, x gathered over k without
+    streaming (3d): nothing overlaps and the program is the plain one. Streaming with x gathered over
+    k (2d with k > 1) pipelines its panels instead (tests/algorithms/test_pipeline.py). An unknown
+    variant is a clear error."""
+
+    def layout(geom, algorithm, **grid):
+        return jaxcnn.conv_layout(geom, mesh=jaxcnn.make_mesh(**grid), algorithm=algorithm)
+
     geom = jaxcnn.conv_geometry((8, 32, 32, 16), (3, 3, 16, 16))
-    assert jaxcnn.conv_layout(geom, mesh=jaxcnn.make_mesh(h=2, k=4), algorithm="2d+overlap").interior is None
-    assert jaxcnn.conv_layout(geom, mesh=jaxcnn.make_mesh(n=8), algorithm="spatial+overlap").interior is None
     one_by_one = jaxcnn.conv_geometry((8, 32, 32, 16), (1, 1, 16, 16))
-    assert (
-        jaxcnn.conv_layout(one_by_one, mesh=jaxcnn.make_mesh(h=8), algorithm="spatial+overlap").interior
-        is None
-    )
+    transposed = transposed_geometry((8, 16, 16, 16), (3, 3, 16, 16), 2, "SAME")
+    for plain in (
+        layout(geom, "spatial+overlap", n=8),
+        layout(one_by_one, "spatial+overlap", h=8),
+        layout(transposed, "spatial+overlap", h=4),
+        layout(geom, "3d+overlap", h=2, k=2, c=2),
+    ):
+        assert not plain.overlaps and plain.interior is None and not plain.pipelined
+    pipelined = layout(geom, "2d+overlap", h=2, k=4)
+    assert pipelined.interior is None and pipelined.pipelined
     assert tuple(a for a in jaxcnn.ALGORITHMS if a != "data") == algorithms.OVERLAPPING
     for name in ("data+overlap", "+overlap", "spatial+overlap+overlap"):
         with pytest.raises(ValueError, match=re.escape(f"unknown algorithm {name!r}; valid algorithms are")):
             algorithms.get(name)
-    transposed = transposed_geometry((8, 16, 16, 16), (3, 3, 16, 16), 2, "SAME")
-    assert (
-        jaxcnn.conv_layout(transposed, mesh=jaxcnn.make_mesh(h=4), algorithm="spatial+overlap").interior
-        is None
+    _assert_exact(
+        (2, 12, 12, 4), (3, 3, 4, 8), dict(strides=1, padding="SAME"), "3d+overlap", dict(h=2, k=2, c=2)
     )
-    _assert_exact((2, 12, 12, 4), (3, 3, 4, 8), dict(strides=1, padding="SAME"), "2d+overlap", dict(h=2, k=4))

@@ -82,11 +82,11 @@ CASES = {
          "[6, 32, 3, 2]]}", *SYNTHETIC],
     ),
     # 3-D U-Net: depth split over d (halos of 3x3x3 windows along d and h, the transposed convolutions and
-    # the skips on d splits; the 3x3x3 convolutions with their halos overlapping the interior, +overlap),
-    # and auto's own plan of it.
+    # the skips on d splits; +overlap: the 3x3x3 convolutions with their halos overlapping the interior,
+    # up1's 4 channel panels double-buffered), and auto's own plan of it.
     "unet3d-mixed-8": (
         8,
-        ["model.algorithms={'*': 'spatial+overlap@n=2,d=2,h=2', up1: '2d@d=2,h=2,k=2', "
+        ["model.algorithms={'*': 'spatial+overlap@n=2,d=2,h=2', up1: '2d+overlap@d=2,h=2,k=2', "
          "dec0.conv1: 'spatial+overlap@d=4,w=2', bottom.conv2: 'filter@n=2,k=4', out: 'channel@n=4,c=2'}",
          "train.batch_size=8", *UNET3D, "train.eval_batch_size=8"],
     ),

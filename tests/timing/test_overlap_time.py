@@ -26,9 +26,8 @@ def _with_intercept(p: prof.Profile, intercept: float) -> prof.Profile:
     return dataclasses.replace(p, conv=dict.fromkeys(prof.CONV_PASSES, fit))
 
 
-def _permute_seconds(model: TimeModel, comm) -> float:
+def _kind_seconds(model: TimeModel, comm, kind: str) -> float:
     link = comm.link_bytes()
-    kind = "collective-permute"
     only = LinkBytes({kind: link.kinds[kind]}, steps={kind: link.steps[kind]}, calls={kind: link.calls[kind]})
     return float(model.comm_seconds(only).max())
 
@@ -53,21 +52,19 @@ def test_halos_hide_behind_the_core_only_where_collectives_are_asynchronous(beta
     for platform in ("cpu", "gpu"):
         model = TimeModel.of(profile(platform, alpha=1e-6, beta=beta))
         conv = model.conv_seconds(overlapped)
-        forward, backward = model.halo_hidden(overlapped, conv)
+        forward, backward = model.overlap_hidden(overlapped, conv)
         if platform == "cpu":
             assert (forward, backward) == (0.0, 0.0)
             continue
         core = conv_work(overlapped).core
-        halo_fwd, halo_bwd = (
-            _permute_seconds(model, overlapped.forward),
-            _permute_seconds(model, overlapped.backward),
-        )
+        halo_fwd = _kind_seconds(model, overlapped.forward, "collective-permute")
+        halo_bwd = _kind_seconds(model, overlapped.backward, "collective-permute")
         assert forward == pytest.approx(min(halo_fwd, core * conv["forward"]))
         assert backward == pytest.approx(min(halo_bwd, core * (conv["input_grad"] + conv["kernel_grad"])))
         assert (forward == pytest.approx(halo_fwd)) == (beta == 1e12)  # cheap halos hide whole
     plain = predict(LAYER, "spatial", GRID)
     gpu = TimeModel.of(profile("gpu"))
-    assert gpu.halo_hidden(plain, gpu.conv_seconds(plain)) == (0.0, 0.0)
+    assert gpu.overlap_hidden(plain, gpu.conv_seconds(plain)) == (0.0, 0.0)
 
 
 def test_the_planner_takes_overlap_only_where_it_is_faster():
@@ -88,3 +85,23 @@ def test_the_planner_takes_overlap_only_where_it_is_faster():
     plan = plan_model(built, 32, (28, 28, 1), sizes, time_model=gpu, objective="bytes")
     assert not [p for p in plan.placements.values() if "+overlap" in p], plan.placements
     assert np.isfinite(plan.time.seconds)
+
+
+def test_pipelined_gathers_hide_behind_the_previous_panel():
+    """2d+overlap with k > 1: the gathers of panels 1..m-1 hide behind the passes of panels 0..m-2,
+    one panel's gathers up to one panel's pass, forward and backward; none on the CPU."""
+    grid = {"n": 2, "h": 2, "k": 2}
+    cost = predict(LAYER, "2d+overlap", grid)
+    m = cost.layout.panels
+    assert cost.layout.pipelined and m > 1
+    for beta in (1e12, 1e6):
+        gpu = TimeModel.of(profile("gpu", alpha=1e-6, beta=beta))
+        conv = gpu.conv_seconds(cost)
+        gathers = _kind_seconds(gpu, cost.forward, "all-gather") / m
+        forward, backward = gpu.overlap_hidden(cost, conv)
+        assert forward == pytest.approx((m - 1) * min(gathers, conv["forward"] / m))
+        assert backward == pytest.approx(
+            (m - 1) * min(gathers, (conv["input_grad"] + conv["kernel_grad"]) / m)
+        )
+    cpu = TimeModel.of(profile("cpu"))
+    assert cpu.overlap_hidden(cost, cpu.conv_seconds(cost)) == (0.0, 0.0)
