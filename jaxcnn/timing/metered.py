@@ -16,11 +16,15 @@ target on different hosts), and then all its bytes and terms count as crossing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from jaxcnn import links
 from jaxcnn.cost import latency_steps
-from jaxcnn.measure.report import CommReport
+
+if TYPE_CHECKING:  # measure/ and timing/ are one layer (docs/architecture.md): no runtime import
+    from jaxcnn.measure.report import CommReport
 
 
 def metered_link(report: CommReport, hosts: int = 1) -> links.LinkBytes:
