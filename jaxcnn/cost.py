@@ -387,6 +387,10 @@ def predict(
     """
     sizes = {a: int(grid.get(a, 1)) for a in AXES}
     alg = algorithms.get(algorithm)
+    if alg.overlap:
+        base = algorithm[: -len(algorithms.OVERLAP)]
+        plain = predict(geom, base, grid, dtype, out_dtype, wire_dtype, input_grad, hosts)
+        return with_overlap(plain, itemsize_of(out_dtype or dtype))
     lay = algorithms.make_layout(alg, geom, sizes)
     b_in = itemsize_of(wire_dtype or dtype)  # bytes per communicated element
     b_out = itemsize_of(wire_dtype or out_dtype or dtype)
@@ -445,11 +449,7 @@ def predict(
         inputs=float(x_local + k_local),
         output=float(nl * out_block * (k_pad // (pk * pc)) * s_out),
         forward_temp=float(window + gathered_x + gathered_k + acc),
-        layout_copy=float(
-            max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)
-            + (partial_acc if lay.interior is not None else 0)
-            + ((gathered_x + gathered_k) if lay.pipelined else 0)
-        ),
+        layout_copy=float(max(gathered_x, partial_acc if lay.c_scatter else 0, halo_pieces)),
         x_block=float(x_local),
         window=float(window or x_local),
         saved=float((window or x_local) * (m > 1 or not gathered_x) + gathered_x + gathered_k),
@@ -457,3 +457,25 @@ def predict(
         kept_panels=float((gathered_x + gathered_k) * (m == 1)),
     )
     return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom, hosts)
+
+
+def with_overlap(plain: Cost, out_itemsize: int = 4) -> Cost:
+    """The ``+overlap`` variant of a plain algorithm's prediction, on the same grid.
+
+    Its collectives are the plain algorithm's (halo overlap and double-buffered panels issue the same
+    ones, :mod:`jaxcnn.algorithms.overlap`, :mod:`jaxcnn.algorithms.pipeline`), so only the layout and
+    the memory change: ``layout_copy`` adds the output pieces before their concatenation (an output
+    block in the accumulation dtype) with halo overlap, or the next gathered x and kernel panels in
+    flight with double-buffered panels. Where nothing overlaps it is the plain prediction renamed.
+    ``out_itemsize``: bytes per element of the output.
+    """
+    name = plain.algorithm + algorithms.OVERLAP
+    lay = algorithms.make_layout(algorithms.get(name), plain.geom, dict(plain.layout.sizes))
+    mem = plain.memory
+    extra = 0.0
+    if lay.interior is not None:  # the unreduced output block, in the accumulation dtype
+        extra = mem.output * plain.layout.size("c") * max(out_itemsize, 4) / out_itemsize
+    elif lay.pipelined:  # with several panels, saved = window + one gathered x and kernel panel
+        extra = mem.saved - mem.window
+    memory = dataclasses.replace(mem, layout_copy=mem.layout_copy + extra)
+    return dataclasses.replace(plain, algorithm=name, layout=lay, memory=memory)

@@ -25,7 +25,7 @@ from jaxcnn.measure import measure_conv
 from jaxcnn.measure.hlo import parse_computations
 from tests.algorithms.test_properties import layers
 from tests.algorithms.test_transposed_cost import transposed_geometry
-from tests.test_cost import _assert_same
+from tests.test_cost import _assert_same, assert_memory_band
 from tests.utils import assert_same_loss_and_grads, first_fast, random_inputs
 
 # (x shape, kernel shape, conv kwargs, algorithm, grid): corners (h and w split), stride 2 with
@@ -253,3 +253,19 @@ def test_where_nothing_overlaps_it_runs_as_without():
     _assert_exact(
         (2, 12, 12, 4), (3, 3, 4, 8), dict(strides=1, padding="SAME"), "3d+overlap", dict(h=2, k=2, c=2)
     )
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "grid"),
+    first_fast(
+        [
+            ("spatial+overlap", dict(n=2, h=2, w=2)),  # pieces concatenated along w: copied
+            ("spatial+overlap", dict(h=8)),  # along h alone: written in place
+            ("2d+overlap", dict(n=4, k=2)),  # double-buffered panels
+        ]
+    ),
+)
+def test_overlap_memory_band(algorithm, grid):
+    """The compiled forward pass's arguments and outputs equal the model's, its temp memory lies in
+    [forward_temp, forward_temp + layout_copy] (±10%), as for every plain algorithm."""
+    assert_memory_band(jaxcnn.conv_geometry((32, 56, 56, 64), (3, 3, 64, 64)), algorithm, grid)
