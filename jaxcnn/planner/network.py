@@ -66,6 +66,11 @@ def _overlap(choice: Cost) -> bool:
     return algorithms.get(choice.algorithm).overlap
 
 
+def _pair(choice: Cost) -> tuple:
+    """A placement and its ``+overlap`` variant share this key (the same grid, layouts and bytes)."""
+    return choice.algorithm.removesuffix(algorithms.OVERLAP), tuple(sorted(choice.grid.items()))
+
+
 State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)
 Key = tuple[Layout, tuple[tuple[str, Layout], ...]]  # (the activation's layout, pending skips' layouts)
 
@@ -167,9 +172,11 @@ def plan_graph(
             if name == first:
                 table = dataclasses.replace(table, candidates=without_input_grad(table.candidates))
             seconds = {id(c): timer(name, c).seconds for c in table.candidates}
-            table = dataclasses.replace(
-                table, candidates=tuple(sorted(table.candidates, key=lambda c: seconds[id(c)]))
-            )
+            ranked = sorted(table.candidates, key=lambda c: seconds[id(c)])
+            if variants is not allowed:  # of a placement and its +overlap variant, the faster only
+                seen: set[tuple] = set()
+                ranked = [c for c in ranked if not (_pair(c) in seen or seen.add(_pair(c)))]
+            table = dataclasses.replace(table, candidates=tuple(ranked))
         options[name] = keep_candidates(table, candidates, previous)
         previous = {y_layout(c) for c in options[name]}
         if name == first and time_model is None:
