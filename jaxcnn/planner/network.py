@@ -174,8 +174,10 @@ def plan_graph(
             seconds = {id(c): timer(name, c).seconds for c in table.candidates}
             ranked = sorted(table.candidates, key=lambda c: seconds[id(c)])
             if variants is not allowed:  # of a placement and its +overlap variant, the faster only
-                seen: set[tuple] = set()
-                ranked = [c for c in ranked if not (_pair(c) in seen or seen.add(_pair(c)))]
+                fastest: dict[tuple, Cost] = {}
+                for c in ranked:
+                    fastest.setdefault(_pair(c), c)
+                ranked = [c for c in ranked if fastest[_pair(c)] is c]
             table = dataclasses.replace(table, candidates=tuple(ranked))
         options[name] = keep_candidates(table, candidates, previous)
         previous = {y_layout(c) for c in options[name]}
