@@ -88,7 +88,6 @@ def gspmd_seconds(model, programs, graph, layers) -> tuple[float, str]:
 
     from experiments.gspmd_step import mesh_label
     from jaxcnn.cost import predict
-    from jaxcnn.links import LinkBytes
     from jaxcnn.planner.step import grid_key
     from jaxcnn.planner.step_time import node_timer
 
@@ -111,9 +110,7 @@ def gspmd_seconds(model, programs, graph, layers) -> tuple[float, str]:
         hidden = 0.0
         kind = {"dp": "all-reduce", "spatial": "all-reduce", "fsdp": "reduce-scatter"}.get(strategy)
         if model.asynchronous and kind in link.kinds:
-            reductions = LinkBytes(
-                {kind: link.kinds[kind]}, steps={kind: link.steps[kind]}, calls={kind: link.calls[kind]}
-            )
+            reductions = link.only(kind)
             hidden = min(float(model.comm_seconds(reductions).max()), backward)
         seconds = work + float(model.profile.launch_s) + comm - hidden
         assert np.isfinite(seconds)

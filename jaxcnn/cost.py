@@ -388,8 +388,9 @@ def predict(
     sizes = {a: int(grid.get(a, 1)) for a in AXES}
     alg = algorithms.get(algorithm)
     if alg.overlap:
-        base = algorithm[: -len(algorithms.OVERLAP)]
-        plain = predict(geom, base, grid, dtype, out_dtype, wire_dtype, input_grad, hosts)
+        plain = predict(
+            geom, algorithms.plain(algorithm), grid, dtype, out_dtype, wire_dtype, input_grad, hosts
+        )
         return with_overlap(plain, itemsize_of(out_dtype or dtype))
     lay = algorithms.make_layout(alg, geom, sizes)
     b_in = itemsize_of(wire_dtype or dtype)  # bytes per communicated element

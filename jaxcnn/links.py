@@ -115,6 +115,15 @@ class LinkBytes:
         self.dcn_steps = self.dcn_steps + np.asarray(more.dcn_steps)
         return self
 
+    def only(self, kind: str) -> LinkBytes:
+        """The bytes, latency terms and calls of one collective kind (without the cross-host part)."""
+        zeros = np.zeros(1)
+        return LinkBytes(
+            {kind: self.kinds.get(kind, zeros)},
+            steps={kind: self.steps.get(kind, zeros)},
+            calls={kind: self.calls.get(kind, zeros)},
+        )
+
     def total(self) -> np.ndarray:
         """Bytes per device over all kinds."""
         return sum(self.kinds.values(), np.zeros(1))

@@ -24,6 +24,11 @@ OVERLAPPING: tuple[str, ...] = tuple(
 )
 
 
+def plain(name: str) -> str:
+    """The algorithm an ``"<name>+overlap"`` variant runs (``name`` itself when it is not one)."""
+    return name.removesuffix(OVERLAP)
+
+
 def get(name: str) -> Algorithm:
     """The algorithm called ``name``: one of ``ALGORITHMS``, or ``"<name>+overlap"`` for one of
     ``OVERLAPPING``.
@@ -33,8 +38,8 @@ def get(name: str) -> Algorithm:
     """
     if isinstance(name, str) and name in REGISTRY:
         return REGISTRY[name]
-    if isinstance(name, str) and name.endswith(OVERLAP) and name[: -len(OVERLAP)] in OVERLAPPING:
-        return dataclasses.replace(REGISTRY[name[: -len(OVERLAP)]], name=name, overlap=True)
+    if isinstance(name, str) and name.endswith(OVERLAP) and plain(name) in OVERLAPPING:
+        return dataclasses.replace(REGISTRY[plain(name)], name=name, overlap=True)
     raise ValueError(
         f"unknown algorithm {name!r}; valid algorithms are {ALGORITHMS}, and {OVERLAPPING} with "
         f"{OVERLAP!r} (halos overlapping the interior convolution, e.g. 'spatial{OVERLAP}')"
@@ -60,4 +65,5 @@ __all__ = [
     "get",
     "is_algorithm",
     "make_layout",
+    "plain",
 ]

@@ -68,7 +68,7 @@ def _overlap(choice: Cost) -> bool:
 
 def _pair(choice: Cost) -> tuple:
     """A placement and its ``+overlap`` variant share this key (the same grid, layouts and bytes)."""
-    return choice.algorithm.removesuffix(algorithms.OVERLAP), tuple(sorted(choice.grid.items()))
+    return algorithms.plain(choice.algorithm), tuple(sorted(choice.grid.items()))
 
 
 State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)

@@ -112,7 +112,7 @@ def plan_layer(
         g = geom if parts is None else _padded_outputs(geom, parts)
         plain: dict[tuple, Cost] = {}  # (algorithm, grid): an +overlap variant reuses its plain one's
         for alg in allowed:
-            base = alg[: -len(algorithms.OVERLAP)] if alg.endswith(algorithms.OVERLAP) else None
+            base = algorithms.plain(alg) if algorithms.get(alg).overlap else None
             for grid in grids_for(alg, g, num_devices):
                 if parts is None or grid["k"] * grid["c"] == parts:
                     key = tuple(sorted(grid.items()))

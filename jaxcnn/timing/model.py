@@ -208,13 +208,7 @@ class TimeModel:
 
     def _kind_seconds(self, comm, kind: str) -> float:
         """Max over devices of the seconds of ``comm``'s collectives of one kind."""
-        link = comm.link_bytes()
-        only = LinkBytes(
-            {kind: link.kinds.get(kind, np.zeros(1))},
-            steps={kind: link.steps.get(kind, np.zeros(1))},
-            calls={kind: link.calls.get(kind, np.zeros(1))},
-        )
-        return float(self.comm_seconds(only).max())
+        return float(self.comm_seconds(comm.link_bytes().only(kind)).max())
 
     def overlap_hidden(
         self, cost: Cost, conv: Mapping[str, float], input_grad: bool = True
