@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxcnn import algorithms, links
 from jaxcnn.algorithms.base import Layout
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.geometry import ConvGeometry, HaloPlan
 from jaxcnn.mesh import AXES
 
@@ -331,7 +332,7 @@ def shared_reads(a: Cost, b: Cost, dtype="float32") -> CommCost | None:
 
     Args:
       a, b: the two convolutions' costs (:func:`predict`, on the same hosts).
-      dtype: the dtype their collectives carry (``predict``'s ``wire_dtype`` or ``dtype``).
+      dtype: the compute dtype (what the halos and gathers move; a :class:`Dtypes` or a dtype).
     """
     if _reads_key(a.layout) != _reads_key(b.layout):
         return None
@@ -352,8 +353,11 @@ def _sent_rows(plan: HaloPlan | None) -> int:
 
 
 def itemsize_of(dtype) -> int:
-    """Bytes per element of a dtype (or an int itemsize passed through)."""
-    return np.dtype(dtype).itemsize if not isinstance(dtype, int) else dtype
+    """Bytes per element of a dtype (or an int itemsize passed through; of :class:`Dtypes`, the
+    compute dtype's: what moves)."""
+    if isinstance(dtype, int):
+        return dtype
+    return dtype.itemsize if isinstance(dtype, Dtypes) else np.dtype(dtype).itemsize
 
 
 def predict(
@@ -362,7 +366,6 @@ def predict(
     grid: Mapping[str, int],
     dtype="float32",
     out_dtype=None,
-    wire_dtype=None,
     input_grad: bool = True,
     hosts: int = 1,
 ) -> Cost:
@@ -372,11 +375,12 @@ def predict(
       geom: the layer (``jaxcnn.conv_geometry``; its ``groups`` is the feature group count).
       algorithm: one of ``jaxcnn.ALGORITHMS``.
       grid: mesh sizes ``{axis: size}`` (missing axes are 1).
-      dtype: dtype (or itemsize) of x and the kernel.
-      out_dtype: dtype of y (default ``dtype``).
-      wire_dtype: dtype collectives carry, when the backend changes it: XLA:CPU promotes bfloat16
-        collectives to float32 (its compiled HLO moves 4-byte words), GPU and TPU keep bfloat16.
-        Default: x / kernel buffers in ``dtype``, output buffers in ``out_dtype``.
+      dtype: the compute dtype (x, the kernel on the devices, everything that moves), or a
+        :class:`jaxcnn.dtypes.Dtypes` that also names the dtype the sums travel in (the forward
+        reduce-scatter of partial outputs, the backward reduce-scatters and the kernel-gradient
+        all-reduce; default float32 for 16-bit compute). Price a CPU step with
+        ``Dtypes(...).on("cpu")``: XLA:CPU carries 16-bit reductions as float32.
+      out_dtype: dtype of y (default the compute dtype); its cotangent's all-gather moves it.
       input_grad: the backward pass computes dx. A network's first layer (whose input is the images)
         needs only the kernel gradient: XLA drops dx's reduce-scatters over k and its reversed halos.
       hosts: hosts the devices are split over (:mod:`jaxcnn.links`): the costs then also say which
@@ -388,14 +392,14 @@ def predict(
     sizes = {a: int(grid.get(a, 1)) for a in AXES}
     alg = algorithms.get(algorithm)
     if alg.overlap:
-        plain = predict(
-            geom, algorithms.plain(algorithm), grid, dtype, out_dtype, wire_dtype, input_grad, hosts
-        )
+        plain = predict(geom, algorithms.plain(algorithm), grid, dtype, out_dtype, input_grad, hosts)
         return with_overlap(plain, itemsize_of(out_dtype or dtype))
     lay = algorithms.make_layout(alg, geom, sizes)
-    b_in = itemsize_of(wire_dtype or dtype)  # bytes per communicated element
-    b_out = itemsize_of(wire_dtype or out_dtype or dtype)
-    s_in, s_out = itemsize_of(dtype), itemsize_of(out_dtype or dtype)  # bytes per stored element
+    dtypes = dtype if isinstance(dtype, Dtypes) else Dtypes(np.dtype(dtype).name)
+    b_in = dtypes.itemsize  # bytes per moved element of x and the kernel
+    b_out = itemsize_of(out_dtype or dtypes.compute)  # of y (and its cotangent)
+    b_sum = dtypes.reduce_itemsize  # bytes per summed element on the wire
+    s_in, s_out = b_in, b_out  # bytes per stored element
     b_acc = max(s_out, 4)
     k_pad = lay.padded[-1]
     pk, pc = sizes["k"], sizes["c"]
@@ -407,8 +411,8 @@ def predict(
     k_in, k_out = lay.kernel_block  # kernel channels after the gather over the rows
     x_panel = x.panel_bytes(b_in)  # gathered x panel (full buffer)
     k_panel = taps * (k_in // m) * k_out * b_in  # gathered kernel panel
-    partial = nl * out_block * (k_pad // pk) * b_out  # unreduced output block
-    kernel_block = taps * k_in * k_out * b_in  # a kernel replicated over the rows
+    partial = nl * out_block * (k_pad // pk)  # unreduced output block (elements)
+    kernel_block = taps * k_in * k_out * b_sum  # a kernel replicated over the rows, its gradient summed
     rows = lay.rows
 
     fwd, bwd = Ledger(sizes, hosts), Ledger(sizes, hosts)
@@ -416,13 +420,13 @@ def predict(
         x.add_halos(ledger, b_in, backward)
     fwd.group("all-gather", x_panel, lay.k_gather, m)
     fwd.group("all-gather", k_panel, lay.kernel_gather, m)
-    fwd.group("reduce-scatter", partial, lay.c_scatter)
+    fwd.group("reduce-scatter", partial * b_sum, lay.c_scatter)
 
-    bwd.group("all-gather", partial, lay.c_scatter)
+    bwd.group("all-gather", partial * b_out, lay.c_scatter)
     bwd.group("all-gather", x_panel, lay.k_gather, m - 1)  # panel 0's kept from the forward pass
     bwd.group("all-gather", k_panel, lay.kernel_gather, m - 1)
-    bwd.group("reduce-scatter", x_panel, lay.k_gather, m if input_grad else 0)
-    bwd.group("reduce-scatter", k_panel, lay.kernel_gather, m)
+    bwd.group("reduce-scatter", x_panel // b_in * b_sum, lay.k_gather, m if input_grad else 0)
+    bwd.group("reduce-scatter", k_panel // b_in * b_sum, lay.kernel_gather, m)
     if not alg.kernel_over_rows:
         bwd.group("all-reduce", kernel_block, rows)
 

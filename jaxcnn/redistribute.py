@@ -55,6 +55,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn import common_mesh, links
+from jaxcnn.dtypes import as_bits, from_bits
 from jaxcnn.padding import crop_to, pad_to
 
 Entries = tuple[tuple[str, ...], ...]
@@ -603,7 +604,7 @@ def _move(x: jax.Array, src: NamedSharding, dst: NamedSharding) -> jax.Array:
     r = plan_for(x.shape, src, dst)
     if not r.steps:
         return x
-    xp = pad_to(x, r.padded)
+    xp = as_bits(pad_to(x, r.padded))  # 16-bit floats move as 2-byte words on every backend
     if r.steps[0].kind == "gather-all":
         y = _gather_all_then_slice(xp, src, dst)
     else:
@@ -615,7 +616,7 @@ def _move(x: jax.Array, src: NamedSharding, dst: NamedSharding) -> jax.Array:
             out_specs=as_spec(r.dst),
             check_vma=False,
         )(xp)
-    return crop_to(y, r.shape)
+    return crop_to(from_bits(y, x.dtype), r.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))

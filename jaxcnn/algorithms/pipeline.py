@@ -37,6 +37,7 @@ from jaxcnn.algorithms.collectives import (
     reduce_scatter,
     varying_axes,
 )
+from jaxcnn.dtypes import reduction_dtype
 
 if TYPE_CHECKING:
     from jaxcnn.algorithms.base import Layout
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 Conv = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def pipelined_panels(conv: Conv, window: jax.Array, kernel: jax.Array, layout: Layout) -> jax.Array:
+def pipelined_panels(
+    conv: Conv, window: jax.Array, kernel: jax.Array, layout: Layout, reduce_dtype: jnp.dtype | None = None
+) -> jax.Array:
     """``Σ_t conv(gather(x panel t), gather(kernel panel t))`` over the layout's channel panels,
     double-buffered forward and backward (module docstring).
 
@@ -55,6 +58,8 @@ def pipelined_panels(conv: Conv, window: jax.Array, kernel: jax.Array, layout: L
       kernel: the kernel block ``(*window, C, K)``; its input channels hold the same panels, each
         all-gathered over ``layout.kernel_gather`` along ``layout.kernel_axis``.
       layout: the layer's layout (``layout.pipelined``).
+      reduce_dtype: the dtype the panels' gradients are reduce-scattered in
+        (:func:`jaxcnn.dtypes.reduction_dtype`).
     """
     panels, unit = layout.panels, layout.unit
     x_axis, kernel_axis_in = window.ndim - 1, kernel.ndim - 2
@@ -93,10 +98,11 @@ def pipelined_panels(conv: Conv, window: jax.Array, kernel: jax.Array, layout: L
         def panel_grads(t, xp, kp, dw, dk):
             _, vjp = jax.vjp(conv, xp, kp)
             dxp, dkp = vjp(dy)
-            dxp = reduce_scatter(dxp, k_gather, x_axis)
-            dkp = reduce_scatter(dkp, kernel_gather, kernel_axis)
-            dw = put_channel_panel(dw, dxp.astype(dw.dtype), t, panels, unit, axis=x_axis)
-            dk = put_channel_panel(dk, dkp.astype(dk.dtype), t, panels, unit, axis=kernel_axis_in)
+            summed = reduction_dtype(dxp.dtype, reduce_dtype)
+            dxp = reduce_scatter(dxp, k_gather, x_axis, summed, dw.dtype)
+            dkp = reduce_scatter(dkp, kernel_gather, kernel_axis, summed, dk.dtype)
+            dw = put_channel_panel(dw, dxp, t, panels, unit, axis=x_axis)
+            dk = put_channel_panel(dk, dkp, t, panels, unit, axis=kernel_axis_in)
             return dw, dk
 
         def step(t, carry):

@@ -111,6 +111,7 @@ class ResNet(nnx.Module):
       width: channel multiplier (1.0: stage widths 64, 128, 256, 512).
       small_images: 3×3 stride-1 stem and no max pool (CIFAR-style), for images of 32 pixels or less.
       dtype: computation dtype.
+      reduce_dtype: the dtype the convolutions' sums travel in (None: float32 for 16-bit ``dtype``).
       rngs: parameter initialisation.
     """
 
@@ -131,13 +132,14 @@ class ResNet(nnx.Module):
         width: float = 1.0,
         small_images: bool = False,
         dtype: Any = jnp.float32,
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         if not stage_sizes or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in stage_sizes
         ):
             raise ValueError(f"stage_sizes must be a non-empty list of positive ints, got {stage_sizes!r}")
-        plan = Placements(mesh, algorithms)
+        plan = Placements(mesh, algorithms, reduce_dtype)
         kw = dict(dtype=dtype, rngs=rngs)
         base = max(1, int(64 * width))
         self.small_images = small_images

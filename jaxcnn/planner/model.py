@@ -32,6 +32,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.cost import itemsize_of
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR, check_hosts
 from jaxcnn.mesh import mesh_sizes
@@ -74,7 +75,7 @@ def plan_model(
     input_sizes: Mapping[str, int],
     *,
     memory_bytes: float = math.inf,
-    dtype: str = "float32",
+    dtype: str | Dtypes = "float32",
     platform: str = "cpu",
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
@@ -95,8 +96,10 @@ def plan_model(
       input_sizes: the run mesh's axis sizes (the images' layout ``P("n")`` on it); its product is the
         device count every placement uses.
       memory_bytes: per-device cap on the whole step's predicted peak (``math.inf``: none).
-      dtype: element type the plan prices activations and kernels in.
-      platform: ``"cpu"``, ``"gpu"`` or ``"tpu"`` (how max pooling's backward is held in memory).
+      dtype: the computation dtype, or a :class:`jaxcnn.dtypes.Dtypes` that also names the dtype the
+        sums travel in (``docs/mixed_precision.md``).
+      platform: ``"cpu"``, ``"gpu"`` or ``"tpu"`` (how max pooling's backward is held in memory, and
+        whether 16-bit sums travel as float32: :meth:`jaxcnn.dtypes.Dtypes.on`).
       hosts: hosts the devices lie on (equal consecutive groups of the flat device order).
       dcn_cost_factor: how much dearer a byte between hosts is (``hosts > 1``).
       time_model: the backend's time model (:mod:`jaxcnn.timing.model`): the step's seconds are
@@ -112,6 +115,7 @@ def plan_model(
         without a ``time_model``.
     """
     check_objective(objective, time_model)
+    dtype = Dtypes.of(dtype).on(platform)
     devices = math.prod(input_sizes.values())
     traced = trace_layers(model, batch, image_shape)
     check_hosts(devices, hosts)
@@ -168,7 +172,7 @@ def predict_model(
     image_shape: tuple[int, ...],
     input_sizes: Mapping[str, int],
     *,
-    dtype: str = "float32",
+    dtype: str | Dtypes = "float32",
     platform: str = "cpu",
     state_bytes: float | None = None,
     time_model: TimeModel | None = None,
@@ -179,7 +183,7 @@ def predict_model(
     Args:
       model: the built (possibly abstract) model.
       batch, image_shape, input_sizes, platform: as :func:`plan_model`.
-      dtype: element type the collectives carry (the run's wire dtype).
+      dtype: as :func:`plan_model`.
       state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
         without its gradients, which the prediction places in time itself); None: no memory figure.
       time_model, optimizer: as :func:`plan_model` (the step's seconds; None: no time figure).
@@ -188,6 +192,7 @@ def predict_model(
       The model's placements and layers; ``cost`` and ``memory`` are None for a model without a plan
       graph.
     """
+    dtype = Dtypes.of(dtype).on(platform)
     convs = named_convs(model).values()
     placements = {name: format_placement(c.algorithm, mesh_sizes(c.mesh)) for name, c in convs}
     layers = {layer.name: layer.geom for layer in trace_layers(model, batch, image_shape)}
@@ -203,7 +208,7 @@ def predict_model(
         seconds = step_time(graph, layers, choices, source, time_model, dtype, optimizer=optimizer, cost=cost)
     memory = None
     if state_bytes is not None:
-        # the placements' memory is priced in the wire dtype, and so are max pooling's int32 indices
+        # the placements' memory is priced in the compute dtype, and so are max pooling's int32 indices
         memory = step_memory(
             graph, layers, choices, state_bytes=state_bytes, platform=platform, itemsize=itemsize_of(dtype)
         )

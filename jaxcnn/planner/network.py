@@ -189,7 +189,7 @@ def plan_graph(
             else:
                 parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
                 comm[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
-            memory[name, i] = node_memory(c, nodes.batchnorm(name))
+            memory[name, i] = node_memory(c, nodes.batchnorm(name), itemsize=itemsize)
     edges: dict[tuple, float] = {}
     node_cost: dict[tuple[str, int], float] = {}
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxcnn.bounds import lower_bound
 from jaxcnn.cost import Cost, itemsize_of, predict
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.measure import measure_conv
 from jaxcnn.mesh import make_mesh
@@ -174,10 +175,11 @@ def measure_rows(rows: Sequence[Row], dtype: str) -> list[Row]:
     """Meters each row's (algorithm, grid) with :func:`jaxcnn.measure.measure_conv` (compile only).
 
     Identical (layer geometry, algorithm, grid) are compiled once. Needs at least as many JAX devices
-    as the grids use. ``Row.expected`` is the prediction the meter must equal: the plan's bytes, except
-    that XLA:CPU carries 16-bit collectives as float32 (``wire_dtype``, see :func:`jaxcnn.cost.predict`).
+    as the grids use. ``Row.expected`` is the prediction the meter must equal: the plan's bytes, with
+    the sums priced as this backend carries them (:meth:`jaxcnn.dtypes.Dtypes.on`: XLA:CPU moves a
+    16-bit sum as float32; the default sums are float32 anyway).
     """
-    wire = "float32" if itemsize_of(dtype) < 4 and jax.default_backend() == "cpu" else None
+    on_backend = Dtypes.of(dtype).on(jax.default_backend())
     cache: dict[Any, float] = {}
     out = []
     for row in rows:
@@ -189,10 +191,8 @@ def measure_rows(rows: Sequence[Row], dtype: str) -> list[Row]:
             )
             cache[key] = fwd.max_bytes + bwd.max_bytes
         expected = row.choice.bytes
-        if wire:
-            expected = predict(
-                row.layer.geom, row.choice.algorithm, row.choice.grid, dtype, wire_dtype=wire
-            ).bytes
+        if on_backend != Dtypes.of(dtype):
+            expected = predict(row.layer.geom, row.choice.algorithm, row.choice.grid, on_backend).bytes
         out.append(dataclasses.replace(row, metered=cache[key], expected=expected))
     return out
 

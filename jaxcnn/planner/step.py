@@ -156,12 +156,13 @@ def pooling(choice: Cost, node: Pool, y_shape: Sequence[int], itemsize: int) -> 
 
 
 def global_pool(choice: Cost, y_shape: Sequence[int], itemsize: int) -> Kinds:
-    """Global average pooling's psum over the axes splitting space (forward only)."""
+    """Global average pooling's psum over the axes splitting space (forward only; float32 sums, or
+    the activations' dtype where wider)."""
     entries = _entries(choice.layout.y_spec, len(y_shape))
     parts = _parts(choice, entries)
     ledger = Ledger(dict(choice.grid), choice.hosts)
     local = -(-y_shape[0] // parts[0]) * -(-y_shape[-1] // parts[-1])
-    ledger.group("all-reduce", local * itemsize, sum(entries[1:-1], ()))
+    ledger.group("all-reduce", local * max(itemsize, 4), sum(entries[1:-1], ()))
     return _ledger(ledger)
 
 

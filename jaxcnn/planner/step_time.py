@@ -192,7 +192,7 @@ def node_time(
     nbytes, ops = _node_memory(choice, nodes, name)
     passes = OPTIMIZER_PASSES.get(optimizer, OPTIMIZER_PASSES["adam"])
     # the optimizer's update of the layer's float32 parameters: one fused operation per array
-    params = param_bytes(choice, nodes.batchnorm(name))
+    params = param_bytes(choice, nodes.batchnorm(name), itemsize)
     memory = model.memory_seconds(nbytes, ops) + model.memory_seconds(passes * params, 2)
     own = node_kinds(name, choice, geom, input_layout, itemsize, nodes)
     # its kernel-gradient all-reduce joins the others on the same devices (combined_reductions): here

@@ -20,6 +20,7 @@ from typing import Any
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.models.trace import UnnamedConvolutions
@@ -35,7 +36,7 @@ def plan_algorithms(
     batch: int,
     image_shape: tuple[int, ...],
     memory_bytes: float,
-    dtype: str,
+    dtype: str | Dtypes,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
     time_model: TimeModel | None = None,
@@ -50,7 +51,7 @@ def plan_algorithms(
       image_shape: ``(H, W, C)``.
       memory_bytes: per-device memory budget of the whole train step, as predicted by the planner
         (:func:`jaxcnn.planner.network.plan_graph`; 0: unlimited).
-      dtype: ``model.dtype``.
+      dtype: ``model.dtype``, or the model's :class:`jaxcnn.dtypes.Dtypes` (``model.dtypes``).
       hosts: hosts (or TPU slices) the mesh's devices lie on, as equal consecutive groups of its flat
         order (``jaxcnn.mesh.host_count``).
       dcn_cost_factor: ``cluster.dcn_cost_factor``: how much dearer a byte between hosts is.

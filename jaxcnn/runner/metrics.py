@@ -112,33 +112,32 @@ def plot(records: list[dict[str, Any]], run_dir: str, title: str | None = None) 
 
     Each plot's title names the run (``title``; default :func:`run_title`) and the metric.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object-oriented API, without pyplot (no global figure state, no backend switch) and with
+    # fixed margins: tight_layout measured every text extent and took half of a plot's time.
+    from matplotlib.figure import Figure
 
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_accuracy" in r]
     run = run_title(run_dir) if title is None else title
     paths = []
     for name, train_key, eval_key, ylabel, metric in PLOTS:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.87)
+        ax = fig.add_subplot()
         ax.plot([r["step"] for r in train], [r[train_key] for r in train], label=f"train {name}")
         if evals:
             ax.plot([r["step"] for r in evals], [r[eval_key] for r in evals], "o-", label=f"test {name}")
         ax.set_title(f"{run}\ntrain and test {metric}", fontsize=9)
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel, fontsize=9)
         if name == "loss":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
         path = os.path.join(run_dir, f"{name}.png")
         try:
             fig.savefig(path, dpi=100)
         except OSError as e:
             raise _unwritable(path, e) from None
-        plt.close(fig)
         paths.append(path)
     return paths

@@ -6,7 +6,7 @@
 
 The predictions are the planner's (:func:`jaxcnn.planner.model.predict_model`: the model's plan graph
 and each convolution's placement, priced for the run's batch); this module adds what the run knows:
-the mesh, and the dtype its collectives carry on the mesh's platform (:func:`wire_dtype`).
+the mesh, and its dtypes (the computation dtype and the dtype the sums travel in).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxcnn import measure
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.planner.model import ModelPlan, predict_model
 from jaxcnn.timing.model import TimeModel
@@ -45,22 +46,12 @@ def model_for_prediction(graphs: Any, state: Any) -> nnx.Module:
     )
 
 
-#: Float dtypes narrower than 32 bits that XLA:CPU communicates as float32 (its float normalization wraps
-#: each such collective in converts, so the bytes on the wire are f32 bytes); GPU and TPU send them as is.
-_CPU_WIDENED = ("bfloat16", "float16")
-
-
-def wire_dtype(dtype: str, platform: str) -> str:
-    """The dtype a ``dtype`` model's collectives carry on ``platform`` (``"cpu"``, ``"gpu"``, ``"tpu"``)."""
-    return "float32" if platform == "cpu" and str(dtype) in _CPU_WIDENED else str(dtype)
-
-
 def predict(
     model: nnx.Module,
     mesh: Mesh,
     batch: int,
     image_shape: tuple[int, ...],
-    dtype: str,
+    dtype: str | Dtypes,
     state_bytes: float | None = None,
     time_model: TimeModel | None = None,
     optimizer: str = "adam",
@@ -74,7 +65,8 @@ def predict(
       mesh: the run's mesh.
       batch: global batch size.
       image_shape: ``(H, W, C)``.
-      dtype: the model's computation dtype (priced as :func:`wire_dtype` on the mesh's platform).
+      dtype: the model's computation dtype, or :class:`jaxcnn.dtypes.Dtypes` with the dtype its sums
+        travel in (priced as the mesh's platform carries them, :meth:`jaxcnn.dtypes.Dtypes.on`).
       state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
         without its gradients, which the prediction places in time itself); None: no memory figure.
       time_model: the backend's time model (:func:`jaxcnn.timing.model.backend_time_model`); None: no
@@ -87,7 +79,7 @@ def predict(
         batch,
         image_shape,
         mesh_sizes(mesh),
-        dtype=wire_dtype(dtype, platform),
+        dtype=dtype,
         platform=platform,
         state_bytes=state_bytes,
         time_model=time_model,

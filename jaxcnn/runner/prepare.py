@@ -119,7 +119,7 @@ def prepare(
         mesh,
         cfg.train.batch_size,
         image_shape,
-        cfg.model.dtype,
+        cfg.model.dtypes,
         # the peak-memory prediction is a --compile-only figure; a run only prints the bytes
         state_bytes=footprint.total - footprint.parts.get("gradients", 0) if compile_only else None,
         time_model=time_model,

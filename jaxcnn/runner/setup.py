@@ -92,7 +92,7 @@ def _algorithms(
             cfg.train.batch_size,
             image_shape,
             cfg.model.plan_memory_bytes,
-            cfg.model.dtype,
+            cfg.model.dtypes,
             hosts=host_count(list(mesh.devices.flat)),
             dcn_cost_factor=cfg.cluster.dcn_cost_factor,
             # model.plan_objective: time where the backend has a profile, else bytes (prepare says so)
@@ -144,6 +144,7 @@ def model_builder(
             mesh=mesh,
             algorithms=algorithms,
             dtype=jnp.dtype(cfg.model.dtype),
+            reduce_dtype=jnp.dtype(cfg.model.reduce_dtype),
             rngs=nnx.Rngs(cfg.seed),
             **dict(cfg.model.options),
         )

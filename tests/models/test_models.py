@@ -52,8 +52,14 @@ def test_tiny_resnet18_mixed_placements_equal_one_device():
         "layer2.0.proj": "2.5d@n=2,k=2,c=2",
         "head": "filter@n=2,k=4",
     }
-    # Eval mode (running statistics) is covered by the small CNN; one program less to compile here.
-    _compare("resnet18", placements, (8, 8, 8, 3), with_eval=False, width=1 / 16, small_images=True)
+    # Eval mode (running statistics) is covered by the small CNN; one program less to compile here. One
+    # block per stage (stage_sizes): the identity block of stage 1, the strided projection blocks of
+    # stages 2-4, half the compile of ResNet-18's eight blocks (the second, identity block of stages
+    # 2-4 is the same code as layer1.0).
+    _compare(
+        "resnet18", placements, (8, 8, 8, 3), with_eval=False, width=1 / 16, small_images=True,
+        stage_sizes=(1, 1, 1, 1),
+    )  # fmt: skip
 
 
 def test_conv_layer_names_and_placement_errors():

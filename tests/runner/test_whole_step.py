@@ -37,6 +37,9 @@ CASES = {
     # name: (devices, overrides)
     "small_cnn-auto-8": (8, ["model.name=small_cnn", "model.algorithms=auto", "train.batch_size=32"]),
     "small_cnn-mixed-8": (8, ["model.name=small_cnn"]),  # configs/default.yaml's hand placement
+    # bfloat16 (docs/mixed_precision.md): halos, gathers and layout changes in 2-byte words, the sums
+    # in float32; memory with XLA:CPU's float32 temporaries
+    "small_cnn-mixed-8-bf16": (8, ["model.name=small_cnn", "model.dtype=bfloat16"]),
     "resnet18-auto-8": (
         8,
         ["model.name=resnet18", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from jaxcnn import models
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.nn.placement import parse_placement_text
 from jaxcnn.runner.config.typed import (
     Bool,
@@ -68,7 +69,16 @@ class ModelConfig(Section):
         "that split different mesh axes",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="computation dtype (parameters and logits stay float32)"
+        "float32",
+        description="computation dtype: activations, halos, gathered panels and layout changes "
+        "(parameters, optimizer state, BatchNorm statistics, logits and loss stay float32)",
+    )
+    reduce_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype the convolutions' sums travel in: the reduce-scatters of partial outputs and "
+        "gradients, the all-reduce of a replicated kernel's gradient (docs/mixed_precision.md: "
+        "bfloat16 halves those bytes on GPU/TPU at a measured cost in accuracy; XLA:CPU carries "
+        "16-bit sums as float32 either way)",
     )
     options: FrozenMapping[Str, OptionValue] = Field(
         default_factory=FrozenDict,
@@ -115,6 +125,11 @@ class ModelConfig(Section):
         """``(key suffix, placement)`` of every placement string in ``algorithms`` (none for ``auto``):
         ``("", "data")``, ``("[1]", "2d")`` or ``(".conv1", "3d@n=2,k=2,c=2")``."""
         return _placements(self.algorithms)
+
+    @property
+    def dtypes(self) -> Dtypes:
+        """``dtype`` and ``reduce_dtype``, as the planner and the predictions take them."""
+        return Dtypes(self.dtype, self.reduce_dtype)
 
 
 def _placements(algorithms: Any) -> list[tuple[str, str]]:
