@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
       0 on success; 2 for a config or checkpoint error: one line, no traceback (bad values at load time;
-      a mesh, placement or model the devices cannot take, or a model that does not fit their memory,
-      before anything is allocated); 1 when the loss became NaN/inf.
+      a run directory that holds checkpoints without ``resume=true`` or ``overwrite=true``, a resume whose
+      config differs from the saved one where it counts; a mesh, placement or model the devices cannot
+      take, or a model that does not fit their memory, before anything is allocated); 1 when the loss
+      became NaN/inf.
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     problem = None if args.cpu_devices is None else cpu_devices_problem(args.cpu_devices)

@@ -6,6 +6,11 @@ implicit transfer fails loudly. Every ``train.log_every`` steps, at eval and che
 end it fetches the pending metrics with one explicit ``jax.device_get`` (outside the guard), which also
 checks ``first_bad_step``: a NaN/inf loss stops the run with :class:`NonFiniteLossError` before anything
 is saved, so the newest checkpoint is the last good one.
+
+Before the model is built the run directory is checked (:func:`run_directory.check_run_dir`: a directory
+with checkpoints needs ``resume`` or ``overwrite``; a resume, a config that agrees with the saved one);
+``config.yaml`` is written once the run is accepted: after the restore and the input pipeline's check of
+its saved position.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import numpy as np
 from jax.sharding import Mesh
 from rich.console import Console
 
-from jaxcnn.runner import display, metrics, optim, setup
-from jaxcnn.runner.checkpoint import Checkpointer
+from jaxcnn.runner import display, metrics, optim, run_directory, setup
+from jaxcnn.runner.checkpoint import Checkpointer, CheckpointError
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.data import Dataset, TrainBatches, eval_batches
 from jaxcnn.runner.prepare import Prepared, prepare
@@ -84,9 +89,17 @@ def _resume(
     cfg: Config, ckpt: Checkpointer | None, state: TrainState, say: Callable[[str, str], None]
 ) -> tuple[TrainState, dict[str, Any], int]:
     """``(state, the input pipeline's saved position, first step)``: restored from the newest checkpoint
-    with ``resume``, else as given from step 0; ``say(kind, line)`` prints a warning or a note."""
+    with ``resume``, else as given from step 0; ``say(kind, line)`` prints a warning or a note.
+
+    Raises:
+      CheckpointError: no checkpoint can be read, or the newest one holds another model's or
+        optimizer's state (:meth:`Checkpointer.restore`'s ``ValueError``, as one line).
+    """
     if cfg.resume and ckpt is not None and ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(state, warn=lambda line: say("warning", line))
+        try:
+            state, data_state, _ = ckpt.restore(state, warn=lambda line: say("warning", line))
+        except ValueError as e:  # another model or optimizer: refused, no checkpoint touched
+            raise CheckpointError(str(e)) from None
         return state, data_state, int(jax.device_get(state["step"]))
     if cfg.resume:
         say("note", "resume=true but there is no checkpoint yet; starting at step 0")
@@ -165,23 +178,27 @@ def train(
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the newest checkpoint is the last good one).
-      ConfigError: the mesh, the train state or the compiled step does not fit the devices.
+      ConfigError: the run directory cannot be used (unwritable; checkpoints there without ``resume``
+        or ``overwrite``; a resume whose config differs from the saved one where it counts), or the
+        mesh, the train state or the compiled step does not fit the devices.
+      CheckpointError: a resume finds no readable checkpoint, or another model's; a save fails.
     """
     t_start = time.perf_counter()
     setup.init_distributed(cfg)
     main, console = setup.is_main_process(), console or Console()
-    setup.check_run_dir(cfg)  # an unwritable output_dir stops here, before the model is built
+    run_directory.check_run_dir(cfg)  # unwritable, another run's checkpoints, a mismatched resume: stop now
     run = prepare(cfg, builder)  # what cannot fit stops here, before the old run directory is touched
     mesh, data, total = run.mesh, run.data, cfg.train.steps
     lr = optim.schedule(cfg.optimizer, total)
-    run_dir = setup.prepare_run_dir(cfg)
+    run_dir = run_directory.prepare_run_dir(cfg)
     ckpt = Checkpointer.for_run(run_dir, cfg.checkpoint)
     state, data_state, start = _resume(
         cfg, ckpt, run.state, lambda kind, line: main and console.print(f"[yellow]{kind}:[/yellow] {line}")
     )
-    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
     eval_step = jit_eval_step(run.graphs, state, mesh, data.task)
     batches = _train_batches(cfg, run, start, data_state)
+    run_directory.write_config(cfg)  # accepted: restored, and the saved pipeline position fits
+    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
     for line in _banner(cfg, run, start, run_dir) if main else ():
         console.print(line)
     bar = display.ProgressBar(total, start, main, console)
