@@ -4,10 +4,13 @@
   and ``overwrite=true``, nothing on disk changed; ``overwrite=true`` starts over;
 - ``resume=true`` with a config that differs where the checkpoints are concerned (width, batch size,
   optimizer): exit 2 naming each key with both values, before any checkpoint is opened (no orbax,
-  asyncio or TensorStore output), ``config.yaml`` and the checkpoints untouched.
+  asyncio or TensorStore output), ``config.yaml`` and the checkpoints untouched;
+- a diverging run (SGD at learning rate 1e6, the issue's example: its loss stays finite): exit 1 naming
+  the step and the last good checkpoint; resumed, it stops again at the same step (the early loss it is
+  measured against is kept in the checkpoint).
 
 The refused runs stop before the model is built, so they take well under a second; the module trains
-two short runs (default config, 4 steps, as ``test_checkpoint_faults.py``'s).
+four short runs (default config, 4 steps, as ``test_checkpoint_faults.py``'s).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import os
 
 from jaxcnn.runner import metrics
+from jaxcnn.runner.checkpoint import Checkpointer
 from tests.faults.test_checkpoint_faults import one_line, steps_on_disk, train, wide_console  # noqa: F401
 
 
@@ -80,3 +84,35 @@ def test_rerun_refuses_to_delete_a_run_and_a_mismatched_resume_changes_nothing(c
     assert steps_on_disk(checkpoints) == ["2"]
     assert [r["step"] for r in metrics.read_jsonl(str(run_dir / "metrics.jsonl"))] == [2, 2]  # train, eval
     assert "train:\n  steps: 2\n" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_diverging_run_stops_with_one_line_naming_the_step_and_the_last_good_checkpoint(capfd, tmp_path):
+    # The issue's example: SGD at learning rate 1e6 (configs/default.yaml: loss 2.39 at step 1, about
+    # 1e10 at step 2, finite throughout). Checked and saved at every step: step 1 is kept, step 2 stops.
+    diverging = [
+        "optimizer.name=sgd",
+        "optimizer.learning_rate=1e6",
+        "train.log_every=1",
+        "checkpoint.every=1",
+    ]
+    code, _, err = train(capfd, tmp_path, *diverging)
+    assert code == 1
+    line = one_line(err)
+    checkpoints = str(tmp_path / "default" / "checkpoints")
+    assert line.startswith("jaxcnn train: training loss diverged at step 2: "), line
+    assert "is over train.divergence_factor=100 times its early value 2.3" in line, line
+    assert f"Last good checkpoint: step 1 in {checkpoints}." in line, line
+    assert "train.divergence_factor=0 turns this check off" in line
+    assert steps_on_disk(checkpoints) == ["1"]
+    records = metrics.read_jsonl(str(tmp_path / "default" / "metrics.jsonl"))
+    assert [r["step"] for r in records] == [1]  # nothing of the diverged step is logged
+    assert not (tmp_path / "default" / "summary.json").exists()
+
+    # Resumed as it was, it stops at the same step: the early loss is the run's (kept with step 1), not
+    # the resumed run's first (diverged) loss.
+    reference = Checkpointer(checkpoints).notes(1)["loss_reference"]
+    assert 2 < reference < 2.5
+    code, _, err = train(capfd, tmp_path, *diverging, "resume=true")
+    assert code == 1
+    assert one_line(err).startswith("jaxcnn train: training loss diverged at step 2: "), err
+    assert steps_on_disk(checkpoints) == ["1"]

@@ -1,9 +1,13 @@
 """The run's checks as functions (no training; tests/faults/test_run_faults.py runs them through the
-CLI): which config differences refuse a resume (:mod:`jaxcnn.runner.run_directory`)."""
+CLI): which config differences refuse a resume (:mod:`jaxcnn.runner.run_directory`), and when a loss
+counts as diverged (:mod:`jaxcnn.runner.divergence`)."""
 
 from __future__ import annotations
 
+import pytest
+
 from jaxcnn.runner.config import from_dict
+from jaxcnn.runner.divergence import DivergedError, DivergenceCheck
 from jaxcnn.runner.run_directory import RESUME_KEYS, resume_differences, saved_config
 
 
@@ -23,6 +27,7 @@ def test_resume_compares_what_the_checkpoints_hold_and_not_how_the_run_goes_on()
             "log_every": 1,
             "eval_every": 0,
             "eval_batch_size": 8,
+            "divergence_factor": 0.0,
         },
         optimizer={
             "name": "adam",
@@ -90,3 +95,28 @@ def test_a_saved_config_from_an_older_version_or_damaged_is_compared_where_it_ca
     # A valid older file gets this version's defaults for the keys added since.
     path.write_text("model: {name: small_cnn}\n")
     assert saved_config(str(path)) == plain()
+
+
+def test_divergence_is_measured_against_the_lowest_early_loss():
+    check = DivergenceCheck(100.0)
+    check.check(1, [2.3, 1.9, 2.0], None)  # sets the reference: the lowest of the first steps
+    assert check.reference == 1.9
+    check.check(4, [189.9, 5.0], None)
+    with pytest.raises(DivergedError) as e:
+        check.check(6, [1.0, 190.5, 1e9], None)
+    message = str(e.value)
+    assert message.startswith("training loss diverged at step 7: 190.5 is over train.divergence_factor=100 ")
+    assert (
+        "early value 1.9;" in message
+        and "Last good checkpoint: none (checkpoint.enabled is false)" in message
+    )
+
+    # A blow-up inside the first steps is caught there (their mean would have hidden it).
+    with pytest.raises(DivergedError, match=r"at step 2: 9\.87e"):
+        DivergenceCheck(100.0).check(1, [2.39, 9.87e9, 2.5e5], None)
+    # Resumed: the run's saved reference, not the resumed run's first losses.
+    with pytest.raises(DivergedError, match=r"at step 11: 500 "):
+        DivergenceCheck(100.0, reference=2.0).check(11, [500.0], None)
+    # Off: factor 0, or a reference of 0 (nothing to compare with).
+    DivergenceCheck(0.0).check(1, [2.0, 1e30], None)
+    DivergenceCheck(100.0, reference=0.0).check(1, [1e30], None)
