@@ -46,26 +46,24 @@ class NonFiniteLossError(DivergedError):
     """The training loss became NaN or inf; the run stopped and kept its last good checkpoint."""
 
 
-#: What to do next, the last sentence of both errors.
-_NEXT = (
-    "To go on, resume=true with a lower optimizer.learning_rate, or start over with overwrite=true and a "
-    "lower learning rate (or optimizer.grad_clip_norm)."
-)
-
-
 def last_good(ckpt: Checkpointer | None) -> str:
-    """``"step N in DIR"``: the newest checkpoint (saved before the bad step was found), or why none."""
+    """``"step N in DIR. <what to do next>"``: the newest checkpoint (saved before the bad step was
+    found), or why there is none, and how to go on from there."""
     last = ckpt.latest_step() if ckpt else None
     if last is None:
-        return "none (no checkpoint was saved yet)" if ckpt else "none (checkpoint.enabled is false)"
-    return f"step {last} in {ckpt.directory}"
+        why = "no checkpoint was saved yet" if ckpt else "checkpoint.enabled is false"
+        return f"none ({why}). Rerun with a lower optimizer.learning_rate (or optimizer.grad_clip_norm)."
+    return (
+        f"step {last} in {ckpt.directory}. To go on, resume=true with a lower optimizer.learning_rate, or "
+        "start over with overwrite=true and a lower learning rate (or optimizer.grad_clip_norm)."
+    )
 
 
 def non_finite(bad_step: int, ckpt: Checkpointer | None) -> NonFiniteLossError:
     """The error for a NaN/inf loss at 0-based step ``bad_step`` (``state["first_bad_step"]``)."""
     return NonFiniteLossError(
         f"training loss became NaN/inf at step {bad_step + 1}; stopping. Last good checkpoint: "
-        f"{last_good(ckpt)}. {_NEXT}"
+        f"{last_good(ckpt)}"
     )
 
 
@@ -99,6 +97,6 @@ class DivergenceCheck:
                 raise DivergedError(
                     f"training loss diverged at step {first_step + i}: {loss:.6g} is over "
                     f"train.divergence_factor={self.factor:g} times its early value {self.reference:.4g}; "
-                    f"stopping. Last good checkpoint: {last_good(ckpt)}. {_NEXT} "
-                    "train.divergence_factor=0 turns this check off."
+                    f"stopping. Last good checkpoint: {last_good(ckpt)} train.divergence_factor=0 turns "
+                    "this check off."
                 )

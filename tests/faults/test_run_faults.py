@@ -101,7 +101,7 @@ def test_a_diverging_run_stops_with_one_line_naming_the_step_and_the_last_good_c
     checkpoints = str(tmp_path / "default" / "checkpoints")
     assert line.startswith("jaxcnn train: training loss diverged at step 2: "), line
     assert "is over train.divergence_factor=100 times its early value 2.3" in line, line
-    assert f"Last good checkpoint: step 1 in {checkpoints}." in line, line
+    assert f"Last good checkpoint: step 1 in {checkpoints}. To go on, resume=true with a lower " in line, line
     assert "train.divergence_factor=0 turns this check off" in line
     assert steps_on_disk(checkpoints) == ["1"]
     records = metrics.read_jsonl(str(tmp_path / "default" / "metrics.jsonl"))
