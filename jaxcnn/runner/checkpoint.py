@@ -1,8 +1,9 @@
 """Orbax checkpoints of the train state: every host writes its own shards; restore keeps shardings.
 
 Layout: ``<run dir>/checkpoints/<step>/`` with three items: ``leaves`` (the state's arrays, each process
-writing the shards it holds), ``meta`` (JSON: step and each leaf's key path) and ``data`` (JSON: the input
-pipeline's position, so a resumed run reads exactly the batches an uninterrupted one would).
+writing the shards it holds), ``meta`` (JSON: step, each leaf's key path and shape, and the run's
+``notes``, e.g. its divergence reference) and ``data`` (JSON: the input pipeline's position, so a resumed
+run reads exactly the batches an uninterrupted one would).
 
 - **Atomic.** Orbax writes a step into a temporary directory and renames it into place only when every
   process has finished writing; a step directory therefore exists only complete. Temporary directories
@@ -12,6 +13,10 @@ pipeline's position, so a resumed run reads exactly the batches an uninterrupted
   ``cleanup_tmp_directories`` does this in a background thread whose failure nobody sees.)
 - **Any mesh, any process count.** Arrays are restored into the current state's shardings, so a
   checkpoint written by 2 processes x 4 devices restores on 1 x 8 (or onto another mesh) and back.
+- **Another model's checkpoint is refused, not skipped.** A state whose leaves' key paths or shapes
+  differ from the checkpoint's (another model, width or optimizer) raises ``ValueError`` naming the
+  first differing leaves, before any array is read (checkpoints older than the shapes in ``meta`` are
+  checked by path only).
 - **A damaged newest checkpoint is skipped.** :meth:`Checkpointer.restore` tries steps newest first; a
   step that cannot be read (truncated or garbage files) is reported through ``warn`` and the next older
   one is tried. All processes agree on the step they restore. Once one is restored, the unreadable newer
@@ -39,7 +44,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,6 +62,10 @@ class CheckpointError(RuntimeError):
 
 def _paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _shapes(tree: Any) -> list[list[int]]:
+    return [list(np.shape(leaf)) for leaf in jax.tree.leaves(tree)]
 
 
 _UNFINISHED = re.compile(r"^\d+\.orbax-checkpoint-tmp(-\d+)?$")  # a save's directory until it commits
@@ -240,10 +249,17 @@ class Checkpointer:
         """All saved steps, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: TrainState, data_state: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: TrainState,
+        data_state: dict[str, Any] | None = None,
+        notes: Mapping[str, Any] | None = None,
+    ) -> None:
         """Saves ``state`` (and the input pipeline's ``data_state``) as step ``step``.
 
-        All processes call this; each writes its shards.
+        All processes call this; each writes its shards. ``notes`` (JSON-serialisable) are kept with the
+        step, for :meth:`notes`.
 
         Raises:
           CheckpointError: the write failed (earlier checkpoints are intact).
@@ -257,7 +273,14 @@ class Checkpointer:
                         step,
                         args=ocp.args.Composite(
                             leaves=ocp.args.StandardSave(leaves),
-                            meta=ocp.args.JsonSave({"step": step, "paths": _paths(state)}),
+                            meta=ocp.args.JsonSave(
+                                {
+                                    "step": step,
+                                    "paths": _paths(state),
+                                    "shapes": _shapes(state),
+                                    "notes": dict(notes or {}),
+                                }
+                            ),
                             data=ocp.args.JsonSave(data_state or {}),
                         ),
                         force=True,
@@ -273,15 +296,36 @@ class Checkpointer:
                 f"checkpoints kept: {kept or 'none'}"
             ) from None
 
+    def _meta(self, step: int) -> Any:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def notes(self, step: int) -> dict[str, Any]:
+        """The ``notes`` saved with ``step`` ({} for a checkpoint saved without)."""
+        meta = self._meta(step)
+        notes = meta.get("notes") if isinstance(meta, dict) else None
+        return dict(notes) if isinstance(notes, dict) else {}
+
     def _restore_step(self, like: TrainState, step: int) -> tuple[TrainState, dict[str, Any]]:
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        meta = self._meta(step)
         expected = _paths(like)
+        advice = "start a new run with name=<new name>, or start over with overwrite=true"
         if not isinstance(meta, dict) or meta.get("paths") != expected:
             got = meta.get("paths", []) if isinstance(meta, dict) else []
             diff = sorted(set(got) ^ set(expected))[:5]
             raise ValueError(
                 f"checkpoint {self.directory} step {step} does not match this model/optimizer "
-                f"(first differing leaves: {diff}); use a new run name or resume=false"
+                f"(first differing leaves: {diff}); {advice}"
+            )
+        saved_shapes = meta.get("shapes")
+        if saved_shapes is not None and saved_shapes != _shapes(like):
+            diff = [
+                f"{path}: saved {tuple(a)}, now {tuple(b)}"
+                for path, a, b in zip(expected, saved_shapes, _shapes(like), strict=False)
+                if a != b
+            ][:3]
+            raise ValueError(
+                f"checkpoint {self.directory} step {step} does not match this model/optimizer "
+                f"(first differing shapes: {'; '.join(diff)}); {advice}"
             )
         leaves, treedef = jax.tree.flatten(like)
         args = {"leaves": ocp.args.StandardRestore(abstract(leaves))}
@@ -333,8 +377,8 @@ class Checkpointer:
             if warn is not None:
                 warn(f"checkpoint step {step} in {self.directory} unreadable ({reason}); trying an older one")
         raise CheckpointError(
-            f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}); rerun with resume=false "
-            "to start over"
+            f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}); start over with "
+            "overwrite=true (deletes them)"
         )
 
     def _move_aside(self, steps: list[int]) -> None:

@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
       0 on success; 2 for a config or checkpoint error: one line, no traceback (bad values at load time;
-      a mesh, placement or model the devices cannot take, or a model that does not fit their memory,
-      before anything is allocated); 1 when the loss became NaN/inf.
+      a run directory that holds checkpoints without ``resume=true`` or ``overwrite=true``, a resume whose
+      config differs from the saved one where it counts; a mesh, placement or model the devices cannot
+      take, or a model that does not fit their memory, before anything is allocated); 1, with one line
+      naming the step and the last good checkpoint, when the loss became NaN/inf or diverged
+      (``train.divergence_factor``).
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     problem = None if args.cpu_devices is None else cpu_devices_problem(args.cpu_devices)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     from jaxcnn.runner.checkpoint import CheckpointError
-    from jaxcnn.runner.train import NonFiniteLossError, train
+    from jaxcnn.runner.train import DivergedError, train
 
     try:
         if args.compile_only:
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error("config error", e)
     except CheckpointError as e:
         return _error("checkpoint error", e)
-    except NonFiniteLossError as e:
+    except DivergedError as e:
         print(f"jaxcnn train: {e}", file=sys.stderr)
         return 1
     return 0

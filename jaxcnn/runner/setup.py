@@ -1,5 +1,5 @@
-"""The parts of a run's preparation: processes, mesh, model, run directory (put together by
-:func:`jaxcnn.runner.prepare.prepare`).
+"""The parts of a run's preparation: processes, mesh, model (put together by
+:func:`jaxcnn.runner.prepare.prepare`; the run directory is :mod:`jaxcnn.runner.run_directory`'s).
 
 Processes join a multi-process job through :mod:`jaxcnn.runner.cluster`; the mesh it builds is passed
 explicitly to the model (no global mesh is set).
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,11 +20,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxcnn import models
-from jaxcnn.files import check_writable
 from jaxcnn.mesh import host_count, make_mesh
 from jaxcnn.runner import cluster
 from jaxcnn.runner.autoplan import plan_algorithms
-from jaxcnn.runner.config import Config, ConfigError, save_config
+from jaxcnn.runner.config import Config, ConfigError
 from jaxcnn.runner.config.typed import to_plain
 from jaxcnn.timing.model import TimeModel, backend_time_model
 
@@ -198,56 +195,3 @@ def build_model(
 ) -> nnx.Module:
     """The configured network on ``mesh``, built now (:func:`model_builder`'s function, called)."""
     return model_builder(cfg, mesh, num_classes, image_shape, builder)()
-
-
-def check_run_dir(cfg: Config) -> None:
-    """Fails fast, before the model is built and compiled, where the run directory could not be written
-    (:func:`jaxcnn.files.check_writable`: nothing on disk changes). Process 0 only.
-
-    Raises:
-      ConfigError: as :func:`prepare_run_dir` does (read-only or full file system, ``output_dir`` under
-        a file).
-    """
-    if not is_main_process():
-        return
-    try:
-        check_writable(cfg.run_dir)
-    except OSError as e:
-        raise _unwritable(cfg, OSError(e.errno, e.strerror, cfg.run_dir)) from None
-
-
-def _unwritable(cfg: Config, e: OSError) -> ConfigError:
-    run_dir = cfg.run_dir
-    where = (
-        f" ({e.filename})" if e.filename and os.path.abspath(e.filename) != os.path.abspath(run_dir) else ""
-    )
-    return ConfigError(
-        f"output_dir={cfg.output_dir}: cannot write the run directory {run_dir}{where}: {e.strerror or e}"
-    )
-
-
-def prepare_run_dir(cfg: Config) -> str:
-    """Creates ``<output_dir>/<name>`` and writes ``config.yaml`` (process 0).
-
-    Without ``resume`` an existing run of the same name is replaced (its checkpoints and metrics are
-    deleted), so a run always starts from step 0.
-
-    Raises:
-      ConfigError: the directory cannot be created or written (read-only or full file system,
-        ``output_dir`` under a file): one line naming ``output_dir``, the path and the OS reason.
-    """
-    run_dir = cfg.run_dir
-    if is_main_process():
-        try:
-            os.makedirs(run_dir, exist_ok=True)
-            if not cfg.resume:
-                shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
-                for f in ("metrics.jsonl", "summary.json", "loss.png", "accuracy.png"):
-                    if os.path.exists(os.path.join(run_dir, f)):
-                        os.remove(os.path.join(run_dir, f))
-            save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        except OSError as e:
-            raise _unwritable(cfg, e) from None
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("jaxcnn.runner.prepare_run_dir")
-    return run_dir

@@ -4,8 +4,14 @@ Per step the loop only dispatches work: it builds the global batch (an explicit 
 and calls the AOT-compiled step, both inside ``jax.transfer_guard("disallow")`` so any accidental
 implicit transfer fails loudly. Every ``train.log_every`` steps, at eval and checkpoint steps and at the
 end it fetches the pending metrics with one explicit ``jax.device_get`` (outside the guard), which also
-checks ``first_bad_step``: a NaN/inf loss stops the run with :class:`NonFiniteLossError` before anything
-is saved, so the newest checkpoint is the last good one.
+checks the loss (:mod:`jaxcnn.runner.divergence`): a NaN/inf loss (``first_bad_step``) or one past
+``train.divergence_factor`` times its early value stops the run with :class:`DivergedError` before
+anything of those steps is logged or saved, so the newest checkpoint is the last good one.
+
+Before the model is built the run directory is checked (:func:`run_directory.check_run_dir`: a directory
+with checkpoints needs ``resume`` or ``overwrite``; a resume, a config that agrees with the saved one);
+``config.yaml`` is written once the run is accepted: after the restore and the input pipeline's check of
+its saved position.
 """
 
 from __future__ import annotations
@@ -21,17 +27,16 @@ import numpy as np
 from jax.sharding import Mesh
 from rich.console import Console
 
-from jaxcnn.runner import display, metrics, optim, setup
-from jaxcnn.runner.checkpoint import Checkpointer
+from jaxcnn.runner import display, metrics, optim, run_directory, setup
+from jaxcnn.runner.checkpoint import Checkpointer, CheckpointError
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.data import Dataset, TrainBatches, eval_batches
+from jaxcnn.runner.divergence import DivergedError, DivergenceCheck, NonFiniteLossError, non_finite
 from jaxcnn.runner.prepare import Prepared, prepare
 from jaxcnn.runner.state import Graphs, TrainState
 from jaxcnn.runner.step import dice, jit_eval_step
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf; the run stopped and kept its last good checkpoint."""
+__all__ = ["DivergedError", "NonFiniteLossError", "RunResult", "evaluate", "train"]
 
 
 @dataclasses.dataclass
@@ -71,26 +76,26 @@ def evaluate(
     return result
 
 
-def _stop(bad_step: int, ckpt: Checkpointer | None) -> NonFiniteLossError:
-    last = ckpt.latest_step() if ckpt else None
-    where = f"step {last} in {ckpt.directory}" if last is not None else "none (no checkpoint was saved yet)"
-    return NonFiniteLossError(
-        f"training loss became NaN/inf at step {bad_step + 1}; stopping. Last good checkpoint: {where}. "
-        "Lower optimizer.learning_rate (or set optimizer.grad_clip_norm) and rerun, or resume=true."
-    )
-
-
 def _resume(
     cfg: Config, ckpt: Checkpointer | None, state: TrainState, say: Callable[[str, str], None]
-) -> tuple[TrainState, dict[str, Any], int]:
-    """``(state, the input pipeline's saved position, first step)``: restored from the newest checkpoint
-    with ``resume``, else as given from step 0; ``say(kind, line)`` prints a warning or a note."""
+) -> tuple[TrainState, dict[str, Any], int, dict[str, Any]]:
+    """``(state, the input pipeline's saved position, first step, the checkpoint's notes)``: restored
+    from the newest checkpoint with ``resume``, else as given from step 0; ``say(kind, line)`` prints a
+    warning or a note.
+
+    Raises:
+      CheckpointError: no checkpoint can be read, or the newest one holds another model's or
+        optimizer's state (:meth:`Checkpointer.restore`'s ``ValueError``, as one line).
+    """
     if cfg.resume and ckpt is not None and ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(state, warn=lambda line: say("warning", line))
-        return state, data_state, int(jax.device_get(state["step"]))
+        try:
+            state, data_state, step = ckpt.restore(state, warn=lambda line: say("warning", line))
+        except ValueError as e:  # another model or optimizer: refused, no checkpoint touched
+            raise CheckpointError(str(e)) from None
+        return state, data_state, int(jax.device_get(state["step"])), ckpt.notes(step)
     if cfg.resume:
         say("note", "resume=true but there is no checkpoint yet; starting at step 0")
-    return state, {}, 0
+    return state, {}, 0, {}
 
 
 def _train_record(cfg: Config, done: int, fetched: list[Any], dt: float, lr: float) -> dict[str, Any]:
@@ -164,24 +169,30 @@ def train(
       The final state and summary.
 
     Raises:
-      NonFiniteLossError: the loss became NaN/inf (the newest checkpoint is the last good one).
-      ConfigError: the mesh, the train state or the compiled step does not fit the devices.
+      DivergedError: the loss became NaN/inf (:class:`NonFiniteLossError`) or grew past
+        ``train.divergence_factor`` times its early value (the newest checkpoint is the last good one).
+      ConfigError: the run directory cannot be used (unwritable; checkpoints there without ``resume``
+        or ``overwrite``; a resume whose config differs from the saved one where it counts), or the
+        mesh, the train state or the compiled step does not fit the devices.
+      CheckpointError: a resume finds no readable checkpoint, or another model's; a save fails.
     """
     t_start = time.perf_counter()
     setup.init_distributed(cfg)
     main, console = setup.is_main_process(), console or Console()
-    setup.check_run_dir(cfg)  # an unwritable output_dir stops here, before the model is built
+    run_directory.check_run_dir(cfg)  # unwritable, another run's checkpoints, a mismatched resume: stop now
     run = prepare(cfg, builder)  # what cannot fit stops here, before the old run directory is touched
     mesh, data, total = run.mesh, run.data, cfg.train.steps
     lr = optim.schedule(cfg.optimizer, total)
-    run_dir = setup.prepare_run_dir(cfg)
+    run_dir = run_directory.prepare_run_dir(cfg)
     ckpt = Checkpointer.for_run(run_dir, cfg.checkpoint)
-    state, data_state, start = _resume(
+    state, data_state, start, notes = _resume(
         cfg, ckpt, run.state, lambda kind, line: main and console.print(f"[yellow]{kind}:[/yellow] {line}")
     )
-    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
     eval_step = jit_eval_step(run.graphs, state, mesh, data.task)
     batches = _train_batches(cfg, run, start, data_state)
+    run_directory.write_config(cfg)  # accepted: restored, and the saved pipeline position fits
+    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
+    watch = DivergenceCheck(cfg.train.divergence_factor, notes.get("loss_reference"))
     for line in _banner(cfg, run, start, run_dir) if main else ():
         console.print(line)
     bar = display.ProgressBar(total, start, main, console)
@@ -199,7 +210,8 @@ def train(
                 fetched, bad_step = jax.device_get((pending, state["first_bad_step"]))
                 dt = (time.perf_counter() - t_last) / len(pending)
                 if int(bad_step) >= 0:
-                    raise _stop(int(bad_step), ckpt)
+                    raise non_finite(int(bad_step), ckpt)
+                watch.check(done - len(fetched) + 1, [float(m["loss"]) for m in fetched], ckpt)
                 step_times += [dt] * len(pending)
                 record = _train_record(cfg, done, fetched, dt, float(lr(step)))
                 log.write(record)
@@ -210,7 +222,8 @@ def train(
                     log.write({"step": done, **last_eval})
                     bar.print(_eval_line(done, last_eval))
                 if is_ckpt:
-                    ckpt.save(done, state, batches.get_state())  # the pipeline's position (== done)
+                    # the pipeline's position (== done), and the run's early loss for a resumed run's check
+                    ckpt.save(done, state, batches.get_state(), {"loss_reference": watch.reference})
             if callback is not None:
                 callback(done, state)
             if not pending:  # fetched: the next interval starts now

@@ -227,6 +227,26 @@ def test_structure_mismatch_raises_value_error(tmp_path, mesh8):
     assert warnings == []  # not treated as a damaged step: no fallback to step 1
 
 
+def test_shape_mismatch_is_refused_not_skipped_and_notes_round_trip(tmp_path, mesh8):
+    # Another width: the same leaf paths, other shapes. Refused before any array is read, with no
+    # "unreadable" warnings and nothing moved aside (it is not damage).
+    directory = str(tmp_path / "ck")
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, _state(mesh8), notes={"loss_reference": 2.5})
+    ckpt.save(2, _state(mesh8))
+    assert ckpt.notes(1) == {"loss_reference": 2.5} and ckpt.notes(2) == {}
+
+    wider = _zeros_like(_state(mesh8))
+    wider["params"]["w"] = jax.device_put(jnp.zeros((16, 8), jnp.float32), wider["params"]["w"].sharding)
+    warnings: list[str] = []
+    with pytest.raises(ValueError, match="does not match") as info:
+        Checkpointer(directory).restore(wider, warn=warnings.append)
+    message = str(info.value)
+    assert "step 2" in message and "['params']['w']: saved (8, 8), now (16, 8)" in message, message
+    assert "name=<new name>" in message and "overwrite=true" in message
+    assert warnings == [] and sorted(os.listdir(directory)) == ["1", "2"]
+
+
 def test_failed_save_raises_naming_step_and_kept_checkpoints(tmp_path, mesh8, monkeypatch):
     # A stand-in for a full disk: the manager's save raises ENOSPC. tests/faults does the real
     # disk-full case (a small filesystem that fills up); this checks the error and what is kept.

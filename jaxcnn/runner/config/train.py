@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, Strict
+from pydantic import AfterValidator, Field, Strict, field_validator
 
 from jaxcnn.runner.config.typed import Bool, NonNegativeInt, PositiveInt, Section, fail
 
@@ -97,8 +97,24 @@ class TrainConfig(Section):
         "of mesh.n like batch_size",
     )
     log_every: PositiveInt = Field(
-        10, description="fetch metrics, append to metrics.jsonl and check for NaN/inf every this many steps"
+        10,
+        description="fetch metrics, append to metrics.jsonl and check the loss (NaN/inf, divergence) every "
+        "this many steps",
     )
+    divergence_factor: NonNegativeFloat = Field(
+        100.0,
+        description="stop the run (exit 1) when a step's training loss exceeds this many times its early "
+        "value: the lowest loss of the run's first train.log_every steps, which is at most the loss of "
+        "the initial parameters (about ln(classes) for a classifier); 0 = off, else > 1. See "
+        "jaxcnn.runner.divergence",
+    )
+
+    @field_validator("divergence_factor")
+    @classmethod
+    def _off_or_above_one(cls, factor: float) -> float:
+        if 0 < factor <= 1:
+            fail(f"must be 0 (off) or > 1 (a multiple of the early loss), got {factor!r}")
+        return factor
 
 
 class OptimizerConfig(Section):
