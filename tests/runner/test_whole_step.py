@@ -167,10 +167,12 @@ def comm_figures(figures: dict[str, str]) -> tuple[float, float]:
 # filter@n=4,k=2, 3d@k=4,c=2 and 3d@k=2,c=4, is in small_cnn-auto-8's or resnet18-auto-8's plan) and
 # small_cnn-auto-8 itself (auto's plan of small_cnn's whole step: make test keeps it at 64 and 512 devices,
 # and the same network hand-placed on 8), and the full ResNet-50 and MobileNetV2 on 8 (make test's
-# short versions run every kind of block they have: 25-35 s each, against 10-15 s).
+# short versions run every kind of block they have: 25-35 s each, against 10-15 s), and unet3d-auto-8
+# (13-20 s: unet3d-mixed-8 meters the same 3-D U-Net's step, with overlap and a pipelined transposed
+# convolution, and tests/models/test_unet.py checks auto's plan of the U-Net and its prediction).
 SWEEP_CASES = (
     "unet-auto-8", "unet-mixed-8", "resnet18-auto-64", "mobilenet_v2-auto-64", "vgg16-auto-512",
-    "vgg16-auto-8", "small_cnn-auto-8", "resnet50-auto-8", "mobilenet_v2-auto-8",
+    "vgg16-auto-8", "small_cnn-auto-8", "resnet50-auto-8", "mobilenet_v2-auto-8", "unet3d-auto-8",
 )  # fmt: skip
 
 
