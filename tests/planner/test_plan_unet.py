@@ -4,16 +4,22 @@ and ``--whole-step``; and the status line ``jaxcnn plan`` shows on a terminal wh
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import pytest
+from flax import nnx
 from rich.console import Console
 
 from jaxcnn import models
 from jaxcnn.mesh import make_mesh
 from jaxcnn.planner import cli
+from jaxcnn.runner.autoplan import plan_algorithms
 from jaxcnn.timing import profile as prof
 
-UNET = ["--model", "unet", "--batch", "8", "--devices", "8", "--memory", "1GiB"]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNET = ["--model", "unet", "--batch", "8", "--devices", "8", "--memory", "16GiB"]
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +51,15 @@ def test_plan_unet_prints_its_table_and_whole_step(spatial, image, header, capsy
     assert set(placements) == set(models.conv_layer_names(unet))  # every convolution, up0, up1, out included
     assert set(placements) <= rows  # every convolution also has a row of the per-layer table
     assert "predicted_comm_bytes_per_step_max_device: " in captured.out
+    if dims == 2:  # what `jaxcnn train` auto-plans for the same model, batch and devices (by bytes)
+
+        def build(algorithms):
+            return models.build(
+                "unet", num_classes=2, in_channels=1, mesh=mesh, algorithms=algorithms, rngs=nnx.Rngs(0)
+            )
+
+        mesh = make_mesh(n=8)
+        assert placements == plan_algorithms(build, mesh, 8, (16, 16, 1), 16 * 2**30, "float32")
     assert captured.err.endswith("; planning by bytes\n") and captured.err.count("\n") == 1
 
 
@@ -85,3 +100,22 @@ def test_whole_step_shows_each_phase_on_a_terminal(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "predicted_comm_bytes_per_step_max_device" in captured.out
     assert "jaxcnn plan: tracing" not in captured.err  # stderr is no terminal here: no status
+
+
+@pytest.mark.slow
+def test_whole_step_sets_the_device_count_before_tracing(tmp_path):
+    """In a fresh process, --whole-step asks for its devices before the layers are traced (which starts
+    JAX): it plans in that process, not a second time in a subprocess."""
+    script = (
+        "import sys, jax; from jaxcnn.planner.cli import main; rc = main(sys.argv[1:]); "
+        "print('DEVICES', len(jax.devices()), rc)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env.update(PYTHONPATH=str(ROOT), **{prof.ENV_DIR: str(tmp_path)})
+    argv = ["--model", "small_cnn", "--batch", "32", "--devices", "8", "--image", "8", "--whole-step"]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env, cwd=ROOT, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "DEVICES 8 0"
+    assert "model.algorithms:" in proc.stdout
