@@ -111,6 +111,8 @@ BYTES_CASES = (
 
 
 def part_bytes(cache: dict[str, Any]) -> None:
+    from jaxcnn.runner.aot import parse_placements  # the placements table of --compile-only
+
     rows = []
     for case, devices, config, overrides in BYTES_CASES:
         for label, dtype in SETTINGS:
@@ -128,7 +130,7 @@ def part_bytes(cache: dict[str, Any]) -> None:
                     "predicted": _num(kv.get("predicted_comm_bytes_per_step_max_device")),
                     "memory_compiled": _num(kv.get("memory_compiled_bytes_per_device")),
                     "memory_predicted": _num(kv.get("predicted_memory_bytes_per_device")),
-                    "placements": kv.get("placements"),
+                    "placements": str(parse_placements(out)),
                     "seconds": round(seconds, 1),
                     "command": " ".join(os.path.relpath(a, ROOT) if os.path.isabs(a) else a for a in cmd),
                 }

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -82,6 +82,7 @@ def plan_model(
     time_model: TimeModel | None = None,
     objective: str = "bytes",
     optimizer: str = "adam",
+    progress: Callable[[str], None] | None = None,
 ) -> ModelPlan:
     """Places ``model``'s convolutions on the devices of the run mesh ``input_sizes`` and predicts
     the step (bytes; peak memory with Adam's state estimated from the placements; seconds with a
@@ -107,6 +108,7 @@ def plan_model(
       objective: ``"bytes"`` or ``"time"`` (needs ``time_model``; a model without a plan graph is
         placed by bytes).
       optimizer: the optimizer's name (its update's time).
+      progress: called with each phase's description as it starts (tracing, placing, predicting).
 
     Raises:
       jaxcnn.models.trace.UnnamedConvolutions: some convolutions have no names to key the plan by.
@@ -117,16 +119,20 @@ def plan_model(
     check_objective(objective, time_model)
     dtype = Dtypes.of(dtype).on(platform)
     devices = math.prod(input_sizes.values())
+    report = progress or (lambda _: None)
+    report("tracing the convolutions")
     traced = trace_layers(model, batch, image_shape)
     check_hosts(devices, hosts)
     layers = {layer.name: layer.geom for layer in traced}
     graph = model.plan_graph if isinstance(model, Network) else None  # else: a chain of named convs
     links = {"hosts": hosts, "dcn_cost_factor": dcn_cost_factor}
     if graph is None:
+        report(f"placing {len(traced)} convolutions as a chain")
         steps = plan_network(traced, devices, memory_bytes, dtype=dtype, **links).steps
         return ModelPlan({s.name: format_placement(s.choice.algorithm, s.choice.grid) for s in steps}, layers)
     source = (P("n"), grid_key(input_sizes))
     by_time = time_model if objective == "time" else None
+    report(f"placing {len(layers)} convolutions as a graph (by {'time' if by_time else 'bytes'})")
     chosen = plan_graph(
         graph,
         layers,
@@ -141,6 +147,7 @@ def plan_model(
     )
     itemsize = itemsize_of(dtype)
     images = batch * math.prod(image_shape) * itemsize / input_sizes["n"]
+    report("predicting the step's bytes, seconds and memory")
     cost = step_cost(graph, layers, chosen, source, dtype, hosts)
     seconds = None
     if time_model is not None:

@@ -68,7 +68,8 @@ class PlanArgs:
       measure: meter each chosen layer on fake devices.
       per_layer_only: plan layers independently (no layout transitions).
       whole_step: also place the model as a graph and predict its whole train step.
-      classes: classifier width for ``whole_step``.
+      classes: classifier width for ``whole_step`` (logits per voxel for a segmentation model).
+      spatial_dims: 2 (images) or 3 (volumes, ``image`` on each side): the U-Net's ``spatial_dims``.
       hosts: hosts the devices are split over (:mod:`jaxcnn.links`); > 1 ranks by weighted bytes and
         adds a column of the bytes over the DCN.
       dcn_cost_factor: how much dearer a byte between hosts is than one within a host.
@@ -89,6 +90,7 @@ class PlanArgs:
     per_layer_only: bool = False
     whole_step: bool = False
     classes: int = 1000
+    spatial_dims: int = 2
     hosts: int = 1
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR
     objective: str | None = None
@@ -273,7 +275,11 @@ def format_table(args: PlanArgs, rows: Sequence[Row]) -> str:
         out.append("  ".join(cells).rstrip())
         if j == 0 or j == len(table) - 2:
             out.append("  ".join("-" * w for w in widths))
-    name = os.path.basename(args.network) if args.network else f"{args.model} {args.image}x{args.image}"
+    name = (
+        os.path.basename(args.network)
+        if args.network
+        else f"{args.model} {'x'.join([str(args.image)] * args.spatial_dims)}"
+    )
     mode = "per layer (no transitions)" if args.per_layer_only else "network DP (with layout transitions)"
     header = (
         f"{name}, batch {args.batch}, {args.devices} devices, {fmt_bytes(args.memory_bytes)} per device, "

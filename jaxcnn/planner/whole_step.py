@@ -9,6 +9,7 @@ placements as a ``model.algorithms`` mapping that can be pasted into a config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,6 +33,8 @@ def whole_step(
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
     time_model: TimeModel | None = None,
     objective: str = "bytes",
+    in_channels: int = 3,
+    progress: Callable[[str], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices): its bytes
@@ -41,7 +44,9 @@ def whole_step(
     The images are laid out as ``model.algorithms: auto`` lays them out (:func:`jaxcnn.mesh.batch_mesh_sizes`:
     the batch over ``n = gcd(batch, devices)``, the rest on ``c``). ``hosts`` and ``dcn_cost_factor``
     are :func:`jaxcnn.planner.network.plan_graph`'s (the plan minimises ``ICI + dcn_cost_factor · DCN``
-    bytes on ``hosts > 1``).
+    bytes on ``hosts > 1``). The input is ``image`` on each side with ``in_channels`` channels: a
+    volume for ``options`` with ``spatial_dims=3`` (the U-Net's). ``progress`` is called with each
+    phase's description as it starts (building, tracing, placing, predicting).
 
     Returns:
       ``{"placements": {layer: placement}, "predicted_comm_bytes_per_step_max_device": float,
@@ -54,11 +59,16 @@ def whole_step(
     """
     sizes = batch_mesh_sizes({"n": devices}, batch)
     mesh = make_mesh(**sizes)
-    built = models.build_abstract(model, num_classes=num_classes, in_channels=3, mesh=mesh, **options)
+    if progress is not None:
+        progress(f"building {model} on {devices} devices")
+    built = models.build_abstract(
+        model, num_classes=num_classes, in_channels=in_channels, mesh=mesh, **options
+    )
+    sides = (image,) * options.get("spatial_dims", 2)
     plan = plan_model(
         built,
         batch,
-        (image, image, 3),
+        (*sides, in_channels),
         sizes,
         memory_bytes=memory_bytes,
         dtype=dtype,
@@ -67,6 +77,7 @@ def whole_step(
         dcn_cost_factor=dcn_cost_factor,
         time_model=time_model,
         objective=objective,
+        progress=progress,
     )
     cost, memory = plan.cost, plan.memory
     timed = {}

@@ -88,5 +88,33 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
 
 
 def describe(result: dict[str, Any]) -> str:
-    """One line per figure of :func:`compile_train_step`'s result."""
-    return "\n".join(f"{k}: {v}" for k, v in result.items() if k != "compiled")
+    """One ``key: value`` line per figure of :func:`compile_train_step`'s result, except the placements:
+    ``placements: <count> convolutions`` and then one indented ``<layer>  <placement>`` line per
+    convolution (no ``": "`` in them, so ``key: value`` parsers skip them; :func:`parse_placements` reads
+    them back)."""
+    lines = []
+    for key, value in result.items():
+        if key == "compiled":
+            continue
+        if key == "placements":
+            width = max((len(name) for name in value), default=0)
+            lines.append(f"placements: {len(value)} convolutions")
+            lines += [f"  {name:<{width}}  {placement}" for name, placement in value.items()]
+            continue
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def parse_placements(text: str) -> dict[str, str]:
+    """The ``{layer: placement}`` table that :func:`describe` prints in ``text`` (empty without one)."""
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith("placements: "):
+            break
+    table = {}
+    for line in lines:
+        if not line.startswith("  "):
+            break
+        name, placement = line.split()
+        table[name] = placement
+    return table

@@ -162,7 +162,7 @@ def test_shipped_configs_load_and_start_with_their_command(path, monkeypatch):
         (
             ["--model", "alexnet"],
             "unknown model 'alexnet'; valid models are "
-            "['mobilenet_v2', 'resnet18', 'resnet50', 'small_cnn', 'vgg16']",
+            "['mobilenet_v2', 'resnet18', 'resnet50', 'small_cnn', 'unet', 'vgg16']",
         ),
         (["--memory", "lots"], "memory must be a size"),
         (["--devices", "0"], "devices must be a positive integer"),

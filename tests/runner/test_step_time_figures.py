@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from jaxcnn.planner.cli import main as plan_main
+from jaxcnn.runner.aot import parse_placements
 from jaxcnn.runner.cli import main as train_main
 from jaxcnn.timing import profile as prof
 from tests.timing.test_step_time import profile
@@ -32,8 +33,13 @@ def with_profile(tmp_path, monkeypatch):
 def test_compile_only_prints_the_predicted_step_time(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv(prof.ENV_DIR, str(tmp_path))  # empty: no profile
     assert train_main(["configs/default.yaml", "--compile-only", *SMALL]) == 0
-    none = _figures(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    none = _figures(out)
     assert none["predicted_step_time_s"] == "None"
+    # the placements: a count, then one short "<layer>  <placement>" line per convolution
+    table = parse_placements(out)
+    assert none["placements"] == f"{len(table)} convolutions" and len(table) >= 5
+    assert table["head"].startswith("data@") and max(len(line) for line in out.splitlines()) < 300
     assert none["predicted_time_note"].startswith("no timing profile for 8 cpu devices")
     assert "`jaxcnn calibrate --cpu-devices 8`" in none["predicted_time_note"]
     current = dataclasses.replace(profile(launch=2e-4), key=prof.current_key())
