@@ -395,7 +395,7 @@ def predict(
         plain = predict(geom, algorithms.plain(algorithm), grid, dtype, out_dtype, input_grad, hosts)
         return with_overlap(plain, itemsize_of(out_dtype or dtype))
     lay = algorithms.make_layout(alg, geom, sizes)
-    dtypes = dtype if isinstance(dtype, Dtypes) else Dtypes(np.dtype(dtype).name)
+    dtypes = Dtypes.of(dtype)
     b_in = dtypes.itemsize  # bytes per moved element of x and the kernel
     b_out = itemsize_of(out_dtype or dtypes.compute)  # of y (and its cotangent)
     b_sum = dtypes.reduce_itemsize  # bytes per summed element on the wire

@@ -8,9 +8,8 @@ in the *reduce* dtype, float32 by default; BatchNorm statistics, pooled sums and
 
 XLA:CPU has no 16-bit float collectives: it converts a bfloat16 reduction to float32 around the
 collective, which then moves 4-byte words. The algorithms move 16-bit data as bit patterns (so a
-move costs 2 bytes on every backend, :func:`jaxcnn.algorithms.collectives.as_bits`); a 16-bit
-*reduction* on the CPU is priced in float32 (:meth:`Dtypes.on`).
-
+move costs 2 bytes on every backend, :func:`as_bits`); a 16-bit *reduction* on the CPU is priced in
+float32 (:meth:`Dtypes.on`).
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy, for np.dtype("bf
 import numpy as np
 from jax import lax
 
-#: Platforms whose compiler widens 16-bit float reductions to float32 on the wire.
+#: Platforms whose compiler computes 16-bit floats in float32: it widens their reductions to float32
+#: on the wire, and holds a 16-bit convolution's operands and temporaries in float32.
 WIDENING_PLATFORMS = ("cpu",)
 
 
@@ -33,7 +33,7 @@ def reduction_dtype(dtype, reduce_dtype=None) -> np.dtype:
     if reduce_dtype is not None:
         return np.dtype(reduce_dtype)
     dtype = np.dtype(dtype)
-    if dtype.kind in "fV" and dtype.itemsize < 4:  # bfloat16 is kind "V" in NumPy
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
         return np.dtype(np.float32)
     return dtype
 

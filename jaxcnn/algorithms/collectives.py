@@ -186,9 +186,14 @@ def reduce_scatter(
     return _reduce_scatter(x, _names(axis_names), axis, reduce_dtype, out_dtype, x.dtype)
 
 
+def _all_gather(x: jax.Array, names: AxisNames, axis: int) -> jax.Array:
+    """Tiled all-gather of ``x`` in its own dtype (:func:`jaxcnn.dtypes.as_bits`)."""
+    return _moved(lambda b: lax.all_gather(b, names, axis=axis, tiled=True), x)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _gather(x: jax.Array, names: AxisNames, axis: int, reduce_dtype: jnp.dtype) -> jax.Array:
-    return _moved(lambda b: lax.all_gather(b, names, axis=axis, tiled=True), x)
+    return _all_gather(x, names, axis)
 
 
 def _gather_fwd(x, names, axis, reduce_dtype):
@@ -215,8 +220,7 @@ def _reduce_scatter_fwd(x, names, axis, reduce_dtype, out_dtype, in_dtype):
 
 
 def _reduce_scatter_bwd(names, axis, reduce_dtype, out_dtype, in_dtype, _, ct):
-    gathered = _moved(lambda b: lax.all_gather(b, names, axis=axis, tiled=True), ct)
-    return (gathered.astype(in_dtype),)
+    return (_all_gather(ct, names, axis).astype(in_dtype),)
 
 
 _reduce_scatter.defvjp(_reduce_scatter_fwd, _reduce_scatter_bwd)

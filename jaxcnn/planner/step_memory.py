@@ -58,6 +58,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from jaxcnn.cost import Cost
+from jaxcnn.dtypes import WIDENING_PLATFORMS
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.models.graph import Node, Pool
 from jaxcnn.planner.step import graph_nodes
@@ -141,7 +142,7 @@ def _computed(itemsize: int, platform: str) -> float:
     16-bit floats in float32 (its float normalization converts a bfloat16 convolution's or
     elementwise operation's operands; a bfloat16 step's compiled convolutions are all f32), so its
     temporaries are float32-sized: 2 for a 16-bit computation there, else 1."""
-    return _wide(itemsize) if platform == "cpu" else 1.0
+    return _wide(itemsize) if platform in WIDENING_PLATFORMS else 1.0
 
 
 def _max_pool(
