@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from jaxcnn.devices import cpu_devices_problem
-from jaxcnn.runner.config import load_config
+from jaxcnn.runner.config import Config, load_config
 from jaxcnn.runner.config.typed import ConfigError
 
 EPILOG = """\
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
       config differs from the saved one where it counts; a mesh, placement or model the devices cannot
       take, or a model that does not fit their memory, before anything is allocated); 1, with one line
       naming the step and the last good checkpoint, when the loss became NaN/inf or diverged
-      (``train.divergence_factor``).
+      (``train.divergence_factor``); 130 or 143 after SIGINT or SIGTERM, with one line naming the step
+      and its checkpoint (:mod:`jaxcnn.runner.interrupt`).
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     problem = None if args.cpu_devices is None else cpu_devices_problem(args.cpu_devices)
@@ -74,8 +75,17 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    try:
+        return _run(args, cfg)
+    except KeyboardInterrupt:  # Ctrl-C before the run holds the signals (imports, joining a job)
+        print("jaxcnn train: interrupted before training started; nothing saved", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    """Compiles or trains ``cfg``; the exit code (see :func:`main`)."""
     from jaxcnn.runner.checkpoint import CheckpointError
-    from jaxcnn.runner.train import DivergedError, train
+    from jaxcnn.runner.train import DivergedError, Interrupted, train
 
     try:
         if args.compile_only:
@@ -91,4 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except DivergedError as e:
         print(f"jaxcnn train: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:  # SIGINT/SIGTERM: stopped at a step boundary with a checkpoint
+        if e.main:
+            print(f"jaxcnn train: {e}", file=sys.stderr)
+        return e.exit_code
     return 0

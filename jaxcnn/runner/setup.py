@@ -51,7 +51,8 @@ def time_model() -> tuple[TimeModel | None, str]:
     if jax.process_count() == 1:
         return model, note
     text = "" if model is None else json.dumps(model.profile.to_json(), sort_keys=True)
-    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int64)
+    # int32 words: an int64 digest would be cut to 32 bits on the devices (x64 off) and never match
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)
     if np.all(multihost_utils.process_allgather(digest) == digest):
         return model, note
     return None, "the processes have different timing profiles (jaxcnn calibrate on every host, or none)"

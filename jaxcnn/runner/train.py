@@ -12,6 +12,11 @@ Before the model is built the run directory is checked (:func:`run_directory.che
 with checkpoints needs ``resume`` or ``overwrite``; a resume, a config that agrees with the saved one);
 ``config.yaml`` is written once the run is accepted: after the restore and the input pipeline's check of
 its saved position.
+
+SIGINT and SIGTERM stop the run at a step boundary with a checkpoint of that step
+(:mod:`jaxcnn.runner.interrupt`: :class:`Interrupted`); the processes of a job agree on the step. That
+step's train record is written (the mean of the steps since the previous record) and its scheduled
+evaluation is skipped: the checkpoint comes first, within a preemption's grace period.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from jaxcnn.runner.checkpoint import Checkpointer, CheckpointError
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.data import Dataset, TrainBatches, eval_batches
 from jaxcnn.runner.divergence import DivergedError, DivergenceCheck, NonFiniteLossError, non_finite
+from jaxcnn.runner.interrupt import Interrupted, StopSignals
 from jaxcnn.runner.prepare import Prepared, prepare
 from jaxcnn.runner.state import Graphs, TrainState
 from jaxcnn.runner.step import dice, jit_eval_step
 
-__all__ = ["DivergedError", "NonFiniteLossError", "RunResult", "evaluate", "train"]
+__all__ = ["DivergedError", "Interrupted", "NonFiniteLossError", "RunResult", "evaluate", "train"]
 
 
 @dataclasses.dataclass
@@ -175,10 +181,35 @@ def train(
         or ``overwrite``; a resume whose config differs from the saved one where it counts), or the
         mesh, the train state or the compiled step does not fit the devices.
       CheckpointError: a resume finds no readable checkpoint, or another model's; a save fails.
+      Interrupted: SIGINT or SIGTERM stopped the run at a step boundary, with a checkpoint of that step
+        (:mod:`jaxcnn.runner.interrupt`).
     """
     t_start = time.perf_counter()
-    setup.init_distributed(cfg)
-    main, console = setup.is_main_process(), console or Console()
+    setup.init_distributed(cfg)  # first: jax.distributed installs a SIGTERM handler that StopSignals replaces
+    with StopSignals(setup.is_main_process()) as stop:
+        return _run(cfg, builder, console or Console(), callback, stop, t_start)
+
+
+def _newest(ckpt: Checkpointer | None) -> str:
+    """``"newest checkpoint: step N in DIR"``, or why there is none."""
+    if ckpt is None:
+        return "checkpoint.enabled is false, nothing saved"
+    last = ckpt.latest_step()
+    if last is None:
+        return "no checkpoint saved yet"
+    return f"newest checkpoint: step {last} in {ckpt.directory}"
+
+
+def _run(
+    cfg: Config,
+    builder: setup.ModelBuilder | None,
+    console: Console,
+    callback: Callable[[int, TrainState], None] | None,
+    stop: StopSignals,
+    t_start: float,
+) -> RunResult:
+    """:func:`train` with the stop signals held."""
+    main = setup.is_main_process()
     run_directory.check_run_dir(cfg)  # unwritable, another run's checkpoints, a mismatched resume: stop now
     run = prepare(cfg, builder)  # what cannot fit stops here, before the old run directory is touched
     mesh, data, total = run.mesh, run.data, cfg.train.steps
@@ -197,16 +228,20 @@ def train(
         console.print(line)
     bar = display.ProgressBar(total, start, main, console)
     pending, step_times, last_eval, t_last = [], [], {}, time.perf_counter()
+    stop.newest = _newest(ckpt)
     try:
+        if stop.stop_at(start):  # a signal while the step compiled: nothing new to save
+            raise Interrupted(stop.signum, start, f"nothing new to save ({stop.newest})", main)
         for step in range(start, total):
             with jax.transfer_guard("disallow"):
                 images, labels = next(batches)  # global batch `step` (batches.step == step)
                 state, step_metrics = run.compiled(state, images, labels)
             pending.append(step_metrics)
             done = step + 1
-            is_eval = _every(done, total, cfg.train.eval_every)
-            is_ckpt = ckpt is not None and _every(done, total, cfg.checkpoint.every)
-            if done % cfg.train.log_every == 0 or is_eval or is_ckpt:
+            stopping = stop.stop_at(done)  # the processes agree on it
+            is_eval = not stopping and _every(done, total, cfg.train.eval_every)
+            is_ckpt = ckpt is not None and (stopping or _every(done, total, cfg.checkpoint.every))
+            if done % cfg.train.log_every == 0 or is_eval or is_ckpt or stopping:
                 fetched, bad_step = jax.device_get((pending, state["first_bad_step"]))
                 dt = (time.perf_counter() - t_last) / len(pending)
                 if int(bad_step) >= 0:
@@ -224,8 +259,12 @@ def train(
                 if is_ckpt:
                     # the pipeline's position (== done), and the run's early loss for a resumed run's check
                     ckpt.save(done, state, batches.get_state(), {"loss_reference": watch.reference})
+                    stop.newest = _newest(ckpt)
             if callback is not None:
                 callback(done, state)
+            if stopping:
+                saved = f"checkpoint {done} saved" if ckpt else stop.newest
+                raise Interrupted(stop.signum, done, saved, main)
             if not pending:  # fetched: the next interval starts now
                 t_last = time.perf_counter()
     finally:
