@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 from rich.console import Console
 
-from jaxcnn.runner import display, metrics, optim, run_directory, setup
+from jaxcnn.runner import display, metrics, optim, profiling, run_directory, setup, tensorboard
 from jaxcnn.runner.checkpoint import Checkpointer, CheckpointError
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.data import Dataset, TrainBatches, eval_batches
@@ -191,7 +191,14 @@ def train(
     eval_step = jit_eval_step(run.graphs, state, mesh, data.task)
     batches = _train_batches(cfg, run, start, data_state)
     run_directory.write_config(cfg)  # accepted: restored, and the saved pipeline position fits
-    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
+    tb = tensorboard.for_run(cfg, run, run_dir, start)  # process 0, train.tensorboard: metrics as scalars
+    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None, tb)
+    profiler = profiling.StepProfiler(
+        cfg.train.profile_steps,
+        profiling.trace_dir(run_dir),
+        start,
+        lambda line: main and console.print(f"[yellow]note:[/yellow] {line}"),
+    )
     watch = DivergenceCheck(cfg.train.divergence_factor, notes.get("loss_reference"))
     for line in _banner(cfg, run, start, run_dir) if main else ():
         console.print(line)
@@ -199,6 +206,7 @@ def train(
     pending, step_times, last_eval, t_last = [], [], {}, time.perf_counter()
     try:
         for step in range(start, total):
+            profiler.before_step(step)
             with jax.transfer_guard("disallow"):
                 images, labels = next(batches)  # global batch `step` (batches.step == step)
                 state, step_metrics = run.compiled(state, images, labels)
@@ -224,11 +232,14 @@ def train(
                 if is_ckpt:
                     # the pipeline's position (== done), and the run's early loss for a resumed run's check
                     ckpt.save(done, state, batches.get_state(), {"loss_reference": watch.reference})
+            profiler.after_step(done, state)
             if callback is not None:
                 callback(done, state)
             if not pending:  # fetched: the next interval starts now
                 t_last = time.perf_counter()
     finally:
+        profiler.close()
+        log.close()
         bar.close()
         batches.close()  # the grain iterator's threads and worker processes
         if ckpt is not None:
