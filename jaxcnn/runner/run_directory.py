@@ -21,7 +21,8 @@ What is deliberately *not* compared, because a resumed run may change it:
 - the mesh and the placements (``mesh``, ``model.algorithms``, ``model.plan_*``): checkpoints restore
   onto any device count, mesh and placement;
 - the length and cadence of the run (``train.steps``, ``train.log_every``, ``train.eval_*``,
-  ``train.divergence_factor``, ``checkpoint``): resuming to train further is the point;
+  ``train.divergence_factor``, ``checkpoint``) and what it records (``train.tensorboard``,
+  ``train.profile_steps``): resuming to train further is the point;
 - the optimizer's hyperparameters (learning rate, schedule, betas, momentum, the amounts of weight decay
   and clipping): a diverged run resumes with a lower learning rate. Only what changes the optimizer
   state's layout counts: ``optimizer.name``, and turning gradient clipping or (for the optimizers other
@@ -208,9 +209,9 @@ def prepare_run_dir(cfg: Config) -> str:
     """Creates ``<output_dir>/<name>`` (process 0; all processes wait).
 
     Without ``resume`` an earlier run's outputs are deleted (its checkpoints, ``metrics.jsonl``,
-    ``summary.json`` and plots), so a run always starts from step 0; :func:`check_run_dir` has made sure
-    that a directory with checkpoints gets here only with ``overwrite``. ``config.yaml`` is written later,
-    once the run is accepted (:func:`write_config`).
+    ``summary.json``, plots, ``tensorboard/`` and ``profile/``), so a run always starts from step 0;
+    :func:`check_run_dir` has made sure that a directory with checkpoints gets here only with
+    ``overwrite``. ``config.yaml`` is written later, once the run is accepted (:func:`write_config`).
 
     Raises:
       ConfigError: the directory cannot be created or written (read-only or full file system,
@@ -221,7 +222,8 @@ def prepare_run_dir(cfg: Config) -> str:
         try:
             os.makedirs(run_dir, exist_ok=True)
             if not cfg.resume:
-                shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+                for d in ("checkpoints", "tensorboard", "profile"):
+                    shutil.rmtree(os.path.join(run_dir, d), ignore_errors=True)
                 for f in ("metrics.jsonl", "summary.json", "loss.png", "accuracy.png"):
                     if os.path.exists(os.path.join(run_dir, f)):
                         os.remove(os.path.join(run_dir, f))

@@ -69,7 +69,8 @@ def train_step_fn(
     ``labels_from`` is the labels' sharding (the batch's); they move to the logits' layout explicitly.
     """
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
+    # named for the profiler: the compiled program is jit_train_step in a trace (train.profile_steps)
+    def train_step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
         model = nnx.merge(graphs.train, state["params"], state["rest"])
         labels = align_labels(model, labels, labels_from)
 
@@ -93,7 +94,7 @@ def train_step_fn(
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
         return new_state, {"loss": loss, "accuracy": accuracy}
 
-    return step
+    return train_step
 
 
 def eval_keys(task: str) -> tuple[str, ...]:
@@ -109,7 +110,7 @@ def eval_step_fn(
     the real rows: ``mask`` is 1 for them). For ``task="segmentation"`` the sums are over voxels and the
     foreground sums of :func:`foreground_sums` are added."""
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+    def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
         model = nnx.merge(graphs.eval, state["params"], state["rest"])
         if labels.ndim > 1:  # one label per voxel: one mask entry per voxel, laid out like the labels
             mask = jnp.broadcast_to(mask.reshape(-1, *(1,) * (labels.ndim - 1)), labels.shape)
@@ -128,7 +129,7 @@ def eval_step_fn(
             sums.update(foreground_sums(logits, labels, mask))
         return sums
 
-    return step
+    return eval_step
 
 
 def _replicated(mesh: Mesh, tree: Any) -> Any:

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh
 from rich.console import Console
 
-from jaxcnn.runner import display, metrics, optim, run_directory, setup
+from jaxcnn.runner import display, metrics, optim, profiling, run_directory, setup, tensorboard
 from jaxcnn.runner.checkpoint import Checkpointer, CheckpointError
 from jaxcnn.runner.config import Config
 from jaxcnn.runner.data import Dataset, TrainBatches, eval_batches
@@ -222,7 +222,14 @@ def _run(
     eval_step = jit_eval_step(run.graphs, state, mesh, data.task)
     batches = _train_batches(cfg, run, start, data_state)
     run_directory.write_config(cfg)  # accepted: restored, and the saved pipeline position fits
-    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None)
+    tb = tensorboard.for_run(cfg, run, run_dir, start)  # process 0, train.tensorboard: metrics as scalars
+    log = metrics.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), main, start if cfg.resume else None, tb)
+    profiler = profiling.StepProfiler(
+        cfg.train.profile_steps,
+        profiling.trace_dir(run_dir),
+        start,
+        lambda line: main and console.print(f"[yellow]note:[/yellow] {line}"),
+    )
     watch = DivergenceCheck(cfg.train.divergence_factor, notes.get("loss_reference"))
     for line in _banner(cfg, run, start, run_dir) if main else ():
         console.print(line)
@@ -233,6 +240,7 @@ def _run(
         if stop.stop_at(start):  # a signal while the step compiled: nothing new to save
             raise Interrupted(stop.signum, start, f"nothing new to save ({stop.newest})", main)
         for step in range(start, total):
+            profiler.before_step(step)
             with jax.transfer_guard("disallow"):
                 images, labels = next(batches)  # global batch `step` (batches.step == step)
                 state, step_metrics = run.compiled(state, images, labels)
@@ -260,6 +268,7 @@ def _run(
                     # the pipeline's position (== done), and the run's early loss for a resumed run's check
                     ckpt.save(done, state, batches.get_state(), {"loss_reference": watch.reference})
                     stop.newest = _newest(ckpt)
+            profiler.after_step(done, state)
             if callback is not None:
                 callback(done, state)
             if stopping:
@@ -268,6 +277,8 @@ def _run(
             if not pending:  # fetched: the next interval starts now
                 t_last = time.perf_counter()
     finally:
+        profiler.close()
+        log.close()
         bar.close()
         batches.close()  # the grain iterator's threads and worker processes
         if ckpt is not None:
