@@ -1,7 +1,7 @@
 """Using a trained model: ``jaxcnn eval``, ``jaxcnn predict`` and :func:`jaxcnn.runner.inference.load`.
 
 One tiny run of ``configs/default.yaml`` (``small_cnn`` at width 0.25 with the config's mixed
-placements on 8 devices, 6 steps) is trained once for the module; every test reads its checkpoint.
+placements on 8 devices, 6 steps) is trained once per test run; every test reads its checkpoint.
 Figures read on the run's own mesh and placements are the run's exactly (the same compiled eval step on
 the same state, the same eval batches: the 360 test images in 3 batches of 128, the last one padded). On
 another mesh, placement or eval batch size the accuracy is compared exactly too: it is a count of argmax
@@ -33,6 +33,7 @@ from jaxcnn.runner.run_directory import write_config
 from jaxcnn.runner.state import init_state
 from jaxcnn.runner.step import jit_eval_step
 from jaxcnn.runner.train import evaluate, train
+from tests.utils import once_per_test_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WIDTH = "model.options={width: 0.25}"
@@ -50,10 +51,7 @@ def _one_line_error(capsys, prefix: str) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """``(run directory, summary.json)`` of a 6-step run of configs/default.yaml (checkpoint at 6)."""
-    out = tmp_path_factory.mktemp("runs")
+def _train(out: pathlib.Path) -> None:
     cfg = load_config(
         str(ROOT / "configs" / "default.yaml"),
         [
@@ -67,8 +65,15 @@ def run(tmp_path_factory):
         ],
     )
     train(cfg)
-    with open(os.path.join(cfg.run_dir, "summary.json")) as f:
-        return cfg.run_dir, json.load(f)
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """``(run directory, summary.json)`` of a 6-step run of configs/default.yaml (checkpoint at 6), trained
+    once per test run (the xdist workers share it: readers change nothing in it)."""
+    run_dir = once_per_test_run(tmp_path_factory, "inference-run", _train) / "default"
+    with open(run_dir / "summary.json") as f:
+        return str(run_dir), json.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +91,7 @@ def test_eval_prints_the_runs_final_figures(run, capsys):
     assert figures == {"accuracy": summary["final_eval_accuracy"], "loss": summary["final_eval_loss"]}
 
 
+@pytest.mark.slow  # a few seconds; make test runs it, make test-fast does not
 def test_eval_on_two_devices_with_other_placements(run):
     """A fresh process with 2 CPU devices reads the 8-device run on mesh n=2 with other algorithms."""
     run_dir, summary = run
@@ -178,9 +184,11 @@ def test_as_batch_takes_batches_single_images_and_missing_grey_channels():
         as_batch(np.full((1, 8, 8), np.nan), (8, 8, 1), "x")
 
 
+@pytest.mark.slow  # a few seconds; make test runs it, make test-fast does not
 def test_eval_of_a_segmentation_run_prints_its_dice(tmp_path, capsys):
     """A U-Net run's checkpoint (its initial state, saved as the training loop saves one: no train step
-    to compile) evaluates to the figures the training loop's evaluation gives that state."""
+    to compile) evaluates to the figures the training loop's evaluation gives that state, and predicts
+    per pixel."""
     cfg = load_config(
         str(ROOT / "configs" / "unet.yaml"),
         [
@@ -207,3 +215,12 @@ def test_eval_of_a_segmentation_run_prints_its_dice(tmp_path, capsys):
         "loss": expected["eval_loss"],
         "Dice": expected["eval_dice"],
     }
+    # per-pixel predictions of the test images (an .npy without the channel axis): their accuracy
+    np.save(tmp_path / "test.npy", parts.data.x_test[..., 0])
+    out = tmp_path / "masks.npz"
+    assert main(["predict", cfg.run_dir, "--input", str(tmp_path / "test.npy"), "--output", str(out)]) == 0
+    with np.load(out) as f:
+        predictions, probabilities = f["predictions"], f["probabilities"]
+        assert list(f["class_names"]) == ["background", "ellipsoid"]
+    assert predictions.shape == (8, 16, 16) and probabilities.shape == (8, 16, 16, 2)
+    assert np.mean(predictions == parts.data.y_test) == expected["eval_accuracy"]
