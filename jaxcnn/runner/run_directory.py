@@ -196,14 +196,25 @@ def check_run_dir(cfg: Config) -> None:
             "resume=true continues it, overwrite=true deletes its checkpoints and metrics and starts over, "
             "name=<new name> starts a new run beside it"
         )
-    path = os.path.join(run_dir, "config.yaml")
+    _check_saved(
+        cfg,
+        RESUME_KEYS,
+        "resume=true: ",
+        "resume with the saved values, or start over with overwrite=true (deletes its checkpoints and "
+        "metrics), or start a new run with name=<new name>",
+    )
+
+
+def _check_saved(cfg: Config, keys: Mapping[str, str], prefix: str, advice: str) -> None:
+    """Raises the one-line :class:`ConfigError` of :func:`resume_differences` on ``keys`` against the
+    run's saved ``config.yaml`` (nothing when it is missing or unreadable)."""
+    path = os.path.join(cfg.run_dir, "config.yaml")
     saved = saved_config(path)
-    differences = [] if saved is None else resume_differences(saved, cfg.to_dict())
+    differences = [] if saved is None else resume_differences(saved, cfg.to_dict(), keys)
     if differences:
         raise ConfigError(
-            f"resume=true: this config differs from the run's {path} in what its checkpoints hold or mean: "
-            f"{', '.join(differences)}; resume with the saved values, or start over with overwrite=true "
-            "(deletes its checkpoints and metrics), or start a new run with name=<new name>"
+            f"{prefix}this config differs from the run's {path} in what its checkpoints hold or mean: "
+            f"{', '.join(differences)}; {advice}"
         )
 
 
@@ -225,15 +236,7 @@ def check_readable(cfg: Config) -> list[int]:
             "(jaxcnn train with this config, checkpoint.enabled: true), or name the trained run with "
             "output_dir= and name="
         )
-    path = os.path.join(run_dir, "config.yaml")
-    saved = saved_config(path)
-    differences = [] if saved is None else resume_differences(saved, cfg.to_dict(), READ_KEYS)
-    if differences:
-        raise ConfigError(
-            f"this config differs from the run's {path} in what its checkpoints hold or mean: "
-            f"{', '.join(differences)}; use the saved values (the mesh, placements and batch sizes may "
-            "differ)"
-        )
+    _check_saved(cfg, READ_KEYS, "", "use the saved values (the mesh, placements and batch sizes may differ)")
     return steps
 
 
