@@ -33,6 +33,11 @@ run reads exactly the batches an uninterrupted one would).
   retrieved" at exit) long after the one-line error or warning. Saves and restores therefore run with
   event loops that let those finish before closing (:class:`_DrainingEventLoop`).
 
+- **Read-only readers.** ``Checkpointer(..., read_only=True)`` (``jaxcnn eval`` and ``jaxcnn predict``,
+  which may read a run that is still training) changes nothing on disk: it neither deletes unfinished
+  saves (one may be in flight) nor renames damaged steps; it can restore one given step, and only some
+  of the state's entries (the parameters and statistics: the optimizer state is never read).
+
 Saving is synchronous: a step's checkpoint is complete on disk when :meth:`Checkpointer.save` returns.
 """
 
@@ -187,28 +192,32 @@ class Checkpointer:
     """Saves and restores the train state under ``directory`` (``<run dir>/checkpoints``).
 
     Args:
-      directory: checkpoint directory (created if missing).
+      directory: checkpoint directory (created if missing, unless ``read_only``).
       max_to_keep: keep this many most recent steps.
+      read_only: only restore; change nothing on disk (see the module docstring).
 
     Raises:
       CheckpointError: the directory cannot be created or written.
     """
 
-    def __init__(self, directory: str, max_to_keep: int = 3) -> None:
+    def __init__(self, directory: str, max_to_keep: int = 3, *, read_only: bool = False) -> None:
         self.directory = os.path.abspath(directory)
+        self.read_only = read_only
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=max_to_keep,
+                    max_to_keep=None if read_only else max_to_keep,
                     enable_async_checkpointing=False,
                     cleanup_tmp_directories=False,  # done here, synchronously: _remove_unfinished
+                    create=not read_only,  # (orbax's own read_only mode logs warnings on every use)
                 ),
                 item_names=("leaves", "meta", "data"),
             )
         except OSError as e:
             raise CheckpointError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from None
-        self._remove_unfinished()
+        if not read_only:
+            self._remove_unfinished()
 
     def _remove_unfinished(self) -> None:
         """Deletes the temporary directories of saves that never finished (process 0; all wait).
@@ -264,6 +273,8 @@ class Checkpointer:
         Raises:
           CheckpointError: the write failed (earlier checkpoints are intact).
         """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only; cannot save step {step}")
         leaves = jax.tree.leaves(state)
         failed = [False]
         try:
@@ -305,7 +316,9 @@ class Checkpointer:
         notes = meta.get("notes") if isinstance(meta, dict) else None
         return dict(notes) if isinstance(notes, dict) else {}
 
-    def _restore_step(self, like: TrainState, step: int) -> tuple[TrainState, dict[str, Any]]:
+    def _restore_step(
+        self, like: TrainState, step: int, keys: tuple[str, ...] | None = None
+    ) -> tuple[TrainState, dict[str, Any]]:
         meta = self._meta(step)
         expected = _paths(like)
         advice = "start a new run with name=<new name>, or start over with overwrite=true"
@@ -327,40 +340,64 @@ class Checkpointer:
                 f"checkpoint {self.directory} step {step} does not match this model/optimizer "
                 f"(first differing shapes: {'; '.join(diff)}); {advice}"
             )
-        leaves, treedef = jax.tree.flatten(like)
-        args = {"leaves": ocp.args.StandardRestore(abstract(leaves))}
+        flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+        if keys is None:
+            args = {"leaves": ocp.args.StandardRestore(abstract([leaf for _, leaf in flat]))}
+        else:  # the other entries' leaves are placeholders: not read (orbax's PyTree handler skips them)
+            targets = [abstract(leaf) if path[0].key in keys else ocp.PLACEHOLDER for path, leaf in flat]
+            args = {
+                "leaves": ocp.args.PyTreeRestore(
+                    item=targets, restore_args=ocp.checkpoint_utils.construct_restore_args(targets)
+                )
+            }
         has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
         if has_data:
             args["data"] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         data_state = dict(restored["data"] or {}) if has_data else {}
-        return jax.tree.unflatten(treedef, list(restored["leaves"])), data_state
+        state = jax.tree.unflatten(treedef, list(restored["leaves"]))
+        return (state if keys is None else {k: state[k] for k in keys}), data_state
 
     def restore(
-        self, like: TrainState, warn: Callable[[str], None] | None = None
+        self,
+        like: TrainState,
+        warn: Callable[[str], None] | None = None,
+        *,
+        step: int | None = None,
+        keys: tuple[str, ...] | None = None,
     ) -> tuple[TrainState, dict[str, Any], int]:
-        """Restores the newest readable step into ``like``'s structure and shardings.
+        """Restores the newest readable step (or ``step``) into ``like``'s structure and shardings.
 
         Args:
-          like: a state of the same model and optimizer (its shardings are the restored ones').
+          like: a state of the same model and optimizer (its shardings are the restored ones'; its
+            leaves may be ``jax.ShapeDtypeStruct`` s).
           warn: called with one line for each damaged step that is skipped.
+          step: restore this step only (no older one is tried).
+          keys: restore only these entries of the state (e.g. ``("params", "rest")``); the others are
+            not read, and the state returned has only these.
 
         Returns:
           ``(state, data_state, step)``.
 
         Raises:
-          FileNotFoundError: no checkpoint.
+          FileNotFoundError: no checkpoint, or no step ``step``.
           ValueError: the checkpoint holds a different state structure (other model or optimizer).
           CheckpointError: every checkpoint is damaged, or a skipped one cannot be renamed aside.
         """
-        steps = self.all_steps()
+        wanted, steps = step, self.all_steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if wanted is not None:
+            if wanted not in steps:
+                raise FileNotFoundError(
+                    f"no checkpoint step {wanted} in {self.directory} (steps: {', '.join(map(str, steps))})"
+                )
+            steps = [wanted]
         failures, skipped = [], []
         for step in reversed(steps):
             try:
                 with _draining_event_loops():
-                    state, data_state = self._restore_step(like, step)
+                    state, data_state = self._restore_step(like, step, keys)
                 ok = True
             except ValueError as e:
                 if "does not match this model" in str(e):
@@ -369,7 +406,8 @@ class Checkpointer:
             except Exception as e:  # damaged files: tensorstore, JSON, orbax metadata errors
                 ok, err = False, e
             if _all_agree(ok):
-                self._move_aside(skipped)
+                if not self.read_only:
+                    self._move_aside(skipped)
                 return state, data_state, step
             reason = _reason(err) if not ok else "damaged on another process"
             failures.append(f"step {step}: {reason}")

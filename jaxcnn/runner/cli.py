@@ -25,16 +25,8 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    add_run_arguments(p)
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument(
-        "--cpu-devices",
-        type=int,
-        metavar="N",
-        help="give the CPU platform N virtual devices (sets XLA_FLAGS before JAX starts; for laptops "
-        "and CI - accelerators are unaffected)",
-    )
     p.add_argument(
         "--compile-only",
         action="store_true",
@@ -43,10 +35,40 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _error(kind: str, error: Exception) -> int:
-    """Prints ``jaxcnn train: <kind>: <message>`` on one line (whitespace runs collapsed) to stderr; 2."""
-    print(f"jaxcnn train: {kind}: {' '.join(str(error).split())}", file=sys.stderr)
+def add_run_arguments(
+    p: argparse.ArgumentParser, config_help: str = "YAML config file (see configs/)"
+) -> None:
+    """The arguments every command on a run takes: ``CONFIG``, overrides and ``--cpu-devices N``."""
+    p.add_argument("config", help=config_help)
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        metavar="N",
+        help="give the CPU platform N virtual devices (sets XLA_FLAGS before JAX starts; for laptops "
+        "and CI - accelerators are unaffected)",
+    )
+
+
+def devices_error(command: str, args: argparse.Namespace) -> int | None:
+    """Applies ``--cpu-devices`` (:func:`jaxcnn.devices.cpu_devices_problem`); 2 after printing
+    ``jaxcnn <command>: <problem>`` when it cannot, else None."""
+    problem = None if args.cpu_devices is None else cpu_devices_problem(args.cpu_devices)
+    if problem:
+        print(f"jaxcnn {command}: {problem}", file=sys.stderr)
+        return 2
+    return None
+
+
+def error(command: str, kind: str, e: Exception) -> int:
+    """Prints ``jaxcnn <command>: <kind>: <message>`` on one line (whitespace runs collapsed) to stderr;
+    returns 2."""
+    print(f"jaxcnn {command}: {kind}: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
+
+
+def _error(kind: str, e: Exception) -> int:
+    return error("train", kind, e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,10 +84,9 @@ def main(argv: list[str] | None = None) -> int:
       and its checkpoint (:mod:`jaxcnn.runner.interrupt`).
     """
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    problem = None if args.cpu_devices is None else cpu_devices_problem(args.cpu_devices)
-    if problem:
-        print(f"jaxcnn train: {problem}", file=sys.stderr)
-        return 2
+    failed = devices_error("train", args)
+    if failed is not None:
+        return failed
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

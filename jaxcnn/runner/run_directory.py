@@ -35,6 +35,11 @@ What is deliberately *not* compared, because a resumed run may change it:
 A saved ``config.yaml`` that is missing or unreadable is not compared (the checkpoint's own check of its
 leaves' paths and shapes still stands); one written by an older version is compared on the keys it has.
 
+A run's checkpoints are also *read* by ``jaxcnn eval`` and ``jaxcnn predict``
+(:mod:`jaxcnn.runner.inference`): :func:`check_readable` gives the same one-line verdicts for them, on
+:data:`READ_KEYS` (:data:`RESUME_KEYS` but ``train.batch_size``: the input pipeline's position is no
+reader's concern) and with nothing written; a directory without a checkpoint says to train first.
+
 ``config.yaml`` is written only once the run is accepted (:func:`write_config`, after the restore), so a
 rejected resume leaves the directory as it was.
 """
@@ -74,6 +79,11 @@ RESUME_KEYS: dict[str, str] = {
     "data.noise_std": "the segmentation data",
     "optimizer.name": "the optimizer state's layout",
 }
+
+#: The keys a reader of a run's checkpoints (:func:`check_readable`) must share with the run: the model,
+#: the data and its split, and the optimizer state's layout (the checkpoint holds it). The mesh, the
+#: placements, the device count and the batch sizes may differ.
+READ_KEYS: dict[str, str] = {key: why for key, why in RESUME_KEYS.items() if key != "train.batch_size"}
 
 #: Keys whose *being on* (> 0) shapes the optimizer state (a stage of the optax chain, see
 #: :func:`jaxcnn.runner.optim.optimizer`); their amounts may change. Value: which optimizers it applies to.
@@ -128,17 +138,20 @@ def saved_config(path: str) -> dict[str, Any] | None:
         return dict(data)
 
 
-def resume_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key=<current> (saved: <saved>)`` for each of :data:`RESUME_KEYS` (each ``model.options`` entry
-    on its own) and each optimizer stage switched on or off, where the configs differ. Keys the saved
-    config lacks (an older version's) are not compared.
+def resume_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], keys: Mapping[str, str] = RESUME_KEYS
+) -> list[str]:
+    """``key=<current> (saved: <saved>)`` for each of ``keys`` (each ``model.options`` entry on its own)
+    and each optimizer stage switched on or off, where the configs differ. Keys the saved config lacks
+    (an older version's) are not compared.
 
     Args:
       saved: the run's saved config, plain data (:func:`saved_config`).
       current: this run's config, plain data (``Config.to_dict()``).
+      keys: the keys compared (:data:`RESUME_KEYS`, or :data:`READ_KEYS` for a reader).
     """
     pairs: list[tuple[str, Any, Any]] = []
-    for key in RESUME_KEYS:
+    for key in keys:
         old, new = _lookup(saved, key), _lookup(current, key)
         if key == "model.options" and isinstance(old, Mapping) and isinstance(new, Mapping):
             pairs += [(f"{key}.{k}", old.get(k, _MISSING), new.get(k, _MISSING)) for k in {**old, **new}]
@@ -184,15 +197,48 @@ def check_run_dir(cfg: Config) -> None:
             "resume=true continues it, overwrite=true deletes its checkpoints and metrics and starts over, "
             "name=<new name> starts a new run beside it"
         )
-    path = os.path.join(run_dir, "config.yaml")
+    _check_saved(
+        cfg,
+        RESUME_KEYS,
+        "resume=true: ",
+        "resume with the saved values, or start over with overwrite=true (deletes its checkpoints and "
+        "metrics), or start a new run with name=<new name>",
+    )
+
+
+def _check_saved(cfg: Config, keys: Mapping[str, str], prefix: str, advice: str) -> None:
+    """Raises the one-line :class:`ConfigError` of :func:`resume_differences` on ``keys`` against the
+    run's saved ``config.yaml`` (nothing when it is missing or unreadable)."""
+    path = os.path.join(cfg.run_dir, "config.yaml")
     saved = saved_config(path)
-    differences = [] if saved is None else resume_differences(saved, cfg.to_dict())
+    differences = [] if saved is None else resume_differences(saved, cfg.to_dict(), keys)
     if differences:
         raise ConfigError(
-            f"resume=true: this config differs from the run's {path} in what its checkpoints hold or mean: "
-            f"{', '.join(differences)}; resume with the saved values, or start over with overwrite=true "
-            "(deletes its checkpoints and metrics), or start a new run with name=<new name>"
+            f"{prefix}this config differs from the run's {path} in what its checkpoints hold or mean: "
+            f"{', '.join(differences)}; {advice}"
         )
+
+
+def check_readable(cfg: Config) -> list[int]:
+    """The run's complete checkpoint steps, after checking that ``cfg`` may read them (nothing on disk
+    changes): see the module docstring.
+
+    Raises:
+      ConfigError: one line: the run directory holds no checkpoint (naming it, and ``jaxcnn train``),
+        or ``cfg`` differs from the run's saved ``config.yaml`` on :data:`READ_KEYS` (naming each key
+        with both values).
+    """
+    run_dir = cfg.run_dir
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        where = "does not exist" if not os.path.isdir(run_dir) else "holds no checkpoint"
+        raise ConfigError(
+            f"{run_dir} (output_dir={cfg.output_dir}, name={cfg.name}) {where}: train the run first "
+            "(jaxcnn train with this config, checkpoint.enabled: true), or name the trained run with "
+            "output_dir= and name="
+        )
+    _check_saved(cfg, READ_KEYS, "", "use the saved values (the mesh, placements and batch sizes may differ)")
+    return steps
 
 
 def _unwritable(cfg: Config, e: OSError) -> ConfigError:

@@ -1,4 +1,4 @@
-"""The jitted train and eval steps: pure functions of (state, batch), explicit shardings, donated state.
+"""The jitted train, eval and predict steps: pure functions of (state, batch), explicit shardings.
 
 Loss: mean softmax cross-entropy over the global batch (computed in float32); accuracy: fraction of
 argmax hits. A segmentation model (``model.task == "segmentation"``, the U-Net) has logits
@@ -159,6 +159,25 @@ def jit_eval_step(
         eval_step_fn(graphs, batch, task),
         in_shardings=(state_shardings(state), batch, batch, batch),
         out_shardings=_replicated(mesh, dict.fromkeys(eval_keys(task), 0)),
+    )
+
+
+def jit_predict_step(
+    graphs: Graphs, state: TrainState, mesh: Mesh
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``jax.jit`` of ``(state, images) -> (predictions, probabilities)``: the eval-mode model's argmax
+    (int32 classes, per voxel for segmentation) and softmax (float32), replicated (every process can read
+    them). ``state`` needs only ``params`` and ``rest``."""
+
+    def step(state: TrainState, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = nnx.merge(graphs.eval, state["params"], state["rest"])(images).astype(jnp.float32)
+        return jnp.argmax(logits, -1).astype(jnp.int32), jax.nn.softmax(logits, -1)
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings(state), batch_sharding(mesh)),
+        out_shardings=(replicated, replicated),
     )
 
 
