@@ -61,6 +61,7 @@ jax.config.update("jax_enable_x64", False)
 # device count (``jaxcnn plan --measure`` wants 16), which would then hold for the rest of the worker.
 assert len(jax.devices()) == 8, jax.devices()
 
+from _pytest.nodeid import coerce_node_id  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
@@ -82,3 +83,19 @@ def pytest_collection_modifyitems(config, items):
         seen[key] = index + 1
         if index % keep:
             item.add_marker("sweep")
+    _group_on_one_worker(config, items)
+
+
+def _group_on_one_worker(config, items) -> None:
+    """``--dist loadgroup``: the tests marked ``xdist_group(name)`` run on one worker. pytest-xdist 3.8
+    marks them by rewriting ``item._nodeid``, which pytest 9 no longer reads; this sets the node id
+    pytest does read (``item._id``) to ``<id>@<name>``, the suffix xdist's scheduler groups by. Tests
+    that share a run made once per test run (``tests.utils.once_per_test_run``) then wait for no other
+    worker, and their worker is never idle on the lock."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
+        if names and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")

@@ -198,8 +198,8 @@ def once_per_test_run(tmp_path_factory, name: str, make: Callable[[pathlib.Path]
     it and use it. A ``make`` that raises leaves nothing behind, and the next worker to ask tries again.
 
     For session fixtures whose work (a training run, a subprocess) several tests share: a session
-    fixture alone is made once per worker, and ``xdist_group`` does not keep tests on one worker here
-    (pytest-xdist 3.8 sets the group through ``item._nodeid``, which pytest 9 no longer reads).
+    fixture alone is made once per worker. Mark the tests that share one ``xdist_group`` too
+    (tests/conftest.py makes ``--dist loadgroup`` honour it), so that no worker waits idle on the lock.
     """
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

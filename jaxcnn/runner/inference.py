@@ -1,6 +1,7 @@
 """Using a trained model: a run's checkpoint, restored on any devices, evaluated or asked for predictions.
 
->>> run = jaxcnn.runner.load("configs/default.yaml")          # or a run directory: load("runs/default")
+>>> from jaxcnn.runner.inference import load
+>>> run = load("configs/default.yaml")                        # or a run directory: load("runs/default")
 >>> run.evaluate()["eval_accuracy"]                          # == summary.json's final_eval_accuracy
 >>> out = run.predict(images)                                 # raw images, as the training data holds them
 >>> out.predictions, out.probabilities                        # (N,) classes, (N, classes) softmax

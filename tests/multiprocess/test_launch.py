@@ -40,8 +40,8 @@ import pytest
 from jaxcnn.runner import launch
 from tests.utils import assert_trees_relatively_close, once_per_test_run
 
-# Slow; on one xdist worker (`--dist loadgroup`) where the group is honoured (the runs they share are made
-# once per test run either way: tests.utils.once_per_test_run).
+# Slow; on one xdist worker (`--dist loadgroup`, tests/conftest.py): the runs they share
+# (tests.utils.once_per_test_run) are made by the worker that uses them, which waits for no other.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,6 +59,8 @@ COMMON = [
     "optimizer.name=momentum",
     "optimizer.learning_rate=0.1",
 ]
+#: Runs whose checkpoints only the stop and the end need: each save costs the processes a few barriers.
+SAVE_AT_STOP = ("checkpoint.every=0",)
 #: Relative-norm tolerance, per tensor, for one step from the same state on another process count
 #: (2 x 4 over gloo vs 1 x 8): the step's loss, and each parameter, BatchNorm statistic and momentum
 #: trace after it. About 10x the spread measured with ``python experiments/reduction_spread.py launch``
@@ -199,7 +201,7 @@ def test_ctrl_c_saves_every_process_a_killed_process_ends_the_job_and_resume_fin
     run_dir = tmp_path / "cut"
     # Ctrl-C to the launcher: forwarded; the processes agree on a step, save it and exit 130.
     job = subprocess.Popen(
-        _launch_cmd(tmp_path, "cut", f"train.steps={STEPS}"),
+        _launch_cmd(tmp_path, "cut", f"train.steps={STEPS}", *SAVE_AT_STOP),
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -226,7 +228,7 @@ def test_ctrl_c_saves_every_process_a_killed_process_ends_the_job_and_resume_fin
     # Resumed, then SIGKILL to one process part-way: the launcher ends the job within 60 s.
     # --grace 1: the survivor, blocked in a collective with its dead peer, ignores SIGTERM; the launcher
     # kills it 1 s after instead of the default 10 (the stop path is the same).
-    cmd = _launch_cmd(tmp_path, "cut", f"train.steps={STEPS}", "resume=true")
+    cmd = _launch_cmd(tmp_path, "cut", f"train.steps={STEPS}", "resume=true", *SAVE_AT_STOP)
     cmd[cmd.index("launch") + 1 : cmd.index("launch") + 1] = ["--grace", "1"]
     job = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
@@ -242,7 +244,7 @@ def test_ctrl_c_saves_every_process_a_killed_process_ends_the_job_and_resume_fin
     assert code != 0 and elapsed < 60, (code, elapsed)
     assert max(_losses(run_dir)) < STEPS  # it really was cut short
 
-    proc = _launch(tmp_path, "cut", f"train.steps={STEPS}", "resume=true")
+    proc = _launch(tmp_path, "cut", f"train.steps={STEPS}", "resume=true", *SAVE_AT_STOP)
     _assert_ok(proc)
     # The same process count as the uninterrupted run, so the same reduction order: bit for bit.
     assert _losses(run_dir) == _losses(two_process)
@@ -257,7 +259,9 @@ def test_without_the_launcher_a_dead_peer_ends_the_survivor_within_the_heartbeat
     # missing heartbeats (cluster.heartbeat_timeout_s) and ends the process with a non-zero code.
     port = launch.free_port()
     cmd = launch.train_command(
-        CONFIG, [f"output_dir={tmp_path}", "name=bare", *COMMON, "cluster.heartbeat_timeout_s=5"], 4
+        CONFIG,
+        [f"output_dir={tmp_path}", "name=bare", *COMMON, *SAVE_AT_STOP, "cluster.heartbeat_timeout_s=5"],
+        4,
     )
     procs = [
         subprocess.Popen(

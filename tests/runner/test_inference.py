@@ -35,6 +35,9 @@ from jaxcnn.runner.step import jit_eval_step
 from jaxcnn.runner.train import evaluate, train
 from tests.utils import once_per_test_run
 
+# The tests share one run (made once per test run): on one xdist worker, none waits for another.
+pytestmark = pytest.mark.xdist_group("inference")
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WIDTH = "model.options={width: 0.25}"
 

@@ -27,6 +27,9 @@ from jaxcnn.runner.train import train
 from tests.runner.test_train import _config, _jsonl
 from tests.utils import once_per_test_run
 
+# The tests share one run (made once per test run): on one xdist worker, none waits for another.
+pytestmark = pytest.mark.xdist_group("tensorboard")
+
 
 def _scalars(log_dir) -> dict[str, dict[int, float]]:
     """``{tag: {step: value}}`` as TensorBoard shows them (orphaned events of a resumed run purged)."""

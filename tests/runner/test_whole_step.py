@@ -169,10 +169,14 @@ def comm_figures(figures: dict[str, str]) -> tuple[float, float]:
 # and the same network hand-placed on 8), and the full ResNet-50 and MobileNetV2 on 8 (make test's
 # short versions run every kind of block they have: 25-35 s each, against 10-15 s), and unet3d-auto-8
 # (13-20 s: unet3d-mixed-8 meters the same 3-D U-Net's step, with overlap and a pipelined transposed
-# convolution, and tests/models/test_unet.py checks auto's plan of the U-Net and its prediction).
+# convolution, and tests/models/test_unet.py checks auto's plan of the U-Net and its prediction), and
+# small_cnn-mixed-8 (9-10 s: configs/default.yaml in float32; make test compiles that step in
+# tests/runner/test_step_time_figures.py, metered = predicted, and meters, fits and checks the
+# partitioner's log for the same placements and layout changes in small_cnn-mixed-8-bf16).
 SWEEP_CASES = (
     "unet-auto-8", "unet-mixed-8", "resnet18-auto-64", "mobilenet_v2-auto-64", "vgg16-auto-512",
     "vgg16-auto-8", "small_cnn-auto-8", "resnet50-auto-8", "mobilenet_v2-auto-8", "unet3d-auto-8",
+    "small_cnn-mixed-8",
 )  # fmt: skip
 
 
