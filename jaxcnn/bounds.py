@@ -134,8 +134,11 @@ def lower_bound(
     p = num_devices
     f = real_macs(geom)
     n, c, k, g = geom.batch, geom.channels_in, geom.channels_out, geom.groups
-    taps = math.prod(geom.window)  # R·S (R·S·T in 3-D, R in 1-D): Lemma 1's number of tap slices
-    size_x, size_w, size_y = (math.prod(shape) for shape in (geom.x_shape, geom.kernel_shape, geom.y_shape))
+    # Lemma 1's tap slices: R·S at stride 1, ⌈R/σ⌉·⌈S/σ⌉ for a stride-σ layer (docs/lower_bound.md §2)
+    taps = math.prod(dim.tap_slices() for dim in geom.dims)
+    # x counts only the elements some tap reads (all of x at stride 1; 1 in σ² for a 1×1 stride-σ layer)
+    size_x = n * c * math.prod(dim.touched_rows() for dim in geom.dims)
+    size_w, size_y = (math.prod(shape) for shape in (geom.kernel_shape, geom.y_shape))
     # per spatial dimension: (most taps of one output, most outputs of one tap, most pairs on one input)
     per_out, per_tap, per_in = zip(*(dim.real_taps()[1:] for dim in geom.dims), strict=True)
     cap_x = k // g * math.prod(per_in)  # multiply-adds one x element takes part in (its group's K/G outputs)

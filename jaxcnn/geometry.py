@@ -110,10 +110,10 @@ class DimGeometry:
         """Input rows read by ``out_rows`` consecutive output rows."""
         return self.stride * (out_rows - 1) + self.extent
 
-    def real_taps(self) -> tuple[int, int, int, int]:
-        """Over the (output p, tap r) pairs whose tap hits a real input row - neither the zero padding
-        nor one of the σi - 1 zero rows input dilation inserts between rows: (how many pairs, most
-        taps of one output, most outputs of one tap, most pairs reading one input row)."""
+    def _pair_counts(self) -> tuple[list[int], list[int], list[int]]:
+        """Real (output p, tap r) pairs - the tap hits a real input row, neither the zero padding nor
+        one of the σi - 1 zero rows input dilation inserts - counted per output, per tap and per input
+        row."""
         per_out = [0] * self.out
         per_tap = [0] * self.kernel
         per_in = [0] * self.size
@@ -124,7 +124,26 @@ class DimGeometry:
                     per_out[p] += 1
                     per_tap[r] += 1
                     per_in[row] += 1
+        return per_out, per_tap, per_in
+
+    def real_taps(self) -> tuple[int, int, int, int]:
+        """Over the (output p, tap r) pairs whose tap hits a real input row - neither the zero padding
+        nor one of the σi - 1 zero rows input dilation inserts between rows: (how many pairs, most
+        taps of one output, most outputs of one tap, most pairs reading one input row)."""
+        per_out, per_tap, per_in = self._pair_counts()
         return sum(per_out), max(per_out), max(per_tap), max(per_in)
+
+    def touched_rows(self) -> int:
+        """Input rows some real (output, tap) pair reads: all ``size`` of them for a stride-1 layer
+        without dilation; 1 in σ for a 1×1 stride-σ layer."""
+        return sum(1 for count in self._pair_counts()[2] if count)
+
+    def tap_slices(self) -> int:
+        """Classes of taps that read the input at the same offset in units of the stride,
+        ``#{⌊d·r/σ⌋ : 0 ≤ r < R}``: ``R`` at stride 1, ``⌈R/σ⌉`` for a stride-σ layer without dilation.
+        Within one class the taps read rows of distinct phases mod σ, so (output, channel, phase) still
+        determines the input element: the slices of the stride-aware Lemma 1 (``docs/lower_bound.md``)."""
+        return len({self.dilation * r // self.stride for r in range(self.kernel)})
 
 
 @dataclasses.dataclass(frozen=True)
