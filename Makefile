@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-sweep test-fast test-accelerator lint format train bench-comm bench-step-comm clean
+.PHONY: setup test test-sweep test-fast test-accelerator lint format train bench-comm bench-step-comm bench-step-time clean
 
 setup: $(STAMP)
 
@@ -36,10 +36,9 @@ test: setup lint
 test-sweep: setup
 	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) -m sweep tests
 
-# The edit-test loop (about 2 minutes on 2 cores): ruff, then the library's tests not marked slow
-# (one or two cases of every check; `make test` runs them all). runner/, planner/ and models/ tests
-# join FAST_TESTS once their slow tests carry @pytest.mark.slow.
-FAST_TESTS ?= tests/test_*.py tests/algorithms tests/nn
+# The edit-test loop (2-3 minutes on 2 cores): ruff, then the library's tests not marked slow (one or
+# two cases of every check; `make test` runs them all, and tests/faults and tests/multiprocess).
+FAST_TESTS ?= tests/test_*.py tests/algorithms tests/nn tests/runner tests/planner tests/models
 test-fast: setup lint
 	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) -m "not slow" $(FAST_TESTS)
 
@@ -63,6 +62,13 @@ bench-comm: setup
 
 bench-step-comm: setup
 	nice $(BIN)/python experiments/bench_step_comm.py
+
+# Predicted against measured step time of 17 (model, placement) cases on 8 CPU devices: calibrates
+# first if this machine has no profile, writes docs/step_time.md's validation table and its scatter plot
+# (5-10 minutes on 2 cores). STEP_TIME_ARGS: e.g. --rounds 7, --cases small_cnn-data,small_cnn-2d
+STEP_TIME_ARGS ?=
+bench-step-time: setup
+	$(BIN)/python experiments/bench_step_time.py $(STEP_TIME_ARGS)
 
 # The 3-D U-Net's train step on 256^3 volumes compiled (never run) on 64 fake CPU devices and on one:
 # memory per device (docs/unet3d_memory.md).

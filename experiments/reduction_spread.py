@@ -60,8 +60,8 @@ def _small_batch(seed: int) -> dict[str, float]:
 
 def _launch(seed: int) -> dict[str, float]:
     """The comparisons of ``test_two_processes_equal_one_and_resume_across_process_counts``: step 1 of
-    a 2 x 4 launch against a 1 x 8 run, and step 13 after resuming each one's step-12 checkpoint on the
-    other process count."""
+    a 2 x 4 launch against a 1 x 8 run, and the last step (the test module's ``STEPS``) after resuming
+    each one's checkpoint of the step before on the other process count."""
     import pathlib
 
     from tests.multiprocess import test_launch as t
@@ -70,22 +70,23 @@ def _launch(seed: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp)
         seeded = f"seed={seed}"
-        t._assert_ok(t._train(out, "ref", seeded, "train.steps=13"))
-        t._assert_ok(t._launch(out, "mp", seeded, "train.steps=13"))
+        last = t.STEPS
+        t._assert_ok(t._train(out, "ref", seeded, f"train.steps={last}"))
+        t._assert_ok(t._launch(out, "mp", seeded, f"train.steps={last}"))
         ref, mp = out / "ref", out / "mp"
         (out / "a").mkdir()
         (out / "b").mkdir()
         pairs = {
             "step 1 (2 x 4 vs 1 x 8)": (mp, ref, 1),
-            "step 13 (1-process checkpoint on 2 x 4)": (
-                t._resumed_for_one_step(ref, 12, out / "a", t._launch, seeded),
+            f"step {last} (1-process checkpoint on 2 x 4)": (
+                t._resumed_for_one_step(ref, last - 1, out / "a", t._launch, seeded),
                 ref,
-                13,
+                last,
             ),
-            "step 13 (2-process checkpoint on 1 x 8)": (
-                t._resumed_for_one_step(mp, 12, out / "b", t._train, seeded),
+            f"step {last} (2-process checkpoint on 1 x 8)": (
+                t._resumed_for_one_step(mp, last - 1, out / "b", t._train, seeded),
                 mp,
-                13,
+                last,
             ),
         }
         for label, (got, want, step) in pairs.items():

@@ -109,6 +109,8 @@ def conv(
     dilation: int | Sequence[int] = 1,
     feature_group_count: int = 1,
     preferred_element_type: jnp.dtype | None = None,
+    dtype: jnp.dtype | None = None,
+    reduce_dtype: jnp.dtype | None = None,
 ) -> jax.Array:
     """Distributed 1-, 2- or 3-D channels-last convolution, equal to the single-device one.
 
@@ -146,6 +148,13 @@ def conv(
         G is listed in :mod:`jaxcnn.algorithms.groups`; other combinations raise ``ValueError``.
       preferred_element_type: output / accumulation dtype (e.g. float32 for bfloat16 inputs).
         Low-precision inputs always accumulate local products in float32.
+      dtype: the computation dtype (default: x's and the kernel's promoted dtype). x and the kernel
+        are cast to it on the devices, so halos and gathered panels travel in it (16-bit floats as
+        2-byte words on every backend); pass the float32 parameters as the kernel for mixed precision
+        (``docs/mixed_precision.md``). The result is ``preferred_element_type`` or ``dtype``.
+      reduce_dtype: the dtype the sums travel in: the reduce-scatter of partial outputs over ``c``,
+        the gradients' reduce-scatters and a replicated kernel's gradient all-reduce (default float32
+        for 16-bit ``dtype``, else ``dtype``).
 
     Returns:
       ``(N, *spatial_out, K)``.
@@ -157,7 +166,7 @@ def conv(
       TypeError: non-array or non-floating inputs, or a mesh that is not a ``jax.sharding.Mesh``.
     """
     geom = layer_geometry(x, kernel, strides, padding, dilation, feature_group_count)
-    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)
+    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type, dtype, reduce_dtype)
 
 
 def conv2d(
@@ -171,6 +180,8 @@ def conv2d(
     dilation: int | Sequence[int] = 1,
     feature_group_count: int = 1,
     preferred_element_type: jnp.dtype | None = None,
+    dtype: jnp.dtype | None = None,
+    reduce_dtype: jnp.dtype | None = None,
 ) -> jax.Array:
     """Distributed 2-D convolution: :func:`conv` for ``(N, H, W, C)`` x and ``(R, S, C/G, K)`` kernels.
 
@@ -201,6 +212,8 @@ def conv2d(
         dilation=dilation,
         feature_group_count=feature_group_count,
         preferred_element_type=preferred_element_type,
+        dtype=dtype,
+        reduce_dtype=reduce_dtype,
     )
 
 
@@ -211,12 +224,18 @@ def _distributed(
     mesh: Mesh,
     algorithm: str,
     preferred_element_type: jnp.dtype | None,
+    dtype: jnp.dtype | None = None,
+    reduce_dtype: jnp.dtype | None = None,
 ) -> jax.Array:
     """The distributed convolution of a validated ``geom`` (the body of :func:`conv`)."""
     alg = algorithms.get(algorithm)
     sizes = _check_mesh(mesh)
-    out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
-    layout, fn = build(alg, geom, mesh, tuple(sizes.items()), out_dtype)
+    compute = jnp.dtype(dtype or jnp.result_type(x.dtype, kernel.dtype))
+    out_dtype = jnp.dtype(preferred_element_type or compute)
+    reduce = None if reduce_dtype is None else jnp.dtype(reduce_dtype)
+    layout, fn = build(alg, geom, mesh, tuple(sizes.items()), out_dtype, compute, reduce)
+    if jnp.dtype(x.dtype).itemsize > compute.itemsize:  # narrowed before it moves anywhere
+        x = x.astype(compute)
     x = _on_mesh(pad_to(x, layout.padded[:-1]), NamedSharding(mesh, layout.x_spec))
     kernel = _on_mesh(
         pad_to(kernel, (*geom.window, *layout.kernel_padded)),
@@ -236,6 +255,8 @@ def conv_transpose(
     dilation: int | Sequence[int] = 1,
     transpose_kernel: bool = False,
     preferred_element_type: jnp.dtype | None = None,
+    dtype: jnp.dtype | None = None,
+    reduce_dtype: jnp.dtype | None = None,
 ) -> jax.Array:
     """Distributed 1-, 2- or 3-D transposed convolution, equal to the single-device one.
 
@@ -264,6 +285,7 @@ def conv_transpose(
       dilation: kernel dilation, int or one per spatial dimension.
       transpose_kernel: flip the kernel spatially and swap its in / out channels first.
       preferred_element_type: output / accumulation dtype.
+      dtype, reduce_dtype: the computation dtype and the dtype of the sums, as in :func:`conv`.
 
     Returns:
       ``(N, *spatial_out, K)`` with ``Ho = (H-1)σ + lo + hi - d(R-1) + 1`` per dimension, in the
@@ -280,7 +302,7 @@ def conv_transpose(
         x.ndim - 2, kernel, strides, padding, dilation, transpose_kernel
     )
     geom = conv_geometry(x.shape, kernel.shape, 1, padding, dil, input_dilation=stride)
-    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type)
+    return _distributed(x, kernel, geom, mesh, algorithm, preferred_element_type, dtype, reduce_dtype)
 
 
 def transpose_as_conv(

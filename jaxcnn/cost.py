@@ -41,8 +41,25 @@ import numpy as np
 
 from jaxcnn import algorithms, links
 from jaxcnn.algorithms.base import Layout
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.geometry import ConvGeometry, HaloPlan
 from jaxcnn.mesh import AXES
+
+#: The collective kinds the cost model counts (the HLO op names).
+COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+
+
+def latency_steps(kind: str, group: int) -> int:
+    """The latency terms of one bandwidth-optimal collective of ``kind`` over ``group`` devices: ``g-1``
+    for the ring kinds (all-gather, reduce-scatter, all-to-all), ``2(g-1)`` for an all-reduce
+    (reduce-scatter then all-gather), 1 for a permute (a device receives from one other)."""
+    if kind not in COLLECTIVE_KINDS:
+        raise ValueError(f"unknown collective kind {kind!r}; valid: {', '.join(COLLECTIVE_KINDS)}")
+    if group < 1:
+        raise ValueError(f"a group has at least 1 device, got {group}")
+    if kind == "collective-permute":
+        return 1
+    return (2 if kind == "all-reduce" else 1) * (group - 1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -58,6 +75,10 @@ class CommCost:
       kind_per_device: ``per_device`` split by collective kind.
       dcn_per_device: the part of ``per_device`` that crosses hosts (:mod:`jaxcnn.links`; zeros on
         one host).
+      steps_per_device: per kind, the latency terms each device takes part in (:func:`latency_steps`
+        of each collective, times its count), the α side of a time model (:mod:`jaxcnn.timing`).
+      dcn_steps_per_device: the part of those terms in collectives that cross hosts.
+      calls_per_device: per kind, the collectives each device takes part in.
     """
 
     per_kind: Mapping[str, tuple[int, float, float]]
@@ -66,6 +87,20 @@ class CommCost:
     per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     kind_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     dcn_per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    steps_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    dcn_steps_per_device: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    calls_per_device: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def link_bytes(self, sign: float = 1.0) -> links.LinkBytes:
+        """Bytes, latency terms and calls per device by kind (times ``sign``), as the step accounting
+        sums them."""
+        return links.LinkBytes(
+            {k: sign * np.asarray(v) for k, v in self.kind_per_device.items()},
+            sign * np.asarray(self.dcn_per_device),
+            {k: sign * np.asarray(v) for k, v in self.steps_per_device.items()},
+            sign * np.asarray(self.dcn_steps_per_device) if self.dcn_steps_per_device.size else np.zeros(1),
+            {k: sign * np.asarray(v) for k, v in self.calls_per_device.items()},
+        )
 
     @property
     def dcn_max_bytes(self) -> float:
@@ -91,15 +126,19 @@ class MemoryCost:
       layout_copy: the largest buffer a backend may hold once more (a gathered x panel, or the
         unreduced output before the reduce-scatter: XLA:CPU gathers and scatters along the major
         dimension and transposes; or the received halo pieces before they are concatenated into the
-        window, which XLA:CPU keeps for spatial splits); compiled temp memory lies between
-        ``forward_temp`` and ``forward_temp + layout_copy`` (see docs/cost_model.md).
+        window, which XLA:CPU keeps for spatial splits); with ``+overlap`` also the output pieces
+        before they are concatenated into the block (:mod:`jaxcnn.algorithms.overlap`; written in
+        place or not, as the backend chooses); with double-buffered panels (:mod:`jaxcnn.algorithms.pipeline`)
+        the next panel of each operand arriving; compiled temp memory lies between ``forward_temp``
+        and ``forward_temp + layout_copy`` (see docs/cost_model.md).
       x_block: the local x block alone (``inputs`` without the kernel block).
       window: the halo-extended input window the local convolution reads (``x_block`` when no
         spatial dimension is split); the backward pass reads it again for the kernel gradient.
       saved: what the local convolution read and the backward pass reads again (the residuals of
         autodiff), beyond the kernel block: the gathered x panel, or the window when x is not
         gathered, and the gathered kernel panel; streaming (several panels under
-        ``jax.checkpoint``), the window and the first panel's gathered x and kernel.
+        ``jax.checkpoint``, or double-buffered, :mod:`jaxcnn.algorithms.pipeline`), the window and the
+        first panel's gathered x and kernel.
       kernel_read: the kernel as the local convolution reads it (the gathered panel, or the block).
       kept_panels: the gathered x and kernel panels among ``saved`` when there is one panel: the
         backward pass reads them rather than gathering again (streaming, it gathers panel by panel).
@@ -165,15 +204,25 @@ class Ledger:
         self.num_devices = math.prod(self.shape)
         links.check_hosts(self.num_devices, hosts)
         self.hosts = hosts
+        # kind: [count, bytes per device, latency terms per device, calls per device]
         self.kinds: dict[str, list] = {}
         self.dcn = np.zeros(self.num_devices)
+        self.dcn_steps = np.zeros(self.num_devices)
 
-    def _add(self, kind: str, received: np.ndarray, count: int, crosses: np.ndarray) -> None:
-        entry = self.kinds.setdefault(kind, [0, np.zeros(self.num_devices)])
+    def _add(
+        self, kind: str, received: np.ndarray, count: int, crosses: np.ndarray, steps: np.ndarray
+    ) -> None:
+        """``count`` collectives of ``kind`` in which every device takes part (a permute too, receiving
+        or not), each receiving ``received`` and taking ``steps`` latency terms per device."""
+        zeros = np.zeros(self.num_devices)
+        entry = self.kinds.setdefault(kind, [0, zeros, zeros, zeros])
         entry[0] += count
         entry[1] = entry[1] + received * count
+        entry[2] = entry[2] + steps * count
+        entry[3] = entry[3] + count
         if self.hosts > 1:
             self.dcn = self.dcn + received * count * crosses
+            self.dcn_steps = self.dcn_steps + steps * count * crosses
 
     def group(self, kind: str, full_bytes: float, axes: tuple[str, ...], count: int = 1) -> None:
         """All-gather / reduce-scatter / all-reduce over ``axes`` of a buffer of ``full_bytes``."""
@@ -182,7 +231,8 @@ class Ledger:
             return
         factor = 2.0 if kind == "all-reduce" else 1.0
         crosses = links.group_crosses(self.shape, [AXES.index(a) for a in axes], self.hosts)
-        self._add(kind, np.full(self.num_devices, factor * full_bytes * (p - 1) / p), count, crosses)
+        steps = np.full(self.num_devices, float(latency_steps(kind, p)))
+        self._add(kind, np.full(self.num_devices, factor * full_bytes * (p - 1) / p), count, crosses, steps)
 
     def permute(self, nbytes: float, axis: str, hop: int) -> None:
         """A non-cyclic shift by ``hop`` along ``axis``: device b receives from b - hop."""
@@ -190,14 +240,25 @@ class Ledger:
         valid = (src >= 0) & (src < self.sizes[axis])
         stride = math.prod(self.shape[AXES.index(axis) + 1 :])
         sources = np.where(valid, np.arange(self.num_devices) - hop * stride, -1)
-        self._add("collective-permute", nbytes * valid, 1, links.source_crosses(sources, self.hosts))
+        crosses = links.source_crosses(sources, self.hosts)
+        self._add("collective-permute", nbytes * valid, 1, crosses, valid.astype(float))
 
     def result(self) -> CommCost:
         total = sum((v[1] for v in self.kinds.values()), np.zeros(self.num_devices))
         per_kind = {k: (v[0], float(v[1].max()), float(v[1].sum())) for k, v in self.kinds.items()}
         kinds = {k: _frozen(v[1]) for k, v in self.kinds.items()}
+        steps = {k: _frozen(v[2]) for k, v in self.kinds.items()}
+        calls = {k: _frozen(v[3]) for k, v in self.kinds.items()}
         return CommCost(
-            per_kind, float(total.max()), float(total.sum()), _frozen(total), kinds, _frozen(self.dcn)
+            per_kind,
+            float(total.max()),
+            float(total.sum()),
+            _frozen(total),
+            kinds,
+            _frozen(self.dcn),
+            steps,
+            _frozen(self.dcn_steps),
+            calls,
         )
 
 
@@ -271,7 +332,7 @@ def shared_reads(a: Cost, b: Cost, dtype="float32") -> CommCost | None:
 
     Args:
       a, b: the two convolutions' costs (:func:`predict`, on the same hosts).
-      dtype: the dtype their collectives carry (``predict``'s ``wire_dtype`` or ``dtype``).
+      dtype: the compute dtype (what the halos and gathers move; a :class:`Dtypes` or a dtype).
     """
     if _reads_key(a.layout) != _reads_key(b.layout):
         return None
@@ -292,8 +353,11 @@ def _sent_rows(plan: HaloPlan | None) -> int:
 
 
 def itemsize_of(dtype) -> int:
-    """Bytes per element of a dtype (or an int itemsize passed through)."""
-    return np.dtype(dtype).itemsize if not isinstance(dtype, int) else dtype
+    """Bytes per element of a dtype (or an int itemsize passed through; of :class:`Dtypes`, the
+    compute dtype's: what moves)."""
+    if isinstance(dtype, int):
+        return dtype
+    return dtype.itemsize if isinstance(dtype, Dtypes) else np.dtype(dtype).itemsize
 
 
 def predict(
@@ -302,7 +366,6 @@ def predict(
     grid: Mapping[str, int],
     dtype="float32",
     out_dtype=None,
-    wire_dtype=None,
     input_grad: bool = True,
     hosts: int = 1,
 ) -> Cost:
@@ -312,11 +375,12 @@ def predict(
       geom: the layer (``jaxcnn.conv_geometry``; its ``groups`` is the feature group count).
       algorithm: one of ``jaxcnn.ALGORITHMS``.
       grid: mesh sizes ``{axis: size}`` (missing axes are 1).
-      dtype: dtype (or itemsize) of x and the kernel.
-      out_dtype: dtype of y (default ``dtype``).
-      wire_dtype: dtype collectives carry, when the backend changes it: XLA:CPU promotes bfloat16
-        collectives to float32 (its compiled HLO moves 4-byte words), GPU and TPU keep bfloat16.
-        Default: x / kernel buffers in ``dtype``, output buffers in ``out_dtype``.
+      dtype: the compute dtype (x, the kernel on the devices, everything that moves), or a
+        :class:`jaxcnn.dtypes.Dtypes` that also names the dtype the sums travel in (the forward
+        reduce-scatter of partial outputs, the backward reduce-scatters and the kernel-gradient
+        all-reduce; default float32 for 16-bit compute). Price a CPU step with
+        ``Dtypes(...).on("cpu")``: XLA:CPU carries 16-bit reductions as float32.
+      out_dtype: dtype of y (default the compute dtype); its cotangent's all-gather moves it.
       input_grad: the backward pass computes dx. A network's first layer (whose input is the images)
         needs only the kernel gradient: XLA drops dx's reduce-scatters over k and its reversed halos.
       hosts: hosts the devices are split over (:mod:`jaxcnn.links`): the costs then also say which
@@ -327,10 +391,15 @@ def predict(
     """
     sizes = {a: int(grid.get(a, 1)) for a in AXES}
     alg = algorithms.get(algorithm)
+    if alg.overlap:
+        plain = predict(geom, algorithms.plain(algorithm), grid, dtype, out_dtype, input_grad, hosts)
+        return with_overlap(plain, itemsize_of(out_dtype or dtype))
     lay = algorithms.make_layout(alg, geom, sizes)
-    b_in = itemsize_of(wire_dtype or dtype)  # bytes per communicated element
-    b_out = itemsize_of(wire_dtype or out_dtype or dtype)
-    s_in, s_out = itemsize_of(dtype), itemsize_of(out_dtype or dtype)  # bytes per stored element
+    dtypes = Dtypes.of(dtype)
+    b_in = dtypes.itemsize  # bytes per moved element of x and the kernel
+    b_out = itemsize_of(out_dtype or dtypes.compute)  # of y (and its cotangent)
+    b_sum = dtypes.reduce_itemsize  # bytes per summed element on the wire
+    s_in, s_out = b_in, b_out  # bytes per stored element
     b_acc = max(s_out, 4)
     k_pad = lay.padded[-1]
     pk, pc = sizes["k"], sizes["c"]
@@ -342,8 +411,8 @@ def predict(
     k_in, k_out = lay.kernel_block  # kernel channels after the gather over the rows
     x_panel = x.panel_bytes(b_in)  # gathered x panel (full buffer)
     k_panel = taps * (k_in // m) * k_out * b_in  # gathered kernel panel
-    partial = nl * out_block * (k_pad // pk) * b_out  # unreduced output block
-    kernel_block = taps * k_in * k_out * b_in  # a kernel replicated over the rows
+    partial = nl * out_block * (k_pad // pk)  # unreduced output block (elements)
+    kernel_block = taps * k_in * k_out * b_sum  # a kernel replicated over the rows, its gradient summed
     rows = lay.rows
 
     fwd, bwd = Ledger(sizes, hosts), Ledger(sizes, hosts)
@@ -351,13 +420,13 @@ def predict(
         x.add_halos(ledger, b_in, backward)
     fwd.group("all-gather", x_panel, lay.k_gather, m)
     fwd.group("all-gather", k_panel, lay.kernel_gather, m)
-    fwd.group("reduce-scatter", partial, lay.c_scatter)
+    fwd.group("reduce-scatter", partial * b_sum, lay.c_scatter)
 
-    bwd.group("all-gather", partial, lay.c_scatter)
-    bwd.group("all-gather", x_panel, lay.k_gather, m - 1)
+    bwd.group("all-gather", partial * b_out, lay.c_scatter)
+    bwd.group("all-gather", x_panel, lay.k_gather, m - 1)  # panel 0's kept from the forward pass
     bwd.group("all-gather", k_panel, lay.kernel_gather, m - 1)
-    bwd.group("reduce-scatter", x_panel, lay.k_gather, m if input_grad else 0)
-    bwd.group("reduce-scatter", k_panel, lay.kernel_gather, m)
+    bwd.group("reduce-scatter", x_panel // b_in * b_sum, lay.k_gather, m if input_grad else 0)
+    bwd.group("reduce-scatter", k_panel // b_in * b_sum, lay.kernel_gather, m)
     if not alg.kernel_over_rows:
         bwd.group("all-reduce", kernel_block, rows)
 
@@ -393,3 +462,25 @@ def predict(
         kept_panels=float((gathered_x + gathered_k) * (m == 1)),
     )
     return Cost(algorithm, dict(sizes), fwd.result(), bwd.result(), memory, lay, geom, hosts)
+
+
+def with_overlap(plain: Cost, out_itemsize: int = 4) -> Cost:
+    """The ``+overlap`` variant of a plain algorithm's prediction, on the same grid.
+
+    Its collectives are the plain algorithm's (halo overlap and double-buffered panels issue the same
+    ones, :mod:`jaxcnn.algorithms.overlap`, :mod:`jaxcnn.algorithms.pipeline`), so only the layout and
+    the memory change: ``layout_copy`` adds the output pieces before their concatenation (an output
+    block in the accumulation dtype) with halo overlap, or the next gathered x and kernel panels in
+    flight with double-buffered panels. Where nothing overlaps it is the plain prediction renamed.
+    ``out_itemsize``: bytes per element of the output.
+    """
+    name = plain.algorithm + algorithms.OVERLAP
+    lay = algorithms.make_layout(algorithms.get(name), plain.geom, dict(plain.layout.sizes))
+    mem = plain.memory
+    extra = 0.0
+    if lay.interior is not None:  # the unreduced output block, in the accumulation dtype
+        extra = mem.output * plain.layout.size("c") * max(out_itemsize, 4) / out_itemsize
+    elif lay.pipelined:  # with several panels, saved = window + one gathered x and kernel panel
+        extra = mem.saved - mem.window
+    memory = dataclasses.replace(mem, layout_copy=mem.layout_copy + extra)
+    return dataclasses.replace(plain, algorithm=name, layout=lay, memory=memory)

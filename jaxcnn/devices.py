@@ -13,6 +13,20 @@ def with_cpu_device_count(flags: str, count: int) -> str:
     return " ".join([*kept, f"{FLAG}={count}"])
 
 
+def cpu_devices_problem(count: int, minimum: int = 1, why: str = "") -> str | None:
+    """Applies ``--cpu-devices count`` (:func:`request_cpu_devices`); what is wrong with it, or None.
+
+    Returns:
+      ``"--cpu-devices must be >= {minimum}{why}, got {count}"``, or ``"--cpu-devices has no effect: JAX
+      already started"``, or None when the devices were set.
+    """
+    if count < minimum:
+        return f"--cpu-devices must be >= {minimum}{why}, got {count}"
+    if not request_cpu_devices(count):
+        return "--cpu-devices has no effect: JAX already started"
+    return None
+
+
 def request_cpu_devices(count: int) -> bool:
     """Gives the CPU platform ``count`` devices (accelerator platforms are unaffected).
 

@@ -85,22 +85,44 @@ def weighted(per_device: np.ndarray, dcn: np.ndarray, factor: float) -> np.ndarr
 
 @dataclasses.dataclass
 class LinkBytes:
-    """Per-device bytes received, by collective kind, and the part of them that crosses hosts.
+    """Per-device bytes received, by collective kind, and the part of them that crosses hosts; and the
+    latency terms behind them (the collectives' count, weighted by their algorithms' steps).
 
     Attributes:
       kinds: ``{collective kind: bytes per device}``.
       dcn: bytes per device that cross hosts (over all kinds).
+      steps: ``{collective kind: latency terms per device}`` (:func:`jaxcnn.cost.latency_steps` of each
+        collective a device takes part in, summed).
+      dcn_steps: the latency terms per device of collectives that cross hosts.
+      calls: ``{collective kind: collectives per device}`` (each one a synchronisation point).
     """
 
     kinds: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     dcn: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1))
+    steps: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    dcn_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1))
+    calls: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def merge(self, more: LinkBytes) -> LinkBytes:
         """Adds ``more`` into this one (in place) and returns it."""
         for kind, vec in more.kinds.items():
             self.kinds[kind] = self.kinds.get(kind, 0) + np.asarray(vec)
+        for kind, vec in more.steps.items():
+            self.steps[kind] = self.steps.get(kind, 0) + np.asarray(vec)
+        for kind, vec in more.calls.items():
+            self.calls[kind] = self.calls.get(kind, 0) + np.asarray(vec)
         self.dcn = self.dcn + np.asarray(more.dcn)
+        self.dcn_steps = self.dcn_steps + np.asarray(more.dcn_steps)
         return self
+
+    def only(self, kind: str) -> LinkBytes:
+        """The bytes, latency terms and calls of one collective kind (without the cross-host part)."""
+        zeros = np.zeros(1)
+        return LinkBytes(
+            {kind: self.kinds.get(kind, zeros)},
+            steps={kind: self.steps.get(kind, zeros)},
+            calls={kind: self.calls.get(kind, zeros)},
+        )
 
     def total(self) -> np.ndarray:
         """Bytes per device over all kinds."""

@@ -48,13 +48,15 @@ def model_layers(
       image: input height = width.
       num_classes: classifier width.
       in_channels: image channels.
-      **options: model options (``width``, ``small_images``).
+      **options: model options (``width``, ``small_images``; the U-Net's ``spatial_dims``: 3 traces a
+        volume of ``image`` on each side).
     """
     _check_sizes(batch, image)
     model = models.build_abstract(
         name, num_classes=num_classes, in_channels=in_channels, mesh=make_mesh(), **options
     )
-    return trace_layers(model, batch, (image, image, in_channels))
+    sides = (image,) * options.get("spatial_dims", 2)
+    return trace_layers(model, batch, (*sides, in_channels))
 
 
 def resnet50_layers(batch: int, image: int = 224) -> list[ConvLayer]:

@@ -55,6 +55,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn import common_mesh, links
+from jaxcnn.dtypes import as_bits, from_bits
 from jaxcnn.padding import crop_to, pad_to
 
 Entries = tuple[tuple[str, ...], ...]
@@ -185,20 +186,42 @@ class Redistribution:
         """The part of :meth:`traffic` that crosses hosts when the devices (in this flat order) are split
         over ``hosts`` hosts (:mod:`jaxcnn.links`: all of a step whose group spans hosts; of a permute,
         what comes from another host)."""
-        out = np.zeros(max(1, self.num_devices))
+        return self.link_bytes(itemsize, hosts).dcn
+
+    def _crosses(self, step: Step, hosts: int) -> np.ndarray:
+        """Per device, whether ``step`` moves its bytes over the DCN (:mod:`jaxcnn.links`)."""
         if hosts == 1:
-            return out
-        shape = [s for _, s in self.fine]
+            return np.zeros(max(1, self.num_devices), bool)
+        if step.kind == "permute":
+            return links.source_crosses(self._sources(step), hosts)
         names = [a for a, _ in self.fine]
+        return links.group_crosses([s for _, s in self.fine], [names.index(a) for a in step.axes], hosts)
+
+    def _latency(self, step: Step) -> np.ndarray | float:
+        """Latency terms per device of one (non-slice) step (:func:`jaxcnn.cost.latency_steps`)."""
+        if step.kind == "permute":
+            moved = {t for s, t in step.perm if s != t}
+            return np.isin(self._linear(step.axes), list(moved)).astype(float)
+        sizes = dict(self.fine)
+        group = math.prod(sizes[a] for a in step.axes) if step.kind != "gather-all" else self.num_devices
+        return float(group - 1)  # all-gather and all-to-all: a ring of g - 1 steps
+
+    def link_bytes(self, itemsize: int, hosts: int = 1) -> links.LinkBytes:
+        """Bytes received per device by HLO kind, the part over the DCN (``hosts`` hosts), the latency
+        terms and the calls of the steps (:class:`jaxcnn.links.LinkBytes`)."""
+        num = max(1, self.num_devices)
+        out = links.LinkBytes(dcn=np.zeros(num), dcn_steps=np.zeros(num))
         for step in self.steps:
             if step.kind == "slice":
                 continue
-            if step.kind == "permute":
-                crosses = links.source_crosses(self._sources(step), hosts)
-            else:
-                dims = [names.index(a) for a in step.axes]
-                crosses = links.group_crosses(shape, dims, hosts)
-            out += self._received(step, itemsize) * crosses
+            kind = _HLO_KIND[step.kind]
+            received, latency = self._received(step, itemsize), self._latency(step) + np.zeros(num)
+            crosses = self._crosses(step, hosts)
+            out.kinds[kind] = out.kinds.get(kind, np.zeros(num)) + received
+            out.steps[kind] = out.steps.get(kind, np.zeros(num)) + latency
+            out.calls[kind] = out.calls.get(kind, np.zeros(num)) + (latency > 0)
+            out.dcn = out.dcn + received * crosses
+            out.dcn_steps = out.dcn_steps + latency * crosses
         return out
 
     def _received(self, step: Step, itemsize: int) -> np.ndarray | float:
@@ -581,7 +604,7 @@ def _move(x: jax.Array, src: NamedSharding, dst: NamedSharding) -> jax.Array:
     r = plan_for(x.shape, src, dst)
     if not r.steps:
         return x
-    xp = pad_to(x, r.padded)
+    xp = as_bits(pad_to(x, r.padded))  # 16-bit floats move as 2-byte words on every backend
     if r.steps[0].kind == "gather-all":
         y = _gather_all_then_slice(xp, src, dst)
     else:
@@ -593,7 +616,7 @@ def _move(x: jax.Array, src: NamedSharding, dst: NamedSharding) -> jax.Array:
             out_specs=as_spec(r.dst),
             check_vma=False,
         )(xp)
-    return crop_to(y, r.shape)
+    return crop_to(from_bits(y, x.dtype), r.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))

@@ -8,13 +8,30 @@ changes the machine code: the optimised HLO that the meter reads and ``memory_an
 environment variable, it also reaches the subprocesses tests start (``tests/fake_devices.py``, the CLIs).
 Run ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test`` for fully optimised programs.
 
+One persistent compilation cache per test run: ``JAX_COMPILATION_CACHE_DIR`` is a fresh temporary
+directory that the xdist workers and the subprocesses tests start inherit (removed at exit by the process
+that made it), so a program compiled by one test (the same config trained by several fault tests, a run
+and its resumption) is loaded, not compiled again, by the next. A hit returns the executable the
+compiler made for the same program and options, so no verdict depends on it. It keeps every program,
+not only those that took a second to compile (JAX's default ``jax_persistent_cache_min_compile_time_secs``):
+a CLI run started by a test compiles dozens of small programs (the first checkpoint's replica slices
+alone are ~50), and loading them is ~2.5 s faster per run. Tests that read the compiler's own log
+(``tests/runner/test_whole_step.py``) compile without it. A ``JAX_COMPILATION_CACHE_DIR`` already set
+(e.g. a directory kept between runs) is used as it is.
+
+No timing profile: ``JAXCNN_PROFILE_DIR`` is an empty temporary directory (``jaxcnn calibrate``'s profile
+of this machine, if its user made one, would make ``auto`` plan by time and change what tests see).
+
 The suite runs on the CPU platform even where there is an accelerator: its meshes need 8 devices of one
 platform (a 1-GPU machine has one), and its byte counts and numerics are pinned to the CPU backend. The
 Makefile sets no platform (``make train`` uses the GPU/TPU); ``tests/test_accelerator.py`` (``make
 test-accelerator``) runs its smoke test on the accelerator in a subprocess without ``JAX_PLATFORMS``.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
     [
@@ -26,6 +43,16 @@ os.environ["XLA_FLAGS"] = " ".join(
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # 8-device meshes: see above
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the xdist controller's, inherited by the workers
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-compilation-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# No timing profile unless a test writes one: a profile this machine's user calibrated (in ~/.cache) must
+# not change a verdict (auto plans by time where there is one). Tests that need one write their own.
+if not os.environ.get("JAXCNN_TEST_PROFILE_DIR"):
+    os.environ["JAXCNN_TEST_PROFILE_DIR"] = tempfile.mkdtemp(prefix="jaxcnn-test-profiles-")
+    atexit.register(shutil.rmtree, os.environ["JAXCNN_TEST_PROFILE_DIR"], ignore_errors=True)
+os.environ["JAXCNN_PROFILE_DIR"] = os.environ["JAXCNN_TEST_PROFILE_DIR"]
 
 import jax
 

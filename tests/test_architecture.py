@@ -14,10 +14,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "jaxcnn"
 #: or beside it. A unit is a top-level module or package of jaxcnn (``runner.config`` and
 #: ``runner.data`` are units of their own, below the rest of ``runner``).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("mesh", "geometry", "padding", "common_mesh", "links", "devices", "yaml_io"),
+    ("mesh", "geometry", "padding", "common_mesh", "links", "devices", "files", "yaml_io", "dtypes"),
     ("algorithms", "transition", "redistribute", "bounds"),
     ("conv", "cost"),
-    ("nn", "measure"),
+    ("nn", "measure", "timing"),
     ("models",),
     ("networks",),
     ("planner",),

@@ -8,6 +8,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn.cost import predict
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.measure import measure_conv
 from tests.algorithms.cases import GRIDS, mesh_kwargs
 from tests.fake_devices import run_with_devices
@@ -88,15 +89,35 @@ def test_model_equals_meter_1d_3d(layer, algorithm, grid):
     _assert_same(bwd, cost.backward, "backward")
 
 
+BF16_CASES = (
+    ("2.5d", dict(h=2, k=2, c=2)),
+    ("spatial", dict(n=2, h=2, w=2)),
+    ("2d", dict(n=2, h=2, k=2)),
+    ("3d", dict(n=2, k=2, c=2)),
+    ("data", dict(n=8)),
+)
+
+
 @pytest.mark.slow
-def test_model_equals_meter_bf16():
-    """bf16 layers; XLA:CPU promotes bf16 collectives to f32, so the CPU wire dtype is float32."""
+@pytest.mark.parametrize("reduce_dtype", [None, pytest.param("bfloat16", marks=pytest.mark.sweep)])
+def test_model_equals_meter_bf16(reduce_dtype):
+    """bf16 layers: halos and gathers move 2-byte words (as bit patterns, even on XLA:CPU), the sums
+    travel in float32 by default; a bfloat16 reduce dtype, which XLA:CPU widens to float32 around the
+    collective, is priced so by ``Dtypes.on("cpu")``."""
     geom = jaxcnn.conv_geometry((8, 16, 16, 32), (3, 3, 32, 32))
-    for alg, grid in (("2.5d", dict(h=2, k=2, c=2)), ("spatial", dict(n=2, h=2, w=2))):
-        cost = predict(geom, alg, grid, dtype=jnp.bfloat16, wire_dtype=jnp.float32)
-        fwd, bwd = measure_conv(geom, mesh=jaxcnn.make_mesh(**grid), algorithm=alg, dtype=jnp.bfloat16)
+    dtypes = Dtypes("bfloat16", reduce_dtype)
+    for alg, grid in BF16_CASES:
+        cost = predict(geom, alg, grid, dtype=dtypes.on("cpu"))
+        mesh = jaxcnn.make_mesh(**grid)
+        fwd, bwd = measure_conv(geom, mesh=mesh, algorithm=alg, dtype=jnp.bfloat16, reduce_dtype=reduce_dtype)
         _assert_same(fwd, cost.forward, f"{alg} bf16 forward")
         _assert_same(bwd, cost.backward, f"{alg} bf16 backward")
+        f32 = predict(geom, alg, grid)
+        moved = sum(cost.forward.per_kind.get(k, (0, 0, 0))[2] for k in ("collective-permute", "all-gather"))
+        moved_f32 = sum(
+            f32.forward.per_kind.get(k, (0, 0, 0))[2] for k in ("collective-permute", "all-gather")
+        )
+        assert moved == moved_f32 / 2, (alg, moved, moved_f32)  # what only moves: half the bytes
 
 
 SWEEP_64 = """

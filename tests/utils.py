@@ -1,10 +1,15 @@
-"""Shared test helpers: references, tolerances, a recompilation counter, the slow marker."""
+"""Shared test helpers: references, tolerances, a recompilation counter, the slow marker, work done once
+per test run."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
-from collections.abc import Iterator
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +121,25 @@ def assert_trees_relatively_close(actual, expected, rtol: float, what: str = "")
     )
 
 
+def assert_same_loss_and_grads(conv, reference, x, kernel, rtol: float = 5e-5) -> None:
+    """``conv(x, kernel)`` and ``reference(x, kernel)`` give the same output, the same loss
+    ``Σ cos(y)`` and the same gradients w.r.t. x and the kernel (jitted), within ``rtol``."""
+
+    def loss_and_grads(f):
+        def loss(a, b):
+            y = f(a, b)
+            return jnp.sum(jnp.cos(y)), y
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+    (value, y), (gx, gk) = loss_and_grads(conv)(x, kernel)
+    (ref, y_ref), (rx, rk) = loss_and_grads(reference)(x, kernel)
+    assert_close(y, y_ref, rtol, "y")
+    assert_close(value, ref, rtol, "loss")
+    assert_close(gx, rx, rtol, "dx")
+    assert_close(gk, rk, rtol, "dkernel")
+
+
 def random_inputs(seed: int, x_shape, kernel_shape, dtype=jnp.float32):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal(x_shape), dtype)
@@ -125,26 +149,36 @@ def random_inputs(seed: int, x_shape, kernel_shape, dtype=jnp.float32):
 
 #: The event JAX records (``jax.monitoring``) each time it hands a program to XLA to compile.
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+#: The event JAX records each time it loads a program from the persistent compilation cache instead
+#: (tests/conftest.py gives the test run one).
+PERSISTENT_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 @contextlib.contextmanager
 def count_compilations() -> Iterator[list[int]]:
     """Counts XLA compilations inside the block: ``with count_compilations() as n: ...; n[0]``.
 
-    Listens to JAX's public compile events (``jax.monitoring``); a program found in JAX's in-memory
-    caches is not compiled again and not counted.
+    Listens to JAX's public compile events (``jax.monitoring``); a program loaded from the persistent
+    compilation cache counts as compiled (it was lowered and would have been compiled without the
+    cache); a program found in JAX's in-memory caches is not compiled again and not counted.
     """
     counter = [0]
 
-    def listener(event: str, duration_secs: float, **kwargs) -> None:
+    def compiled(event: str, duration_secs: float, **kwargs) -> None:
         if event == BACKEND_COMPILE_EVENT:
             counter[0] += 1
 
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    def loaded(event: str, **kwargs) -> None:
+        if event == PERSISTENT_CACHE_HIT_EVENT:
+            counter[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(compiled)
+    jax.monitoring.register_event_listener(loaded)
     try:
         yield counter
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        jax.monitoring.unregister_event_duration_listener(compiled)
+        jax.monitoring.unregister_event_listener(loaded)
 
 
 def loss_and_grads(conv):
@@ -156,3 +190,26 @@ def loss_and_grads(conv):
         return jnp.sum(jnp.sin(y)), y
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+def once_per_test_run(tmp_path_factory, name: str, make: Callable[[pathlib.Path], None]) -> pathlib.Path:
+    """The directory ``out`` that ``make(out)`` fills, made once per test run: the first xdist worker to
+    ask makes it (under a file lock in the temporary directory the workers share), the others wait for
+    it and use it. A ``make`` that raises leaves nothing behind, and the next worker to ask tries again.
+
+    For session fixtures whose work (a training run, a subprocess) several tests share: a session
+    fixture alone is made once per worker, and ``xdist_group`` does not keep tests on one worker here
+    (pytest-xdist 3.8 sets the group through ``item._nodeid``, which pytest 9 no longer reads).
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # <basetemp>/popen-gw<i> -> <basetemp>, shared by the workers
+    out = root / f"once-{name}"
+    with open(root / f"once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (out / ".made").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            make(out)
+            (out / ".made").touch()
+    return out

@@ -28,6 +28,8 @@ from typing import Any
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.algorithms.groups import grouped_channels
+from jaxcnn.algorithms.overlap import Interior, interior_ranges
+from jaxcnn.algorithms.pipeline import pipelined
 from jaxcnn.geometry import SPATIAL_AXES, ConvGeometry, HaloPlan, halo_plan
 from jaxcnn.mesh import AXES
 
@@ -44,12 +46,15 @@ class Algorithm:
       kernel_over_rows: the kernel is split over the row axes and all-gathered (True), or replicated
         over them with its gradient all-reduced (False).
       streaming: channel panels are streamed in a loop (2d, 2.5d) instead of gathered at once.
+      overlap: the ``"<name>+overlap"`` variant: halos overlap the interior convolution where the
+        layout allows (:mod:`jaxcnn.algorithms.overlap`).
     """
 
     name: str
     axes: tuple[str, ...]
     kernel_over_rows: bool
     streaming: bool
+    overlap: bool = False
 
     def check_mesh(self, sizes: dict[str, int]) -> None:
         """Raises ValueError naming an axis of size > 1 this algorithm does not use."""
@@ -92,6 +97,11 @@ class Layout:
       local_groups: feature group count of each device's local convolution.
       select: x is gathered whole over ``k`` and each device keeps its groups' channels
         (:func:`jaxcnn.algorithms.groups.select_groups`; filter when k does not divide G).
+      interior: with ``+overlap``, per spatial dimension the output rows computed from the device's
+        own block while the halos are in flight (None where unsplit); None when the layer runs
+        without overlap (:func:`jaxcnn.algorithms.overlap.interior_ranges`).
+      pipelined: with ``+overlap``, the channel panels are double-buffered
+        (:func:`jaxcnn.algorithms.pipeline.pipelined`).
     """
 
     sizes: tuple[tuple[str, int], ...]
@@ -112,6 +122,13 @@ class Layout:
     groups: int = 1
     local_groups: int = 1
     select: bool = False
+    interior: Interior | None = None
+    pipelined: bool = False
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether ``+overlap`` changes anything here (halos behind the interior, or pipelined panels)."""
+        return self.interior is not None or self.pipelined
 
     @property
     def rank(self) -> int:
@@ -205,6 +222,10 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
         channels = _dense_channels(algorithm, geom, sizes, rows)
     c_pad, k_pad = channels.pop("channels")
     spatial = tuple(p.in_block * p.parts if p else d.size for p, d in zip(plans, geom.dims, strict=True))
+    if algorithm.overlap:
+        x_gathered = bool(channels["k_gather"])
+        channels["interior"] = interior_ranges(plans, geom.dims, x_gathered)
+        channels["pipelined"] = pipelined(algorithm.streaming, True, channels["panels"], x_gathered)
     return Layout(
         sizes=tuple((a, sizes[a]) for a in AXES),
         rows=rows,

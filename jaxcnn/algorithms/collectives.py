@@ -4,21 +4,47 @@
   no source receives zeros (which is exactly zero padding at the image border).
 - :func:`halo_extend`: halo exchange along one split spatial dimension, any reach (several hops when the
   halo is wider than a neighbour's block), then each device cuts its own input window.
-- :func:`channel_panel` / :func:`gather`: the strided channel panels streamed by 2d / 2.5d and the
-  tiled all-gather that assembles them.
+- :func:`channel_panel` / :func:`put_channel_panel` / :func:`gather`: the strided channel panels
+  streamed by 2d / 2.5d (read, and written back as gradients by :mod:`.pipeline`) and the tiled
+  all-gather that assembles them.
+- :func:`reduce_scatter`: the partial sums' reduction.
+
+**Dtypes on the wire** (``docs/mixed_precision.md``). What only moves (a halo, a gathered panel, and
+the gathered cotangent of a reduce-scatter) travels in the array's own dtype, 16-bit floats as their
+bit patterns (:func:`jaxcnn.dtypes.as_bits`): XLA:CPU otherwise converts a bfloat16 collective to
+float32 and back around it, and moves 4-byte words; GPU and TPU move the same 2 bytes either way.
+What is summed (the reduce-scatter of partial outputs, and a gather's transpose, the reduce-scatter
+of its cotangent) travels in a ``reduce_dtype``: float32 by default for 16-bit arrays. Each pair is a
+``custom_vjp`` whose backward pass issues the same collectives as autodiff's transpose, in those
+dtypes.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.dtypes import as_bits, from_bits, reduction_dtype
 from jaxcnn.geometry import HaloPlan
 
 AxisNames = str | tuple[str, ...]
+
+
+def varying_axes(value: jax.Array) -> frozenset[str]:
+    """The mesh axes ``value`` varies over inside a shard_map (empty where JAX does not track them)."""
+    aval = jax.typeof(value)
+    manual = getattr(aval, "manual_axis_type", None)
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def as_varying(value: jax.Array, axes: frozenset[str]) -> jax.Array:
+    """``value`` cast to vary over ``axes`` too (where it does not already)."""
+    missing = axes - varying_axes(value)
+    return lax.pcast(value, tuple(sorted(missing)), to="varying") if missing else value
 
 
 def shift(x: jax.Array, axis_name: str, hop: int, parts: int) -> jax.Array:
@@ -26,8 +52,30 @@ def shift(x: jax.Array, axis_name: str, hop: int, parts: int) -> jax.Array:
 
     Devices ``b`` with ``b - hop`` outside ``[0, parts)`` receive zeros. Bytes received per device: |x|.
     """
-    perm = [(src, src + hop) for src in range(parts) if 0 <= src + hop < parts]
-    return lax.ppermute(x, axis_name, perm)
+    perm = tuple((src, src + hop) for src in range(parts) if 0 <= src + hop < parts)
+    return permute(x, axis_name, perm)
+
+
+def _moved(collective, x: jax.Array) -> jax.Array:
+    return from_bits(collective(as_bits(x)), x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def permute(x: jax.Array, axis_names: AxisNames, perm: tuple[tuple[int, int], ...]) -> jax.Array:
+    """``lax.ppermute`` of ``x`` in its own dtype (:func:`jaxcnn.dtypes.as_bits`); the cotangent goes
+    back the same way."""
+    return _moved(lambda b: lax.ppermute(b, axis_names, perm), x)
+
+
+def _permute_fwd(x, axis_names, perm):
+    return permute(x, axis_names, perm), None
+
+
+def _permute_bwd(axis_names, perm, _, ct):
+    return (permute(ct, axis_names, tuple((dst, src) for src, dst in perm)),)
+
+
+permute.defvjp(_permute_fwd, _permute_bwd)
 
 
 def halo_extend(x: jax.Array, axis: int, axis_name: str, plan: HaloPlan, *, fill: float = 0.0) -> jax.Array:
@@ -94,17 +142,85 @@ def channel_panel(x: jax.Array, t: jax.Array | int, panels: int, unit: int, axis
     return taken.reshape(*shape[:axis], -1, *shape[axis + 1 :])
 
 
-def gather(x: jax.Array, axis_names: Sequence[str], axis: int) -> jax.Array:
-    """Tiled all-gather of ``x`` along ``axis`` over ``axis_names`` (a no-op for no names)."""
-    if not axis_names:
-        return x
-    names = tuple(axis_names)
-    return lax.all_gather(x, names if len(names) > 1 else names[0], axis=axis, tiled=True)
+def put_channel_panel(
+    x: jax.Array, panel: jax.Array, t: jax.Array | int, panels: int, unit: int, axis: int
+) -> jax.Array:
+    """``x`` with its channel panel ``t`` (:func:`channel_panel`) replaced by ``panel``."""
+    if panels == 1:
+        return panel
+    shape = x.shape
+    blocks = x.reshape(*shape[:axis], -1, panels, unit, *shape[axis + 1 :])
+    piece = panel.reshape(*shape[:axis], -1, 1, unit, *shape[axis + 1 :])
+    return lax.dynamic_update_slice_in_dim(blocks, piece, t, axis=axis + 1).reshape(shape)
 
 
-def reduce_scatter(x: jax.Array, axis_names: Sequence[str], axis: int) -> jax.Array:
-    """Tiled reduce-scatter (psum_scatter) of ``x`` along ``axis`` over ``axis_names``."""
+def _names(axis_names: Sequence[str]) -> AxisNames:
+    names = tuple(axis_names)
+    return names if len(names) > 1 else names[0]
+
+
+def gather(
+    x: jax.Array, axis_names: Sequence[str], axis: int, reduce_dtype: jnp.dtype | None = None
+) -> jax.Array:
+    """Tiled all-gather of ``x`` along ``axis`` over ``axis_names`` (a no-op for no names), in ``x``'s
+    dtype; its transpose, the reduce-scatter of the cotangent, sums in :func:`reduction_dtype`."""
     if not axis_names:
         return x
-    names = tuple(axis_names)
-    return lax.psum_scatter(x, names if len(names) > 1 else names[0], scatter_dimension=axis, tiled=True)
+    return _gather(x, _names(axis_names), axis, reduction_dtype(x.dtype, reduce_dtype))
+
+
+def reduce_scatter(
+    x: jax.Array,
+    axis_names: Sequence[str],
+    axis: int,
+    reduce_dtype: jnp.dtype | None = None,
+    out_dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    """Tiled reduce-scatter (psum_scatter) of ``x`` along ``axis`` over ``axis_names``, summed in
+    ``reduce_dtype`` (default ``x``'s dtype) and returned as ``out_dtype`` (default ``x``'s); its
+    transpose gathers the cotangent in its own dtype (a no-op but for the casts for no names)."""
+    reduce_dtype = jnp.dtype(reduce_dtype or x.dtype)
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
+    if not axis_names:
+        return x.astype(out_dtype)
+    return _reduce_scatter(x, _names(axis_names), axis, reduce_dtype, out_dtype, x.dtype)
+
+
+def _all_gather(x: jax.Array, names: AxisNames, axis: int) -> jax.Array:
+    """Tiled all-gather of ``x`` in its own dtype (:func:`jaxcnn.dtypes.as_bits`)."""
+    return _moved(lambda b: lax.all_gather(b, names, axis=axis, tiled=True), x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _gather(x: jax.Array, names: AxisNames, axis: int, reduce_dtype: jnp.dtype) -> jax.Array:
+    return _all_gather(x, names, axis)
+
+
+def _gather_fwd(x, names, axis, reduce_dtype):
+    return _gather(x, names, axis, reduce_dtype), None
+
+
+def _gather_bwd(names, axis, reduce_dtype, _, ct):
+    return (_reduce_scatter(ct, names, axis, reduce_dtype, ct.dtype, ct.dtype),)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _reduce_scatter(
+    x: jax.Array, names: AxisNames, axis: int, reduce_dtype: jnp.dtype, out_dtype: jnp.dtype, in_dtype
+) -> jax.Array:
+    summed = lax.psum_scatter(x.astype(reduce_dtype), names, scatter_dimension=axis, tiled=True)
+    return summed.astype(out_dtype)
+
+
+def _reduce_scatter_fwd(x, names, axis, reduce_dtype, out_dtype, in_dtype):
+    return _reduce_scatter(x, names, axis, reduce_dtype, out_dtype, in_dtype), None
+
+
+def _reduce_scatter_bwd(names, axis, reduce_dtype, out_dtype, in_dtype, _, ct):
+    return (_all_gather(ct, names, axis).astype(in_dtype),)
+
+
+_reduce_scatter.defvjp(_reduce_scatter_fwd, _reduce_scatter_bwd)

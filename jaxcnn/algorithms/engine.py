@@ -11,6 +11,11 @@ Per device, in order:
    more than one gathered panel);
 3. reduce-scatter the partial output over ``c`` along the output channels.
 
+With ``+overlap`` step 2's convolution runs as the interior from the device's own block (independent
+of the halo permutes) and the boundary from the window (:mod:`jaxcnn.algorithms.overlap`, where x is
+not gathered over ``k``); or, streaming with x gathered over ``k``, the panels are double-buffered:
+panel t+1's gathers in flight during panel t's convolution (:mod:`jaxcnn.algorithms.pipeline`).
+
 The local convolution keeps the layer's rank (1-, 2- or 3-D, channels-last: ``NWC`` / ``NHWC`` /
 ``NDHWC`` with ``WIO`` / ``HWIO`` / ``DHWIO`` kernels): x's channels are its last dimension, the
 kernel's input / output channels its last two.
@@ -35,8 +40,18 @@ from jax.sharding import Mesh
 
 from jaxcnn import common_mesh
 from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
-from jaxcnn.algorithms.collectives import channel_panel, gather, halo_extend, reduce_scatter
+from jaxcnn.algorithms.collectives import (
+    as_varying,
+    channel_panel,
+    gather,
+    halo_extend,
+    reduce_scatter,
+    varying_axes,
+)
 from jaxcnn.algorithms.groups import select_groups
+from jaxcnn.algorithms.overlap import overlapped_conv
+from jaxcnn.algorithms.pipeline import pipelined_panels
+from jaxcnn.dtypes import reduction_dtype
 from jaxcnn.geometry import ConvGeometry
 
 
@@ -47,9 +62,24 @@ def accumulation_dtype(out_dtype: jnp.dtype) -> jnp.dtype:
     return jnp.dtype(out_dtype)
 
 
-def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
-    """Returns the per-device function ``(x_block, kernel_block) -> y_block``."""
+def local_body(
+    geom: ConvGeometry,
+    layout: Layout,
+    out_dtype: jnp.dtype,
+    compute_dtype: jnp.dtype | None = None,
+    reduce_dtype: jnp.dtype | None = None,
+):
+    """Returns the per-device function ``(x_block, kernel_block) -> y_block``.
+
+    ``compute_dtype``: the local convolutions' operands (default ``out_dtype``); x and the kernel are
+    cast to it on the devices, so halos and gathered panels travel in it. ``reduce_dtype``: the sums
+    (default float32 for 16-bit compute): the reduce-scatter of partial outputs, the transposes of the
+    gathers, and a replicated kernel's gradient, whose reduction is the transpose of making it vary
+    over x's axes, done before the cast (:func:`jaxcnn.dtypes.reduction_dtype`).
+    """
     acc_dtype = accumulation_dtype(out_dtype)
+    compute_dtype = jnp.dtype(compute_dtype or out_dtype)
+    reduce_dtype = reduction_dtype(compute_dtype, reduce_dtype)
     padding = tuple(p.local_pad if p else d.pad for p, d in zip(layout.plans, geom.dims, strict=True))
     channels = geom.rank + 1  # x's / y's channel dimension; the kernel's input channels are at rank
 
@@ -66,20 +96,39 @@ def local_body(geom: ConvGeometry, layout: Layout, out_dtype: jnp.dtype):
             preferred_element_type=acc_dtype,
         )
 
-    def panel_conv(x: jax.Array, kernel: jax.Array, t: jax.Array | int) -> jax.Array:
-        xp = gather(channel_panel(x, t, layout.panels, layout.unit, axis=channels), layout.k_gather, channels)
+    def panel_conv(x: jax.Array, window: jax.Array, kernel: jax.Array, t: jax.Array | int) -> jax.Array:
+        """Panel ``t``'s convolution: ``x`` the device's own block, ``window`` its halo-extended one."""
         kp = channel_panel(kernel, t, layout.panels, layout.unit, axis=geom.rank)
-        return conv(select_groups(xp, layout), gather(kp, layout.kernel_gather, layout.kernel_axis))
+        kp = gather(kp, layout.kernel_gather, layout.kernel_axis, reduce_dtype)
+        if layout.interior is not None:  # x is not gathered over k (overlap.interior_ranges)
+            return overlapped_conv(
+                conv,
+                channel_panel(x, t, layout.panels, layout.unit, axis=channels),
+                channel_panel(window, t, layout.panels, layout.unit, axis=channels),
+                kp,
+                plans=layout.plans,
+                dims=geom.dims,
+                interior=layout.interior,
+                axis_names=layout.spatial_axes,
+            )
+        xp = channel_panel(window, t, layout.panels, layout.unit, axis=channels)
+        return conv(select_groups(gather(xp, layout.k_gather, channels, reduce_dtype), layout), kp)
 
     def body(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        x = x.astype(compute_dtype)
+        kernel = as_varying(kernel.astype(reduce_dtype), varying_axes(x)).astype(compute_dtype)
+        window = x
         for i, (axis_name, plan) in enumerate(zip(layout.spatial_axes, layout.plans, strict=True)):
             if plan:
-                x = halo_extend(x, 1 + i, axis_name, plan)
-        y = panel_conv(x, kernel, 0)
+                window = halo_extend(window, 1 + i, axis_name, plan)
+        if layout.pipelined:
+            y = pipelined_panels(conv, window, kernel, layout, reduce_dtype)
+            return reduce_scatter(y, layout.c_scatter, channels, reduce_dtype, out_dtype)
+        y = panel_conv(x, window, kernel, 0)
         if layout.panels > 1:
-            step = jax.checkpoint(lambda t, acc: acc + panel_conv(x, kernel, t))
+            step = jax.checkpoint(lambda t, acc: acc + panel_conv(x, window, kernel, t))
             y = lax.fori_loop(1, layout.panels, step, y)
-        return reduce_scatter(y.astype(out_dtype), layout.c_scatter, channels)
+        return reduce_scatter(y, layout.c_scatter, channels, reduce_dtype, out_dtype)
 
     return body
 
@@ -91,11 +140,13 @@ def build(
     mesh: Mesh,
     sizes: tuple[tuple[str, int], ...],
     out_dtype: jnp.dtype,
+    compute_dtype: jnp.dtype | None = None,
+    reduce_dtype: jnp.dtype | None = None,
 ) -> tuple[Layout, jax.stages.Wrapped]:
-    """Layout and jitted shard_map for one (algorithm, layer, mesh, dtype); cached."""
+    """Layout and jitted shard_map for one (algorithm, layer, mesh, dtypes); cached."""
     layout = make_layout(algorithm, geom, dict(sizes))
     fn = common_mesh.shard_map(
-        local_body(geom, layout, out_dtype),
+        local_body(geom, layout, out_dtype, compute_dtype, reduce_dtype),
         mesh=mesh,
         in_specs=(layout.x_spec, layout.kernel_spec),
         out_specs=layout.y_spec,

@@ -98,6 +98,7 @@ def measure_conv(
     algorithm: str,
     dtype: jnp.dtype = jnp.float32,
     backward: bool = True,
+    reduce_dtype: jnp.dtype | None = None,
 ) -> tuple[CommReport, CommReport | None]:
     """Meters ``jaxcnn.conv`` for one 1-, 2- or 3-D layer, forward and backward (``jaxcnn.conv_transpose``
     for an input-dilated, i.e. transposed, layer: strides = its input dilation, its explicit padding).
@@ -111,8 +112,9 @@ def measure_conv(
         (:class:`jaxcnn.networks.ConvLayer`).
       mesh: a mesh from :func:`jaxcnn.make_mesh`.
       algorithm: one of ``jaxcnn.ALGORITHMS``.
-      dtype: element type of x and the kernel.
+      dtype: element type of x and the kernel (the computation dtype).
       backward: also meter the VJP program.
+      reduce_dtype: the dtype the sums travel in (``jaxcnn.conv``'s; default float32 for 16-bit).
 
     Returns:
       ``(forward, backward)``; ``backward`` is None when not requested.
@@ -140,6 +142,7 @@ def measure_conv(
                 strides=geom.input_dilation,
                 padding=geom.padding,
                 dilation=geom.dilation,
+                reduce_dtype=reduce_dtype,
             )
 
     else:
@@ -154,6 +157,7 @@ def measure_conv(
                 padding=geom.padding,
                 dilation=geom.dilation,
                 feature_group_count=geom.groups,
+                reduce_dtype=reduce_dtype,
             )
 
     if not backward:

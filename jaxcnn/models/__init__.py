@@ -81,6 +81,7 @@ def build(
     mesh: Mesh,
     algorithms: Algorithms = "data",
     dtype: Any = jnp.float32,
+    reduce_dtype: Any = None,
     rngs: nnx.Rngs,
     sharded_init: bool = True,
     **kwargs: Any,
@@ -95,6 +96,8 @@ def build(
       algorithms: one placement for every convolution, ``{layer: placement}`` (``"*"``: default) or a
         list in :func:`conv_layer_names` order; a placement is ``"3d"`` or ``"3d@n=2,k=2,c=2"``.
       dtype: computation dtype (parameters are float32; logits are float32).
+      reduce_dtype: the dtype the convolutions' sums travel in (None: float32 for a 16-bit ``dtype``;
+        ``docs/mixed_precision.md``).
       rngs: parameter initialisation.
       sharded_init: create the variables in one compiled program, already sharded
         (:func:`jaxcnn.nn.create_sharded`; same values as eager construction, which ``False`` selects).
@@ -116,7 +119,14 @@ def build(
 
     def make(r: nnx.Rngs) -> Network:
         return constructor(
-            num_classes, in_channels, mesh=mesh, algorithms=algorithms, dtype=dtype, rngs=r, **kwargs
+            num_classes,
+            in_channels,
+            mesh=mesh,
+            algorithms=algorithms,
+            dtype=dtype,
+            reduce_dtype=reduce_dtype,
+            rngs=r,
+            **kwargs,
         )
 
     if not sharded_init:

@@ -43,9 +43,11 @@ class Placements:
     Args:
       mesh: the model's mesh.
       algorithms: see the module docstring.
+      reduce_dtype: the dtype every convolution's sums travel in (:class:`jaxcnn.nn.Conv`; None:
+        float32 for a 16-bit computation dtype).
     """
 
-    def __init__(self, mesh: Mesh, algorithms: Algorithms):
+    def __init__(self, mesh: Mesh, algorithms: Algorithms, reduce_dtype: Any = None):
         if not isinstance(algorithms, str | Mapping) and not (
             isinstance(algorithms, Sequence) and all(isinstance(a, str) for a in algorithms)
         ):
@@ -54,6 +56,7 @@ class Placements:
             )
         self.mesh = mesh
         self.algorithms = algorithms
+        self.reduce_dtype = reduce_dtype
         self.names: list[str] = []
         self.defaulted: list[str] = []
 
@@ -160,6 +163,7 @@ class ConvBN(nnx.Module):
             feature_group_count=groups,
             mesh=placement.mesh,
             algorithm=placement.algorithm,
+            reduce_dtype=plan.reduce_dtype,
             dtype=dtype,
             kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
             rngs=rngs,
@@ -182,7 +186,10 @@ class ConvBN(nnx.Module):
         self.output_sharding = NamedSharding(placement.mesh, placement.y_spec)
 
     def __call__(self, x: jax.Array, src: NamedSharding) -> jax.Array:
-        """``x`` laid out as ``src``; returns the block's output, laid out as ``self.output_sharding``."""
+        """``x`` laid out as ``src``; returns the block's output, laid out as ``self.output_sharding``.
+        ``x`` (float32 images, for the first block) is cast to the computation dtype before it moves."""
+        if self.conv.dtype is not None:
+            x = x.astype(self.conv.dtype)
         y = self.bn(self.conv(redistribute(x, src, self.input_sharding)))
         y = on_common_mesh(y, self.mesh, self.output_sharding.spec)  # where it is already: no movement
         if not self.relu:
@@ -275,6 +282,7 @@ class Head(nnx.Module):
             use_bias=True,
             mesh=placement.mesh,
             algorithm=placement.algorithm,
+            reduce_dtype=plan.reduce_dtype,
             dtype=dtype,
             kernel_init=_padded_init(nnx.initializers.lecun_normal(), num_classes),
             rngs=rngs,

@@ -131,6 +131,7 @@ class MobileNetV2(nnx.Module):
       settings: the stages ``(t, c, n, s)`` (default :data:`MOBILENET_V2_SETTINGS`; torchvision's
         ``inverted_residual_setting``); a shorter table builds a shallower network of the same blocks.
       dtype: computation dtype.
+      reduce_dtype: the dtype the convolutions' sums travel in (None: float32 for 16-bit ``dtype``).
       rngs: parameter initialisation.
     """
 
@@ -150,13 +151,14 @@ class MobileNetV2(nnx.Module):
         small_images: bool = False,
         settings: Sequence[tuple[int, int, int, int]] = MOBILENET_V2_SETTINGS,
         dtype: Any = jnp.float32,
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         if not settings or any(len(row) != 4 or min(row) < 1 for row in settings):
             raise ValueError(f"settings must be a non-empty list of positive (t, c, n, s), got {settings!r}")
         if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
             raise ValueError(f"width must be a number > 0, got {width!r}")
-        plan = Placements(mesh, algorithms)
+        plan = Placements(mesh, algorithms, reduce_dtype)
         kw = dict(dtype=dtype, rngs=rngs)
         cin = make_divisible(32 * width)
         self.stem = ConvBN(

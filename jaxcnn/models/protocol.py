@@ -1,7 +1,8 @@
 """What every :mod:`jaxcnn.models` network provides: the :class:`Network` protocol and its :class:`ModelHead`.
 
 A model is a ``flax.nnx.Module`` class registered by name in :data:`jaxcnn.models.MODELS`, built as
-``cls(num_classes, in_channels, *, mesh, algorithms, dtype, rngs, **options)`` (:func:`jaxcnn.models.build`).
+``cls(num_classes, in_channels, *, mesh, algorithms, dtype, reduce_dtype, rngs, **options)``
+(:func:`jaxcnn.models.build`).
 Its instances provide:
 
 - ``conv_names``: its convolutions, in the order a list of placements is read;

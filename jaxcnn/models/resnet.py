@@ -99,7 +99,7 @@ class Bottleneck(nnx.Module):
 
 
 class ResNet(nnx.Module):
-    """A ResNet: 7×7/2 stem + 3×3/2 max pool (or a 3×3/1 stem for small images), four stages, head.
+    """A ResNet: 7×7/2 stem + 3×3/2 max pool (or a 3×3/1 stem for small images), stages of blocks, head.
 
     Args:
       block: :class:`BasicBlock` or :class:`Bottleneck`.
@@ -111,6 +111,7 @@ class ResNet(nnx.Module):
       width: channel multiplier (1.0: stage widths 64, 128, 256, 512).
       small_images: 3×3 stride-1 stem and no max pool (CIFAR-style), for images of 32 pixels or less.
       dtype: computation dtype.
+      reduce_dtype: the dtype the convolutions' sums travel in (None: float32 for 16-bit ``dtype``).
       rngs: parameter initialisation.
     """
 
@@ -131,9 +132,14 @@ class ResNet(nnx.Module):
         width: float = 1.0,
         small_images: bool = False,
         dtype: Any = jnp.float32,
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
     ):
-        plan = Placements(mesh, algorithms)
+        if not stage_sizes or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in stage_sizes
+        ):
+            raise ValueError(f"stage_sizes must be a non-empty list of positive ints, got {stage_sizes!r}")
+        plan = Placements(mesh, algorithms, reduce_dtype)
         kw = dict(dtype=dtype, rngs=rngs)
         base = max(1, int(64 * width))
         self.small_images = small_images
@@ -173,14 +179,20 @@ class ResNet(nnx.Module):
 
 
 class ResNet18(ResNet):
-    """ResNet-18: basic blocks, stages (2, 2, 2, 2); keyword arguments as :class:`ResNet`."""
+    """ResNet-18: basic blocks, stages (2, 2, 2, 2); keyword arguments as :class:`ResNet` (``stage_sizes``
+    too: fewer blocks per stage give a shorter network of the same kinds of blocks)."""
 
-    def __init__(self, num_classes: int, in_channels: int, **kwargs: Any):
-        super().__init__(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, **kwargs)
+    def __init__(
+        self, num_classes: int, in_channels: int, *, stage_sizes: Sequence[int] = (2, 2, 2, 2), **kwargs: Any
+    ):
+        super().__init__(BasicBlock, tuple(stage_sizes), num_classes, in_channels, **kwargs)
 
 
 class ResNet50(ResNet):
-    """ResNet-50: bottleneck blocks, stages (3, 4, 6, 3); keyword arguments as :class:`ResNet`."""
+    """ResNet-50: bottleneck blocks, stages (3, 4, 6, 3); keyword arguments as :class:`ResNet`
+    (``stage_sizes`` too, as for :class:`ResNet18`)."""
 
-    def __init__(self, num_classes: int, in_channels: int, **kwargs: Any):
-        super().__init__(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, **kwargs)
+    def __init__(
+        self, num_classes: int, in_channels: int, *, stage_sizes: Sequence[int] = (3, 4, 6, 3), **kwargs: Any
+    ):
+        super().__init__(Bottleneck, tuple(stage_sizes), num_classes, in_channels, **kwargs)

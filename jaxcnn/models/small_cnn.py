@@ -31,6 +31,7 @@ class SmallCNN(nnx.Module):
       width: channel multiplier, as for every model (1.0: 32 channels in the first two convolutions,
         64 in the last two).
       dtype: computation dtype.
+      reduce_dtype: the dtype the convolutions' sums travel in (None: float32 for 16-bit ``dtype``).
       rngs: parameter initialisation.
     """
 
@@ -48,9 +49,10 @@ class SmallCNN(nnx.Module):
         algorithms: Algorithms = "data",
         width: float = 1.0,
         dtype: Any = jnp.float32,
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
     ):
-        plan = Placements(mesh, algorithms)
+        plan = Placements(mesh, algorithms, reduce_dtype)
         kw = dict(plan=plan, dtype=dtype, rngs=rngs)
         c = max(1, int(32 * width))
         self.conv1 = ConvBN(in_channels, c, 3, 1, name="conv1", **kw)

@@ -72,6 +72,7 @@ class UpConv(nnx.Module):
             dtype=dtype,
             mesh=placement.mesh,
             algorithm=placement.algorithm,
+            reduce_dtype=plan.reduce_dtype,
             rngs=rngs,
         )
         self.name = name
@@ -117,6 +118,7 @@ class SegmentationHead(nnx.Module):
             use_bias=True,
             mesh=placement.mesh,
             algorithm=placement.algorithm,
+            reduce_dtype=plan.reduce_dtype,
             dtype=dtype,
             rngs=rngs,
         )
@@ -157,6 +159,7 @@ class UNet(nnx.Module):
       depth: number of pooling levels (the spatial sides must be divisible by ``2**depth``).
       spatial_dims: 2 (images) or 3 (volumes).
       dtype: computation dtype (parameters and logits are float32).
+      reduce_dtype: the dtype the convolutions' sums travel in (None: float32 for 16-bit ``dtype``).
       rngs: parameter initialisation.
 
     Raises:
@@ -179,13 +182,14 @@ class UNet(nnx.Module):
         depth: int = 2,
         spatial_dims: int = 2,
         dtype: Any = jnp.float32,
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"unet: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"unet: depth must be an int >= 1 (pooling levels), got {depth!r}")
-        plan = Placements(mesh, algorithms)
+        plan = Placements(mesh, algorithms, reduce_dtype)
         kw = dict(plan=plan, dtype=dtype, spatial_dims=spatial_dims, rngs=rngs)
         base = max(1, int(16 * width))
         widths = [base * 2**level for level in range(depth + 1)]

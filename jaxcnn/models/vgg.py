@@ -35,6 +35,7 @@ class VGG16(nnx.Module):
       algorithms: per-convolution placements (:mod:`jaxcnn.models.common`).
       width: channel multiplier (1.0 = the published widths).
       dtype: computation dtype.
+      reduce_dtype: the dtype the convolutions' sums travel in (None: float32 for 16-bit ``dtype``).
       rngs: parameter initialisation.
 
     References:
@@ -56,9 +57,10 @@ class VGG16(nnx.Module):
         algorithms: Algorithms = "data",
         width: float = 1.0,
         dtype: Any = jnp.float32,
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
     ):
-        plan = Placements(mesh, algorithms)
+        plan = Placements(mesh, algorithms, reduce_dtype)
         convs: list[ConvBN] = []
         pool_after: list[int] = []
         cin, stage, index = in_channels, 1, 1

@@ -165,8 +165,10 @@ class BatchNorm(nnx.BatchNorm):
                 x, self.spec, self.mesh, dtype=self.dtype, use_fast_variance=self.use_fast_variance
             )
             stop = lax.stop_gradient if (self.mean._can_update or self.var._can_update) else (lambda v: v)
-            self.mean[...] = stop(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
-            self.var[...] = stop(self.momentum * self.var[...] + (1 - self.momentum) * var)
+            # set_value, not `[...] =`: flax's item assignment asks the tracer for its sharding, and JAX
+            # builds an expensive error message each time (13-15% of a ResNet-50 step's trace and compile)
+            self.mean.set_value(stop(self.momentum * self.mean[...] + (1 - self.momentum) * mean))
+            self.var.set_value(stop(self.momentum * self.var[...] + (1 - self.momentum) * var))
         y = x - mean
         mul = lax.rsqrt(var + self.epsilon)
         args = [x]

@@ -49,10 +49,13 @@ class DistributedConvGeneralDilated:
     Attributes:
       mesh: the mesh :func:`jaxcnn.conv` runs on.
       algorithm: one of ``jaxcnn.ALGORITHMS``.
+      reduce_dtype: the dtype the sums travel in (:func:`jaxcnn.conv`'s; None: float32 for 16-bit
+        operands). Halos and gathers move the operands' own dtype.
     """
 
     mesh: Mesh
     algorithm: str
+    reduce_dtype: Any = None
 
     def __call__(
         self,
@@ -113,6 +116,7 @@ class DistributedConvGeneralDilated:
                 padding=tuple(tuple(p) for p in padding),
                 dilation=dilation,
                 preferred_element_type=preferred_element_type,
+                reduce_dtype=self.reduce_dtype,
             )
         else:
             y = conv(
@@ -125,6 +129,7 @@ class DistributedConvGeneralDilated:
                 dilation=dilation,
                 feature_group_count=feature_group_count,
                 preferred_element_type=preferred_element_type,
+                reduce_dtype=self.reduce_dtype,
             )
         # y is (N, *spatial, K); out_spec[i] is the dimension of the result that holds logical
         # dimension i of (N, K, *spatial).
@@ -143,8 +148,11 @@ class DistributedConvGeneralDilated:
         return y
 
 
-def conv_general_dilated(mesh: Mesh, algorithm: str) -> DistributedConvGeneralDilated:
-    """A ``jax.lax.conv_general_dilated`` replacement that runs ``algorithm`` on ``mesh``.
+def conv_general_dilated(
+    mesh: Mesh, algorithm: str, reduce_dtype: Any = None
+) -> DistributedConvGeneralDilated:
+    """A ``jax.lax.conv_general_dilated`` replacement that runs ``algorithm`` on ``mesh`` (its sums in
+    ``reduce_dtype``, :class:`DistributedConvGeneralDilated`).
 
     >>> layer = nnx.Conv(3, 8, (3, 3), conv_general_dilated=jaxcnn.nn.conv_general_dilated(mesh, "3d"),
     ...                  rngs=nnx.Rngs(0))
@@ -152,7 +160,9 @@ def conv_general_dilated(mesh: Mesh, algorithm: str) -> DistributedConvGeneralDi
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (see jaxcnn.make_mesh), got {type(mesh).__name__}")
     algorithms.get(algorithm).check_mesh(mesh_sizes(mesh))  # now, not at call time
-    return DistributedConvGeneralDilated(mesh, algorithm)
+    return DistributedConvGeneralDilated(
+        mesh, algorithm, None if reduce_dtype is None else jnp.dtype(reduce_dtype)
+    )
 
 
 class Conv(nnx.Conv):
@@ -165,6 +175,8 @@ class Conv(nnx.Conv):
     Args:
       mesh: a mesh from :func:`jaxcnn.make_mesh`.
       algorithm: one of ``jaxcnn.ALGORITHMS``.
+      reduce_dtype: the dtype the sums travel in (default float32 for a 16-bit ``dtype``;
+        ``docs/mixed_precision.md``).
 
     The kernel is annotated (``out_sharding`` metadata, ``nnx.get_partition_spec``) with the
     algorithm's kernel layout, the bias with y's channel layout; both are replicated when the layout
@@ -175,7 +187,8 @@ class Conv(nnx.Conv):
 
     ``kernel_size`` has 1, 2 or 3 entries: the layer convolves ``(N, W, C)``, ``(N, H, W, C)`` or
     ``(N, D, H, W, C)`` inputs (a 3-D layer may split depth over the mesh axis ``d``, a 1-D layer its
-    length over ``w``). Unlike ``nnx.Conv``, an int ``kernel_size`` means a square 2-D kernel.
+    length over ``w``). As in ``nnx.Conv``, an int ``kernel_size`` is a 1-D kernel (``3``: ``(3,)``), so that
+    ``functools.partial(jaxcnn.nn.Conv, mesh=mesh, algorithm=...)`` stands in for ``nnx.Conv`` unchanged.
     """
 
     def __init__(
@@ -187,13 +200,14 @@ class Conv(nnx.Conv):
         *,
         mesh: Mesh,
         algorithm: str = "data",
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
         **kwargs: Any,
     ):
         for banned in ("conv_general_dilated", "kernel_metadata", "bias_metadata"):
             if banned in kwargs:
                 raise TypeError(f"jaxcnn.nn.Conv sets {banned!r} itself")
-        size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         if len(size) not in (1, 2, 3):
             raise ValueError(
                 "jaxcnn.nn.Conv is 1-, 2- or 3-D: kernel_size must have 1, 2 or 3 entries, "
@@ -207,7 +221,7 @@ class Conv(nnx.Conv):
             out_features,
             size,
             strides,
-            conv_general_dilated=conv_general_dilated(mesh, algorithm),
+            conv_general_dilated=conv_general_dilated(mesh, algorithm, reduce_dtype),
             kernel_metadata={"out_sharding": _entries(kernel_spec, len(size) + 2), "mesh": mesh},
             bias_metadata={"out_sharding": _entries(bias_spec, 1), "mesh": mesh},
             rngs=rngs,

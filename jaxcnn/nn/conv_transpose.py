@@ -44,6 +44,7 @@ class ConvTranspose(nnx.ConvTranspose):
     Args:
       mesh: a mesh from :func:`jaxcnn.make_mesh`.
       algorithm: one of ``jaxcnn.ALGORITHMS``.
+      reduce_dtype: the dtype the sums travel in (as :class:`jaxcnn.nn.Conv`'s).
 
     The output equals ``nnx.ConvTranspose``'s: ``jaxcnn.conv_transpose(x, kernel, strides=...,
     padding=..., dilation=kernel_dilation, transpose_kernel=...)`` plus the bias (called as the
@@ -69,6 +70,7 @@ class ConvTranspose(nnx.ConvTranspose):
         *,
         mesh: Mesh,
         algorithm: str = "data",
+        reduce_dtype: Any = None,
         rngs: nnx.Rngs,
         **kwargs: Any,
     ):
@@ -107,7 +109,7 @@ class ConvTranspose(nnx.ConvTranspose):
         self.rank = rank
         # the stride-1 convolution of the stride-dilated input (jaxcnn.conv_transpose's), through a
         # ``conv_general_dilated`` hook as jaxcnn.nn.Conv's: jaxcnn.models.trace records it there.
-        self.conv_general_dilated = conv_general_dilated(mesh, algorithm)
+        self.conv_general_dilated = conv_general_dilated(mesh, algorithm, reduce_dtype)
 
     @property
     def input_spec(self) -> P:

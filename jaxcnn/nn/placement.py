@@ -113,7 +113,7 @@ def parse_placement_text(placement: str) -> tuple[str, dict[str, int] | None]:
             f"a layer placement must be a string like '3d' or '3d@n=2,k=2,c=2', got {placement!r}"
         )
     name, at, shape = placement.partition("@")
-    if name not in algorithms.ALGORITHMS:
+    if not algorithms.is_algorithm(name):
         quoting = (
             " (a placement with a layer mesh inside a YAML [list] or {mapping} needs quotes: "
             "['3d@n=2,k=2,c=2'], else YAML splits it at the commas)"
@@ -121,8 +121,9 @@ def parse_placement_text(placement: str) -> tuple[str, dict[str, int] | None]:
             else ""
         )
         raise ValueError(
-            f"unknown algorithm {placement!r}; valid algorithms are {algorithms.ALGORITHMS}, optionally "
-            f"with a layer mesh such as '3d@n=2,k=2,c=2'{quoting}"
+            f"unknown algorithm {placement!r}; valid algorithms are {algorithms.ALGORITHMS} (those of "
+            f"{algorithms.OVERLAPPING} also as '<name>{algorithms.OVERLAP}'), optionally with a layer "
+            f"mesh such as '3d@n=2,k=2,c=2'{quoting}"
         )
     if not at:
         return name, None

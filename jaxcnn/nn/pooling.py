@@ -168,8 +168,9 @@ def avg_pool(
 def global_avg_pool(x: jax.Array, *, mesh: Mesh | None = None, spec: P = specs.REPLICATED) -> jax.Array:
     """Mean over H and W of NHWC ``x``: ``(N, C)``, laid out as ``P(spec[0], spec[3])``.
 
-    Each device sums its block, one ``psum`` over the axes splitting h and w completes the sum
-    (2·N_local·C_local·(p−1)/p words received per device), divided by the real H·W.
+    Each device sums its block in float32 (at least), one ``psum`` over the axes splitting h and w
+    completes the sum (2·N_local·C_local·(p−1)/p float32 words received per device), divided by the
+    real H·W; the mean is returned in ``x``'s dtype.
     """
     if x.ndim != 4:
         raise ValueError(f"global_avg_pool takes NHWC inputs, got shape {x.shape}")
@@ -180,9 +181,9 @@ def global_avg_pool(x: jax.Array, *, mesh: Mesh | None = None, spec: P = specs.R
     xp = pad_to(x, specs.padded_shape(x.shape, spec, mesh))
 
     def body(xb: jax.Array) -> jax.Array:
-        s = xb.sum((1, 2))
+        s = xb.sum((1, 2), dtype=jnp.promote_types(xb.dtype, jnp.float32))
         return lax.psum(s, spatial) if spatial else s
 
     out = P(entries[0] or None, entries[3] or None)
     y = common_mesh.shard_map(body, mesh=mesh, in_specs=(specs.as_spec(entries),), out_specs=out)(xp)
-    return crop_to(y, (x.shape[0], x.shape[3])) / (x.shape[1] * x.shape[2])
+    return (crop_to(y, (x.shape[0], x.shape[3])) / (x.shape[1] * x.shape[2])).astype(x.dtype)

@@ -2,7 +2,7 @@
 
     jaxcnn plan --model resnet50 --batch 256 --devices 64 --memory 16GiB [--image 224]
         [--dtype float32] [--network FILE.yaml] [--config configs/plan_resnet50.yaml] [--measure]
-        [--per-layer-only] [--hosts H [--dcn-cost-factor F]]
+        [--per-layer-only] [--hosts H [--dcn-cost-factor F]] [--whole-step] [--spatial-dims 3]
 
 Prints one row per convolution: its shape, the chosen algorithm and grid (axes > 1), the predicted
 bytes received per device (max over devices, forward + backward, :func:`jaxcnn.cost.predict`), the
@@ -28,6 +28,14 @@ and prints its ``predicted_comm_bytes_per_step_max_device``, the figure ``jaxcnn
 --compile-only`` prints next to the metered one, by component, with the placements as a
 ``model.algorithms`` mapping.
 
+``--model`` is any model of :data:`jaxcnn.models.MODELS`. The U-Net (``unet``: one input channel, 2
+logits per voxel unless ``--classes``) lists every convolution in the table, its transposed ``up``
+convolutions and classifier ``out`` included, as a chain (its skip connections are placed by
+``--whole-step``); ``--spatial-dims 3`` plans it on volumes of ``--image`` on each side.
+
+While it plans, a status line on stderr (only on a terminal, erased when done) names the phase in
+progress and the time so far.
+
 ``--hosts H`` splits the devices into ``H`` hosts (equal consecutive groups of the flat device order,
 :mod:`jaxcnn.links`, as :func:`jaxcnn.make_mesh` lays out a multi-host job): the planner then minimises
 ``bytes + F x (bytes between hosts)`` (``--dcn-cost-factor F``, default 10), and the table adds the
@@ -41,11 +49,17 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from jaxcnn import models
 from jaxcnn.devices import request_cpu_devices, with_cpu_device_count
-from jaxcnn.networks import NETWORKS, ConvLayer, get_network, layers_from_yaml
+from jaxcnn.networks import NETWORKS, ConvLayer, get_network, layers_from_yaml, model_layers
+from jaxcnn.planner.model import OBJECTIVES
 from jaxcnn.planner.plan import NoPlanError
 from jaxcnn.planner.report import (
     PlanArgs,
@@ -54,6 +68,8 @@ from jaxcnn.planner.report import (
     measure_rows,
 )
 from jaxcnn.planner.whole_step import format_whole_step, whole_step
+from jaxcnn.timing.model import TimeModel, backend_time_model
+from jaxcnn.timing.presets import PRESETS, preset_profile
 from jaxcnn.yaml_io import load_yaml, parse_bytes
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -69,9 +85,16 @@ CONFIG_KEYS = (
     "per_layer_only",
     "whole_step",
     "classes",
+    "spatial_dims",
     "hosts",
     "dcn_cost_factor",
+    "objective",
+    "preset",
 )
+
+
+#: Models whose ``--spatial-dims`` may be 3 (volumes).
+SPATIAL_DIMS_MODELS = ("unet",)
 
 
 class PlanCliError(ValueError):
@@ -105,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", help="YAML file with the keys " + ", ".join(CONFIG_KEYS) + " (flags override it)"
     )
-    p.add_argument("--model", help=f"network: one of {sorted(NETWORKS)} (default resnet50)")
+    p.add_argument("--model", help=f"network: one of {sorted(models.MODELS)} (default resnet50)")
     p.add_argument("--network", help="YAML list of layers (see jaxcnn.networks.layers_from_dicts)")
     p.add_argument("--batch", type=int, help="global batch size (default 256)")
     p.add_argument("--devices", type=int, help="number of devices P (default 64)")
@@ -120,7 +143,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="also place the jaxcnn.models network as a graph and predict its whole train step",
     )
-    p.add_argument("--classes", type=int, help="classifier width for --whole-step (default 1000)")
+    p.add_argument(
+        "--classes",
+        type=int,
+        help="classifier width for --whole-step (default 1000; a segmentation model's: its own, unet 2)",
+    )
+    p.add_argument(
+        "--spatial-dims",
+        dest="spatial_dims",
+        type=int,
+        help="unet only: 2 (images, default) or 3 (volumes of --image on each side)",
+    )
     p.add_argument(
         "--hosts", type=int, help="hosts (or TPU slices) the devices are split over; must divide --devices"
     )
@@ -129,6 +162,15 @@ def _parser() -> argparse.ArgumentParser:
         dest="dcn_cost_factor",
         type=float,
         help="how much dearer a byte between hosts is than one within a host (default 10)",
+    )
+    p.add_argument(
+        "--objective",
+        help="what --whole-step minimises: time (the step's predicted seconds: the backend's profile from "
+        "jaxcnn calibrate, or --preset) or bytes (default: time where there is a profile, else bytes)",
+    )
+    p.add_argument(
+        "--preset",
+        help=f"price --whole-step's time with published figures: one of {', '.join(PRESETS)}",
     )
     p.add_argument(
         "--per-layer-only",
@@ -173,9 +215,19 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     defaults = PlanArgs()
     model = str(values.get("model", defaults.model))
     network = values.get("network")
-    if network is None and model not in NETWORKS:
+    if network is None and model not in models.MODELS:
         raise PlanCliError(
-            f"unknown model {model!r}; valid models are {sorted(NETWORKS)} (or --network FILE.yaml)"
+            f"unknown model {model!r}; valid models are {sorted(models.MODELS)} (or --network FILE.yaml)"
+        )
+    if network is None and "classes" not in values:  # a segmentation model's own logits per voxel
+        values["classes"] = _default_classes(model, defaults.classes)
+    spatial_dims = values.get("spatial_dims", defaults.spatial_dims)
+    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+        raise PlanCliError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if spatial_dims != 2 and (network is not None or model not in SPATIAL_DIMS_MODELS):
+        raise PlanCliError(
+            f"spatial_dims={spatial_dims} needs a model with volumes: one of {list(SPATIAL_DIMS_MODELS)}, "
+            f"got {network or model!r}"
         )
     if network is not None and not os.path.exists(str(network)):
         raise PlanCliError(f"network file {network} does not exist")
@@ -196,6 +248,12 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
     dtype = str(values.get("dtype", defaults.dtype))
     if dtype not in DTYPES:
         raise PlanCliError(f"unknown dtype {dtype!r}; valid dtypes are {list(DTYPES)}")
+    objective = values.get("objective")
+    if objective is not None and objective not in OBJECTIVES:
+        raise PlanCliError(f"unknown objective {objective!r}; valid objectives are {list(OBJECTIVES)}")
+    preset = values.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise PlanCliError(f"unknown preset {preset!r}; valid presets are {list(PRESETS)}")
     flags = {}
     for key in ("measure", "per_layer_only", "whole_step"):
         value = values.get(key, False)
@@ -208,16 +266,51 @@ def resolve_args(argv: Sequence[str]) -> PlanArgs:
         dtype=dtype,
         network=None if network is None else str(network),
         dcn_cost_factor=float(factor),
+        spatial_dims=spatial_dims,
+        objective=objective,
+        preset=preset,
         **ints,
         **flags,
     )
 
 
+def _default_classes(model: str, classifier_default: int) -> int:
+    """``--classes`` when not given: a segmentation model's own (the U-Net's 2), else
+    ``classifier_default``."""
+    cls = models.MODELS[model]
+    return cls.default_num_classes if getattr(cls, "task", None) == "segmentation" else classifier_default
+
+
+def _model_options(args: PlanArgs) -> dict[str, Any]:
+    """Build options of ``args.model`` beyond its defaults (the U-Net's ``spatial_dims``)."""
+    return {"spatial_dims": args.spatial_dims} if args.model in SPATIAL_DIMS_MODELS else {}
+
+
+def _in_channels(args: PlanArgs) -> int:
+    """Image channels of ``args.model``: 3 for the classifiers (as ``--whole-step`` has always used), a
+    segmentation model's own (the U-Net's 1)."""
+    cls = models.MODELS[args.model]
+    return cls.default_in_channels if getattr(cls, "task", None) == "segmentation" else 3
+
+
 def load_layers(args: PlanArgs) -> list[ConvLayer]:
-    """The network's convolutions in forward order."""
+    """The network's convolutions in forward order: a ``--network`` file's, a classifier's table
+    (:data:`jaxcnn.networks.NETWORKS`), or any other :mod:`jaxcnn.models` model traced on
+    ``--image`` (each side), its own channels and ``--classes`` (the U-Net: every convolution, the
+    transposed ``up`` ones and the classifier ``out`` included, as a chain: its skips are placed by
+    ``--whole-step``)."""
     if args.network:
         return layers_from_yaml(args.network, args.batch)
-    return get_network(args.model, args.batch, args.image)
+    if args.model in NETWORKS:
+        return get_network(args.model, args.batch, args.image)
+    return model_layers(
+        args.model,
+        args.batch,
+        args.image,
+        num_classes=args.classes,
+        in_channels=_in_channels(args),
+        **_model_options(args),
+    )
 
 
 def ensure_devices(devices: int) -> bool:
@@ -234,7 +327,7 @@ def ensure_devices(devices: int) -> bool:
     return len(jax.devices()) >= devices
 
 
-def _rerun(argv: Sequence[str], devices: int) -> int:
+def _rerun(argv: Sequence[str], devices: int, status: PlanStatus | None = None) -> int:
     env = dict(
         os.environ,
         XLA_FLAGS=with_cpu_device_count(os.environ.get("XLA_FLAGS", ""), devices),
@@ -245,28 +338,109 @@ def _rerun(argv: Sequence[str], devices: int) -> int:
     out = subprocess.run(
         [sys.executable, "-m", "jaxcnn", "plan", *argv], env=env, capture_output=True, text=True, check=False
     )
+    if status is not None:  # erase the line before the child's output
+        status.pause()
     sys.stdout.write(out.stdout)
     sys.stderr.write(out.stderr)
     return out.returncode
 
 
+def time_model_for(args: PlanArgs) -> tuple[TimeModel | None, str]:
+    """The time model ``--whole-step`` prices with: ``--preset``'s published figures for the devices
+    and hosts, else the backend's saved profile (``(None, why)`` without one)."""
+    if args.preset is not None:
+        profile = preset_profile(args.preset, args.devices, hosts=args.hosts, dtype=args.dtype)
+        return TimeModel.of(profile), ""
+    return backend_time_model()
+
+
+def progress_console() -> Console:
+    """Where ``jaxcnn plan`` shows what it is doing: stderr (a rich status line, drawn only on a
+    terminal and erased when done, as ``jaxcnn calibrate``'s bar; nothing when stderr is a file or pipe)."""
+    return Console(stderr=True)
+
+
+class PlanStatus:
+    """A one-line status on ``console``: a spinner, the phase in progress and the time since the first
+    phase; calling it with a phase shows (or replaces) the line, :meth:`pause` erases it before output.
+
+    It never captures stdout (the plan goes to stdout as printed, and the line is erased before each
+    print), and draws nothing on a console that is not a terminal.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+        self.started = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        """Shows ``jaxcnn plan: <what>`` and the time since the first phase (on a terminal only)."""
+        if not self.console.is_terminal:  # a file or pipe: nothing at all (rich would still end a line)
+            return
+        if self.progress is None:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self.progress.add_task(f"jaxcnn plan: {what}", total=None)
+            self.progress.tasks[0].start_time = self.started  # both on time.monotonic: elapsed since then
+            self.progress.start()
+        self.progress.update(self.progress.task_ids[0], description=f"jaxcnn plan: {what}", refresh=True)
+
+    def pause(self) -> None:
+        """Erases the line (the next phase draws it again)."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jaxcnn plan``; returns the exit status (0 ok, 2 bad input or no plan)."""
+    """Entry point of ``jaxcnn plan``; returns the exit status (0 ok, 2 bad input or no plan).
+
+    While it plans, a status line on stderr (:class:`PlanStatus` on :func:`progress_console`) names the
+    phase in progress and the time it has run: tracing, the per-layer table, the metering, and
+    ``--whole-step``'s building, tracing, placing and predicting.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    status = PlanStatus(progress_console())
+    try:
+        return _main(argv, status)
+    finally:
+        status.pause()
+
+
+def _main(argv: list[str], progress: PlanStatus) -> int:
     try:
         args = resolve_args(argv)
+        # the devices first: tracing the layers starts JAX's backend (one more run if it has too few)
+        if (args.measure or args.whole_step) and not ensure_devices(args.devices):
+            progress(f"planning in a subprocess with {args.devices} CPU devices")
+            return _rerun(argv, args.devices, progress)
+        progress(f"tracing {args.network or args.model}")
         layers = load_layers(args)
+        progress(f"planning the per-layer table ({len(layers)} convolutions)")
         rows = make_plan(args, layers)
     except (PlanCliError, NoPlanError, ValueError) as err:
+        progress.pause()
         print(f"jaxcnn plan: error: {err}", file=sys.stderr)
         return 2
-    if (args.measure or args.whole_step) and not ensure_devices(args.devices):
-        return _rerun(argv, args.devices)
     if args.measure:
+        progress(f"metering {len(rows)} convolutions on {args.devices} fake devices")
         rows = measure_rows(rows, args.dtype)
+    progress.pause()
     print(format_table(args, rows))
     if args.whole_step:
         try:
+            time_model, note = time_model_for(args)
+            objective = args.objective or "time"
+            if time_model is None:  # one line, then by bytes
+                print(f"jaxcnn plan: {note}; planning by bytes", file=sys.stderr)
+                objective = "bytes"
             result = whole_step(
                 args.model,
                 args.batch,
@@ -277,9 +451,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.classes,
                 hosts=args.hosts,
                 dcn_cost_factor=args.dcn_cost_factor,
+                time_model=time_model,
+                objective=objective,
+                in_channels=_in_channels(args),
+                progress=progress,
+                **_model_options(args),
             )
         except (NoPlanError, ValueError) as err:
+            progress.pause()
             print(f"jaxcnn plan: error: {err}", file=sys.stderr)
             return 2
+        progress.pause()
         print(format_whole_step(result))
     return 0

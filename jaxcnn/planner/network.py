@@ -20,10 +20,17 @@ layout when they are read), and after each convolution only the ``beam`` cheapes
 each term's maximum over devices (the prediction, :func:`jaxcnn.planner.step.step_cost`, takes the
 maximum of the sum; they differ only where permutes leave some devices idle). On ``hosts > 1`` each
 term is the weighted ``ICI + dcn_cost_factor · DCN`` bytes (:mod:`jaxcnn.links`).
+
+With a time model (``time_model``, :mod:`jaxcnn.planner.step_time`) the same DP minimises seconds: a
+layer's candidates are its fastest on their own, a node costs its
+:func:`~jaxcnn.planner.step_time.node_time` (local convolutions, memory-bound work, its own
+collectives priced by the profile, the slow links' rates where they cross hosts) and an edge the time
+of its layout change's collectives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -45,6 +52,24 @@ from jaxcnn.planner.step import (
     y_layout,
 )
 from jaxcnn.planner.step_memory import node_memory, step_memory
+from jaxcnn.planner.step_time import node_timer
+from jaxcnn.timing.model import TimeModel
+
+
+def with_overlap(allowed: Sequence[str]) -> tuple[str, ...]:
+    """``allowed`` and the ``+overlap`` variants of those that split a spatial dimension."""
+    extra = [a + algorithms.OVERLAP for a in allowed if a in algorithms.OVERLAPPING]
+    return (*allowed, *(a for a in extra if a not in allowed))
+
+
+def _overlap(choice: Cost) -> bool:
+    return algorithms.get(choice.algorithm).overlap
+
+
+def _pair(choice: Cost) -> tuple:
+    """A placement and its ``+overlap`` variant share this key (the same grid, layouts and bytes)."""
+    return algorithms.plain(choice.algorithm), tuple(sorted(choice.grid.items()))
+
 
 State = tuple[float, Mapping[str, Cost]]  # (cost so far, choices so far)
 Key = tuple[Layout, tuple[tuple[str, Layout], ...]]  # (the activation's layout, pending skips' layouts)
@@ -65,8 +90,11 @@ def plan_graph(
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
     beam: int = 256,
     platform: str = "cpu",
+    time_model: TimeModel | None = None,
+    optimizer: str = "adam",
 ) -> dict[str, Cost]:
-    """One placement per convolution of ``graph`` minimising the predicted bytes of the train step.
+    """One placement per convolution of ``graph`` minimising the predicted bytes (or, with
+    ``time_model``, the predicted seconds) of the train step.
 
     Args:
       graph: the model's ``plan_graph``.
@@ -91,6 +119,13 @@ def plan_graph(
         combination of pending skip layouts) ever need more than ``candidates``.
       platform: the devices' platform, for the step's predicted peak memory (``"cpu"``, ``"gpu"``,
         ``"tpu"``).
+      time_model: plan by time (:mod:`jaxcnn.planner.step_time`): each layer's candidates are its
+        fastest placements on their own, a node costs its :func:`~jaxcnn.planner.step_time.node_time`
+        and an edge the seconds of its layout change (collectives crossing hosts on the slow links'
+        rates, so ``dcn_cost_factor`` is not used). On a backend with asynchronous collectives the
+        candidates also include the ``+overlap`` variants of the allowed algorithms
+        (:mod:`jaxcnn.algorithms.overlap`) where a layer's layout overlaps. None: plan by bytes.
+      optimizer: the optimizer's name (its update's share of a node's time).
 
     Returns:
       ``{name: Cost}`` (``cost.algorithm``, ``cost.grid``; predicted for ``hosts``) for every
@@ -104,12 +139,22 @@ def plan_graph(
     itemsize = itemsize_of(dtype)
     nodes = graph_nodes(graph)
     first = first_conv(graph)
+
+    if time_model is not None:
+        timer = node_timer(time_model, graph, layers, input_layout, itemsize, optimizer)
+
+    def without_input_grad(costs: Sequence[Cost]) -> tuple[Cost, ...]:  # the images need none
+        return tuple(
+            predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts) for c in costs
+        )
+
     options: dict[str, tuple[Cost, ...]] = {}
-    comm: dict[tuple[str, int], float] = {}  # a placement's own bytes moved
+    comm: dict[tuple[str, int], float] = {}  # a placement's own bytes moved (or seconds, by time)
     memory: dict[tuple[str, int], float] = {}  # its share of the step's memory
     previous: set[Layout] = {input_layout}  # layouts the layer before may leave (execution order)
+    variants = with_overlap(allowed) if time_model is not None and time_model.asynchronous else allowed
     for name in nodes.names:
-        algs = (fixed[name],) if fixed and name in fixed else allowed
+        algs = (fixed[name],) if fixed and name in fixed else variants
         table = plan_layer(
             layers[name],
             num_devices,
@@ -120,17 +165,31 @@ def plan_graph(
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
         )
+        if algs is variants and variants is not allowed:  # the added +overlap where nothing overlaps
+            kept = tuple(c for c in table.candidates if c.layout.overlaps or not _overlap(c))
+            table = dataclasses.replace(table, candidates=kept or table.candidates)
+        if time_model is not None:  # the fastest on their own first (a stable sort: bytes break ties)
+            if name == first:
+                table = dataclasses.replace(table, candidates=without_input_grad(table.candidates))
+            seconds = {id(c): timer(name, c).seconds for c in table.candidates}
+            ranked = sorted(table.candidates, key=lambda c: seconds[id(c)])
+            if variants is not allowed:  # of a placement and its +overlap variant, the faster only
+                fastest: dict[tuple, Cost] = {}
+                for c in ranked:
+                    fastest.setdefault(_pair(c), c)
+                ranked = [c for c in ranked if fastest[_pair(c)] is c]
+            table = dataclasses.replace(table, candidates=tuple(ranked))
         options[name] = keep_candidates(table, candidates, previous)
         previous = {y_layout(c) for c in options[name]}
-        if name == first:  # the images need no gradient
-            options[name] = tuple(
-                predict(c.geom, c.algorithm, c.grid, dtype, input_grad=False, hosts=hosts)
-                for c in options[name]
-            )
+        if name == first and time_model is None:
+            options[name] = without_input_grad(options[name])
         for i, c in enumerate(options[name]):
-            parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
-            comm[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
-            memory[name, i] = node_memory(c, nodes.batchnorm(name))
+            if time_model is not None:
+                comm[name, i] = seconds[id(c)]
+            else:
+                parts = node_kinds(name, c, layers[name], input_layout, itemsize, nodes)
+                comm[name, i] = sum(float(kinds.weighted(dcn_cost_factor).max()) for kinds in parts.values())
+            memory[name, i] = node_memory(c, nodes.batchnorm(name), itemsize=itemsize)
     edges: dict[tuple, float] = {}
     node_cost: dict[tuple[str, int], float] = {}
 
@@ -138,22 +197,26 @@ def plan_graph(
         key = (tuple(shape), src, dst, backward)
         if key not in edges:
             moved = move(shape, src, dst, itemsize, backward, hosts)
-            edges[key] = float(moved.weighted(dcn_cost_factor).max())
+            if time_model is not None:
+                edges[key] = float(time_model.comm_seconds(moved).max())
+            else:
+                edges[key] = float(moved.weighted(dcn_cost_factor).max())
         return edges[key]
 
     def step(states: dict[Key, State], name: str, first: bool = False) -> dict[Key, State]:
         """Chain recurrence into conv ``name``; new states keyed by its output layout (and the pending
         skips, this convolution's output added if a later Concat reads it)."""
         out: dict[Key, State] = {}
-        geom = layers[name]
+        shape, head = layers[name].x_shape, name == nodes.head
+        backward = head or not first
         for i, c in enumerate(options[name]):
-            layout = y_layout(c)
+            layout, into, own = y_layout(c), x_layout(c), node_cost[name, i]
+            moved: dict[Layout, float] = {}  # the states share a few source layouts
             for (s, pending), (cost, chosen) in states.items():
-                if name == nodes.head:
-                    extra = edge(geom.x_shape, pooled_layout(chosen[nodes.feeds_head]), x_layout(c))
-                else:
-                    extra = edge(geom.x_shape, s, x_layout(c), backward=not first)
-                so_far = cost + extra + node_cost[name, i]
+                src = pooled_layout(chosen[nodes.feeds_head]) if head else s
+                if src not in moved:
+                    moved[src] = edge(shape, src, into, backward)
+                so_far = cost + moved[src] + own
                 key = (layout, (*pending, (name, layout)) if name in nodes.skips else pending)
                 if key not in out or so_far < out[key][0]:
                     out[key] = (so_far, {**chosen, name: c})

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from jaxcnn import algorithms, links, redistribute
-from jaxcnn.cost import Cost, itemsize_of, predict
+from jaxcnn.cost import Cost, itemsize_of, predict, with_overlap
 from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.planner.grids import grids_for
@@ -110,11 +110,18 @@ def plan_layer(
     costs, unsupported = [], []
     for parts in (d for d in range(1, num_devices + 1) if num_devices % d == 0) if pad_outputs else (None,):
         g = geom if parts is None else _padded_outputs(geom, parts)
+        plain: dict[tuple, Cost] = {}  # (algorithm, grid): an +overlap variant reuses its plain one's
         for alg in allowed:
+            base = algorithms.plain(alg) if algorithms.get(alg).overlap else None
             for grid in grids_for(alg, g, num_devices):
                 if parts is None or grid["k"] * grid["c"] == parts:
+                    key = tuple(sorted(grid.items()))
+                    if (base, key) in plain:
+                        costs.append(with_overlap(plain[base, key], itemsize_of(dtype)))
+                        continue
                     try:
                         costs.append(predict(g, alg, grid, dtype, hosts=hosts))
+                        plain[alg, key] = costs[-1]
                     except ValueError as error:  # a group count this algorithm cannot split on this grid
                         if g.groups == 1:
                             raise

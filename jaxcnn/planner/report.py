@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxcnn.bounds import lower_bound
 from jaxcnn.cost import Cost, itemsize_of, predict
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.measure import measure_conv
 from jaxcnn.mesh import make_mesh
@@ -67,10 +68,15 @@ class PlanArgs:
       measure: meter each chosen layer on fake devices.
       per_layer_only: plan layers independently (no layout transitions).
       whole_step: also place the model as a graph and predict its whole train step.
-      classes: classifier width for ``whole_step``.
+      classes: classifier width for ``whole_step`` (logits per voxel for a segmentation model).
+      spatial_dims: 2 (images) or 3 (volumes, ``image`` on each side): the U-Net's ``spatial_dims``.
       hosts: hosts the devices are split over (:mod:`jaxcnn.links`); > 1 ranks by weighted bytes and
         adds a column of the bytes over the DCN.
       dcn_cost_factor: how much dearer a byte between hosts is than one within a host.
+      objective: what ``whole_step`` minimises: ``"time"``, ``"bytes"``, or None (time where there is
+        a time model, else bytes).
+      preset: price time with this preset's published figures (:mod:`jaxcnn.timing.presets`) instead
+        of the backend's measured profile.
     """
 
     model: str = "resnet50"
@@ -84,8 +90,11 @@ class PlanArgs:
     per_layer_only: bool = False
     whole_step: bool = False
     classes: int = 1000
+    spatial_dims: int = 2
     hosts: int = 1
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR
+    objective: str | None = None
+    preset: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,10 +177,11 @@ def measure_rows(rows: Sequence[Row], dtype: str) -> list[Row]:
     """Meters each row's (algorithm, grid) with :func:`jaxcnn.measure.measure_conv` (compile only).
 
     Identical (layer geometry, algorithm, grid) are compiled once. Needs at least as many JAX devices
-    as the grids use. ``Row.expected`` is the prediction the meter must equal: the plan's bytes, except
-    that XLA:CPU carries 16-bit collectives as float32 (``wire_dtype``, see :func:`jaxcnn.cost.predict`).
+    as the grids use. ``Row.expected`` is the prediction the meter must equal: the plan's bytes, with
+    the sums priced as this backend carries them (:meth:`jaxcnn.dtypes.Dtypes.on`: XLA:CPU moves a
+    16-bit sum as float32; the default sums are float32 anyway).
     """
-    wire = "float32" if itemsize_of(dtype) < 4 and jax.default_backend() == "cpu" else None
+    on_backend = Dtypes.of(dtype).on(jax.default_backend())
     cache: dict[Any, float] = {}
     out = []
     for row in rows:
@@ -183,10 +193,8 @@ def measure_rows(rows: Sequence[Row], dtype: str) -> list[Row]:
             )
             cache[key] = fwd.max_bytes + bwd.max_bytes
         expected = row.choice.bytes
-        if wire:
-            expected = predict(
-                row.layer.geom, row.choice.algorithm, row.choice.grid, dtype, wire_dtype=wire
-            ).bytes
+        if on_backend != Dtypes.of(dtype):
+            expected = predict(row.layer.geom, row.choice.algorithm, row.choice.grid, on_backend).bytes
         out.append(dataclasses.replace(row, metered=cache[key], expected=expected))
     return out
 
@@ -267,7 +275,11 @@ def format_table(args: PlanArgs, rows: Sequence[Row]) -> str:
         out.append("  ".join(cells).rstrip())
         if j == 0 or j == len(table) - 2:
             out.append("  ".join("-" * w for w in widths))
-    name = os.path.basename(args.network) if args.network else f"{args.model} {args.image}x{args.image}"
+    name = (
+        os.path.basename(args.network)
+        if args.network
+        else f"{args.model} {'x'.join([str(args.image)] * args.spatial_dims)}"
+    )
     mode = "per layer (no transitions)" if args.per_layer_only else "network DP (with layout transitions)"
     header = (
         f"{name}, batch {args.batch}, {args.devices} devices, {fmt_bytes(args.memory_bytes)} per device, "

@@ -73,21 +73,17 @@ Kinds = LinkBytes  # per-device bytes by collective kind, and the part of them o
 
 
 def _ledger(ledger: Ledger) -> Kinds:
-    comm = ledger.result()
-    return LinkBytes({k: np.asarray(v) for k, v in comm.kind_per_device.items()}, comm.dcn_per_device)
+    return ledger.result().link_bytes()
 
 
 def _negated(comm: CommCost) -> Kinds:
     """Per-device bytes of ``comm``, negated (to take back what two placements share)."""
-    return LinkBytes({k: -np.asarray(v) for k, v in comm.kind_per_device.items()}, -comm.dcn_per_device)
+    return comm.link_bytes(-1.0)
 
 
 def conv_kinds(choice: Cost) -> Kinds:
     """Per-device bytes of a convolution, forward + backward, by kind."""
-    out = LinkBytes()
-    for comm in (choice.forward, choice.backward):
-        out.merge(LinkBytes({k: np.asarray(v) for k, v in comm.kind_per_device.items()}, comm.dcn_per_device))
-    return out
+    return choice.forward.link_bytes().merge(choice.backward.link_bytes())
 
 
 def move(
@@ -97,8 +93,7 @@ def move(
     the part of them that crosses ``hosts`` hosts."""
     out = LinkBytes()
     for a, b in ((src, dst), (dst, src)) if backward else ((src, dst),):
-        r = redistribute.plan(tuple(shape), a, b)
-        out.merge(LinkBytes(dict(r.traffic_by_kind(itemsize)), r.dcn_traffic(itemsize, hosts)))
+        out.merge(redistribute.plan(tuple(shape), a, b).link_bytes(itemsize, hosts))
     return out
 
 
@@ -161,12 +156,13 @@ def pooling(choice: Cost, node: Pool, y_shape: Sequence[int], itemsize: int) -> 
 
 
 def global_pool(choice: Cost, y_shape: Sequence[int], itemsize: int) -> Kinds:
-    """Global average pooling's psum over the axes splitting space (forward only)."""
+    """Global average pooling's psum over the axes splitting space (forward only; float32 sums, or
+    the activations' dtype where wider)."""
     entries = _entries(choice.layout.y_spec, len(y_shape))
     parts = _parts(choice, entries)
     ledger = Ledger(dict(choice.grid), choice.hosts)
     local = -(-y_shape[0] // parts[0]) * -(-y_shape[-1] // parts[-1])
-    ledger.group("all-reduce", local * itemsize, sum(entries[1:-1], ()))
+    ledger.group("all-reduce", local * max(itemsize, 4), sum(entries[1:-1], ()))
     return _ledger(ledger)
 
 
@@ -312,12 +308,17 @@ class StepCost:
       components: ``{component: max-over-devices bytes of that component alone}`` (see module docs).
       kinds: ``{collective kind: max-over-devices bytes of that kind alone}``.
       dcn_per_device: the part of ``per_device`` that crosses hosts (:mod:`jaxcnn.links`).
+      link: every kind's bytes and latency terms per device, and their DCN parts (what a time model
+        prices, :mod:`jaxcnn.planner.step_time`).
+      parts: ``link`` by component.
     """
 
     per_device: tuple[float, ...]
     components: Mapping[str, float]
     kinds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     dcn_per_device: tuple[float, ...] = ()
+    link: LinkBytes = dataclasses.field(default_factory=LinkBytes, compare=False)
+    parts: Mapping[str, LinkBytes] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def max_bytes(self) -> float:
@@ -421,6 +422,8 @@ def step_cost(
         {k: float(v.total().max()) for k, v in parts.items()},
         {k: float(np.asarray(v).max()) for k, v in kinds.kinds.items()},
         tuple(float(v) for v in kinds.dcn + np.zeros(num)),
+        kinds,
+        parts,
     )
 
 

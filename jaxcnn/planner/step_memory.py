@@ -14,7 +14,8 @@ saved activations           per convolution, from its forward until its backward
                             convolution read and its gradients read again (``MemoryCost.saved``: the
                             x window with its halo, or the gathered x panel, and a gathered kernel
                             panel) and, for a Conv+BatchNorm(+ReLU) block, two output blocks (the
-                            centred BatchNorm input and the ReLU output)
+                            centred BatchNorm input, float32 whatever the computation dtype, and
+                            the ReLU output)
 working set                 at one convolution at a time: its forward working set
                             (``forward_temp + layout_copy``: halo window, gathered panels, unreduced
                             partial outputs); in the backward pass the same less the gathered panels
@@ -29,9 +30,14 @@ kernel copies               the kernel as the input-gradient convolution reads i
                             (``MemoryCost.kernel_read``, rewritten reversed / transposed by XLA),
                             made once the backward pass starts and freed at that layer's backward
                             (none for the first layer: no input gradient)
-parameter gradients         one per parameter, sharded like it, from its layer's backward until the
-                            optimizer update at the end of the step
+parameter gradients         one per parameter (float32), sharded like it, from its layer's backward
+                            until the optimizer update at the end of the step
 ==========================  =================================================================
+
+Sizes are those of each tensor's dtype (docs/mixed_precision.md): activations, windows and panels in
+the computation dtype, parameters, their gradients and BatchNorm's centred input in float32. XLA:CPU
+computes a bfloat16 step's convolutions in float32: there the convolutions' saved operands and the
+working sets are float32-sized (the BatchNorm outputs stay bfloat16).
 
 The peak is the largest sum of these at any point (the state counted throughout). Calibrated on
 XLA:CPU, where tests check it: within 15% of ``memory_analysis()`` (measured -1.0% to +12.7%,
@@ -52,6 +58,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from jaxcnn.cost import Cost
+from jaxcnn.dtypes import WIDENING_PLATFORMS
 from jaxcnn.geometry import ConvGeometry
 from jaxcnn.models.graph import Node, Pool
 from jaxcnn.planner.step import graph_nodes
@@ -77,9 +84,22 @@ class StepMemory:
     components: Mapping[str, float]
 
 
-def _kernel_bytes(choice: Cost) -> float:
-    """The placement's local kernel block (its parameters on one device)."""
-    return choice.memory.inputs - choice.memory.x_block
+def _wide(itemsize: int) -> float:
+    """Bytes per float32-or-wider element (parameters, BatchNorm's centred input) per computed
+    element's byte: 2 for a 16-bit computation, else 1."""
+    return max(itemsize, 4) / itemsize
+
+
+def _kernel_bytes(choice: Cost, itemsize: int = 4) -> float:
+    """The placement's local kernel block (its parameters on one device: float32, or the computation
+    dtype where wider; ``choice`` priced in ``itemsize``-byte elements)."""
+    return (choice.memory.inputs - choice.memory.x_block) * _wide(itemsize)
+
+
+def param_bytes(choice: Cost, batchnorm: bool, itemsize: int = 4) -> float:
+    """A placement's local parameters (and so its gradient): its kernel block, and with a BatchNorm
+    after it the BatchNorm's float32 scale and bias."""
+    return _kernel_bytes(choice, itemsize) + (2 * _channel_bytes(choice) if batchnorm else 0.0)
 
 
 def _channel_bytes(choice: Cost, itemsize: int = 4) -> float:
@@ -90,25 +110,39 @@ def _channel_bytes(choice: Cost, itemsize: int = 4) -> float:
     return math.ceil(geom.channels_out / (choice.grid.get("k", 1) * choice.grid.get("c", 1))) * itemsize
 
 
-def node_memory(choice: Cost, batchnorm: bool, optimizer_copies: int = ADAM_COPIES) -> float:
+def node_memory(
+    choice: Cost, batchnorm: bool, optimizer_copies: int = ADAM_COPIES, itemsize: int = 4
+) -> float:
     """One placement's share of the step's peak: everything of it that may be live at once (its
     parameters with their optimizer state, gradient and kernel copy, its saved activations and its
-    working set). The planner's memory weight (not the peak: peaks of different layers do not add)."""
-    kernel = _kernel_bytes(choice)
+    working set). The planner's memory weight (not the peak: peaks of different layers do not add).
+    ``itemsize``: bytes per element of the computation dtype ``choice`` was priced in."""
+    kernel = _kernel_bytes(choice, itemsize)
     mem = choice.memory
     return (
         kernel * (2 + optimizer_copies)
         + mem.kernel_read
-        + _saved(choice, batchnorm)
+        + _saved(choice, batchnorm, itemsize)
         + mem.forward_temp
         + mem.layout_copy
     )
 
 
-def _saved(choice: Cost, batchnorm: bool) -> float:
-    """Activations one placement keeps from its forward to its backward pass (module docstring)."""
+def _saved(choice: Cost, batchnorm: bool, itemsize: int = 4, scale: float = 1.0) -> float:
+    """Activations one placement keeps from its forward to its backward pass (module docstring): the
+    convolution's operands (``scale``: bytes held per computed byte, :func:`_computed`: XLA:CPU keeps
+    the float32 operands it converts a bfloat16 convolution's to), and with a BatchNorm its output (in
+    the computation dtype) and its centred input (float32, its statistics' dtype, on every platform)."""
     mem = choice.memory
-    return mem.saved + (2 * mem.output if batchnorm else 0.0)
+    return mem.saved * scale + ((1 + _wide(itemsize)) * mem.output if batchnorm else 0.0)
+
+
+def _computed(itemsize: int, platform: str) -> float:
+    """Bytes a platform holds per byte of a computed ``itemsize``-byte element: XLA:CPU computes
+    16-bit floats in float32 (its float normalization converts a bfloat16 convolution's or
+    elementwise operation's operands; a bfloat16 step's compiled convolutions are all f32), so its
+    temporaries are float32-sized: 2 for a 16-bit computation there, else 1."""
+    return _wide(itemsize) if platform in WIDENING_PLATFORMS else 1.0
 
 
 def _max_pool(
@@ -159,8 +193,11 @@ def step_memory(
         kernel block and of its scale and bias, plus ``batch_bytes``.
       batch_bytes: the input batch per device (with ``state_bytes=None`` only).
       optimizer_copies: optimizer state per parameter, in parameter copies (Adam: 2).
-      platform: ``"cpu"`` (max-pooling gradients expanded into index buffers) or ``"gpu"`` / ``"tpu"``.
-      itemsize: bytes per activation element (max pooling's int32 indices are priced against it).
+      platform: ``"cpu"`` (max-pooling gradients expanded into index buffers; 16-bit floats computed
+        in float32) or ``"gpu"`` / ``"tpu"``.
+      itemsize: bytes per element of the computation dtype the placements were priced in (max
+        pooling's int32 indices, the float32 parameters, gradients and BatchNorm inputs are priced
+        against it).
     """
     nodes = graph_nodes(graph)
     names = nodes.names
@@ -168,26 +205,27 @@ def step_memory(
     first = names[0] if names else None
     if state_bytes is None:
         state_bytes = batch_bytes + sum(
-            _kernel_bytes(c) * (1 + optimizer_copies)
+            _kernel_bytes(c, itemsize) * (1 + optimizer_copies)
             + (_channel_bytes(c) * (4 + 2 * optimizer_copies) if nodes.batchnorm(n) else 0.0)
             for n, c in choices.items()
         )
+    scale = _computed(itemsize, platform)
     saved, kernels, grads, forward_work, backward_work = {}, {}, {}, {}, {}
     for name in names:
         c = choices[name]
         mem = c.memory
-        saved[name] = _saved(c, nodes.batchnorm(name))
-        grads[name] = _kernel_bytes(c) + (2 * _channel_bytes(c) if nodes.batchnorm(name) else 0.0)
-        kernels[name] = 0.0 if name == first else mem.kernel_read
+        saved[name] = _saved(c, nodes.batchnorm(name), itemsize, scale)
+        grads[name] = param_bytes(c, nodes.batchnorm(name), itemsize)
+        kernels[name] = 0.0 if name == first else mem.kernel_read * scale
         pool_fwd = pool_saved = pool_bwd = 0.0
         if name in pools and pools[name].kind == "max":
             pool_fwd, pool_saved, pool_bwd = _max_pool(
-                pools[name], layers[name].y_shape, mem.output, itemsize, platform
+                pools[name], layers[name].y_shape, mem.output * scale, itemsize * scale, platform
             )
         saved[name] += pool_saved
-        forward_work[name] = mem.forward_temp + mem.layout_copy + pool_fwd
+        forward_work[name] = (mem.forward_temp + mem.layout_copy) * scale + pool_fwd
         dx = 0.0 if name == first else mem.x_block
-        backward_work[name] = mem.forward_temp - mem.kept_panels + mem.output + dx + pool_bwd
+        backward_work[name] = (mem.forward_temp - mem.kept_panels + mem.output + dx) * scale + pool_bwd
     best = (0.0, "start of the step", {})
     live = 0.0
     for name in names:  # forward: saved activations accumulate

@@ -9,6 +9,7 @@ placements as a ``model.algorithms`` mapping that can be pasted into a config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ from jaxcnn import models
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.mesh import batch_mesh_sizes, make_mesh
 from jaxcnn.planner.model import plan_model
+from jaxcnn.timing.model import TimeModel
 
 
 def whole_step(
@@ -29,6 +31,10 @@ def whole_step(
     num_classes: int,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+    time_model: TimeModel | None = None,
+    objective: str = "bytes",
+    in_channels: int = 3,
+    progress: Callable[[str], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Plans and predicts a whole train step of ``model`` (needs ``devices`` JAX devices): its bytes
@@ -38,29 +44,50 @@ def whole_step(
     The images are laid out as ``model.algorithms: auto`` lays them out (:func:`jaxcnn.mesh.batch_mesh_sizes`:
     the batch over ``n = gcd(batch, devices)``, the rest on ``c``). ``hosts`` and ``dcn_cost_factor``
     are :func:`jaxcnn.planner.network.plan_graph`'s (the plan minimises ``ICI + dcn_cost_factor · DCN``
-    bytes on ``hosts > 1``).
+    bytes on ``hosts > 1``). The input is ``image`` on each side with ``in_channels`` channels: a
+    volume for ``options`` with ``spatial_dims=3`` (the U-Net's). ``progress`` is called with each
+    phase's description as it starts (building, tracing, placing, predicting).
 
     Returns:
       ``{"placements": {layer: placement}, "predicted_comm_bytes_per_step_max_device": float,
       "predicted_dcn_bytes_per_step_max_device": float, "hosts": int, "components": {...},
       "predicted_memory_bytes_per_device": float, "predicted_memory_peak_at": str,
-      "memory_components": {...}}``.
+      "memory_components": {...}}``; with a ``time_model`` (:mod:`jaxcnn.planner.step_time`; the plan
+      minimises it with ``objective="time"``) also ``"objective"``, ``"predicted_step_time_s"``,
+      ``"time_components"`` and ``"layer_seconds"`` (each convolution's own seconds, and the layout
+      changes').
     """
     sizes = batch_mesh_sizes({"n": devices}, batch)
     mesh = make_mesh(**sizes)
-    built = models.build_abstract(model, num_classes=num_classes, in_channels=3, mesh=mesh, **options)
+    if progress is not None:
+        progress(f"building {model} on {devices} devices")
+    built = models.build_abstract(
+        model, num_classes=num_classes, in_channels=in_channels, mesh=mesh, **options
+    )
+    sides = (image,) * options.get("spatial_dims", 2)
     plan = plan_model(
         built,
         batch,
-        (image, image, 3),
+        (*sides, in_channels),
         sizes,
         memory_bytes=memory_bytes,
         dtype=dtype,
         platform=jax.devices()[0].platform,
         hosts=hosts,
         dcn_cost_factor=dcn_cost_factor,
+        time_model=time_model,
+        objective=objective,
+        progress=progress,
     )
     cost, memory = plan.cost, plan.memory
+    timed = {}
+    if plan.time is not None:
+        timed = {
+            "objective": objective,
+            "predicted_step_time_s": plan.time.seconds,
+            "time_components": dict(plan.time.components),
+            "layer_seconds": dict(plan.time.layers),
+        }
     return {
         "placements": plan.placements,
         "predicted_comm_bytes_per_step_max_device": cost.max_bytes,
@@ -70,6 +97,7 @@ def whole_step(
         "predicted_memory_bytes_per_device": memory.peak,
         "predicted_memory_peak_at": memory.at,
         "memory_components": {"train state and images": memory.state, **memory.components},
+        **timed,
     }
 
 
@@ -89,6 +117,13 @@ def format_whole_step(result: dict[str, Any]) -> str:
         f"(peak at the {result['predicted_memory_peak_at']}; Adam's state estimated)"
     )
     lines += [f"  {k}: {v:,.0f}" for k, v in result["memory_components"].items()]
+    if "predicted_step_time_s" in result:
+        lines.append(
+            f"predicted_step_time_s: {result['predicted_step_time_s']:.6g} (planned by {result['objective']})"
+        )
+        lines += [f"  {k}: {v * 1e3:.3f} ms" for k, v in result["time_components"].items()]
+        lines.append("seconds per layer (its compute, memory-bound work and own collectives):")
+        lines += [f"  {k}: {v * 1e3:.3f} ms" for k, v in result["layer_seconds"].items()]
     lines.append("model.algorithms:")
     lines += [f"  {name}: {p}" for name, p in result["placements"].items()]
     return "\n".join(lines)

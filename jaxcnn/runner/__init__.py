@@ -13,6 +13,8 @@ Packages and modules, one concept each:
 - :mod:`.setup`: processes, mesh, model, run directory; :mod:`.autoplan`: ``auto`` placements as config
   errors; :mod:`.fit`: does the state fit the devices; :mod:`.predict`: metered and predicted figures;
 - :mod:`.train`: the training loop; :mod:`.checkpoint`: orbax save / restore of the train state;
+- :mod:`.inference`: a trained run's model on any mesh (:func:`.inference.load`), its test figures and
+  predictions; :mod:`.inference_cli`: ``jaxcnn eval`` and ``jaxcnn predict``;
 - :mod:`.metrics`: ``metrics.jsonl`` and plots; :mod:`.display`: progress bar and summary table;
 - :mod:`.cli`: the command line; :mod:`.cluster`: joining a multi-process job (the only caller of
   ``jax.distributed.initialize()``); :mod:`.launch`: ``jaxcnn launch``, a multi-process job on one machine.

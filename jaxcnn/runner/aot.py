@@ -40,7 +40,9 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
       ``{"compiled", "compile_time_s", "mesh", "num_params" (without the head's zero class padding),
       "head_padding_params", "placements", "temp_bytes", "argument_bytes",
       "comm_bytes_per_step_max_device", "predicted_comm_bytes_per_step_max_device",
-      "predicted_components", "predicted_kinds", "memory_state_bytes_per_device",
+      "predicted_components", "predicted_kinds", "predicted_step_time_s", "predicted_time_components",
+      "predicted_time_note" (only when there is no time figure for a model with a plan graph: why),
+      "memory_state_bytes_per_device",
       "memory_compiled_bytes_per_device", "device_memory_bytes", "device_memory_source",
       "memory_fits", "predicted_memory_bytes_per_device", "predicted_memory_peak_at"}`` (memory
       figures per device, from XLA's memory analysis and :func:`jaxcnn.runner.fit.report` - reported,
@@ -72,6 +74,13 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
         "predicted_comm_bytes_per_step_max_device": None if predicted is None else predicted.max_bytes,
         "predicted_components": None if predicted is None else dict(predicted.components),
         "predicted_kinds": None if predicted is None else dict(predicted.kinds),
+        "predicted_step_time_s": None
+        if run.predicted_time is None
+        else float(f"{run.predicted_time.seconds:.6g}"),
+        "predicted_time_components": None
+        if run.predicted_time is None
+        else {k: float(f"{v:.4g}") for k, v in run.predicted_time.components.items()},
+        **({"predicted_time_note": run.time_note} if run.time_note and predicted is not None else {}),
         **fit.report(run.footprint, run.compiled, list(run.mesh.devices.flat)),
         "predicted_memory_bytes_per_device": None if memory_model is None else round(memory_model.peak),
         "predicted_memory_peak_at": None if memory_model is None else memory_model.at,
@@ -79,5 +88,33 @@ def compile_train_step(cfg: Config, builder: setup.ModelBuilder | None = None) -
 
 
 def describe(result: dict[str, Any]) -> str:
-    """One line per figure of :func:`compile_train_step`'s result."""
-    return "\n".join(f"{k}: {v}" for k, v in result.items() if k != "compiled")
+    """One ``key: value`` line per figure of :func:`compile_train_step`'s result, except the placements:
+    ``placements: <count> convolutions`` and then one indented ``<layer>  <placement>`` line per
+    convolution (no ``": "`` in them, so ``key: value`` parsers skip them; :func:`parse_placements` reads
+    them back)."""
+    lines = []
+    for key, value in result.items():
+        if key == "compiled":
+            continue
+        if key == "placements":
+            width = max((len(name) for name in value), default=0)
+            lines.append(f"placements: {len(value)} convolutions")
+            lines += [f"  {name:<{width}}  {placement}" for name, placement in value.items()]
+            continue
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def parse_placements(text: str) -> dict[str, str]:
+    """The ``{layer: placement}`` table that :func:`describe` prints in ``text`` (empty without one)."""
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith("placements: "):
+            break
+    table = {}
+    for line in lines:
+        if not line.startswith("  "):
+            break
+        name, placement = line.split()
+        table[name] = placement
+    return table

@@ -20,12 +20,14 @@ from typing import Any
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.mesh import mesh_sizes
 from jaxcnn.models.trace import UnnamedConvolutions
 from jaxcnn.planner.model import plan_model
 from jaxcnn.planner.plan import NoPlanError
 from jaxcnn.runner.config import ConfigError
+from jaxcnn.timing.model import TimeModel
 
 
 def plan_algorithms(
@@ -34,9 +36,11 @@ def plan_algorithms(
     batch: int,
     image_shape: tuple[int, ...],
     memory_bytes: float,
-    dtype: str,
+    dtype: str | Dtypes,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+    time_model: TimeModel | None = None,
+    optimizer: str = "adam",
 ) -> dict[str, str]:
     """``{layer: placement}`` for the run's devices and batch (:func:`jaxcnn.planner.model.plan_model`).
 
@@ -47,10 +51,13 @@ def plan_algorithms(
       image_shape: ``(H, W, C)``.
       memory_bytes: per-device memory budget of the whole train step, as predicted by the planner
         (:func:`jaxcnn.planner.network.plan_graph`; 0: unlimited).
-      dtype: ``model.dtype``.
+      dtype: ``model.dtype``, or the model's :class:`jaxcnn.dtypes.Dtypes` (``model.dtypes``).
       hosts: hosts (or TPU slices) the mesh's devices lie on, as equal consecutive groups of its flat
         order (``jaxcnn.mesh.host_count``).
       dcn_cost_factor: ``cluster.dcn_cost_factor``: how much dearer a byte between hosts is.
+      time_model: plan by the step's predicted seconds (``model.plan_objective: time`` with the
+        backend's profile); None: by bytes.
+      optimizer: ``optimizer.name`` (its update's share of the step's time).
 
     Raises:
       ConfigError: the convolutions have no names, ``hosts`` does not divide the device count, or no
@@ -68,6 +75,9 @@ def plan_algorithms(
             platform=mesh.devices.flat[0].platform,
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
+            time_model=time_model,
+            objective="bytes" if time_model is None else "time",
+            optimizer=optimizer,
         )
     except UnnamedConvolutions as err:
         raise ConfigError(

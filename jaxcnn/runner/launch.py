@@ -6,11 +6,18 @@ gloo: the same program a pod or cluster runs on every host, emulated with real p
 learns its place from ``JAXCNN_COORDINATOR_ADDRESS`` / ``JAXCNN_NUM_PROCESSES`` / ``JAXCNN_PROCESS_ID``
 (read by :mod:`jaxcnn.runner.cluster`, overriding the config's ``cluster`` section).
 
-Output lines are prefixed ``[p<i>]`` (gloo's connection chatter is dropped unless ``--verbose``). The
-launcher exits 0 when every process does; as soon as one fails it stops the others (SIGTERM, then
-SIGKILL after ``--grace`` seconds) and exits with the first failure's code (128 + signal for a process
-killed by a signal), so a dead process ends the job in seconds; ``--timeout S`` also bounds a job whose
-processes are alive but stuck (exit 124). Ctrl-C stops them all.
+Output lines are prefixed ``[p<i>]`` (gloo's connection chatter, and the blank lines its interleaving
+leaves, are dropped unless ``--verbose``). The launcher exits 0 when every process does; as soon as one
+fails it stops the others (SIGTERM, then SIGKILL after ``--grace`` seconds) and exits with the first
+failure's code (128 + signal for a process killed by a signal), so a dead process ends the job in
+seconds; ``--timeout S`` also bounds a job whose processes are alive but stuck (exit 124). A process that
+exits 130 or 143 stopped on a signal with a checkpoint, and so do its peers: they are waited for.
+
+SIGINT (Ctrl-C) and SIGTERM to the launcher are forwarded to every process (each runs in its own session,
+so a terminal's Ctrl-C reaches the launcher alone): the processes agree on a step, save its checkpoint and
+exit 130 or 143 (:mod:`jaxcnn.runner.interrupt`), process 0 printing the one line that says so; the
+launcher waits for all of them and exits with that code, adding nothing. A second signal is forwarded too:
+the processes stop at once.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from jaxcnn.devices import with_cpu_device_count
 POLL_S = 0.1
 #: Exit code of a job stopped by ``--timeout`` (as coreutils' ``timeout``).
 TIMEOUT_EXIT = 124
+#: The exit codes of a process that stopped on SIGINT / SIGTERM with a checkpoint (its peers, which agree
+#: on the step, stop with it: they are waited for, not stopped).
+INTERRUPTED = (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 #: gloo prints one line per connected peer group (from several threads, so lines may interleave).
 GLOO_CHATTER = "connected peer ranks"
 
@@ -84,7 +94,8 @@ def exit_code(returncode: int) -> int:
 
 def _pump(stream: IO[str], prefix: str, verbose: bool, lock: threading.Lock) -> None:
     for line in stream:
-        if not verbose and GLOO_CHATTER in line:
+        # gloo's lines, and the bare newlines their interleaving leaves behind
+        if not verbose and (GLOO_CHATTER in line or not line.strip()):
             continue
         with lock:
             sys.stdout.write(prefix + line)
@@ -103,6 +114,7 @@ class Job:
     def __init__(self, commands: Sequence[list[str]], envs: Sequence[dict[str, str]], verbose: bool = False):
         self.procs: list[subprocess.Popen[str]] = []
         self._threads: list[threading.Thread] = []
+        self.forwarded: int | None = None  # a signal passed on to the processes: they stop by themselves
         lock = threading.Lock()
         for i, (cmd, env) in enumerate(zip(commands, envs, strict=True)):
             p = subprocess.Popen(
@@ -119,6 +131,15 @@ class Job:
             t = threading.Thread(target=_pump, args=(p.stdout, f"[p{i}] ", verbose, lock), daemon=True)
             t.start()
             self._threads.append(t)
+
+    def forward(self, signum: int, frame: object = None) -> None:
+        """Passes ``signum`` on to every live process (a signal handler: ``signal.signal(sig, job.forward)``);
+        :meth:`wait` then waits for all of them to exit by themselves."""
+        self.forwarded = signum
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                    os.kill(p.pid, signum)  # the process itself: it stops its input workers
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM to every live process group, SIGKILL to what is still alive after ``grace_s``."""
@@ -141,7 +162,7 @@ class Job:
 
         Returns:
           0 if every process exited 0, :data:`TIMEOUT_EXIT` after ``timeout_s``, else the first
-          failure's exit code.
+          failure's exit code; after a :meth:`forward`, the first non-zero code once all have exited.
         """
         deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
         try:
@@ -151,6 +172,13 @@ class Job:
                     self.stop(grace_s)
                     return TIMEOUT_EXIT
                 codes = [p.poll() for p in self.procs]
+                if any(c in INTERRUPTED for c in codes):  # a process that had a signal (the launcher's, or
+                    self.forwarded = self.forwarded or -1  # one sent to it alone): its peers stop with it
+                if self.forwarded is not None:  # each process saves and stops: wait for all, then their code
+                    if all(c is not None for c in codes):
+                        return next((exit_code(c) for c in codes if c), 0)
+                    time.sleep(POLL_S)
+                    continue
                 failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
                 if failed:
                     i, code = failed[0]
@@ -234,4 +262,6 @@ def main(argv: list[str] | None = None) -> int:
         [process_env(dict(os.environ), i, n, m, port) for i in range(n)],
         verbose=args.verbose,
     )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, job.forward)
     return job.wait(args.grace, args.timeout)

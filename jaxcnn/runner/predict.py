@@ -1,12 +1,12 @@
 """A run's communication figures: metered from the compiled step, and predicted from the model.
 
 ``comm_bytes_per_step_max_device`` (:func:`metered_bytes`) and
-``predicted_comm_bytes_per_step_max_device`` with the step's predicted peak memory per device
-(:func:`predict`).
+``predicted_comm_bytes_per_step_max_device`` with the step's predicted peak memory per device and
+``predicted_step_time_s`` (:func:`predict`).
 
 The predictions are the planner's (:func:`jaxcnn.planner.model.predict_model`: the model's plan graph
 and each convolution's placement, priced for the run's batch); this module adds what the run knows:
-the mesh, and the dtype its collectives carry on the mesh's platform (:func:`wire_dtype`).
+the mesh, and its dtypes (the computation dtype and the dtype the sums travel in).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxcnn import measure
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.mesh import mesh_sizes
-from jaxcnn.planner.model import predict_model
-from jaxcnn.planner.step import StepCost
-from jaxcnn.planner.step_memory import StepMemory
+from jaxcnn.planner.model import ModelPlan, predict_model
+from jaxcnn.timing.model import TimeModel
 
 
 def metered_bytes(compiled: Any) -> tuple[float | None, str]:
@@ -46,45 +46,42 @@ def model_for_prediction(graphs: Any, state: Any) -> nnx.Module:
     )
 
 
-#: Float dtypes narrower than 32 bits that XLA:CPU communicates as float32 (its float normalization wraps
-#: each such collective in converts, so the bytes on the wire are f32 bytes); GPU and TPU send them as is.
-_CPU_WIDENED = ("bfloat16", "float16")
-
-
-def wire_dtype(dtype: str, platform: str) -> str:
-    """The dtype a ``dtype`` model's collectives carry on ``platform`` (``"cpu"``, ``"gpu"``, ``"tpu"``)."""
-    return "float32" if platform == "cpu" and str(dtype) in _CPU_WIDENED else str(dtype)
-
-
 def predict(
     model: nnx.Module,
     mesh: Mesh,
     batch: int,
     image_shape: tuple[int, ...],
-    dtype: str,
+    dtype: str | Dtypes,
     state_bytes: float | None = None,
-) -> tuple[StepCost | None, StepMemory | None]:
-    """Predicted bytes per device of one train step of ``model`` and, given ``state_bytes``, its peak
-    memory per device (:func:`jaxcnn.planner.model.predict_model`); ``(None, None)`` for a model
-    without a plan graph.
+    time_model: TimeModel | None = None,
+    optimizer: str = "adam",
+) -> ModelPlan:
+    """Predicted bytes per device of one train step of ``model``, given ``state_bytes`` its peak
+    memory per device, given a ``time_model`` its seconds (:func:`jaxcnn.planner.model.predict_model`;
+    its ``cost``, ``memory`` and ``time`` are None for a model without a plan graph).
 
     Args:
       model: the built (possibly abstract) model; its images arrive as ``P("n")`` on ``mesh``.
       mesh: the run's mesh.
       batch: global batch size.
       image_shape: ``(H, W, C)``.
-      dtype: the model's computation dtype (priced as :func:`wire_dtype` on the mesh's platform).
+      dtype: the model's computation dtype, or :class:`jaxcnn.dtypes.Dtypes` with the dtype its sums
+        travel in (priced as the mesh's platform carries them, :meth:`jaxcnn.dtypes.Dtypes.on`).
       state_bytes: the train state and input batch per device (``jaxcnn.runner.fit``'s footprint
         without its gradients, which the prediction places in time itself); None: no memory figure.
+      time_model: the backend's time model (:func:`jaxcnn.timing.model.backend_time_model`); None: no
+        time figure.
+      optimizer: ``optimizer.name`` (its update's share of the step's time).
     """
     platform = mesh.devices.flat[0].platform
-    predicted = predict_model(
+    return predict_model(
         model,
         batch,
         image_shape,
         mesh_sizes(mesh),
-        dtype=wire_dtype(dtype, platform),
+        dtype=dtype,
         platform=platform,
         state_bytes=state_bytes,
+        time_model=time_model,
+        optimizer=optimizer,
     )
-    return predicted.cost, predicted.memory

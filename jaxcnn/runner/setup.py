@@ -1,5 +1,5 @@
-"""The parts of a run's preparation: processes, mesh, model, run directory (put together by
-:func:`jaxcnn.runner.prepare.prepare`).
+"""The parts of a run's preparation: processes, mesh, model (put together by
+:func:`jaxcnn.runner.prepare.prepare`; the run directory is :mod:`jaxcnn.runner.run_directory`'s).
 
 Processes join a multi-process job through :mod:`jaxcnn.runner.cluster`; the mesh it builds is passed
 explicitly to the model (no global mesh is set).
@@ -7,13 +7,14 @@ explicitly to the model (no global mesh is set).
 
 from __future__ import annotations
 
-import os
-import shutil
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -22,8 +23,9 @@ from jaxcnn import models
 from jaxcnn.mesh import host_count, make_mesh
 from jaxcnn.runner import cluster
 from jaxcnn.runner.autoplan import plan_algorithms
-from jaxcnn.runner.config import Config, ConfigError, save_config
+from jaxcnn.runner.config import Config, ConfigError
 from jaxcnn.runner.config.typed import to_plain
+from jaxcnn.timing.model import TimeModel, backend_time_model
 
 ModelBuilder = Callable[..., nnx.Module]
 
@@ -40,6 +42,22 @@ def init_distributed(cfg: Config) -> None:
         cluster.initialize(cfg.cluster)
 
 
+def time_model() -> tuple[TimeModel | None, str]:
+    """The backend's time model (:func:`jaxcnn.timing.model.backend_time_model`), the same on every
+    process: each host reads its own profile file, and processes that planned by different profiles
+    would compile different programs. When they differ (or some lack one), every process goes without,
+    with a note saying so."""
+    model, note = backend_time_model()
+    if jax.process_count() == 1:
+        return model, note
+    text = "" if model is None else json.dumps(model.profile.to_json(), sort_keys=True)
+    # int32 words: an int64 digest would be cut to 32 bits on the devices (x64 off) and never match
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)
+    if np.all(multihost_utils.process_allgather(digest) == digest):
+        return model, note
+    return None, "the processes have different timing profiles (jaxcnn calibrate on every host, or none)"
+
+
 def build_mesh(cfg: Config) -> Mesh:
     """The run's mesh over all devices (``mesh`` sizes resolved against ``jax.device_count()`` and the
     train/eval batch sizes, see :meth:`Config.mesh_sizes`; input batches are sharded over its ``n``).
@@ -52,7 +70,11 @@ def build_mesh(cfg: Config) -> Mesh:
 
 
 def _algorithms(
-    cfg: Config, mesh: Mesh, image_shape: tuple[int, ...], build: Callable[[Any], nnx.Module]
+    cfg: Config,
+    mesh: Mesh,
+    image_shape: tuple[int, ...],
+    build: Callable[[Any], nnx.Module],
+    time_model: TimeModel | None = None,
 ) -> Any:
     """``model.algorithms`` in the form ``jaxcnn.models.build`` takes (a str, dict or list).
 
@@ -68,9 +90,12 @@ def _algorithms(
             cfg.train.batch_size,
             image_shape,
             cfg.model.plan_memory_bytes,
-            cfg.model.dtype,
+            cfg.model.dtypes,
             hosts=host_count(list(mesh.devices.flat)),
             dcn_cost_factor=cfg.cluster.dcn_cost_factor,
+            # model.plan_objective: time where the backend has a profile, else bytes (prepare says so)
+            time_model=time_model if cfg.model.plan_objective == "time" else None,
+            optimizer=cfg.optimizer.name,
         )
     if isinstance(algs, Mapping):
         return dict(algs)
@@ -85,6 +110,8 @@ def model_builder(
     num_classes: int,
     image_shape: tuple[int, ...],
     builder: ModelBuilder | None = None,
+    *,
+    time_model: TimeModel | None = None,
 ) -> Callable[[], nnx.Module]:
     """A zero-argument function that builds the configured network on ``mesh`` with parameters from
     ``nnx.Rngs(cfg.seed)``: placements resolved (``auto`` planned) once, now; the model may then be
@@ -96,6 +123,8 @@ def model_builder(
       num_classes: classifier width.
       image_shape: ``(H, W, C)`` of the inputs.
       builder: a function with ``jaxcnn.models.build``'s signature (default: ``jaxcnn.models.build``).
+      time_model: the backend's time model; ``auto`` with ``model.plan_objective: time`` plans by it
+        (None: by bytes).
 
     Raises:
       ConfigError: (here for ``auto``, else when the function is called) one line naming the key, for
@@ -113,6 +142,7 @@ def model_builder(
             mesh=mesh,
             algorithms=algorithms,
             dtype=jnp.dtype(cfg.model.dtype),
+            reduce_dtype=jnp.dtype(cfg.model.reduce_dtype),
             rngs=nnx.Rngs(cfg.seed),
             **dict(cfg.model.options),
         )
@@ -153,7 +183,7 @@ def model_builder(
             )
             raise ConfigError(f"model.algorithms={given}: {message}{listing}") from None
 
-    algorithms = _algorithms(cfg, mesh, image_shape, build)
+    algorithms = _algorithms(cfg, mesh, image_shape, build, time_model)
     return lambda: build(algorithms)
 
 
@@ -166,38 +196,3 @@ def build_model(
 ) -> nnx.Module:
     """The configured network on ``mesh``, built now (:func:`model_builder`'s function, called)."""
     return model_builder(cfg, mesh, num_classes, image_shape, builder)()
-
-
-def prepare_run_dir(cfg: Config) -> str:
-    """Creates ``<output_dir>/<name>`` and writes ``config.yaml`` (process 0).
-
-    Without ``resume`` an existing run of the same name is replaced (its checkpoints and metrics are
-    deleted), so a run always starts from step 0.
-
-    Raises:
-      ConfigError: the directory cannot be created or written (read-only or full file system,
-        ``output_dir`` under a file): one line naming ``output_dir``, the path and the OS reason.
-    """
-    run_dir = cfg.run_dir
-    if is_main_process():
-        try:
-            os.makedirs(run_dir, exist_ok=True)
-            if not cfg.resume:
-                shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
-                for f in ("metrics.jsonl", "summary.json", "loss.png", "accuracy.png"):
-                    if os.path.exists(os.path.join(run_dir, f)):
-                        os.remove(os.path.join(run_dir, f))
-            save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        except OSError as e:
-            where = (
-                f" ({e.filename})"
-                if e.filename and os.path.abspath(e.filename) != os.path.abspath(run_dir)
-                else ""
-            )
-            raise ConfigError(
-                f"output_dir={cfg.output_dir}: cannot write the run directory {run_dir}{where}: "
-                f"{e.strerror or e}"
-            ) from None
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("jaxcnn.runner.prepare_run_dir")
-    return run_dir

@@ -1,4 +1,4 @@
-"""The jitted train and eval steps: pure functions of (state, batch), explicit shardings, donated state.
+"""The jitted train, eval and predict steps: pure functions of (state, batch), explicit shardings.
 
 Loss: mean softmax cross-entropy over the global batch (computed in float32); accuracy: fraction of
 argmax hits. A segmentation model (``model.task == "segmentation"``, the U-Net) has logits
@@ -69,7 +69,8 @@ def train_step_fn(
     ``labels_from`` is the labels' sharding (the batch's); they move to the logits' layout explicitly.
     """
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
+    # named for the profiler: the compiled program is jit_train_step in a trace (train.profile_steps)
+    def train_step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
         model = nnx.merge(graphs.train, state["params"], state["rest"])
         labels = align_labels(model, labels, labels_from)
 
@@ -93,7 +94,7 @@ def train_step_fn(
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
         return new_state, {"loss": loss, "accuracy": accuracy}
 
-    return step
+    return train_step
 
 
 def eval_keys(task: str) -> tuple[str, ...]:
@@ -109,7 +110,7 @@ def eval_step_fn(
     the real rows: ``mask`` is 1 for them). For ``task="segmentation"`` the sums are over voxels and the
     foreground sums of :func:`foreground_sums` are added."""
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+    def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
         model = nnx.merge(graphs.eval, state["params"], state["rest"])
         if labels.ndim > 1:  # one label per voxel: one mask entry per voxel, laid out like the labels
             mask = jnp.broadcast_to(mask.reshape(-1, *(1,) * (labels.ndim - 1)), labels.shape)
@@ -128,7 +129,7 @@ def eval_step_fn(
             sums.update(foreground_sums(logits, labels, mask))
         return sums
 
-    return step
+    return eval_step
 
 
 def _replicated(mesh: Mesh, tree: Any) -> Any:
@@ -158,6 +159,25 @@ def jit_eval_step(
         eval_step_fn(graphs, batch, task),
         in_shardings=(state_shardings(state), batch, batch, batch),
         out_shardings=_replicated(mesh, dict.fromkeys(eval_keys(task), 0)),
+    )
+
+
+def jit_predict_step(
+    graphs: Graphs, state: TrainState, mesh: Mesh
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``jax.jit`` of ``(state, images) -> (predictions, probabilities)``: the eval-mode model's argmax
+    (int32 classes, per voxel for segmentation) and softmax (float32), replicated (every process can read
+    them). ``state`` needs only ``params`` and ``rest``."""
+
+    def step(state: TrainState, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = nnx.merge(graphs.eval, state["params"], state["rest"])(images).astype(jnp.float32)
+        return jnp.argmax(logits, -1).astype(jnp.int32), jax.nn.softmax(logits, -1)
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings(state), batch_sharding(mesh)),
+        out_shardings=(replicated, replicated),
     )
 
 

@@ -21,7 +21,7 @@ def _ops(report):
     return sorted((op.kind, op.group_size, op.buffer_bytes, op.executions) for op in report.ops)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # a cache: kept when xdist interleaves other modules' tests
 def metered():
     cache = {}
 

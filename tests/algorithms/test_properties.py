@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jaxcnn
 from jaxcnn.algorithms import REGISTRY
-from tests.utils import assert_close, random_inputs, reference_conv
+from tests.utils import assert_same_loss_and_grads, random_inputs, reference_conv
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +29,11 @@ def grids(draw, algorithm: str) -> dict[str, int]:
 
 
 @st.composite
-def layers(draw):
+def layers(draw, max_size: int = 20, max_dilation: int = 3):
+    """A 2-D layer: x shape, kernel shape and conv kwargs (h, w at most ``max_size``)."""
     r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, max_dilation)), draw(st.integers(1, max_dilation)))
     padding = draw(
         st.one_of(
             st.sampled_from(["SAME", "VALID"]),
@@ -45,8 +44,8 @@ def layers(draw):
         )
     )
     ext_h, ext_w = dilation[0] * (r - 1) + 1, dilation[1] * (s - 1) + 1
-    h = draw(st.integers(max(1, ext_h - 8), 20))
-    w = draw(st.integers(max(1, ext_w - 8), 20))
+    h = draw(st.integers(max(1, ext_h - 8), max_size))
+    w = draw(st.integers(max(1, ext_w - 8), max_size))
     shape = (draw(st.integers(1, 4)), h, w, draw(st.integers(1, 9)))
     k = draw(st.integers(1, 9))
     try:
@@ -65,18 +64,9 @@ def test_random_layers_and_grids(algorithm, data):
     mesh = jaxcnn.make_mesh(**grid)
     x, kernel = random_inputs(1, x_shape, k_shape)
 
-    def loss_and_grads(conv):
-        def loss(a, b):
-            y = conv(a, b)
-            return jnp.sum(jnp.cos(y)), y
-
-        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-
-    (value, y), (gx, gk) = loss_and_grads(
-        lambda a, b: jaxcnn.conv2d(a, b, mesh=mesh, algorithm=algorithm, **kw)
-    )(x, kernel)
-    (ref, y_ref), (rx, rk) = loss_and_grads(lambda a, b: reference_conv(a, b, **kw))(x, kernel)
-    assert_close(y, y_ref, 5e-5, "y")
-    assert_close(value, ref, 5e-5, "loss")
-    assert_close(gx, rx, 5e-5, "dx")
-    assert_close(gk, rk, 5e-5, "dkernel")
+    assert_same_loss_and_grads(
+        lambda a, b: jaxcnn.conv2d(a, b, mesh=mesh, algorithm=algorithm, **kw),
+        lambda a, b: reference_conv(a, b, **kw),
+        x,
+        kernel,
+    )

@@ -21,10 +21,11 @@ import jaxcnn.nn as jnn
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def train_step_and_eval(model, x, labels, with_eval=True):
+def train_step_and_eval(model, x, labels, with_eval=True, compiler_options=None):
     """One jitted program: train-mode logits, parameter grads, updated state, then eval-mode logits.
 
-    Variables without a mesh (a plain ``flax.nnx`` model) live on one device.
+    Variables without a mesh (a plain ``flax.nnx`` model) live on one device. ``compiler_options``:
+    XLA options of the compiled program (e.g. ``{"xla_allow_excess_precision": False}``).
     """
     model.train()
     graphdef, state = nnx.split(model)
@@ -49,7 +50,9 @@ def train_step_and_eval(model, x, labels, with_eval=True):
         return logits, grads, new_state, eval_logits
 
     out_shardings = (replicated, param_shardings, shardings, replicated)
-    return jax.jit(step, out_shardings=out_shardings)(state, jax.device_put(x, replicated))
+    x = jax.device_put(x, replicated)
+    compiled = jax.jit(step, out_shardings=out_shardings).lower(state, x).compile(compiler_options)
+    return compiled(state, x)
 
 
 def crop(value, like):

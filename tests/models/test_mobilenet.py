@@ -175,9 +175,13 @@ ROW_SPLIT_KERNELS = {  # depthwise kernels split over the rows along K and gathe
             [
                 (MIXED, SHORT, jnp.float32),
                 (ROW_SPLIT_KERNELS, SHORT, jnp.float32),
-                ("auto", SHORT, jnp.float32),
-            ]
+            ],
+            keep=0,  # make test-fast: tests/models/test_models.py's small CNN (30 s of compiling each)
         ),
+        # auto's plan of the short network (make test-sweep: ~12 s; make test checks auto's plans of
+        # MobileNetV2 by their bytes below, and trains an auto plan against one device in
+        # tests/runner/test_small_batch.py)
+        pytest.param("auto", SHORT, jnp.float32, marks=[pytest.mark.slow, pytest.mark.sweep]),
         # The full depth (make test-sweep: ~1 min) computes in float64: in float32, 8 devices and one
         # differ by up to 5% in a few gradients even under plain data@n=8, since BatchNorm's one-pass
         # variance E[x²] − E[x]² of near-constant channels on small maps, rounded in another order,
@@ -205,6 +209,7 @@ def test_train_step_on_8_devices_equals_plain_flax_on_one(placements, settings, 
         assert_same_step(ours, ref, x, labels, with_eval=False)  # eval mode: tests/models/test_models.py
 
 
+@pytest.mark.slow
 def test_auto_plan_moves_less_than_data_parallelism():
     # Depthwise layers move next to nothing on dozens of grids; ranked by their own bytes alone, the
     # placement continuing the neighbours' layout fell out of their candidates and the plan paid two

@@ -52,8 +52,14 @@ def test_tiny_resnet18_mixed_placements_equal_one_device():
         "layer2.0.proj": "2.5d@n=2,k=2,c=2",
         "head": "filter@n=2,k=4",
     }
-    # Eval mode (running statistics) is covered by the small CNN; one program less to compile here.
-    _compare("resnet18", placements, (8, 8, 8, 3), with_eval=False, width=1 / 16, small_images=True)
+    # Eval mode (running statistics) is covered by the small CNN; one program less to compile here. One
+    # block per stage (stage_sizes): the identity block of stage 1, the strided projection blocks of
+    # stages 2-4, half the compile of ResNet-18's eight blocks (the second, identity block of stages
+    # 2-4 is the same code as layer1.0).
+    _compare(
+        "resnet18", placements, (8, 8, 8, 3), with_eval=False, width=1 / 16, small_images=True,
+        stage_sizes=(1, 1, 1, 1),
+    )  # fmt: skip
 
 
 def test_conv_layer_names_and_placement_errors():
@@ -71,6 +77,15 @@ def test_conv_layer_names_and_placement_errors():
     assert resnet18[:4] == ("stem", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1")
     assert resnet50[1:5] == ("layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer1.0.proj")
     assert vgg16[-4:] == ("conv5_1", "conv5_2", "conv5_3", "head")
+    # stage_sizes: the same kinds of blocks, fewer of them (a bottleneck block with a projection opens
+    # each stage; layer1.1 is one with the identity shortcut)
+    short = names("resnet50", stage_sizes=(2, 1, 1, 1))
+    assert len(short) == 1 + 3 * 5 + 4 + 1
+    assert short[5:8] == ("layer1.1.conv1", "layer1.1.conv2", "layer1.1.conv3")
+    assert short[-5:] == ("layer4.0.conv1", "layer4.0.conv2", "layer4.0.conv3", "layer4.0.proj", "head")
+    for bad in ((), (2, 0), (2.0,)):
+        with pytest.raises(ValueError, match="stage_sizes must be a non-empty list of positive ints"):
+            names("resnet18", stage_sizes=bad)
 
     def build_small(**kw):  # abstract: the errors are raised before any array is computed
         nnx.eval_shape(lambda: models.build(num_classes=10, in_channels=1, mesh=mesh, rngs=nnx.Rngs(0), **kw))

@@ -1,5 +1,7 @@
 """jaxcnn.nn.Conv and the conv_general_dilated hook against flax.nnx.Conv / lax (fp32, rtol 1e-5)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,7 +108,7 @@ def test_parameters_carry_the_layout_and_are_created_sharded():
     mesh = jaxcnn.make_mesh(n=2, k=2, c=2)
     geom = jaxcnn.conv_geometry((2, 4, 4, 8), (3, 3, 8, 8))
     layout = jaxcnn.conv_layout(geom, mesh=mesh, algorithm="3d")
-    make = lambda: jnn.Conv(8, 8, 3, mesh=mesh, algorithm="3d", rngs=nnx.Rngs(0))  # noqa: E731
+    make = lambda: jnn.Conv(8, 8, (3, 3), mesh=mesh, algorithm="3d", rngs=nnx.Rngs(0))  # noqa: E731
     specs = nnx.get_partition_spec(nnx.state(nnx.eval_shape(make)))
     assert specs["kernel"].get_value() == layout.kernel_spec
     assert specs["bias"].get_value() == P(("k", "c"))
@@ -115,7 +117,7 @@ def test_parameters_carry_the_layout_and_are_created_sharded():
     assert state["kernel"][...].sharding.spec == layout.kernel_spec
     np.testing.assert_array_equal(np.asarray(state["kernel"][...]), np.asarray(make().kernel[...]))
     # Channels the layout pads (C=6 → 8) cannot be stored in its layout: the kernel is replicated.
-    padded = jnn.Conv(6, 8, 3, mesh=mesh, algorithm="3d", rngs=nnx.Rngs(0))
+    padded = jnn.Conv(6, 8, (3, 3), mesh=mesh, algorithm="3d", rngs=nnx.Rngs(0))
     assert padded.kernel[...].sharding.spec == P(None, None, None, None)
     assert padded.input_spec == layout.x_spec and padded.output_spec == layout.y_spec
 
@@ -166,3 +168,16 @@ def test_hook_rejects_what_jaxcnn_does_not_compute():
         hook(x, jnp.ones((3, 3, 4, 4)), (1, 1), "SAME", lhs_dilation=(2, 2), dimension_numbers=dn)
     with pytest.raises(ValueError, match="'k'"):
         jnn.conv_general_dilated(jaxcnn.make_mesh(k=2), "data")
+
+
+def test_positional_arguments_and_int_kernel_size_as_nnx_conv():
+    # functools.partial(jaxcnn.nn.Conv, mesh=..., algorithm=...) stands in for nnx.Conv in code written
+    # for it: in_features, out_features, kernel_size, strides positionally; an int kernel_size is 1-D.
+    mesh = jaxcnn.make_mesh(n=8)
+    conv = functools.partial(jnn.Conv, mesh=mesh, algorithm="data")
+    for args in ((4, 8, 3), (4, 8, (3, 3), 2), (4, 8, (3, 3, 3), (1, 2, 2))):
+        ours, ref = conv(*args, rngs=nnx.Rngs(0)), nnx.Conv(*args, rngs=nnx.Rngs(0))
+        assert ours.kernel[...].shape == ref.kernel[...].shape and ours.strides == ref.strides, args
+    x = jax.random.normal(jax.random.key(0), (8, 12, 4))  # (N, W, C): 1-D, as nnx.Conv(4, 8, 3) reads it
+    ours, ref = conv(4, 8, 3, rngs=nnx.Rngs(0)), nnx.Conv(4, 8, 3, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), rtol=1e-5, atol=1e-5)

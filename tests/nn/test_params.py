@@ -11,7 +11,7 @@ import jaxcnn.nn as jnn
 class _Block(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         mesh = jaxcnn.make_mesh(n=2, k=2, c=2)
-        self.conv = jnn.Conv(8, 8, 3, mesh=mesh, algorithm="3d", rngs=rngs)
+        self.conv = jnn.Conv(8, 8, (3, 3), mesh=mesh, algorithm="3d", rngs=rngs)
         self.bn = jnn.BatchNorm(8, mesh=mesh, spec=self.conv.output_spec, rngs=rngs)
         self.head = nnx.Linear(8, 3, rngs=rngs)  # no mesh metadata: replicated on the default mesh
 

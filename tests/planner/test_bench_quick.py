@@ -7,9 +7,12 @@ import csv
 import subprocess
 import sys
 
+import pytest
+
 from tests.fake_devices import ROOT
 
 
+@pytest.mark.slow
 def test_bench_comm_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, "experiments/bench_comm.py", "--quick", "--out", str(tmp_path)],

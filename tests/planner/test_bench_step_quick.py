@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 
 import jax
+import pytest
 
 from tests.fake_devices import ROOT
 
@@ -28,6 +29,7 @@ def test_mesh_candidates_are_even_factorizations():
         assert m["data"] * m["model"] == 512 and 32 % m["data"] == 0 and 2 <= m["model"] <= 64
 
 
+@pytest.mark.slow
 def test_data_parallel_step_is_one_gradient_all_reduce():
     p = jax.device_count()
     assert p == 8

@@ -162,7 +162,7 @@ def test_shipped_configs_load_and_start_with_their_command(path, monkeypatch):
         (
             ["--model", "alexnet"],
             "unknown model 'alexnet'; valid models are "
-            "['mobilenet_v2', 'resnet18', 'resnet50', 'small_cnn', 'vgg16']",
+            "['mobilenet_v2', 'resnet18', 'resnet50', 'small_cnn', 'unet', 'vgg16']",
         ),
         (["--memory", "lots"], "memory must be a size"),
         (["--devices", "0"], "devices must be a positive integer"),
@@ -198,14 +198,15 @@ def test_no_plan_names_the_smallest_memory_and_that_memory_works(capsys):
 MEASURE = ["--network", NETWORK, "--batch", "32", "--devices", "16", "--memory", "64MiB", "--measure"]
 
 
-def _check_measured(out: str) -> None:
-    rows = _table_rows(out)
-    assert len(rows) == 7
-    assert all(cells[-1] == "yes" for cells in rows.values()), out  # metered == predicted
+def _check_measured(out: str, rows: int = 7) -> None:
+    table = _table_rows(out)
+    assert len(table) == rows
+    assert all(cells[-1] == "yes" for cells in table.values()), out  # metered == predicted
     total = next(line for line in out.splitlines() if line.startswith("total"))
     assert total.split()[-1] == "yes"
 
 
+@pytest.mark.slow
 def test_measure_reruns_itself_when_the_backend_has_too_few_devices(capsys):
     """This test process already runs JAX on 8 devices; 16 are needed, so the CLI re-executes."""
     rc, out, _ = _run(MEASURE, capsys)
@@ -213,8 +214,12 @@ def test_measure_reruns_itself_when_the_backend_has_too_few_devices(capsys):
     _check_measured(out)
 
 
-def test_measure_sets_the_device_count_before_jax_starts():
-    """In a fresh process without XLA_FLAGS, the CLI sets them itself (no subprocess)."""
+@pytest.mark.slow
+def test_measure_sets_the_device_count_before_jax_starts(tmp_path):
+    """In a fresh process without XLA_FLAGS, the CLI sets them itself (no subprocess). One layer: what is
+    under test is the device count (the measuring of every layer is the test above)."""
+    network = tmp_path / "one.yaml"
+    network.write_text("layers:\n  - {name: stem, h: 16, w: 16, c: 8, k: 16, r: 3}\n")
     script = (
         "import sys, jax; from jaxcnn.planner.cli import main; rc = main(sys.argv[1:]); "
         "print('DEVICES', len(jax.devices()), rc)"
@@ -222,7 +227,7 @@ def test_measure_sets_the_device_count_before_jax_starts():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-c", script, *MEASURE],
+        [sys.executable, "-c", script, *MEASURE[:1], str(network), *MEASURE[2:]],
         capture_output=True,
         text=True,
         env=env,
@@ -231,4 +236,4 @@ def test_measure_sets_the_device_count_before_jax_starts():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == "DEVICES 16 0"
-    _check_measured(proc.stdout)
+    _check_measured(proc.stdout, rows=1)

@@ -153,6 +153,7 @@ def test_cli_rejects_bad_hosts(flags, message, capsys):
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_prints_dcn_bytes(capsys):
     rc = main(["--network", NETWORK, "--batch", "16", "--devices", "8", "--hosts", "2"])
     out = capsys.readouterr().out

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxcnn
+from jaxcnn.runner import checkpoint as checkpoint_module
 from jaxcnn.runner.checkpoint import Checkpointer, CheckpointError
 
 ROWS = P("n")
@@ -181,12 +182,32 @@ def test_orbax_temporary_directory_is_not_a_step(tmp_path, mesh8):
     ckpt.close()
 
     reopened = Checkpointer(directory)
+    assert sorted(os.listdir(directory)) == ["3"]  # deleted before the constructor returns
     assert reopened.all_steps() == [3]
     assert reopened.latest_step() == 3
     restored, data_state, step = reopened.restore(_zeros_like(_state(mesh8)))
     assert step == 3
     assert data_state == {"step": 3}
     _assert_equal(restored, _state(mesh8, scale=3))
+
+
+def test_an_unfinished_save_that_cannot_be_deleted_is_one_clear_error(tmp_path, monkeypatch):
+    directory = tmp_path / "ck"
+    (directory / "5.orbax-checkpoint-tmp").mkdir(parents=True)
+    (directory / "5.orbax-checkpoint-tmp" / "x").write_text("")
+
+    def rmtree(path, *_, **__):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(checkpoint_module.time, "sleep", lambda _: None)
+    with pytest.raises(CheckpointError) as e:
+        Checkpointer(str(directory))
+    message = str(e.value)
+    unfinished = directory / "5.orbax-checkpoint-tmp"
+    assert message.startswith(f"cannot delete the unfinished save {unfinished} ("), message
+    assert "Permission denied" in message and message.endswith("); remove it and rerun"), message
+    assert "\n" not in message
 
 
 def test_structure_mismatch_raises_value_error(tmp_path, mesh8):
@@ -204,6 +225,26 @@ def test_structure_mismatch_raises_value_error(tmp_path, mesh8):
     assert "step 2" in str(info.value)
     assert "kernel" in str(info.value)
     assert warnings == []  # not treated as a damaged step: no fallback to step 1
+
+
+def test_shape_mismatch_is_refused_not_skipped_and_notes_round_trip(tmp_path, mesh8):
+    # Another width: the same leaf paths, other shapes. Refused before any array is read, with no
+    # "unreadable" warnings and nothing moved aside (it is not damage).
+    directory = str(tmp_path / "ck")
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, _state(mesh8), notes={"loss_reference": 2.5})
+    ckpt.save(2, _state(mesh8))
+    assert ckpt.notes(1) == {"loss_reference": 2.5} and ckpt.notes(2) == {}
+
+    wider = _zeros_like(_state(mesh8))
+    wider["params"]["w"] = jax.device_put(jnp.zeros((16, 8), jnp.float32), wider["params"]["w"].sharding)
+    warnings: list[str] = []
+    with pytest.raises(ValueError, match="does not match") as info:
+        Checkpointer(directory).restore(wider, warn=warnings.append)
+    message = str(info.value)
+    assert "step 2" in message and "['params']['w']: saved (8, 8), now (16, 8)" in message, message
+    assert "name=<new name>" in message and "overwrite=true" in message
+    assert warnings == [] and sorted(os.listdir(directory)) == ["1", "2"]
 
 
 def test_failed_save_raises_naming_step_and_kept_checkpoints(tmp_path, mesh8, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from jaxcnn.__main__ import main as jaxcnn_main
@@ -27,6 +28,7 @@ def test_override_and_file_errors_exit_2_with_one_line(capsys):
     assert err.count("\n") == 1 and "config file not found: configs/nope.yaml" in err
 
 
+@pytest.mark.slow
 def test_cpu_devices_flag_gives_a_fresh_process_virtual_devices(tmp_path):
     """`jaxcnn train --cpu-devices 8` works without XLA_FLAGS (a laptop); it prints the 8-device mesh."""
     import os
@@ -49,3 +51,13 @@ def test_cpu_devices_flag_gives_a_fresh_process_virtual_devices(tmp_path):
     )  # fmt: skip
     assert no_flag.returncode == 2
     assert "product 8 != 1 available devices" in no_flag.stderr and "--cpu-devices N" in no_flag.stderr
+
+
+def test_bad_cpu_devices_is_one_line_exit_2(capsys):
+    from jaxcnn.runner.cli import main
+
+    assert main(["configs/default.yaml", "--cpu-devices", "0"]) == 2
+    assert capsys.readouterr().err == "jaxcnn train: --cpu-devices must be >= 1, got 0\n"
+    # this test process runs JAX already: the request cannot take effect, and says so
+    assert main(["configs/default.yaml", "--cpu-devices", "4"]) == 2
+    assert capsys.readouterr().err == "jaxcnn train: --cpu-devices has no effect: JAX already started\n"

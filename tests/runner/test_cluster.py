@@ -148,6 +148,7 @@ def test_initialize_rejects_bad_env_before_calling_jax(monkeypatch):
     assert cluster._initialized is False
 
 
+@pytest.mark.slow
 def test_initialize_without_cluster_is_config_error():
     env = {
         k: v

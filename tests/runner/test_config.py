@@ -5,14 +5,17 @@ from __future__ import annotations
 import glob
 import math
 import os
+import typing
 
 import pytest
 import yaml
 
+from jaxcnn import models
 from jaxcnn.nn.placement import parse_placement_text
 from jaxcnn.runner.config import (
     Config,
     MeshConfig,
+    ModelConfig,
     from_dict,
     load_config,
     save_config,
@@ -149,7 +152,11 @@ def test_unknown_keys(data, message):
         ({"data": {"test_fraction": 1.0}}, "data.test_fraction: must be finite and in (0, 1), got 1.0"),
         ({"data": {"image_size": [8, "x"]}}, "data.image_size[1]: expected int, got 'x' (str)"),
         ({"model": {"algorithms": []}}, "model.algorithms: the list of algorithms is empty"),
-        ({"model": {"options": {"width": [1]}}}, "model.options.width: expected int or float or bool or str"),
+        ({"model": {"options": {"width": [1]}}}, "model.options.width: must be a finite number > 0"),
+        (
+            {"model": {"options": {"depth": [1.5]}}},
+            "model.options.depth: expected int or float or bool or str or list",
+        ),
         ({"model": {"plan_memory_bytes": "lots"}}, "model.plan_memory_bytes: must be a size such as 16GiB"),
         ({"mesh": {"n": 0}}, "mesh.n: must be a positive int or -1, got 0"),
         ({"name": "a/b"}, "name: must be a non-empty file name, got 'a/b'"),
@@ -230,3 +237,10 @@ def test_config_placements_are_read_by_the_layers_parser():
         with pytest.raises(ConfigError) as loaded:
             from_dict({"model": {"algorithms": {"conv1": bad}}})
         assert str(loaded.value) == f"model.algorithms.conv1: {parsed.value}"
+
+
+def test_model_names_and_tasks_come_from_the_registry():
+    assert typing.get_args(ModelConfig.model_fields["name"].annotation) == tuple(models.MODELS)
+    with pytest.raises(ConfigError) as err:
+        from_dict({"model": {"name": "unet"}})  # digits: a classification source
+    assert f"a classifier ({', '.join(models.model_names('classification'))})" in str(err.value)

@@ -140,6 +140,7 @@ def test_array_record_equals_the_image_folder(image_folder, converted):
     assert_same((both.y_train[:],), (both.y_test[:],))
 
 
+@pytest.mark.slow
 def test_workers_give_the_in_process_batches(converted):
     rec = datasets.array_record(converted)
     in_process = LocalBatches(rec, 4, 7, slice(0, 4), start=2)
@@ -177,6 +178,7 @@ def test_convert_errors_are_one_line(args, message, image_folder, tmp_path, caps
     assert err.startswith("jaxcnn data: ") and err.count("\n") == 1 and message in err, err
 
 
+@pytest.mark.slow
 def test_convert_cli_mixed_sizes_without_resize(tmp_path):
     for cls, size in (("a", (4, 4)), ("b", (5, 4))):
         os.makedirs(tmp_path / "imgs" / cls)

@@ -256,6 +256,7 @@ def small_batch_and_single(output_dir, seed: int) -> tuple[dict, dict]:
     return got, want
 
 
+@pytest.mark.slow
 def test_auto_trains_batch_4_on_8_devices_like_one_device(tmp_path, monkeypatch):
     """small_cnn, batch 4 on 8 devices, ``auto``: the run mesh is n=4, c=2 and three momentum steps
     (losses, parameters) and the test evaluation match the same model trained on one device, within

@@ -1,7 +1,8 @@
-"""The training loop: distributed = single device, bit-identical resume, NaN stop, run-directory outputs.
+"""The training loop: distributed = single device, bit-identical resume (after a real SIGTERM), NaN stop,
+run-directory outputs.
 
-Models are ``small_cnn`` at width 0.25 (8 channels: each compile takes seconds). A persistent
-compilation cache shared by the tests of this module lets repeated runs of the same config reuse
+Models are ``small_cnn`` at width 0.25 (8 channels: each compile takes seconds). The test run's
+persistent compilation cache (tests/conftest.py) lets repeated runs of the same config reuse
 executables.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import chex
 import jax
@@ -24,7 +26,7 @@ from jaxcnn.runner import metrics, optim, state, step
 from jaxcnn.runner.checkpoint import Checkpointer
 from jaxcnn.runner.config import OptimizerConfig, from_dict, load_config
 from jaxcnn.runner.data import datasets
-from jaxcnn.runner.train import NonFiniteLossError, train
+from jaxcnn.runner.train import Interrupted, NonFiniteLossError, train
 from tests.utils import assert_trees_relatively_close, leaves_by_path
 
 # The default config's per-layer placements (spatial / 2d / 3d / data on the 8 devices).
@@ -34,17 +36,6 @@ MIXED = {
     "conv3": "3d@n=2,k=2,c=2",
     "conv4": "data@n=8",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Reuse compiled executables across the runs of this module (same config → same program)."""
-    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 def _config(tmp_path, name: str, **overrides):
@@ -125,6 +116,7 @@ def momentum_steps(model, mesh, data, batch_size: int, seed: int, steps: int = 3
     return np.asarray(losses), graphs, st
 
 
+@pytest.mark.slow
 def test_distributed_step_matches_single_device():
     """3 SGD-momentum steps of the mixed 8-device model vs the same model on 1 device: losses,
     parameters and BatchNorm statistics within :data:`DISTRIBUTED_RTOL` in relative norm per tensor
@@ -134,20 +126,21 @@ def test_distributed_step_matches_single_device():
     assert eight[0][2] < eight[0][0]  # it learns
 
 
-class Preempted(Exception):
-    pass
-
-
+@pytest.mark.slow
 def test_resume_is_bit_identical_and_run_dir_is_complete(tmp_path):
     straight = train(_config(tmp_path, "straight"))
 
-    def preempt(done, _):
+    def preempt(done, _):  # a real SIGTERM while step 3 is done: the run stops after step 4, saved
         if done == 3:
-            raise Preempted
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(Preempted):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
         train(_config(tmp_path, "resumed"), callback=preempt)
-    assert Checkpointer(str(tmp_path / "resumed" / "checkpoints")).all_steps() == [3]
+    assert (stopped.value.step, stopped.value.exit_code) == (4, 143)
+    assert str(stopped.value) == "interrupted at step 4: checkpoint 4 saved; continue with resume=true"
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's handlers are gone
+    assert Checkpointer(str(tmp_path / "resumed" / "checkpoints")).all_steps() == [3, 4]
     resumed = train(_config(tmp_path, "resumed", resume=True))
 
     # params, BatchNorm stats, optimizer state, step: bitwise (and the same dtypes and shapes)
@@ -205,6 +198,7 @@ def test_plots_name_the_run_and_the_metric_and_label_their_axes(tmp_path, monkey
     assert seen["loss.png"][0] == "given\ntrain and test loss"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # SGD with lr 1e30: step 1's loss is finite, the parameters then overflow and the loss turns NaN/inf.
     cfg = _config(

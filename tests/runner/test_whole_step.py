@@ -37,6 +37,9 @@ CASES = {
     # name: (devices, overrides)
     "small_cnn-auto-8": (8, ["model.name=small_cnn", "model.algorithms=auto", "train.batch_size=32"]),
     "small_cnn-mixed-8": (8, ["model.name=small_cnn"]),  # configs/default.yaml's hand placement
+    # bfloat16 (docs/mixed_precision.md): halos, gathers and layout changes in 2-byte words, the sums
+    # in float32; memory with XLA:CPU's float32 temporaries
+    "small_cnn-mixed-8-bf16": (8, ["model.name=small_cnn", "model.dtype=bfloat16"]),
     "resnet18-auto-8": (
         8,
         ["model.name=resnet18", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
@@ -46,6 +49,14 @@ CASES = {
         8,
         ["model.name=resnet50", "model.algorithms=auto", "train.batch_size=8", "data.image_size=[32,32]",
          "model.options={width: 0.0625}", *SYNTHETIC],
+    ),
+    # ResNet-50's kinds of blocks, fewer of them (the stem and max pool, a bottleneck with a projection
+    # opening each stage, stride 2 in the 3x3 of stages 2-4, one with the identity shortcut): make test's
+    # ResNet-50 case; the 16-block network compiles 3x longer and is in make test-sweep.
+    "resnet50-short-auto-8": (
+        8,
+        ["model.name=resnet50", "model.algorithms=auto", "train.batch_size=8", "data.image_size=[32,32]",
+         "model.options={width: 0.0625, stage_sizes: [2, 1, 1, 1]}", *SYNTHETIC],
     ),
     "vgg16-auto-8": (
         8,
@@ -65,12 +76,21 @@ CASES = {
         ["model.name=mobilenet_v2", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
          "model.options={width: 0.25, small_images: true}", *SYNTHETIC],
     ),
+    # MobileNetV2's kinds of blocks, fewer of them: a block without expansion, inverted residuals with
+    # stride-2 depthwise convolutions, and ones with the identity shortcut (make test's MobileNetV2 case).
+    "mobilenet_v2-short-auto-8": (
+        8,
+        ["model.name=mobilenet_v2", "model.algorithms=auto", "train.batch_size=16", "data.image_size=[16,16]",
+         "model.options={width: 0.25, small_images: true, settings: [[1, 16, 1, 1], [6, 24, 2, 2], "
+         "[6, 32, 3, 2]]}", *SYNTHETIC],
+    ),
     # 3-D U-Net: depth split over d (halos of 3x3x3 windows along d and h, the transposed convolutions and
-    # the skips on d splits), and auto's own plan of it.
+    # the skips on d splits; +overlap: the 3x3x3 convolutions with their halos overlapping the interior,
+    # up1's 4 channel panels double-buffered), and auto's own plan of it.
     "unet3d-mixed-8": (
         8,
-        ["model.algorithms={'*': 'spatial@n=2,d=2,h=2', up1: '2d@d=2,h=2,k=2', "
-         "dec0.conv1: 'spatial@d=4,w=2', bottom.conv2: 'filter@n=2,k=4', out: 'channel@n=4,c=2'}",
+        ["model.algorithms={'*': 'spatial+overlap@n=2,d=2,h=2', up1: '2d+overlap@d=2,h=2,k=2', "
+         "dec0.conv1: 'spatial+overlap@d=4,w=2', bottom.conv2: 'filter@n=2,k=4', out: 'channel@n=4,c=2'}",
          "train.batch_size=8", *UNET3D, "train.eval_batch_size=8"],
     ),
     "unet3d-auto-8": (8, ["model.algorithms=auto", "train.batch_size=2", *UNET3D]),
@@ -106,9 +126,10 @@ def compile_only(devices: int, overrides: list[str]) -> tuple[dict[str, str], st
     """Runs ``jaxcnn train configs/default.yaml --compile-only`` on ``devices`` fake CPU devices."""
     # The two LLVM flags shorten compiles 2-3x and leave the compiled HLO (what is metered) unchanged.
     flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    env = dict(
-        os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {flags}", JAX_PLATFORMS="cpu"
-    )
+    # Without the test run's persistent compilation cache (tests/conftest.py): a program loaded from it
+    # is not partitioned again, and the partitioner's log is what says whether it rematerialized.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {flags}", JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-m", "jaxcnn", "train", "configs/default.yaml", "--compile-only", *overrides],
         cwd=ROOT,
@@ -139,10 +160,20 @@ def comm_figures(figures: dict[str, str]) -> tuple[float, float]:
     return out[0], out[1]
 
 
-# In make test-sweep only: the 2-D U-Net (its 3-D cases run the same nodes) and the larger models at 64 /
+# In make test-sweep only: the 2-D U-Net (its 3-D cases run the same nodes), the larger models at 64 /
 # 512 devices (small_cnn keeps 64 and 512 in make test; mobilenet_v2-auto-64: 25-40 s of compile, 60-80 s
-# in all on 2 shared cores).
-SWEEP_CASES = ("unet-auto-8", "unet-mixed-8", "resnet18-auto-64", "mobilenet_v2-auto-64", "vgg16-auto-512")
+# in all on 2 shared cores) and vgg16-auto-8 (VGG-16 is small_cnn's ConvBN / pool / Head blocks, 13 deep:
+# small_cnn-auto-8 runs the same blocks, and every placement VGG-16's plan picks here, spatial@n=4,w=2,
+# filter@n=4,k=2, 3d@k=4,c=2 and 3d@k=2,c=4, is in small_cnn-auto-8's or resnet18-auto-8's plan) and
+# small_cnn-auto-8 itself (auto's plan of small_cnn's whole step: make test keeps it at 64 and 512 devices,
+# and the same network hand-placed on 8), and the full ResNet-50 and MobileNetV2 on 8 (make test's
+# short versions run every kind of block they have: 25-35 s each, against 10-15 s), and unet3d-auto-8
+# (13-20 s: unet3d-mixed-8 meters the same 3-D U-Net's step, with overlap and a pipelined transposed
+# convolution, and tests/models/test_unet.py checks auto's plan of the U-Net and its prediction).
+SWEEP_CASES = (
+    "unet-auto-8", "unet-mixed-8", "resnet18-auto-64", "mobilenet_v2-auto-64", "vgg16-auto-512",
+    "vgg16-auto-8", "small_cnn-auto-8", "resnet50-auto-8", "mobilenet_v2-auto-8", "unet3d-auto-8",
+)  # fmt: skip
 
 
 @pytest.mark.slow

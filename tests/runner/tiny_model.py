@@ -23,7 +23,7 @@ class Block(nnx.Module):
     ):
         p = parse_placement(placement, mesh)
         self.name = name
-        self.conv = Conv(cin, cout, 3, stride, mesh=p.mesh, algorithm=p.algorithm, rngs=rngs)
+        self.conv = Conv(cin, cout, (3, 3), stride, mesh=p.mesh, algorithm=p.algorithm, rngs=rngs)
 
     def __call__(self, x):
         return nnx.relu(self.conv(x))
@@ -51,6 +51,16 @@ def _per_layer(algorithms: str | Sequence[str] | Mapping[str, str], names: Seque
     return list(algorithms)
 
 
-def build(name, *, num_classes, in_channels, mesh, algorithms="data", dtype=jnp.float32, rngs=None):
-    """``jaxcnn.models.build`` stand-in; ``name`` and ``dtype`` are ignored."""
+def build(
+    name,
+    *,
+    num_classes,
+    in_channels,
+    mesh,
+    algorithms="data",
+    dtype=jnp.float32,
+    reduce_dtype=None,
+    rngs=None,
+):
+    """``jaxcnn.models.build`` stand-in; ``name``, ``dtype`` and ``reduce_dtype`` are ignored."""
     return TinyCNN(num_classes, in_channels, mesh, algorithms, rngs or nnx.Rngs(0))

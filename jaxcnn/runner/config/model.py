@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from jaxcnn import models
+from jaxcnn.dtypes import Dtypes
 from jaxcnn.nn.placement import parse_placement_text
 from jaxcnn.runner.config.typed import (
     Bool,
@@ -39,8 +40,11 @@ def _finite_option(value: Any) -> Any:
     return value
 
 
-OptionValue = Annotated[Int | Float | Bool | Str, AfterValidator(_finite_option)]
-"""A ``model.options`` value: int, finite float, bool or str."""
+OptionValue = Annotated[
+    Int | Float | Bool | Str | tuple[Int, ...] | tuple[tuple[Int, ...], ...], AfterValidator(_finite_option)
+]
+"""A ``model.options`` value: int, finite float, bool, str, or a list of ints or of lists of ints (a ResNet's
+``stage_sizes``, MobileNetV2's ``settings``)."""
 
 
 class ModelConfig(Section):
@@ -65,18 +69,36 @@ class ModelConfig(Section):
         "that split different mesh axes",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="computation dtype (parameters and logits stay float32)"
+        "float32",
+        description="computation dtype: activations, halos, gathered panels and layout changes "
+        "(parameters, optimizer state, BatchNorm statistics, logits and loss stay float32)",
+    )
+    reduce_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype the convolutions' sums travel in: the reduce-scatters of partial outputs and "
+        "gradients, the all-reduce of a replicated kernel's gradient (docs/mixed_precision.md: "
+        "bfloat16 halves those bytes on GPU/TPU at a measured cost in accuracy; XLA:CPU carries "
+        "16-bit sums as float32 either way)",
     )
     options: FrozenMapping[Str, OptionValue] = Field(
         default_factory=FrozenDict,
         description="extra keyword arguments of the model's constructor, e.g. {width: 0.5} (channel "
-        "multiplier) or {small_images: true} for the ResNets and MobileNetV2 on 32x32 images",
+        "multiplier), {small_images: true} for the ResNets and MobileNetV2 on 32x32 images, "
+        "{stage_sizes: [2, 1, 1, 1]} (blocks per stage of a ResNet) or {settings: [[1, 16, 1, 1], "
+        "[6, 24, 2, 2]]} (MobileNetV2's stages (t, c, n, s))",
     )
     plan_memory_bytes: ByteSize = Field(
         0,
         description="algorithms: auto only: per-device memory budget of the whole train step (its "
         "predicted peak, Adam's state estimated: jaxcnn.planner.step_memory), in bytes or as 16GiB, "
         "512MiB, 2e9 (the units of jaxcnn plan --memory); 0: unlimited",
+    )
+
+    plan_objective: Literal["time", "bytes"] = Field(
+        "time",
+        description="algorithms: auto (and jaxcnn plan's --objective): minimise the step's predicted "
+        "seconds (time: needs the backend's timing profile, jaxcnn calibrate; without one the run says "
+        "so in one line and plans by bytes) or its predicted bytes per device (bytes)",
     )
 
     @field_validator("algorithms")
@@ -103,6 +125,11 @@ class ModelConfig(Section):
         """``(key suffix, placement)`` of every placement string in ``algorithms`` (none for ``auto``):
         ``("", "data")``, ``("[1]", "2d")`` or ``(".conv1", "3d@n=2,k=2,c=2")``."""
         return _placements(self.algorithms)
+
+    @property
+    def dtypes(self) -> Dtypes:
+        """``dtype`` and ``reduce_dtype``, as the planner and the predictions take them."""
+        return Dtypes(self.dtype, self.reduce_dtype)
 
 
 def _placements(algorithms: Any) -> list[tuple[str, str]]:

@@ -54,7 +54,15 @@ class Config(Section):
     resume: Bool = Field(
         False,
         description="continue from the latest checkpoint in the run directory (bit-identical to not "
-        "stopping); false starts over (deleting old checkpoints)",
+        "stopping); the config must agree with the run's saved config.yaml on what the checkpoints hold "
+        "(jaxcnn.runner.run_directory.RESUME_KEYS), else the run stops before anything is read. false: a "
+        "new run, which stops if the run directory already holds checkpoints (see overwrite)",
+    )
+    overwrite: Bool = Field(
+        False,
+        description="start over in a run directory that already holds checkpoints: its checkpoints, "
+        "metrics, summary and plots are deleted and the run starts at step 0 (without it, such a "
+        "directory stops the run with resume=false)",
     )
     distributed: Bool = Field(
         False,
@@ -152,6 +160,17 @@ class Config(Section):
                     f"{devices}{example}",
                     f"model.algorithms{sub}",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _resume_or_overwrite(self) -> Config:
+        """``resume`` keeps the run directory's checkpoints, ``overwrite`` deletes them: not both."""
+        if self.resume and self.overwrite:
+            fail(
+                "resume=true continues the run in the run directory and overwrite=true deletes it; set one "
+                "of them",
+                "overwrite",
+            )
         return self
 
     @field_validator("name")

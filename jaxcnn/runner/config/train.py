@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, Strict
+from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
 
-from jaxcnn.runner.config.typed import Bool, NonNegativeInt, PositiveInt, Section, fail
+from jaxcnn.runner.config.typed import Bool, Int, NonNegativeInt, PositiveInt, Section, fail
 
 
 def bounded_float(
@@ -97,8 +97,45 @@ class TrainConfig(Section):
         "of mesh.n like batch_size",
     )
     log_every: PositiveInt = Field(
-        10, description="fetch metrics, append to metrics.jsonl and check for NaN/inf every this many steps"
+        10,
+        description="fetch metrics, append to metrics.jsonl and check the loss (NaN/inf, divergence) every "
+        "this many steps",
     )
+    divergence_factor: NonNegativeFloat = Field(
+        100.0,
+        description="stop the run (exit 1) when a step's training loss exceeds this many times its early "
+        "value: the lowest loss of the run's first train.log_every steps, which is at most the loss of "
+        "the initial parameters (about ln(classes) for a classifier); 0 = off, else > 1. See "
+        "jaxcnn.runner.divergence",
+    )
+    tensorboard: Bool = Field(
+        True,
+        description="write TensorBoard event files to <run dir>/tensorboard (process 0; every metrics.jsonl "
+        "record as scalars, with the communication bytes per step): see jaxcnn.runner.tensorboard",
+    )
+    profile_steps: tuple[Int, ...] | None = Field(
+        None,
+        description="[a, b]: record a JAX profiler trace of optimizer steps a..b (1 <= a <= b <= steps) "
+        "under <run dir>/profile (TensorBoard's profile plugin or Perfetto); null = none. See "
+        "jaxcnn.runner.profiling",
+    )
+
+    @field_validator("divergence_factor")
+    @classmethod
+    def _off_or_above_one(cls, factor: float) -> float:
+        if 0 < factor <= 1:
+            fail(f"must be 0 (off) or > 1 (a multiple of the early loss), got {factor!r}")
+        return factor
+
+    @model_validator(mode="after")
+    def _profile_window(self) -> TrainConfig:
+        window = self.profile_steps
+        if window is not None and not (len(window) == 2 and 1 <= window[0] <= window[1] <= self.steps):
+            fail(
+                f"must be [a, b] with 1 <= a <= b <= train.steps ({self.steps}), or null; got {list(window)}",
+                ".profile_steps",
+            )
+        return self
 
 
 class OptimizerConfig(Section):
