@@ -138,12 +138,24 @@ class DimGeometry:
         without dilation; 1 in σ for a 1×1 stride-σ layer."""
         return sum(1 for count in self._pair_counts()[2] if count)
 
-    def tap_slices(self) -> int:
-        """Classes of taps that read the input at the same offset in units of the stride,
-        ``#{⌊d·r/σ⌋ : 0 ≤ r < R}``: ``R`` at stride 1, ``⌈R/σ⌉`` for a stride-σ layer without dilation.
-        Within one class the taps read rows of distinct phases mod σ, so (output, channel, phase) still
-        determines the input element: the slices of the stride-aware Lemma 1 (``docs/lower_bound.md``)."""
-        return len({self.dilation * r // self.stride for r in range(self.kernel)})
+    def phases(self) -> list[tuple[int, int]]:
+        """The input rows by residue mod σ (their *phase*), as ``(taps, rows)`` per phase that some real
+        (output, tap) pair reads: ``taps`` is how many of the ``R`` taps read rows of that phase (tap
+        ``r`` reads rows ``σp - lo + d·r``, all of residue ``(d·r - lo) mod σ``), ``rows`` how many
+        input rows of that phase are read. One phase ``(R, touched_rows)`` at stride 1 and with input
+        dilation (whose rows the residue of ``r`` does not fix); a 1×1 stride-σ layer reads one phase
+        ``(1, ⌈H/σ⌉)``; a 3×3 stride-2 layer two, ``(2, ·)`` and ``(1, ·)``. The weights of the stride-aware
+        Lemma 1 (``docs/lower_bound.md`` §2)."""
+        read = self._pair_counts()[2]
+        if self.stride == 1 or self.input_dilation > 1:
+            return [(self.kernel, sum(1 for count in read if count))]
+        out = []
+        for phase in range(self.stride):
+            rows = sum(1 for row in range(phase, self.size, self.stride) if read[row])
+            if rows:
+                residues = [(self.dilation * r - self.pad[0]) % self.stride for r in range(self.kernel)]
+                out.append((residues.count(phase), rows))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxcnn
-from jaxcnn import algorithms, bounds
+from jaxcnn import algorithms
 from jaxcnn.bounds import lower_bound, real_macs
 from jaxcnn.measure import measure_conv
 from jaxcnn.planner.grids import grids_for
@@ -327,79 +327,3 @@ def test_metered_1d_and_3d_are_the_predicted_bytes_above_the_bound(geom, algorit
     cost = jaxcnn.cost.predict(geom, algorithm, dict(sizes))
     assert (fwd.max_bytes, bwd.max_bytes) == (cost.forward.max_bytes, cost.backward.max_bytes)
     test_no_algorithm_beats_the_bound(geom, algorithm, dict(sizes))
-
-
-# ----------------------------------------------------------------------------- stride-aware bound
-
-
-@pytest.mark.parametrize(
-    "x_shape,stride",
-    [((8, 15, 12), 2), ((4, 9, 12, 16), 3), ((2, 6, 9, 8, 16), (2, 3, 2)), ((8, 14, 14, 32), (2, 1))],
-    ids=["1-D", "2-D", "3-D", "2-D-one-dim"],
-)
-def test_pointwise_strided_layer_is_the_stride_1_layer_on_its_subsampled_input(x_shape, stride):
-    # A 1x1 stride-s layer reads exactly x[:, ::s, ::s]: the same computation, bit for bit the same bound.
-    rank = len(x_shape) - 2
-    strides = (stride,) * rank if isinstance(stride, int) else stride
-    strided = jaxcnn.conv_geometry(x_shape, (*[1] * rank, x_shape[-1], 24), strides, "VALID")
-    sub = tuple(-(-size // s) for size, s in zip(x_shape[1:-1], strides, strict=True))
-    plain = jaxcnn.conv_geometry((x_shape[0], *sub, x_shape[-1]), (*[1] * rank, x_shape[-1], 24), 1, "VALID")
-    assert strided.y_shape == plain.y_shape and real_macs(strided) == real_macs(plain)
-    for p in (2, 8, 64):
-        for pass_ in ("forward", "backward"):
-            assert lower_bound(strided, p, 4e6, pass_=pass_) == lower_bound(plain, p, 4e6, pass_=pass_)
-            assert lower_bound(strided, p, pass_=pass_).independent > 0
-
-
-@pytest.mark.parametrize(
-    "geom",
-    [
-        GENERIC,
-        CUBE,
-        GROUPED,
-        TRANSPOSED,
-        jaxcnn.conv_geometry((4, 13, 11, 8), (5, 3, 8, 16), 1, ((2, 1), (0, 3))),
-        jaxcnn.conv_geometry((2, 6, 9, 10, 8), (3, 2, 3, 8, 4), 1, "SAME"),
-    ],
-    ids=["3x3", "cube", "grouped", "transposed", "uneven-pads", "3-D"],
-)
-def test_stride_1_bound_is_the_stride_blind_one(geom):
-    # At stride 1 without kernel dilation every input row is read and every tap is its own slice: the
-    # bound is bit for bit the stride-blind bound of Lemma 1 (R·S slices, all of x), also for grouped and
-    # transposed layers (whose input dilation has stride 1).
-    assert all(d.touched_rows() == d.size and d.tap_slices() == d.kernel for d in geom.dims)
-    for pass_ in ("forward", "backward"):
-        got = lower_bound(geom, 8, 4e6, pass_=pass_)
-        assert got == _stride_blind_bound(geom, 8, 4e6, pass_)
-
-
-def _stride_blind_bound(geom, p, memory, pass_):
-    """The bound as it was before it knew strides: R·S tap slices and every element of x."""
-    f, fi = real_macs(geom), real_macs(geom) / p
-    n, c, k, g = geom.batch, geom.channels_in, geom.channels_out, geom.groups
-    per_out, per_tap, per_in = zip(*(d.real_taps()[1:] for d in geom.dims), strict=True)
-    caps = (k // g * math.prod(per_in), n * math.prod(per_tap), c // g * math.prod(per_out))
-    sizes = [float(math.prod(s)) for s in (geom.x_shape, geom.kernel_shape, geom.y_shape)]
-    taps = math.prod(geom.window)
-    words, footprint = bounds._water_fill(
-        fi * fi / taps,
-        [min(fi / cap, s) for cap, s in zip(caps, sizes, strict=True)],
-        sizes,
-        [s / p for s in sizes],
-    )
-    m = memory / 4
-    dependent = max(0.0, (1 if pass_ == "forward" else 2) * f / (p * math.sqrt(taps * m)) - m) * 4
-    return bounds.Bound(pass_, p, f, words * 4, dependent, tuple(footprint))
-
-
-def test_strided_3x3_bound_counts_tap_slices_and_read_rows():
-    # 3x3 stride 2 (ResNet-50's layer2.0.conv2): taps {0, 1} and {2} read the input at the same offset in
-    # units of the stride: 2 x 2 slices instead of 9; every row is read. A 2x2 kernel of stride 3 skips
-    # one row in three, and so does the bound.
-    geom = jaxcnn.conv_geometry((32, 56, 56, 128), (3, 3, 128, 128), 2, ((0, 1), (0, 1)))
-    assert [d.tap_slices() for d in geom.dims] == [2, 2] and [d.touched_rows() for d in geom.dims] == [56, 56]
-    gappy = jaxcnn.conv_geometry((4, 12, 12, 8), (2, 2, 8, 8), 3, "VALID")
-    assert [d.touched_rows() for d in gappy.dims] == [8, 8] and [d.tap_slices() for d in gappy.dims] == [1, 1]
-    for pass_ in ("forward", "backward"):
-        stride_blind = _stride_blind_bound(geom, 64, 1e9, pass_)
-        assert lower_bound(geom, 64, 1e9, pass_=pass_).independent > 2 * stride_blind.independent
