@@ -12,14 +12,15 @@ device. Grouped and transposed layers take the same bound with these counts (``d
 
 - **Memory-independent** (each device does ``F/P`` multiply-adds, of each contraction in the
   backward pass, on the same iteration subset; arrays start / end evenly distributed, ``1/P`` each,
-  no recomputation): with ``A_x, A_w, A_y`` the elements of x, w and y a device touches,
-  ``(F/P)² ≤ τ·A_x·A_w·A_y`` (Loomis-Whitney on each slice of taps that read the input at the same
-  offset in units of the stride, plus Cauchy-Schwarz; ``τ`` such classes: ``R·S`` at stride 1,
-  ``⌈R/σ⌉·⌈S/σ⌉`` at stride σ) and
+  no recomputation): with ``A_w, A_y`` the elements of w and y a device touches and ``a_φ`` those of
+  each phase ``x_φ`` of x (its rows of one residue mod the stride), ``(F/P)² ≤ A_y·A_w·Σ_φ n_φ·a_φ``
+  (Loomis-Whitney on each tap's slice plus Cauchy-Schwarz; ``n_φ`` taps read phase φ: one phase of
+  weight ``R·S`` at stride 1, so ``(F/P)² ≤ R·S·A_x·A_w·A_y``; each phase's read part taken as evenly
+  distributed) and
   ``F/P ≤ A_y·cap_y`` etc.; the device receives what it touches beyond its share of the inputs
   and sends its partial sums beyond its share of the outputs, so the average over devices - and
   hence the maximum - receives at least ``min Σ (A_j - share_j)⁺``, solved exactly here.
-- **Memory-dependent** (no balance needed): ``passes·F / (P·√(τ·M)) - M`` words.
+- **Memory-dependent** (no balance needed): ``passes·F / (P·√(τ·M)) - M`` words, ``τ = max_φ n_φ``.
 
 Only the input elements some tap reads count as x (``|x_read|``: all of x at stride 1, ``x[:, ::σ, ::σ]``
 for a 1×1 stride-σ layer), taken as evenly distributed as x itself.
