@@ -71,3 +71,20 @@ def test_subsampled_layers_meter_what_they_predict(x_shape, kernel_shape, stride
     cost = jaxcnn.cost.predict(geom, algorithm, grid)
     assert cost.layout.is_even(geom)
     assert (fwd.max_bytes, bwd.max_bytes) == (cost.forward.max_bytes, cost.backward.max_bytes)
+
+
+@pytest.mark.parametrize(
+    "grid", first_fast([dict(k=8), dict(n=2, k=4)], one_argument=True), ids=["k8", "n2k4"]
+)
+def test_grouped_subsampled_layer_selects_its_groups_exactly(grid):
+    # filter with k not dividing G gathers x whole over k and keeps its groups' channels: subsampled first
+    geom = jaxcnn.conv_geometry((8, 8, 8, 16), (1, 1, 8, 16), 2, "VALID", 1, 2)
+    cost = jaxcnn.cost.predict(geom, "filter", grid)
+    assert cost.layout.subsample == (2, 2) and cost.layout.select
+    mesh = jaxcnn.make_mesh(**grid)
+    x, kernel = random_inputs(0, geom.x_shape, geom.kernel_shape)
+    kw = dict(strides=2, padding="VALID", feature_group_count=2)
+    conv = functools.partial(jaxcnn.conv2d, mesh=mesh, algorithm="filter", **kw)
+    assert_same_loss_and_grads(conv, functools.partial(reference_conv, **kw), x, kernel)
+    fwd, bwd = measure_conv(geom, mesh=mesh, algorithm="filter")
+    assert (fwd.max_bytes, bwd.max_bytes) == (cost.forward.max_bytes, cost.backward.max_bytes)
