@@ -295,7 +295,10 @@ class _XBlocks:
     @classmethod
     def of(cls, lay: Layout, sizes: Mapping[str, int]) -> _XBlocks:
         n_pad, *spatial_pad, c_pad, _ = lay.padded
-        blocks = tuple(size // sizes[a] for size, a in zip(spatial_pad, lay.spatial_axes, strict=True))
+        blocks = tuple(
+            lay.read_rows(i, size // sizes[a])
+            for i, (size, a) in enumerate(zip(spatial_pad, lay.spatial_axes, strict=True))
+        )
         windows = tuple(p.window if p else b for p, b in zip(lay.plans, blocks, strict=True))
         return cls(lay, n_pad // sizes["n"], blocks, windows, c_pad // (sizes["c"] * sizes["k"]))
 
@@ -315,7 +318,16 @@ class _XBlocks:
 def _reads_key(lay: Layout) -> tuple:
     """What a forward pass does to x before its first local convolution depends on: the grid, x's
     layout and padding, the halo plans, the channel panels and the axes x is gathered over."""
-    return (lay.sizes, lay.x_spec, lay.padded[:-1], lay.plans, lay.panels, lay.unit, lay.k_gather)
+    return (
+        lay.sizes,
+        lay.x_spec,
+        lay.padded[:-1],
+        lay.plans,
+        lay.panels,
+        lay.unit,
+        lay.k_gather,
+        lay.subsample,
+    )
 
 
 def shared_reads(a: Cost, b: Cost, dtype="float32") -> CommCost | None:
@@ -430,7 +442,8 @@ def predict(
     if not alg.kernel_over_rows:
         bwd.group("all-reduce", kernel_block, rows)
 
-    x_local = nl * math.prod(blocks) * cx * s_in
+    stored = (size // sizes[a] for size, a in zip(lay.padded[1:-2], lay.spatial_axes, strict=True))
+    x_local = nl * math.prod(stored) * cx * s_in  # the stored block, before any subsampling
     k_rows = math.prod(sizes[a] for a in lay.kernel_gather)
     k_local = taps * k_in * k_out // k_rows * s_in
     window = nl * math.prod(windows) * cx * s_in if any(lay.plans) else 0

@@ -110,10 +110,10 @@ class DimGeometry:
         """Input rows read by ``out_rows`` consecutive output rows."""
         return self.stride * (out_rows - 1) + self.extent
 
-    def real_taps(self) -> tuple[int, int, int, int]:
-        """Over the (output p, tap r) pairs whose tap hits a real input row - neither the zero padding
-        nor one of the σi - 1 zero rows input dilation inserts between rows: (how many pairs, most
-        taps of one output, most outputs of one tap, most pairs reading one input row)."""
+    def _pair_counts(self) -> tuple[list[int], list[int], list[int]]:
+        """Real (output p, tap r) pairs - the tap hits a real input row, neither the zero padding nor
+        one of the σi - 1 zero rows input dilation inserts - counted per output, per tap and per input
+        row."""
         per_out = [0] * self.out
         per_tap = [0] * self.kernel
         per_in = [0] * self.size
@@ -124,7 +124,38 @@ class DimGeometry:
                     per_out[p] += 1
                     per_tap[r] += 1
                     per_in[row] += 1
+        return per_out, per_tap, per_in
+
+    def real_taps(self) -> tuple[int, int, int, int]:
+        """Over the (output p, tap r) pairs whose tap hits a real input row - neither the zero padding
+        nor one of the σi - 1 zero rows input dilation inserts between rows: (how many pairs, most
+        taps of one output, most outputs of one tap, most pairs reading one input row)."""
+        per_out, per_tap, per_in = self._pair_counts()
         return sum(per_out), max(per_out), max(per_tap), max(per_in)
+
+    def touched_rows(self) -> int:
+        """Input rows some real (output, tap) pair reads: all ``size`` of them for a stride-1 layer
+        without dilation; 1 in σ for a 1×1 stride-σ layer."""
+        return sum(1 for count in self._pair_counts()[2] if count)
+
+    def phases(self) -> list[tuple[int, int]]:
+        """The input rows by residue mod σ (their *phase*), as ``(taps, rows)`` per phase that some real
+        (output, tap) pair reads: ``taps`` is how many of the ``R`` taps read rows of that phase (tap
+        ``r`` reads rows ``σp - lo + d·r``, all of residue ``(d·r - lo) mod σ``), ``rows`` how many
+        input rows of that phase are read. One phase ``(R, touched_rows)`` at stride 1 and with input
+        dilation (whose rows the residue of ``r`` does not fix); a 1×1 stride-σ layer reads one phase
+        ``(1, ⌈H/σ⌉)``; a 3×3 stride-2 layer two, ``(2, ·)`` and ``(1, ·)``. The weights of the stride-aware
+        Lemma 1 (``docs/lower_bound.md`` §2)."""
+        read = self._pair_counts()[2]
+        if self.stride == 1 or self.input_dilation > 1:
+            return [(self.kernel, sum(1 for count in read if count))]
+        out = []
+        for phase in range(self.stride):
+            rows = sum(1 for row in range(phase, self.size, self.stride) if read[row])
+            if rows:
+                residues = [(self.dilation * r - self.pad[0]) % self.stride for r in range(self.kernel)]
+                out.append((residues.count(phase), rows))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

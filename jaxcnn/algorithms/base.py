@@ -102,6 +102,10 @@ class Layout:
         without overlap (:func:`jaxcnn.algorithms.overlap.interior_ranges`).
       pipelined: with ``+overlap``, the channel panels are double-buffered
         (:func:`jaxcnn.algorithms.pipeline.pipelined`).
+      subsample: per spatial dimension, the step σ with which each device keeps only the rows its taps
+        read before anything moves (1: all rows): σ on an unsplit dimension of a 1×1 stride-σ layer
+        without low padding whose x is gathered over ``k`` (its local convolution then has stride 1;
+        :func:`subsample_steps`).
     """
 
     sizes: tuple[tuple[str, int], ...]
@@ -124,6 +128,7 @@ class Layout:
     select: bool = False
     interior: Interior | None = None
     pipelined: bool = False
+    subsample: tuple[int, ...] = ()
 
     @property
     def overlaps(self) -> bool:
@@ -190,6 +195,12 @@ class Layout:
         )
         return outs and self.padded == (*geom.x_shape, geom.channels_out)
 
+    def read_rows(self, index: int, rows: int) -> int:
+        """Rows of a local x block of ``rows`` rows along spatial dimension ``index`` that it keeps
+        (:attr:`subsample`)."""
+        step = self.subsample[index] if self.subsample else 1
+        return -(-rows // step)
+
     def size(self, axis: str) -> int:
         """Size of mesh axis ``axis``."""
         return dict(self.sizes)[axis]
@@ -227,12 +238,28 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
         channels["interior"] = interior_ranges(plans, geom.dims, x_gathered)
         channels["pipelined"] = pipelined(algorithm.streaming, True, channels["panels"], x_gathered)
     return Layout(
+        subsample=subsample_steps(geom, plans, bool(channels["k_gather"])),
         sizes=tuple((a, sizes[a]) for a in AXES),
         rows=rows,
         padded=(-(-geom.batch // sizes["n"]) * sizes["n"], *spatial, c_pad, k_pad),
         spatial_axes=geom.spatial_axes,
         plans=plans,
         **channels,
+    )
+
+
+def subsample_steps(
+    geom: ConvGeometry, plans: tuple[HaloPlan | None, ...], x_gathered: bool
+) -> tuple[int, ...]:
+    """Per spatial dimension, the stride σ when the device may keep only ``x[..., ::σ, ...]`` along it
+    before x is gathered over ``k``: the dimension is unsplit, its kernel has one tap, no input
+    dilation and no low padding (output p reads row σp alone); else 1. A 1×1 stride-σ layer is the
+    stride-1 layer on that slice (``docs/lower_bound.md`` §2), so the gather moves 1/σ of the rows."""
+    return tuple(
+        d.stride
+        if x_gathered and p is None and d.kernel == 1 and d.input_dilation == 1 and d.pad[0] == 0
+        else 1
+        for p, d in zip(plans, geom.dims, strict=True)
     )
 
 

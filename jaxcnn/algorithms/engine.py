@@ -80,14 +80,21 @@ def local_body(
     acc_dtype = accumulation_dtype(out_dtype)
     compute_dtype = jnp.dtype(compute_dtype or out_dtype)
     reduce_dtype = reduction_dtype(compute_dtype, reduce_dtype)
-    padding = tuple(p.local_pad if p else d.pad for p, d in zip(layout.plans, geom.dims, strict=True))
+    steps = layout.subsample or (1,) * geom.rank
+    # a subsampled dimension (Layout.subsample) runs at stride 1 on the rows it kept, its high padding
+    # what the output rows beyond them read
+    strides = tuple(1 if step > 1 else d.stride for step, d in zip(steps, geom.dims, strict=True))
+    padding = tuple(
+        (0, d.out - layout.read_rows(i, d.size)) if steps[i] > 1 else (p.local_pad if p else d.pad)
+        for i, (p, d) in enumerate(zip(layout.plans, geom.dims, strict=True))
+    )
     channels = geom.rank + 1  # x's / y's channel dimension; the kernel's input channels are at rank
 
     def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
             x,
             kernel,
-            window_strides=geom.strides,
+            window_strides=strides,
             padding=padding,
             lhs_dilation=geom.input_dilation,
             rhs_dilation=geom.dilation,
@@ -116,6 +123,9 @@ def local_body(
 
     def body(x: jax.Array, kernel: jax.Array) -> jax.Array:
         x = x.astype(compute_dtype)
+        for i, step in enumerate(steps):  # keep only the rows the taps read (Layout.subsample)
+            if step > 1:
+                x = lax.slice_in_dim(x, 0, x.shape[1 + i], stride=step, axis=1 + i)
         kernel = as_varying(kernel.astype(reduce_dtype), varying_axes(x)).astype(compute_dtype)
         window = x
         for i, (axis_name, plan) in enumerate(zip(layout.spatial_axes, layout.plans, strict=True)):
