@@ -299,6 +299,12 @@ def _kernel_replicated(algorithm, grid) -> bool:
 @pytest.mark.parametrize("geom", [LINE, VOLUME, VOLUME_GROUPED, LINE_TRANSPOSED],
                          ids=["1d", "3d", "3d-grouped", "1d-transposed"])  # fmt: skip
 def test_no_grid_beats_the_1d_or_3d_bound(geom):
+    assert_no_grid_beats_the_bound(geom, backward_positive=True)
+
+
+def assert_no_grid_beats_the_bound(geom, backward_positive: bool = False) -> None:
+    """Every algorithm x grid on 8 devices (at least 20 runs) moves, pass by pass, at least the bound
+    at its own peak memory (the kernel replicated where it starts so)."""
     runs = 0
     for _, algorithm, grid in _all_runs(geom):
         try:
@@ -311,7 +317,7 @@ def test_no_grid_beats_the_1d_or_3d_bound(geom):
         b_bound = lower_bound(geom, 8, cost.memory.peak, pass_="backward")
         assert cost.forward.max_bytes >= f_bound.bytes * (1 - 1e-9), (algorithm, grid)
         assert cost.backward.max_bytes >= b_bound.bytes * (1 - 1e-9), (algorithm, grid)
-        assert b_bound.bytes > 0
+        assert b_bound.bytes > 0 or not backward_positive
     assert runs >= 20
 
 

@@ -11,7 +11,7 @@ import pytest
 import jaxcnn
 from jaxcnn import bounds
 from jaxcnn.bounds import lower_bound, real_macs
-from tests.test_bounds import CUBE, GENERIC, GROUPED, TRANSPOSED, _all_runs, _kernel_replicated
+from tests.test_bounds import CUBE, GENERIC, GROUPED, TRANSPOSED, assert_no_grid_beats_the_bound
 
 
 @pytest.mark.parametrize(
@@ -249,16 +249,4 @@ STRIDED = [
 @pytest.mark.parametrize("geom", STRIDED, ids=["stem", "3x3", "1x1", "dilated", "gappy", "3-D"])
 def test_no_grid_beats_the_strided_bound(geom):
     # Every algorithm x grid on 8 devices, each pass on its own (the kernel replicated where it starts so).
-    runs = 0
-    for _, algorithm, grid in _all_runs(geom):
-        try:
-            cost = jaxcnn.cost.predict(geom, algorithm, grid)
-        except ValueError:
-            continue
-        runs += 1
-        replicated = ("kernel",) if _kernel_replicated(algorithm, grid) else ()
-        f_bound = lower_bound(geom, 8, cost.memory.peak, replicated=replicated)
-        b_bound = lower_bound(geom, 8, cost.memory.peak, pass_="backward")
-        assert cost.forward.max_bytes >= f_bound.bytes * (1 - 1e-9), (algorithm, grid)
-        assert cost.backward.max_bytes >= b_bound.bytes * (1 - 1e-9), (algorithm, grid)
-    assert runs >= 20
+    assert_no_grid_beats_the_bound(geom)
