@@ -8,7 +8,7 @@ kernel window's size ``Π R_i``; ``F`` = multiply-adds that touch a real input e
 into the zero padding, or onto the zero rows a transposed convolution's input dilation inserts, are
 excluded; ``G`` feature groups: ``F = N·K·(C/G)·Π taps_i``); ``P`` devices, ``M`` words of memory per
 device. Grouped and transposed layers take the same bound with these counts (``docs/lower_bound.md``
-§9; N-D: §10).
+§9).
 
 - **Memory-independent** (each device does ``F/P`` multiply-adds, of each contraction in the
   backward pass, on the same iteration subset; arrays start / end evenly distributed, ``1/P`` each,
