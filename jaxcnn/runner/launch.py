@@ -172,9 +172,9 @@ class Job:
                     self.stop(grace_s)
                     return TIMEOUT_EXIT
                 codes = [p.poll() for p in self.procs]
-                if any(c in INTERRUPTED for c in codes):  # a process that had a signal (the launcher's, or
-                    self.forwarded = self.forwarded or -1  # one sent to it alone): its peers stop with it
-                if self.forwarded is not None:  # each process saves and stops: wait for all, then their code
+                # A signal forwarded, or one sent to a process alone (it exits 130/143 and its peers stop
+                # with it): each process saves and stops by itself; wait for all, then their code.
+                if self.forwarded is not None or any(c in INTERRUPTED for c in codes):
                     if all(c is not None for c in codes):
                         return next((exit_code(c) for c in codes if c), 0)
                     time.sleep(POLL_S)
