@@ -10,12 +10,17 @@ serves a laptop launch and a pod.
 Timeouts default far below JAX's own (300 s to connect, 100 s heartbeat, 300 s shutdown), so a job
 whose peer died ends in bounded time instead of sitting in a barrier for minutes.
 
+Under ``jaxcnn launch`` (without ``--verbose``) the process first sends native code's writes to file
+descriptor 1 to /dev/null (:func:`discard_native_stdout`): gloo prints a line per communicator there,
+in pieces from one thread per rank, and its pieces would land inside the program's own lines.
+
 This is the only module of jaxcnn that calls ``jax.distributed.initialize()``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from jaxcnn.runner.config.cluster import ENV, ClusterConfig
@@ -62,6 +67,23 @@ def resolved(cfg: ClusterConfig, environ: os._Environ | dict[str, str] | None = 
 
 
 _initialized = False
+#: Set to ``1`` by ``jaxcnn launch`` (unless ``--verbose``): :func:`discard_native_stdout` before joining.
+DISCARD_NATIVE_STDOUT = "JAXCNN_DISCARD_NATIVE_STDOUT"
+
+
+def discard_native_stdout() -> None:
+    """Points file descriptor 1 at /dev/null and moves ``sys.stdout`` to a line-buffered copy of it.
+
+    Python's output (``print``, rich) keeps its destination, one whole line per write; what native code
+    writes to descriptor 1 (gloo's ``[Gloo] Rank R is connected to N peer ranks...``, written piece by
+    piece from several threads) is dropped. Native writes to descriptor 2 (XLA's warnings) are kept.
+    """
+    sys.stdout.flush()
+    kept = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    sys.stdout = open(kept, "w", buffering=1, encoding=sys.stdout.encoding, errors=sys.stdout.errors)  # noqa: SIM115
 
 
 def initialize(cfg: ClusterConfig) -> None:
@@ -77,6 +99,8 @@ def initialize(cfg: ClusterConfig) -> None:
     import jax
 
     kwargs = resolved(cfg)
+    if os.environ.get(DISCARD_NATIVE_STDOUT) == "1":
+        discard_native_stdout()
     try:
         jax.distributed.initialize(**kwargs)
     except ValueError as e:  # "coordinator_address should be defined." / "Number of processes ..."

@@ -6,12 +6,14 @@ gloo: the same program a pod or cluster runs on every host, emulated with real p
 learns its place from ``JAXCNN_COORDINATOR_ADDRESS`` / ``JAXCNN_NUM_PROCESSES`` / ``JAXCNN_PROCESS_ID``
 (read by :mod:`jaxcnn.runner.cluster`, overriding the config's ``cluster`` section).
 
-Output lines are prefixed ``[p<i>]`` (gloo's connection chatter, and the blank lines its interleaving
-leaves, are dropped unless ``--verbose``). The launcher exits 0 when every process does; as soon as one
-fails it stops the others (SIGTERM, then SIGKILL after ``--grace`` seconds) and exits with the first
-failure's code (128 + signal for a process killed by a signal), so a dead process ends the job in
-seconds; ``--timeout S`` also bounds a job whose processes are alive but stuck (exit 124). A process that
-exits 130 or 143 stopped on a signal with a checkpoint, and so do its peers: they are waited for.
+Output lines are prefixed ``[p<i>]``. Unless ``--verbose``, gloo's connection chatter is dropped: the
+processes discard native writes to descriptor 1, where gloo prints (its threads write each line in
+pieces, which would land inside other lines), and :func:`without_chatter` takes out what still comes.
+The launcher exits 0 when every process does; as soon as one fails it stops the others (SIGTERM, then
+SIGKILL after ``--grace`` seconds) and exits with the first failure's code (128 + signal for a process
+killed by a signal), so a dead process ends the job in seconds; ``--timeout S`` also bounds a job whose
+processes are alive but stuck (exit 124). A process that exits 130 or 143 stopped on a signal with a
+checkpoint, and so do its peers: they are waited for.
 
 SIGINT (Ctrl-C) and SIGTERM to the launcher are forwarded to every process (each runs in its own session,
 so a terminal's Ctrl-C reaches the launcher alone): the processes agree on a step, save its checkpoint and
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +38,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from jaxcnn.devices import with_cpu_device_count
+from jaxcnn.runner.cluster import DISCARD_NATIVE_STDOUT
 
 POLL_S = 0.1
 #: Exit code of a job stopped by ``--timeout`` (as coreutils' ``timeout``).
@@ -42,8 +46,16 @@ TIMEOUT_EXIT = 124
 #: The exit codes of a process that stopped on SIGINT / SIGTERM with a checkpoint (its peers, which agree
 #: on the step, stop with it: they are waited for, not stopped).
 INTERRUPTED = (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
-#: gloo prints one line per connected peer group (from several threads, so lines may interleave).
-GLOO_CHATTER = "connected peer ranks"
+#: gloo prints ``[Gloo] Rank R is connected to N peer ranks. Expected number of connected peer ranks is : N``
+#: to descriptor 1 per communicator, from one thread per rank, each line written as eight pieces (four
+#: texts, three numbers, the newline): lines of several threads interleave piece by piece. The processes
+#: drop it at the source (:data:`jaxcnn.runner.cluster.DISCARD_NATIVE_STDOUT`); this catches what still
+#: comes (a gloo that writes to descriptor 2). A piece is one of the texts and a number after it, or a
+#: number alone (a line that holds nothing else was cut from one of these lines: ``[p0] 3``).
+GLOO_PIECES = re.compile(
+    r"\[Gloo\] Rank (\d+)?| is connected to (\d+)?| peer ranks\. ?(\d+)?"
+    r"|Expected number of connected peer ranks is : (\d+)?"
+)
 
 
 def free_port() -> int:
@@ -54,10 +66,11 @@ def free_port() -> int:
 
 
 def process_env(
-    base: dict[str, str], index: int, processes: int, cpu_devices: int, port: int
+    base: dict[str, str], index: int, processes: int, cpu_devices: int, port: int, verbose: bool = False
 ) -> dict[str, str]:
     """The environment of process ``index``: CPU platform with ``cpu_devices`` devices, gloo collectives,
-    and the ``JAXCNN_*`` variables that place it in the job."""
+    and the ``JAXCNN_*`` variables that place it in the job; unless ``verbose``, native output to
+    descriptor 1 discarded (:func:`jaxcnn.runner.cluster.discard_native_stdout`: gloo's chatter)."""
     env = dict(base)
     env.update(
         JAX_PLATFORMS="cpu",
@@ -69,6 +82,8 @@ def process_env(
         PYTHONUNBUFFERED="1",
         COLUMNS=base.get("COLUMNS", "120"),  # output is a pipe: let rich use a full-width table
     )
+    if not verbose:
+        env[DISCARD_NATIVE_STDOUT] = "1"
     return env
 
 
@@ -92,11 +107,26 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def without_chatter(line: str, after_chatter: bool) -> str | None:
+    """``line`` (with its newline) without gloo's pieces (:data:`GLOO_PIECES`); None when nothing else is
+    left: a line of gloo's pieces, a blank line, or a bare number while ``after_chatter`` (the stream has
+    carried gloo's pieces, so the number is the cut-off end of one of its lines; jaxcnn prints no such
+    line)."""
+    kept = GLOO_PIECES.sub("", line)
+    text = kept.strip()
+    if not text or (after_chatter and text.isdigit()):
+        return None
+    return kept if kept.endswith("\n") else kept + "\n"
+
+
 def _pump(stream: IO[str], prefix: str, verbose: bool, lock: threading.Lock) -> None:
+    chatter = False
     for line in stream:
-        # gloo's lines, and the bare newlines their interleaving leaves behind
-        if not verbose and (GLOO_CHATTER in line or not line.strip()):
-            continue
+        if not verbose:
+            chatter = chatter or GLOO_PIECES.search(line) is not None
+            line = without_chatter(line, chatter)
+            if line is None:
+                continue
         with lock:
             sys.stdout.write(prefix + line)
             sys.stdout.flush()
@@ -259,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[launch] {n} processes x {m} CPU devices, coordinator 127.0.0.1:{port}", flush=True)
     job = Job(
         [train_command(args.config, args.overrides, m)] * n,
-        [process_env(dict(os.environ), i, n, m, port) for i in range(n)],
+        [process_env(dict(os.environ), i, n, m, port, args.verbose) for i in range(n)],
         verbose=args.verbose,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):

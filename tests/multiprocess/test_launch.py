@@ -147,13 +147,21 @@ def reference(tmp_path_factory):
     return once_per_test_run(tmp_path_factory, "reference", make) / "ref"
 
 
+def _assert_no_stray_lines(lines: list[str]) -> None:
+    """Every line is a prefixed line of words: no gloo chatter, no piece of it (``[p0] 3``), no blank."""
+    for line in lines:
+        prefix, _, text = line.partition("] ")
+        assert prefix in ("[launch", "[p0", "[p1") and re.search("[A-Za-z\u2500-\u257f]", text), repr(line)
+        assert "Gloo" not in text and "peer ranks" not in text, repr(line)
+
+
 @pytest.fixture(scope="session")
 def two_process(tmp_path_factory):
     def make(out):
         proc = _launch(out, "mp", f"train.steps={STEPS}")
         _assert_ok(proc)
-        assert "[p0] " in proc.stdout and "connected peer ranks" not in proc.stdout
-        assert "2 processes" in proc.stdout
+        assert "[p0] " in proc.stdout and "2 processes" in proc.stdout
+        _assert_no_stray_lines(proc.stdout.splitlines())
 
     return once_per_test_run(tmp_path_factory, "two_process", make) / "mp"
 
@@ -221,6 +229,7 @@ def test_ctrl_c_saves_every_process_a_killed_process_ends_the_job_and_resume_fin
     at = int(next(m for m in stopped if m).group(1))
     assert 2 <= at < STEPS - 1 and max(_losses(run_dir)) == at
     assert max(int(n) for n in os.listdir(run_dir / "checkpoints") if n.isdigit()) == at
+    _assert_no_stray_lines(lines)
     for line in lines:  # the request and the stop (process 0), nothing stray (no traceback, no SIGTERM)
         assert line.startswith(("[launch] ", "[p0] ")), line
         assert not re.search(r"Traceback|SIGTERM|exited with", line), line

@@ -175,3 +175,22 @@ def test_initialize_without_cluster_is_config_error():
     assert "cluster.coordinator_address" in message
     assert "jax.distributed.initialize could not set up the job" in message
     assert "jaxcnn launch" in message
+
+
+def test_discard_native_stdout_keeps_pythons_lines_and_drops_native_writes():
+    # os.write(1, ...) stands for native code (gloo) writing to descriptor 1
+    code = (
+        "import os, sys\n"
+        "from jaxcnn.runner import cluster\n"
+        "print('before', flush=True)\n"
+        "cluster.discard_native_stdout()\n"
+        "os.write(1, b'[Gloo] Rank 0 is connected to 1 peer ranks. \\n')\n"
+        "print('after', 'é')\n"
+        "os.write(2, b'native stderr\\n')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, encoding="utf-8"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "before\nafter é\n"
+    assert proc.stderr == "native stderr\n"
