@@ -1,7 +1,8 @@
 """Using a trained model: ``jaxcnn eval``, ``jaxcnn predict`` and :func:`jaxcnn.runner.inference.load`.
 
 One tiny run of ``configs/default.yaml`` (``small_cnn`` at width 0.25 with the config's mixed
-placements on 8 devices, 6 steps) is trained once per test run; every test reads its checkpoint.
+placements on 8 devices, 6 steps; tests/runner/conftest.py) is trained once per test run, and
+tests/runner/test_tensorboard.py reads it too; every test here reads its checkpoint.
 Figures read on the run's own mesh and placements are the run's exactly (the same compiled eval step on
 the same state, the same eval batches: the 360 test images in 3 batches of 128, the last one padded). On
 another mesh, placement or eval batch size the accuracy is compared exactly too: it is a count of argmax
@@ -11,9 +12,7 @@ is compared to 1e-5 relative (other reduction orders).
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -32,14 +31,11 @@ from jaxcnn.runner.prepare import assemble
 from jaxcnn.runner.run_directory import write_config
 from jaxcnn.runner.state import init_state
 from jaxcnn.runner.step import jit_eval_step
-from jaxcnn.runner.train import evaluate, train
-from tests.utils import once_per_test_run
+from jaxcnn.runner.train import evaluate
+from tests.runner.conftest import GROUP, ROOT, WIDTH
 
 # The tests share one run (made once per test run): on one xdist worker, none waits for another.
-pytestmark = pytest.mark.xdist_group("inference")
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-WIDTH = "model.options={width: 0.25}"
+pytestmark = pytest.mark.xdist_group(GROUP)
 
 
 def _figures(out: str) -> dict[str, float]:
@@ -54,29 +50,11 @@ def _one_line_error(capsys, prefix: str) -> str:
     return err
 
 
-def _train(out: pathlib.Path) -> None:
-    cfg = load_config(
-        str(ROOT / "configs" / "default.yaml"),
-        [
-            f"output_dir={out}",
-            WIDTH,
-            "train.steps=6",
-            "train.batch_size=32",
-            "train.eval_every=0",
-            "train.log_every=3",
-            "checkpoint.every=0",
-        ],
-    )
-    train(cfg)
-
-
 @pytest.fixture(scope="session")
-def run(tmp_path_factory):
-    """``(run directory, summary.json)`` of a 6-step run of configs/default.yaml (checkpoint at 6), trained
-    once per test run (the xdist workers share it: readers change nothing in it)."""
-    run_dir = once_per_test_run(tmp_path_factory, "inference-run", _train) / "default"
-    with open(run_dir / "summary.json") as f:
-        return str(run_dir), json.load(f)
+def run(trained_run):
+    """``(run directory, summary.json)`` of the shared 6-step run (tests/runner/conftest.py)."""
+    run_dir, summary = trained_run
+    return str(run_dir), summary
 
 
 @pytest.fixture(scope="module")

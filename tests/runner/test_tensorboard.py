@@ -1,7 +1,7 @@
 """TensorBoard event files and the profiler trace of a run (``train.tensorboard``, ``train.profile_steps``).
 
-One 6-step training run (the mixed 8-device model of tests/runner/test_train.py, and its 6 steps: the
-same compiled step) is read back with TensorBoard's own reader (``EventAccumulator``): every
+One 6-step training run (configs/default.yaml's mixed 8-device model, tests/runner/conftest.py; shared
+with tests/runner/test_inference.py) is read back with TensorBoard's own reader (``EventAccumulator``): every
 ``metrics.jsonl`` value is there at its step. TensorBoard stores scalars as float32, so each value equals
 ``np.float32`` of the record's exactly. The resume, the segmentation tag and the write errors are
 checked on :class:`TensorBoardLog` directly.
@@ -23,12 +23,11 @@ from tensorboardX import record_writer
 
 from jaxcnn.runner import profiling, tensorboard
 from jaxcnn.runner.config import ConfigError, from_dict
-from jaxcnn.runner.train import train
-from tests.runner.test_train import _config, _jsonl
-from tests.utils import once_per_test_run
+from tests.runner.conftest import GROUP
+from tests.runner.test_train import _jsonl
 
 # The tests share one run (made once per test run): on one xdist worker, none waits for another.
-pytestmark = pytest.mark.xdist_group("tensorboard")
+pytestmark = pytest.mark.xdist_group(GROUP)
 
 
 def _scalars(log_dir) -> dict[str, dict[int, float]]:
@@ -39,15 +38,10 @@ def _scalars(log_dir) -> dict[str, dict[int, float]]:
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    """A 6-step run: train records at steps 1..6, evals at 4 and 6 (the end), a trace of steps 2..3; made
-    once per test run (xdist workers share it)."""
-
-    def make(out):
-        overrides = {"train__eval_every": 4, "train__profile_steps": [2, 3], "checkpoint__enabled": False}
-        train(_config(out, "tb", train__steps=6, **overrides))
-
-    return once_per_test_run(tmp_path_factory, "tensorboard", make) / "tb"
+def run_dir(trained_run):
+    """The shared 6-step run (tests/runner/conftest.py): train records at steps 1..6, evals at 4 and 6
+    (the end), a trace of steps 2..3."""
+    return trained_run[0]
 
 
 def test_every_metrics_record_is_a_tensorboard_scalar_at_its_step(run_dir):
