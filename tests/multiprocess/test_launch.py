@@ -13,9 +13,10 @@ and whatever runs on one process count is compared bit for bit:
   2 x 4 for one step, against ``reference``'s step 8; ``two_process``'s step-7 checkpoint (written by
   2 processes) resumed on 1 x 8 for one step, against ``two_process``'s step 8;
 - a 2 x 4 launch stopped by Ctrl-C (SIGINT to the launcher) part-way: both processes save the step they
-  agreed on and the job exits 130 with one line; resumed, and one process killed (SIGKILL) part-way:
-  ``launch`` exits non-zero within 60 s; relaunched with ``resume=true`` it finishes with
-  ``two_process``'s losses and final state, bitwise.
+  agreed on and the job exits 130 with one line; relaunched with ``resume=true`` it finishes with
+  ``two_process``'s losses and final state, bitwise;
+- (make test-sweep) one process of a launch killed (SIGKILL) part-way: ``launch`` exits non-zero within
+  60 s.
 
 Every run is ``configs/default.yaml`` (a small CNN whose four convolutions use spatial, 2d, 3d and data
 placements, so halos, panel gathers and reductions all cross the process boundary).
@@ -203,9 +204,7 @@ def _pids(lines: list[str]) -> dict[int, int]:
     return {int(m.group(1)): int(m.group(2)) for m in found if m}
 
 
-def test_ctrl_c_saves_every_process_a_killed_process_ends_the_job_and_resume_finishes_both(
-    two_process, tmp_path
-):
+def test_ctrl_c_saves_every_process_and_resume_finishes_both_bit_for_bit(two_process, tmp_path):
     run_dir = tmp_path / "cut"
     # Ctrl-C to the launcher: forwarded; the processes agree on a step, save it and exit 130.
     job = subprocess.Popen(
@@ -234,25 +233,6 @@ def test_ctrl_c_saves_every_process_a_killed_process_ends_the_job_and_resume_fin
         assert line.startswith(("[launch] ", "[p0] ")), line
         assert not re.search(r"Traceback|SIGTERM|exited with", line), line
 
-    # Resumed, then SIGKILL to one process part-way: the launcher ends the job within 60 s.
-    # --grace 1: the survivor, blocked in a collective with its dead peer, ignores SIGTERM; the launcher
-    # kills it 1 s after instead of the default 10 (the stop path is the same).
-    cmd = _launch_cmd(tmp_path, "cut", f"train.steps={STEPS}", "resume=true", *SAVE_AT_STOP)
-    cmd[cmd.index("launch") + 1 : cmd.index("launch") + 1] = ["--grace", "1"]
-    job = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
-    )
-    lines = _collect(job)
-    _wait_for_step(job, lines, run_dir, at + 1)
-    pids = _pids(lines)
-    assert sorted(pids) == [0, 1]
-    os.kill(pids[1], signal.SIGKILL)
-    t0 = time.monotonic()
-    code = job.wait(timeout=90)
-    elapsed = time.monotonic() - t0
-    assert code != 0 and elapsed < 60, (code, elapsed)
-    assert max(_losses(run_dir)) < STEPS  # it really was cut short
-
     proc = _launch(tmp_path, "cut", f"train.steps={STEPS}", "resume=true", *SAVE_AT_STOP)
     _assert_ok(proc)
     # The same process count as the uninterrupted run, so the same reduction order: bit for bit.
@@ -261,6 +241,31 @@ def test_ctrl_c_saves_every_process_a_killed_process_ends_the_job_and_resume_fin
     assert got.keys() == want.keys()
     for path in want:
         np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+
+
+# make test-sweep: make test covers its parts (tests/runner/test_launch.py: the launcher stops the others
+# when one fails, SIGKILL after the grace period to one that ignores SIGTERM; the test below: a survivor
+# whose peer died leaves its collective within the heartbeat timeout).
+@pytest.mark.sweep
+def test_a_killed_process_ends_the_launched_job_within_60_s(tmp_path):
+    # --grace 1: the survivor, blocked in a collective with its dead peer, ignores SIGTERM; the launcher
+    # kills it 1 s after instead of the default 10 (the stop path is the same).
+    run_dir = tmp_path / "killed"
+    cmd = _launch_cmd(tmp_path, "killed", f"train.steps={STEPS}", *SAVE_AT_STOP)
+    cmd[cmd.index("launch") + 1 : cmd.index("launch") + 1] = ["--grace", "1"]
+    job = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
+    lines = _collect(job)
+    _wait_for_step(job, lines, run_dir, 2)
+    pids = _pids(lines)
+    assert sorted(pids) == [0, 1]
+    os.kill(pids[1], signal.SIGKILL)
+    t0 = time.monotonic()
+    code = job.wait(timeout=90)
+    elapsed = time.monotonic() - t0
+    assert code != 0 and elapsed < 60, (code, elapsed)
+    assert max(_losses(run_dir)) < STEPS  # it really was cut short
 
 
 def test_without_the_launcher_a_dead_peer_ends_the_survivor_within_the_heartbeat_timeout(tmp_path):
