@@ -8,7 +8,8 @@ others, over the factors :mod:`jaxcnn.planner.replicas` admits; transposed layer
 (``geom.input_dilation`` > 1) are planned like any other. ``plan_network`` chooses one candidate per
 layer by dynamic programming over the chain of layers, adding the cost of changing the activation's
 layout between consecutive layers (the explicit changes of :mod:`jaxcnn.redistribute`), so the plan
-minimises the network's total, not each layer's. Networks with residual blocks are placed as graphs by :mod:`jaxcnn.planner.network`.
+minimises the network's total, not each layer's. Networks with residual blocks are placed as graphs
+by :mod:`jaxcnn.planner.network`.
 
 On ``hosts > 1`` (devices split into equal consecutive groups of the flat order, :mod:`jaxcnn.links`)
 both rank by the weighted bytes ``ICI + dcn_cost_factor · DCN`` (max over devices) instead, so traffic
