@@ -10,7 +10,7 @@ import jaxcnn
 from jaxcnn.cost import predict
 from jaxcnn.dtypes import Dtypes
 from jaxcnn.measure import measure_conv
-from tests.algorithms.cases import GRIDS, mesh_kwargs
+from tests.algorithms.cases import GRIDS, fast_algorithm, mesh_kwargs
 from tests.fake_devices import run_with_devices
 from tests.utils import first_fast
 
@@ -33,7 +33,7 @@ PARAMS = [
         grid,
         i,
         id=f"{alg}-{'x'.join(map(str, grid))}-L{i}",
-        marks=() if j == i == 0 else pytest.mark.slow,
+        marks=() if j == i == 0 and fast_algorithm(alg) else pytest.mark.slow,
     )
     for alg, grids in GRIDS.items()
     for j, grid in enumerate(grids)
@@ -167,6 +167,8 @@ def test_model_equals_meter_on_64_devices_compile_only():
             ("2d", dict(n=2, h=2, k=2)),
             ("2.5d", dict(n=2, k=2, c=2)),
             ("3d", dict(n=4, k=2)),
+            ("filter+replicas", dict(n=2, k=2, c=2)),  # blocks of the 4-device sub-grid, copied
+            ("data+replicas", dict(n=2, c=4)),
         ],
         keep=2,
     ),

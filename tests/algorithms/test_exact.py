@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from tests.algorithms.cases import CASES, GRIDS, K_OUT, X_SHAPE, case_id, mesh_kwargs
+from tests.algorithms.cases import CASES, GRIDS, K_OUT, X_SHAPE, case_id, fast_algorithm, mesh_kwargs
 from tests.utils import assert_close, first_fast, loss_and_grads, numpy_conv, random_inputs, reference_conv
 
 # make test runs every sixth slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
@@ -33,7 +33,7 @@ PARAMS = [
         grid,
         case,
         id=f"{alg}-{'x'.join(map(str, grid))}-{case_id(case)}",
-        marks=() if j == 0 and i in HARD else pytest.mark.slow,
+        marks=() if j == 0 and i in HARD and fast_algorithm(alg) else pytest.mark.slow,
     )
     for alg, grids in GRIDS.items()
     for j, grid in enumerate(grids)
