@@ -1,5 +1,6 @@
 """No prediction below the lower bound, over the strided layers of the networks and random strided,
-dilated and padded layers (issue 21): every algorithm x even grid, each pass on its own (the forward
+dilated and padded layers (issue 21): every algorithm x even grid (and the replicated placements
+``plan_layer`` admits, :mod:`jaxcnn.planner.replicas`), each pass on its own (the forward
 bound with a replicated kernel where the algorithm starts with one), and forward + backward against the
 sum of the plain bounds (the ratio ``bound_ratios.py`` reports).
 
@@ -15,7 +16,9 @@ from jaxcnn.bounds import lower_bound
 from jaxcnn.cost import predict
 from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.networks import get_network
-from jaxcnn.planner.grids import grids_for
+from jaxcnn.planner.grids import placements
+from jaxcnn.planner.plan import MAX_REPLICAS
+from jaxcnn.planner.replicas import planned_replicas
 
 NETWORKS = (("resnet50", 32), ("vgg16", 32), ("mobilenet_v2", 64))
 
@@ -51,26 +54,25 @@ def main(seed: int) -> int:
     checked = bad = 0
     for geom, p in cases(seed):
         fb, bb = (lower_bound(geom, p, pass_=pass_).bytes for pass_ in ("forward", "backward"))
-        for alg in ALGORITHMS:
-            for grid in grids_for(alg, geom, p):
-                try:
-                    cost = predict(geom, alg, grid)
-                except ValueError:
-                    continue
-                if not cost.layout.is_even(cost.geom):
-                    continue
-                rows = math.prod(grid[a] for a in ("n", "d", "h", "w"))
-                rep = ("kernel",) if not algorithms.get(alg).kernel_over_rows and rows > 1 else ()
-                fwd = lower_bound(geom, p, replicated=rep).bytes
-                checked += 1
-                below = (
-                    cost.forward.max_bytes < fwd * (1 - 1e-9)
-                    or cost.backward.max_bytes < bb * (1 - 1e-9)
-                    or cost.forward.max_bytes + cost.backward.max_bytes < (fb + bb) * (1 - 1e-9)
-                )
-                if below:
-                    bad += 1
-                    print("BELOW", geom, alg, grid, cost.forward.max_bytes, fwd, cost.backward.max_bytes, bb)
+        for alg, grid in placements(geom, p, ALGORITHMS, planned_replicas(geom, p, MAX_REPLICAS)):
+            try:
+                cost = predict(geom, alg, grid)
+            except ValueError:
+                continue
+            if not cost.layout.is_even(cost.geom):
+                continue
+            rows = math.prod(grid[a] for a in ("n", "d", "h", "w"))
+            rep = ("kernel",) if not algorithms.get(alg).kernel_over_rows and rows > 1 else ()
+            fwd = lower_bound(geom, p, replicated=rep).bytes
+            checked += 1
+            below = (
+                cost.forward.max_bytes < fwd * (1 - 1e-9)
+                or cost.backward.max_bytes < bb * (1 - 1e-9)
+                or cost.forward.max_bytes + cost.backward.max_bytes < (fb + bb) * (1 - 1e-9)
+            )
+            if below:
+                bad += 1
+                print("BELOW", geom, alg, grid, cost.forward.max_bytes, fwd, cost.backward.max_bytes, bb)
     print("checked", checked, "below the bound", bad)
     return 1 if bad else 0
 

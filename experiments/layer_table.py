@@ -57,7 +57,7 @@ def main() -> None:
     for alg in jaxcnn.ALGORITHMS:
         grids = [GRIDS[alg]] if devices == 8 else []
         try:
-            best = plan_layer(geom, devices, allowed=(alg,)).best.grid
+            best = plan_layer(geom, devices, allowed=(alg,), max_replicas=1).best.grid
             grids.append({a: v for a, v in best.items() if v > 1})
         except ValueError:
             pass

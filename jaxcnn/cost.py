@@ -293,14 +293,14 @@ class _XBlocks:
     cx: int
 
     @classmethod
-    def of(cls, lay: Layout, sizes: Mapping[str, int]) -> _XBlocks:
+    def of(cls, lay: Layout) -> _XBlocks:
         n_pad, *spatial_pad, c_pad, _ = lay.padded
         blocks = tuple(
-            lay.read_rows(i, size // sizes[a])
+            lay.read_rows(i, size // lay.size(a))
             for i, (size, a) in enumerate(zip(spatial_pad, lay.spatial_axes, strict=True))
         )
         windows = tuple(p.window if p else b for p, b in zip(lay.plans, blocks, strict=True))
-        return cls(lay, n_pad // sizes["n"], blocks, windows, c_pad // (sizes["c"] * sizes["k"]))
+        return cls(lay, n_pad // lay.size("n"), blocks, windows, c_pad // (lay.size("c") * lay.size("k")))
 
     def add_halos(self, ledger: Ledger, itemsize: int, backward: bool) -> None:
         """The halo exchanges, one per split spatial dimension in array order."""
@@ -311,7 +311,7 @@ class _XBlocks:
 
     def panel_bytes(self, itemsize: int) -> int:
         """One gathered x panel (the full buffer of its all-gather over k)."""
-        gathered = self.cx * (dict(self.lay.sizes)["k"] if self.lay.k_gather else 1)  # channels after it
+        gathered = self.cx * (self.lay.size("k") if self.lay.k_gather else 1)  # channels after it
         return self.nl * math.prod(self.windows) * (gathered // self.lay.panels) * itemsize
 
 
@@ -327,6 +327,7 @@ def _reads_key(lay: Layout) -> tuple:
         lay.unit,
         lay.k_gather,
         lay.subsample,
+        lay.replicas,
     )
 
 
@@ -348,9 +349,8 @@ def shared_reads(a: Cost, b: Cost, dtype="float32") -> CommCost | None:
     """
     if _reads_key(a.layout) != _reads_key(b.layout):
         return None
-    sizes = dict(b.layout.sizes)
-    x = _XBlocks.of(b.layout, sizes)
-    ledger = Ledger(sizes, b.hosts)
+    x = _XBlocks.of(b.layout)
+    ledger = Ledger(dict(b.layout.sizes), b.hosts)
     x.add_halos(ledger, itemsize_of(dtype), backward=False)
     ledger.group("all-gather", x.panel_bytes(itemsize_of(dtype)), b.layout.k_gather)
     shared = ledger.result()
@@ -414,8 +414,8 @@ def predict(
     s_in, s_out = b_in, b_out  # bytes per stored element
     b_acc = max(s_out, 4)
     k_pad = lay.padded[-1]
-    pk, pc = sizes["k"], sizes["c"]
-    x = _XBlocks.of(lay, sizes)
+    pk, pc = lay.size("k"), lay.size("c")  # 1 on a replica axis (+replicas)
+    x = _XBlocks.of(lay)
     nl, blocks, windows, cx = x.nl, x.blocks, x.windows, x.cx
     out_block = math.prod(lay.out_blocks(geom))  # output positions of a device's block
     taps = math.prod(geom.window)
@@ -442,9 +442,9 @@ def predict(
     if not alg.kernel_over_rows:
         bwd.group("all-reduce", kernel_block, rows)
 
-    stored = (size // sizes[a] for size, a in zip(lay.padded[1:-2], lay.spatial_axes, strict=True))
+    stored = (size // lay.size(a) for size, a in zip(lay.padded[1:-2], lay.spatial_axes, strict=True))
     x_local = nl * math.prod(stored) * cx * s_in  # the stored block, before any subsampling
-    k_rows = math.prod(sizes[a] for a in lay.kernel_gather)
+    k_rows = math.prod(lay.size(a) for a in lay.kernel_gather)
     k_local = taps * k_in * k_out // k_rows * s_in
     window = nl * math.prod(windows) * cx * s_in if any(lay.plans) else 0
     # the received halo pieces, kept next to the window (the block extended along dimensions < i)

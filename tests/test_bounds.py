@@ -13,7 +13,9 @@ import jaxcnn
 from jaxcnn import algorithms
 from jaxcnn.bounds import lower_bound, real_macs
 from jaxcnn.measure import measure_conv
-from jaxcnn.planner.grids import grids_for
+from jaxcnn.planner.grids import placements
+from jaxcnn.planner.plan import MAX_REPLICAS
+from jaxcnn.planner.replicas import planned_replicas
 from tests.utils import first_fast
 
 
@@ -285,8 +287,10 @@ def test_3d_counts_every_dimension():
 
 
 def _all_runs(geom, devices=8):
-    """Every (algorithm, grid) the planner would consider for ``geom`` on ``devices`` devices."""
-    return [(geom, a, grid) for a in jaxcnn.ALGORITHMS for grid in grids_for(a, geom, devices)]
+    """Every (algorithm, grid) the planner would consider for ``geom`` on ``devices`` devices, the
+    replicated placements it admits included."""
+    factors = planned_replicas(geom, devices, MAX_REPLICAS)
+    return [(geom, a, grid) for a, grid in placements(geom, devices, jaxcnn.ALGORITHMS, factors)]
 
 
 def _kernel_replicated(algorithm, grid) -> bool:

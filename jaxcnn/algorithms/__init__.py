@@ -10,6 +10,7 @@ import dataclasses
 
 from jaxcnn.algorithms import channel, data, filter, spatial, three_d, two_d, two_half_d
 from jaxcnn.algorithms.base import Algorithm, Layout, make_layout
+from jaxcnn.algorithms.replicas import REPLICAS, replica_axis, replicated
 
 REGISTRY: dict[str, Algorithm] = {
     m.ALGORITHM.name: m.ALGORITHM for m in (data, spatial, filter, channel, two_d, two_half_d, three_d)
@@ -22,6 +23,9 @@ OVERLAP = "+overlap"
 OVERLAPPING: tuple[str, ...] = tuple(
     name for name, alg in REGISTRY.items() if any(a in alg.axes for a in ("d", "h", "w"))
 )
+#: The algorithms with a ``"<name>+replicas"`` variant (:mod:`jaxcnn.algorithms.replicas`): those that
+#: leave a channel axis unsplit.
+REPLICATING: tuple[str, ...] = tuple(name for name, alg in REGISTRY.items() if replica_axis(alg))
 
 
 def plain(name: str) -> str:
@@ -29,20 +33,30 @@ def plain(name: str) -> str:
     return name.removesuffix(OVERLAP)
 
 
+def unreplicated(name: str) -> str:
+    """The algorithm a ``"<name>+replicas"`` variant (or its ``+overlap``) runs on its sub-grid."""
+    return plain(name).removesuffix(REPLICAS) + (OVERLAP if name.endswith(OVERLAP) else "")
+
+
 def get(name: str) -> Algorithm:
-    """The algorithm called ``name``: one of ``ALGORITHMS``, or ``"<name>+overlap"`` for one of
-    ``OVERLAPPING``.
+    """The algorithm called ``name``: one of ``ALGORITHMS``, ``"<name>+replicas"`` for one of
+    ``REPLICATING``, and either with ``"+overlap"`` for one of ``OVERLAPPING``
+    (``"spatial+replicas+overlap"``).
 
     Raises:
       ValueError: unknown name (the message lists the valid ones).
     """
     if isinstance(name, str) and name in REGISTRY:
         return REGISTRY[name]
-    if isinstance(name, str) and name.endswith(OVERLAP) and plain(name) in OVERLAPPING:
-        return dataclasses.replace(REGISTRY[plain(name)], name=name, overlap=True)
+    if isinstance(name, str) and name.endswith(OVERLAP) and plain(name).removesuffix(REPLICAS) in OVERLAPPING:
+        return dataclasses.replace(get(plain(name)), name=name, overlap=True)
+    if isinstance(name, str) and name.endswith(REPLICAS) and name.removesuffix(REPLICAS) in REPLICATING:
+        return replicated(REGISTRY[name.removesuffix(REPLICAS)])
     raise ValueError(
-        f"unknown algorithm {name!r}; valid algorithms are {ALGORITHMS}, and {OVERLAPPING} with "
-        f"{OVERLAP!r} (halos overlapping the interior convolution, e.g. 'spatial{OVERLAP}')"
+        f"unknown algorithm {name!r}; valid algorithms are {ALGORITHMS}, {REPLICATING} with "
+        f"{REPLICAS!r} (the layer replicated over the mesh axes they do not split, e.g. "
+        f"'filter{REPLICAS}'), and {OVERLAPPING} with {OVERLAP!r} after either (halos overlapping the "
+        f"interior convolution, e.g. 'spatial{OVERLAP}')"
     )
 
 
@@ -60,10 +74,14 @@ __all__ = [
     "OVERLAP",
     "OVERLAPPING",
     "REGISTRY",
+    "REPLICAS",
+    "REPLICATING",
     "Algorithm",
     "Layout",
     "get",
     "is_algorithm",
     "make_layout",
     "plain",
+    "replica_axis",
+    "unreplicated",
 ]

@@ -16,7 +16,8 @@ Li et al. (SPAA'21):
 An :class:`Algorithm` names the axes it may use, how it treats the kernel and whether it streams;
 :func:`make_layout` turns that, a layer and the mesh sizes into shard_map specs, padding and panels.
 Grouped convolutions (``feature_group_count`` G > 1) take their channel decisions from
-:mod:`jaxcnn.algorithms.groups` instead.
+:mod:`jaxcnn.algorithms.groups` instead. A ``"<name>+replicas"`` variant runs the layer replicated
+over the mesh axes it does not split (:mod:`jaxcnn.algorithms.replicas`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Algorithm:
       streaming: channel panels are streamed in a loop (2d, 2.5d) instead of gathered at once.
       overlap: the ``"<name>+overlap"`` variant: halos overlap the interior convolution where the
         layout allows (:mod:`jaxcnn.algorithms.overlap`).
+      replicas: the ``"<name>+replicas"`` variant: a mesh axis of size > 1 outside ``axes`` replicates
+        the layer instead of being an error (:mod:`jaxcnn.algorithms.replicas`).
     """
 
     name: str
@@ -55,15 +58,22 @@ class Algorithm:
     kernel_over_rows: bool
     streaming: bool
     overlap: bool = False
+    replicas: bool = False
 
     def check_mesh(self, sizes: dict[str, int]) -> None:
-        """Raises ValueError naming an axis of size > 1 this algorithm does not use."""
+        """Raises ValueError naming an axis of size > 1 this algorithm does not use (none for a
+        ``+replicas`` variant: such an axis replicates the layer)."""
         for axis in AXES:
-            if sizes[axis] > 1 and axis not in self.axes:
+            if sizes[axis] > 1 and axis not in self.axes and not self.replicas:
                 raise ValueError(
                     f"algorithm {self.name!r} does not use mesh axis {axis!r} (size {sizes[axis]}); "
-                    f"it splits only {self.axes} - set {axis}=1 or pick an algorithm that uses it"
+                    f"it splits only {self.axes} - set {axis}=1, pick an algorithm that uses it, or "
+                    f"replicate the layer over it with '{self.name}+replicas'"
                 )
+
+    def replica_axes(self, sizes: dict[str, int]) -> tuple[str, ...]:
+        """The mesh axes of size > 1 that replicate the layer: those outside ``axes`` (``+replicas``)."""
+        return tuple(a for a in AXES if self.replicas and sizes[a] > 1 and a not in self.axes)
 
 
 def _spec(names: tuple[str, ...]) -> str | tuple[str, ...] | None:
@@ -77,7 +87,8 @@ class Layout:
     """The concrete decisions for one (algorithm, layer, mesh).
 
     Attributes:
-      sizes: mesh axis sizes, ``((axis, size), ...)`` in mesh order.
+      sizes: mesh axis sizes, ``((axis, size), ...)`` in mesh order (the replica axes included: the
+        mesh the shard_map runs on).
       rows: row axes of size > 1, in mesh order.
       x_channels: axes splitting x's channels, ``("c", "k")`` filtered to size > 1.
       y_channels: axes splitting y's channels.
@@ -106,6 +117,8 @@ class Layout:
         read before anything moves (1: all rows): σ on an unsplit dimension of a 1×1 stride-σ layer
         without low padding whose x is gathered over ``k`` (its local convolution then has stride 1;
         :func:`subsample_steps`).
+      replicas: the mesh axes that replicate the layer (``+replicas``, :mod:`jaxcnn.algorithms.replicas`):
+        no spec names them, so x, the kernel and y are whole copies over them; :meth:`size` is 1 on them.
     """
 
     sizes: tuple[tuple[str, int], ...]
@@ -129,6 +142,12 @@ class Layout:
     interior: Interior | None = None
     pipelined: bool = False
     subsample: tuple[int, ...] = ()
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def replication(self) -> int:
+        """Copies of the layer: the product of the replica axes' sizes (1 without replicas)."""
+        return math.prod(dict(self.sizes)[a] for a in self.replicas)
 
     @property
     def overlaps(self) -> bool:
@@ -202,8 +221,8 @@ class Layout:
         return -(-rows // step)
 
     def size(self, axis: str) -> int:
-        """Size of mesh axis ``axis``."""
-        return dict(self.sizes)[axis]
+        """Parts the layer is split into along mesh axis ``axis``: its size, 1 for a replica axis."""
+        return 1 if axis in self.replicas else dict(self.sizes)[axis]
 
 
 def _largest_divisor_at_most(value: int, bound: int) -> int:
@@ -219,9 +238,13 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
     ``c * lcm(k, rows)``; K to a multiple of ``k * c``. Streaming algorithms use ``panels`` = the
     largest divisor of ``C / (c * lcm)`` not above
     ``max(k, rows)``, so one gathered panel is no larger than the local block it came from.
+    A ``+replicas`` variant lays the layer out on the axes it splits alone; the others replicate it.
     """
     algorithm.check_mesh(sizes)
     check_rank(geom, sizes)
+    replicas = algorithm.replica_axes(sizes)
+    mesh = sizes
+    sizes = {a: 1 if a in replicas else mesh[a] for a in AXES}
     rows = tuple(a for a in ("n", *geom.spatial_axes) if sizes[a] > 1)
     plans = tuple(
         halo_plan(dim, sizes[a]) if sizes[a] > 1 else None
@@ -239,7 +262,8 @@ def make_layout(algorithm: Algorithm, geom: ConvGeometry, sizes: dict[str, int])
         channels["pipelined"] = pipelined(algorithm.streaming, True, channels["panels"], x_gathered)
     return Layout(
         subsample=subsample_steps(geom, plans, bool(channels["k_gather"])),
-        sizes=tuple((a, sizes[a]) for a in AXES),
+        sizes=tuple((a, mesh[a]) for a in AXES),
+        replicas=replicas,
         rows=rows,
         padded=(-(-geom.batch // sizes["n"]) * sizes["n"], *spatial, c_pad, k_pad),
         spatial_axes=geom.spatial_axes,

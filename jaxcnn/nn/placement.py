@@ -122,6 +122,7 @@ def parse_placement_text(placement: str) -> tuple[str, dict[str, int] | None]:
         )
         raise ValueError(
             f"unknown algorithm {placement!r}; valid algorithms are {algorithms.ALGORITHMS} (those of "
+            f"{algorithms.REPLICATING} also as '<name>{algorithms.REPLICAS}', those of "
             f"{algorithms.OVERLAPPING} also as '<name>{algorithms.OVERLAP}'), optionally with a layer "
             f"mesh such as '3d@n=2,k=2,c=2'{quoting}"
         )

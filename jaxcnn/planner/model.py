@@ -128,7 +128,8 @@ def plan_model(
     links = {"hosts": hosts, "dcn_cost_factor": dcn_cost_factor}
     if graph is None:
         report(f"placing {len(traced)} convolutions as a chain")
-        steps = plan_network(traced, devices, memory_bytes, dtype=dtype, **links).steps
+        # no replicated placements in a model's step (jaxcnn.planner.network's docstring says why)
+        steps = plan_network(traced, devices, memory_bytes, dtype=dtype, max_replicas=1, **links).steps
         return ModelPlan({s.name: format_placement(s.choice.algorithm, s.choice.grid) for s in steps}, layers)
     source = (P("n"), grid_key(input_sizes))
     by_time = time_model if objective == "time" else None

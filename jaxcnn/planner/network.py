@@ -26,6 +26,12 @@ layer's candidates are its fastest on their own, a node costs its
 :func:`~jaxcnn.planner.step_time.node_time` (local convolutions, memory-bound work, its own
 collectives priced by the profile, the slow links' rates where they cross hosts) and an edge the time
 of its layout change's collectives.
+
+Replicated placements (``"<name>+replicas"``, :mod:`jaxcnn.algorithms.replicas`) are not candidates
+here: a node's BatchNorm, pooling and head costs (:mod:`jaxcnn.planner.step`), its memory and the
+runner's layers are metered exactly only on layouts that split the layer over every device, and the
+time objective would also have to price the copies' duplicated compute against the bytes they save.
+:func:`jaxcnn.plan_layer` and the chain planner :func:`jaxcnn.plan_network` consider them.
 """
 
 from __future__ import annotations
@@ -164,6 +170,7 @@ def plan_graph(
             pad_outputs=name == nodes.head,
             hosts=hosts,
             dcn_cost_factor=dcn_cost_factor,
+            max_replicas=1,  # no replicated placements in the whole step (module docstring)
         )
         if algs is variants and variants is not allowed:  # the added +overlap where nothing overlaps
             kept = tuple(c for c in table.candidates if c.layout.overlaps or not _overlap(c))

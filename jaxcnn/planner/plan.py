@@ -3,11 +3,13 @@
 ``plan_layer`` ranks every algorithm on every grid of ``num_devices`` devices by predicted bytes
 received per device (forward + backward, :mod:`jaxcnn.cost`) among those whose predicted peak memory
 fits. Grouped layers (``geom.groups`` > 1) skip the grids an algorithm cannot split their groups on
-(:mod:`jaxcnn.algorithms.groups`); transposed layers (``geom.input_dilation`` > 1) are planned like
-any other. ``plan_network`` chooses one candidate per layer by dynamic programming over the chain of
-layers, adding the cost of changing the activation's layout between consecutive layers
-(the explicit changes of :mod:`jaxcnn.redistribute`), so the plan minimises the network's total, not
-each layer's. Networks with residual blocks are placed as graphs by :mod:`jaxcnn.planner.network`.
+(:mod:`jaxcnn.algorithms.groups`); replicated placements (``"<name>+replicas"``) are ranked with the
+others, over the factors :mod:`jaxcnn.planner.replicas` admits; transposed layers
+(``geom.input_dilation`` > 1) are planned like any other. ``plan_network`` chooses one candidate per
+layer by dynamic programming over the chain of layers, adding the cost of changing the activation's
+layout between consecutive layers (the explicit changes of :mod:`jaxcnn.redistribute`), so the plan
+minimises the network's total, not each layer's. Networks with residual blocks are placed as graphs
+by :mod:`jaxcnn.planner.network`.
 
 On ``hosts > 1`` (devices split into equal consecutive groups of the flat order, :mod:`jaxcnn.links`)
 both rank by the weighted bytes ``ICI + dcn_cost_factor · DCN`` (max over devices) instead, so traffic
@@ -25,8 +27,12 @@ from jaxcnn import algorithms, links, redistribute
 from jaxcnn.cost import Cost, itemsize_of, predict, with_overlap
 from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
-from jaxcnn.planner.grids import grids_for
+from jaxcnn.planner.grids import placements
+from jaxcnn.planner.replicas import planned_replicas
 from jaxcnn.planner.step import grid_key
+
+#: The most copies :func:`plan_layer` replicates a layer into by default (``max_replicas``).
+MAX_REPLICAS = 4
 
 
 class NoPlanError(ValueError):
@@ -74,6 +80,7 @@ def plan_layer(
     pad_outputs: bool | None = None,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+    max_replicas: int = MAX_REPLICAS,
 ) -> LayerPlan:
     """Best (algorithm, grid) for one layer by predicted bytes under a per-device memory cap.
 
@@ -92,6 +99,13 @@ def plan_layer(
         :mod:`jaxcnn.links`); candidates are predicted for them (``Cost.dcn_bytes``).
       dcn_cost_factor: with ``hosts > 1``, candidates are ranked by ``Cost.weighted(dcn_cost_factor)``
         (bytes over the DCN count this many times) instead of ``Cost.bytes``.
+      max_replicas: also rank the ``"<name>+replicas"`` variants of the allowed algorithms that have
+        one (:mod:`jaxcnn.algorithms.replicas`), replicated over the factors up to this that
+        :func:`jaxcnn.planner.replicas.planned_replicas` admits (a ``+replicas`` name in ``allowed``
+        is limited to them too; 1: no replicated placement). A replicated candidate's
+        ``layout.replication`` r is its duplicated compute and memory (r times the even share per
+        device), which bytes do not price: the default cap 4 bounds it (MobileNetV2's depthwise layers
+        on 64 devices need 2 and 4); ties in bytes go to the smaller peak memory, i.e. fewer copies.
 
     Returns:
       A :class:`LayerPlan`; ``.best`` is the choice, ``.candidates`` the ranked runner-up table.
@@ -108,24 +122,25 @@ def plan_layer(
     if pad_outputs is None:
         pad_outputs = bool(getattr(layer, "pad_outputs", False))
     costs, unsupported = [], []
+    planned_replicas(geom, num_devices, max_replicas)  # checks max_replicas before anything is priced
     for parts in (d for d in range(1, num_devices + 1) if num_devices % d == 0) if pad_outputs else (None,):
         g = geom if parts is None else _padded_outputs(geom, parts)
         plain: dict[tuple, Cost] = {}  # (algorithm, grid): an +overlap variant reuses its plain one's
-        for alg in allowed:
+        factors = planned_replicas(g, num_devices, max_replicas, itemsize_of(dtype))
+        for alg, grid in placements(g, num_devices, allowed, factors):
             base = algorithms.plain(alg) if algorithms.get(alg).overlap else None
-            for grid in grids_for(alg, g, num_devices):
-                if parts is None or grid["k"] * grid["c"] == parts:
-                    key = tuple(sorted(grid.items()))
-                    if (base, key) in plain:
-                        costs.append(with_overlap(plain[base, key], itemsize_of(dtype)))
-                        continue
-                    try:
-                        costs.append(predict(g, alg, grid, dtype, hosts=hosts))
-                        plain[alg, key] = costs[-1]
-                    except ValueError as error:  # a group count this algorithm cannot split on this grid
-                        if g.groups == 1:
-                            raise
-                        unsupported.append(str(error))
+            if parts is None or _channel_parts(alg, grid) == parts:
+                key = tuple(sorted(grid.items()))
+                if (base, key) in plain:
+                    costs.append(with_overlap(plain[base, key], itemsize_of(dtype)))
+                    continue
+                try:
+                    costs.append(predict(g, alg, grid, dtype, hosts=hosts))
+                    plain[alg, key] = costs[-1]
+                except ValueError as error:  # a group count this algorithm cannot split on this grid
+                    if g.groups == 1:
+                        raise
+                    unsupported.append(str(error))
     costs = [c for c in costs if c.layout.is_even(c.geom)]  # the model is exact for even splits
     if not costs:
         if unsupported:
@@ -151,6 +166,16 @@ def plan_layer(
             least,
         )
     return LayerPlan(name, geom, tuple(fitting))
+
+
+def _replicated(name: str) -> bool:
+    return algorithms.get(name).replicas
+
+
+def _channel_parts(algorithm: str, grid: Mapping[str, int]) -> int:
+    """The parts a placement splits the output channels into: ``k·c``, a replica axis not counted."""
+    axis = algorithms.replica_axis(algorithms.get(algorithm)) if _replicated(algorithm) else None
+    return grid["k"] * grid["c"] // (grid[axis] if axis else 1)
 
 
 def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:
@@ -283,6 +308,7 @@ def plan_network(
     fixed: Mapping[str, str] | None = None,
     hosts: int = 1,
     dcn_cost_factor: float = DEFAULT_DCN_COST_FACTOR,
+    max_replicas: int = MAX_REPLICAS,
 ) -> NetworkPlan:
     """Chooses one (algorithm, grid) per layer minimising total bytes including layout changes.
 
@@ -303,6 +329,9 @@ def plan_network(
       hosts: hosts the devices are split over (:func:`plan_layer`).
       dcn_cost_factor: with ``hosts > 1`` the DP minimises the weighted ``ICI + dcn_cost_factor · DCN``
         bytes of layers and layout changes (:mod:`jaxcnn.links`).
+      max_replicas: replicated placements as in :func:`plan_layer`; their layout changes are the
+        planned ones of :mod:`jaxcnn.redistribute` like any other's (a replicated layout is a spec that
+        names fewer axes; ``tests/nn/test_chain_hlo.py`` meters such a chain).
 
     Raises:
       NoPlanError: some layer fits no candidate (names it and the memory that would do).
@@ -322,6 +351,7 @@ def plan_network(
                 dtype=dtype,
                 hosts=hosts,
                 dcn_cost_factor=dcn_cost_factor,
+                max_replicas=max_replicas,
             )
         )
     options: list[tuple[Cost, ...]] = []

@@ -107,7 +107,8 @@ def _channel_bytes(choice: Cost, itemsize: int = 4) -> float:
     geom = choice.geom
     if geom is None:
         return 0.0
-    return math.ceil(geom.channels_out / (choice.grid.get("k", 1) * choice.grid.get("c", 1))) * itemsize
+    parts = choice.layout.size("k") * choice.layout.size("c")  # a replica axis splits nothing
+    return math.ceil(geom.channels_out / parts) * itemsize
 
 
 def node_memory(

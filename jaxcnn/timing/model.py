@@ -83,8 +83,7 @@ def conv_work(cost: Cost, input_grad: bool = True, itemsize: int = 4) -> ConvWor
     lay, geom = cost.layout, cost.geom
     if geom is None:
         raise ValueError("the cost has no geometry (predict() sets it)")
-    sizes = dict(lay.sizes)
-    nl = lay.padded[0] // sizes["n"]
+    nl = lay.padded[0] // lay.size("n")  # a replicated placement's copies each compute their sub-grid's
     windows = [
         p.window if p is not None else size for p, size in zip(lay.plans, lay.padded[1:-2], strict=True)
     ]

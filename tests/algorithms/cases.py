@@ -13,7 +13,21 @@ GRIDS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "2d": [(2, 2, 2, 1, 1), (1, 2, 2, 2, 1), (2, 1, 1, 4, 1)],
     "2.5d": [(1, 1, 1, 2, 4), (2, 1, 1, 2, 2), (1, 2, 1, 2, 2), (1, 2, 2, 1, 2)],
     "3d": [(2, 2, 2, 1, 1), (1, 1, 1, 2, 4), (2, 1, 1, 2, 2), (1, 2, 2, 2, 1)],
+    # replicated over the axis they do not split (c, or k for channel): the layer on a sub-grid, copied
+    # (jaxcnn.algorithms.replicas). `make test-fast` runs filter+replicas only: the others add no
+    # mechanism of their own.
+    "filter+replicas": [(1, 1, 1, 4, 2), (2, 2, 1, 1, 2)],
+    "data+replicas": [(2, 1, 1, 1, 4)],
+    "spatial+replicas": [(1, 2, 2, 1, 2)],
+    "channel+replicas": [(1, 1, 1, 2, 4)],
+    "2d+replicas": [(2, 1, 1, 2, 2)],
 }
+
+
+def fast_algorithm(algorithm: str) -> bool:
+    """Whether ``make test-fast`` runs the algorithm's first cases (every plain one, filter+replicas)."""
+    return not algorithm.endswith("+replicas") or algorithm == "filter+replicas"
+
 
 # (strides, padding, dilation, (R, S)): every stride 1..3, dilation 1..3, kernels 1..7 incl. even
 # and non-square, SAME / VALID / explicit asymmetric padding.

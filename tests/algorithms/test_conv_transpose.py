@@ -11,7 +11,7 @@ from jax import lax
 
 import jaxcnn
 from jaxcnn.geometry import conv_geometry, halo_plan
-from tests.algorithms.cases import GRIDS, mesh_kwargs
+from tests.algorithms.cases import GRIDS, fast_algorithm, mesh_kwargs
 from tests.utils import assert_close, loss_and_grads, random_inputs
 
 # make test runs every third slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
@@ -56,7 +56,7 @@ def _params() -> list:
                         grid,
                         CASES[i],
                         id=f"{alg}-{'x'.join(map(str, grid))}-{_case_id(CASES[i])}",
-                        marks=() if first else pytest.mark.slow,
+                        marks=() if first and fast_algorithm(alg) else pytest.mark.slow,
                     )
                 )
                 first = False

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from tests.algorithms.cases import CASES, GRIDS, K_OUT, X_SHAPE, case_id, mesh_kwargs
+from tests.algorithms.cases import CASES, GRIDS, K_OUT, X_SHAPE, case_id, fast_algorithm, mesh_kwargs
 from tests.utils import assert_close, first_fast, loss_and_grads, numpy_conv, random_inputs, reference_conv
 
 # make test runs every sixth slow case of each sweep below; make test-sweep the rest (tests/conftest.py).
@@ -25,7 +25,8 @@ RTOL = 2e-5
 # Every case runs on every algorithm; on each algorithm's grids they alternate (grid j takes the cases
 # of parity j), except the two hardest (explicit asymmetric padding with an even kernel, and a 7×7 kernel
 # dilated to reach across several blocks), which run on every grid. Keeps `make test` fast.
-# `make test-fast` runs the two hard cases on the first grid of each algorithm.
+# `make test-fast` runs the two hard cases on the first grid of each algorithm (the first of them for
+# filter+replicas, and no case of the other replicated variants).
 HARD = (3, 7)
 PARAMS = [
     pytest.param(
@@ -33,7 +34,9 @@ PARAMS = [
         grid,
         case,
         id=f"{alg}-{'x'.join(map(str, grid))}-{case_id(case)}",
-        marks=() if j == 0 and i in HARD else pytest.mark.slow,
+        marks=()
+        if j == 0 and i in (HARD if "+" not in alg else HARD[:1]) and fast_algorithm(alg)
+        else pytest.mark.slow,
     )
     for alg, grids in GRIDS.items()
     for j, grid in enumerate(grids)

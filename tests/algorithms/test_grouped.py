@@ -39,6 +39,7 @@ EXACT = [
     ("2d", dict(n=2, k=4), 8, 8, 4, (8, 8), 1, "SAME", 1),
     ("2.5d", dict(k=2, c=4), 8, 16, 8, (8, 8), 1, "SAME", 1),
     ("3d", dict(n=2, k=2, c=2), 8, 8, 4, (8, 8), 1, "SAME", 1),
+    ("filter+replicas", dict(k=4, c=2), 8, 8, 8, (8, 8), 1, "SAME", 1),  # depthwise copied over c
 ]
 EXACT_SLOW = [
     ("data", dict(n=2), 8, 16, 2, (7, 9), 2, "VALID", 1),
@@ -49,6 +50,9 @@ EXACT_SLOW = [
     ("2d", dict(h=2, w=2, k=2), 8, 16, 8, (8, 8), 2, "SAME", 1),
     ("2.5d", dict(h=2, k=2, c=2), 8, 8, 8, (9, 8), 1, "VALID", 1),
     ("3d", dict(k=2, c=4), 8, 16, 8, (8, 8), 1, "SAME", 3),
+    ("filter+replicas", dict(n=2, k=2, c=2), 8, 8, 2, (8, 8), 2, "SAME", 1),
+    ("channel+replicas", dict(k=2, c=4), 8, 8, 8, (8, 8), 1, "SAME", 1),
+    ("data+replicas", dict(n=2, c=4), 8, 16, 8, (8, 8), 1, "VALID", 1),
 ]
 
 
@@ -134,6 +138,9 @@ COST = [
     ("channel", dict(n=2, c=4), 16, 16, 8),
     ("2d", dict(n=2, h=2, k=2), 16, 32, 16),
     ("2.5d", dict(h=2, k=2, c=2), 16, 16, 16),
+    ("filter+replicas", dict(k=4, c=2), 16, 16, 16),  # copies over c: nothing moves
+    ("filter+replicas", dict(n=2, k=2, c=2), 12, 12, 3),  # selection, the kernel all-reduced over n
+    ("spatial+replicas", dict(h=2, w=2, c=2), 16, 32, 16),
 ]
 
 
@@ -150,7 +157,12 @@ def test_grouped_model_equals_meter(algorithm, grid, c, k, g):
 def test_whole_groups_per_device_move_no_channels():
     """Group parallelism over k·c: no gather of x, no reduce-scatter of y; only the kernel moves."""
     geom = jaxcnn.conv_geometry((8, 16, 16, 16), (3, 3, 1, 16), 1, "SAME", 1, 16)
-    for algorithm, grid in (("filter", dict(k=8)), ("channel", dict(c=8)), ("3d", dict(k=2, c=4))):
+    for algorithm, grid in (
+        ("filter", dict(k=8)),
+        ("channel", dict(c=8)),
+        ("3d", dict(k=2, c=4)),
+        ("filter+replicas", dict(k=4, c=2)),  # 4 groups per device, each copy over c whole
+    ):
         cost = predict(geom, algorithm, grid)
         assert cost.forward.max_bytes == 0 and cost.backward.max_bytes == 0, algorithm
     cost = predict(geom, "3d", dict(n=2, k=2, c=2))

@@ -117,3 +117,16 @@ def test_2d_uses_less_memory_than_3d_on_the_same_grid(metered, grid):
         two_d = metered("2d", **grid)[pass_].memory.temp_bytes
         three_d = metered("3d", **grid)[pass_].memory.temp_bytes
         assert two_d < three_d, (pass_, two_d, three_d)
+
+
+def test_replicated_filter_reduces_nothing_over_its_copies(metered):
+    """filter+replicas on k=2, c=2 (copies over c) with n=2: the forward pass gathers x over k within
+    each copy; the backward pass reduce-scatters dx over k and all-reduces the kernel gradient over n
+    alone (groups of 2 devices), never over the replica axis: the inputs are invariant over c inside
+    shard_map, so autodiff adds no psum there (jaxcnn.algorithms.replicas)."""
+    fwd, bwd = metered("filter+replicas", n=2, k=2, c=2)
+    x_window = X_BYTES // 2  # the gathered x block: half the batch, every channel
+    assert _ops(fwd) == [("all-gather", 2, x_window, 1)]
+    assert _ops(bwd) == sorted([("reduce-scatter", 2, x_window, 1), ("all-reduce", 2, K_BYTES // 2, 1)])
+    all_reduce = next(op for op in bwd.ops if op.kind == "all-reduce")
+    assert sorted(map(tuple, all_reduce.groups)) == [(0, 4), (1, 5), (2, 6), (3, 7)]  # n: 4 devices apart

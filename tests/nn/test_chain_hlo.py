@@ -1,8 +1,9 @@
 """A chain of convolutions with layout changes between them: the compiled forward and backward (VJP)
 programs contain exactly the communication the plan predicts - each layer's ``jaxcnn.cost.predict``
 plus each redistribution's ``transition_traffic`` - compared per device and per collective kind (the
-bytes each device receives from each kind, and each kind's count). Metered from HLO (compile only),
-8 devices, fp32."""
+bytes each device receives from each kind, and each kind's count); and through replicated layers
+with explicit layout changes, what the chain planner prices. Metered from HLO (compile only), 8
+devices, fp32."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 from jax.sharding import NamedSharding
 
 import jaxcnn
+from jaxcnn import redistribute
 from jaxcnn.cost import predict
 from jaxcnn.measure import KINDS, measure_fwd_bwd
 from jaxcnn.nn import reshard, transition_traffic
+from jaxcnn.planner.step import grid_key
 
 SHAPE = (8, 16, 16, 16)  # activations keep this shape: 3×3 SAME convolutions, 16 → 16 channels
 
@@ -95,3 +98,56 @@ def test_known_gap_xla_lowers_a_batch_to_channel_change_as_all_to_all_plus_permu
     assert a2a.total_bytes == moves[0][0].total_bytes == 98304  # the all-to-all is the optimal move
     assert perm.total_bytes == 4 * (4 * 16 * 16 * 4) * 4  # 4 of 8 devices receive one 3d x block
     assert fwd.total_bytes == optimal + perm.total_bytes  # the permute is the whole excess
+
+
+@pytest.mark.parametrize(
+    "placements",
+    [
+        [("filter", dict(k=8)), ("filter+replicas", dict(k=4, c=2)), ("filter", dict(k=8))],
+        pytest.param(
+            [("3d", dict(n=2, k=2, c=2)), ("data+replicas", dict(n=2, c=4)), ("2d", dict(n=4, k=2))],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            [
+                ("spatial", dict(n=2, h=2, w=2)),
+                ("filter+replicas", dict(k=2, c=4)),
+                ("channel+replicas", dict(c=4, k=2)),
+            ],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["filter-replicated-filter", "3d-replicated-2d", "spatial-replicated-replicated"],
+)
+def test_chain_through_replicated_layers_moves_what_plan_network_prices(placements):
+    """Replicated placements (``+replicas``) in a chain whose layout changes are explicit
+    (:func:`jaxcnn.nn.reshard` with ``src``, i.e. :func:`jaxcnn.redistribute.redistribute`): per device,
+    forward and backward, the compiled programs move each layer's ``predict`` plus the planned change
+    :func:`jaxcnn.plan_network` prices (``redistribute.plan`` of ``(spec, grid)``; into a replicated
+    layout forward an all-gather, back a slice; the other way round, a slice and an all-gather)."""
+    geom = jaxcnn.conv_geometry(SHAPE, (3, 3, 16, 16))
+    meshes = [jaxcnn.make_mesh(**grid) for _, grid in placements]
+    costs = [predict(geom, a, grid) for a, grid in placements]
+
+    def forward(x, *kernels):
+        src = None
+        for (alg, _), mesh, cost, kernel in zip(placements, meshes, costs, kernels, strict=True):
+            x = reshard(x, NamedSharding(mesh, cost.layout.x_spec), src=src)
+            x = jaxcnn.conv2d(x, kernel, mesh=mesh, algorithm=alg)
+            src = NamedSharding(mesh, cost.layout.y_spec)
+        return x
+
+    x = jax.ShapeDtypeStruct(SHAPE, jnp.float32, sharding=NamedSharding(meshes[0], costs[0].layout.x_spec))
+    kernels = [
+        jax.ShapeDtypeStruct((3, 3, 16, 16), jnp.float32, sharding=NamedSharding(m, c.layout.kernel_spec))
+        for m, c in zip(meshes, costs, strict=True)
+    ]
+    fwd, bwd = measure_fwd_bwd(forward, x, *kernels)
+    layouts = [((c.layout.x_spec, grid_key(c.grid)), (c.layout.y_spec, grid_key(c.grid))) for c in costs]
+    changes = [(layouts[i - 1][1], layouts[i][0]) for i in range(1, len(costs))]
+    for metered, pass_, backward in ((fwd, "forward", False), (bwd, "backward", True)):
+        want = sum(np.asarray(getattr(c, pass_).per_device) for c in costs)
+        for src, dst in changes:
+            want = want + redistribute.plan(SHAPE, *((dst, src) if backward else (src, dst))).traffic(4)
+        np.testing.assert_array_equal(np.asarray(metered.per_device), want, err_msg=pass_)
+        assert metered.max_bytes > 0

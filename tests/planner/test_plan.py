@@ -8,11 +8,13 @@ import math
 import pytest
 
 import jaxcnn
+from jaxcnn import algorithms
 from jaxcnn.cost import predict
 from jaxcnn.geometry import ConvLayer
 from jaxcnn.mesh import AXES
 from jaxcnn.planner import NoPlanError, layout_change_bytes, plan_layer, plan_network
-from jaxcnn.planner.plan import keep_candidates
+from jaxcnn.planner.plan import MAX_REPLICAS, keep_candidates
+from jaxcnn.planner.replicas import admitted_replicas
 from jaxcnn.planner.step import grid_key
 
 LAYERS = [
@@ -30,11 +32,25 @@ def _all_grids(num_devices: int):
             yield dict(zip(AXES, sizes, strict=True))
 
 
+def _replicas_planned(alg, grid, geom, num_devices):
+    """A ``+replicas`` grid is planned when it replicates over ``replica_axis`` alone, by an admitted
+    factor up to ``MAX_REPLICAS`` (the rule itself is tested in test_replicas_admitted_by_the_bound)."""
+    algorithm = algorithms.get(alg)
+    if not algorithm.replicas:
+        return True
+    axis = algorithms.replica_axis(algorithm)
+    unsplit = {a for a in AXES if grid[a] > 1 and a not in algorithm.axes}
+    factors = [r for r in admitted_replicas(geom, num_devices) if r <= MAX_REPLICAS]
+    return unsplit == {axis} and grid[axis] in factors
+
+
 def _brute_force(geom, num_devices, memory=math.inf):
     """Every even (algorithm, grid) whose predicted peak fits, as predict() Costs."""
     out = []
-    for alg in jaxcnn.ALGORITHMS:
+    for alg in (*jaxcnn.ALGORITHMS, *(a + algorithms.REPLICAS for a in algorithms.REPLICATING)):
         for grid in _all_grids(num_devices):
+            if not _replicas_planned(alg, grid, geom, num_devices):
+                continue
             try:
                 cost = predict(geom, alg, grid)
             except ValueError:  # the algorithm does not use one of the grid's axes
