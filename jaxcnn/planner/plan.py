@@ -28,7 +28,7 @@ from jaxcnn.cost import Cost, itemsize_of, predict, with_overlap
 from jaxcnn.geometry import ConvGeometry, conv_geometry
 from jaxcnn.links import DEFAULT_DCN_COST_FACTOR
 from jaxcnn.planner.grids import placements
-from jaxcnn.planner.replicas import planned_replicas
+from jaxcnn.planner.replicas import check_max_replicas, planned_replicas
 from jaxcnn.planner.step import grid_key
 
 #: The most copies :func:`plan_layer` replicates a layer into by default (``max_replicas``).
@@ -122,7 +122,7 @@ def plan_layer(
     if pad_outputs is None:
         pad_outputs = bool(getattr(layer, "pad_outputs", False))
     costs, unsupported = [], []
-    planned_replicas(geom, num_devices, max_replicas)  # checks max_replicas before anything is priced
+    check_max_replicas(max_replicas)
     for parts in (d for d in range(1, num_devices + 1) if num_devices % d == 0) if pad_outputs else (None,):
         g = geom if parts is None else _padded_outputs(geom, parts)
         plain: dict[tuple, Cost] = {}  # (algorithm, grid): an +overlap variant reuses its plain one's
@@ -168,14 +168,10 @@ def plan_layer(
     return LayerPlan(name, geom, tuple(fitting))
 
 
-def _replicated(name: str) -> bool:
-    return algorithms.get(name).replicas
-
-
 def _channel_parts(algorithm: str, grid: Mapping[str, int]) -> int:
     """The parts a placement splits the output channels into: ``k·c``, a replica axis not counted."""
-    axis = algorithms.replica_axis(algorithms.get(algorithm)) if _replicated(algorithm) else None
-    return grid["k"] * grid["c"] // (grid[axis] if axis else 1)
+    replicas = algorithms.get(algorithm).replica_axes(grid)
+    return math.prod(grid[a] for a in ("k", "c") if a not in replicas)
 
 
 def _padded_outputs(geom: ConvGeometry, parts: int) -> ConvGeometry:

@@ -39,6 +39,14 @@ def _bounds(geom: ConvGeometry, num_devices: int, itemsize: int) -> tuple[float,
     return (forward.bytes, shared.bytes, backward.bytes)
 
 
+def check_max_replicas(max_replicas: int) -> None:
+    """Raises ValueError unless ``max_replicas`` is an int >= 1 (1: no replicated placement)."""
+    if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or max_replicas < 1:
+        raise ValueError(
+            f"max_replicas must be an int >= 1 (1: no replicated placement), got {max_replicas!r}"
+        )
+
+
 def planned_replicas(
     geom: ConvGeometry, num_devices: int, max_replicas: int, itemsize: int = 4
 ) -> tuple[int, ...]:
@@ -46,12 +54,9 @@ def planned_replicas(
     admits, up to ``max_replicas``.
 
     Raises:
-      ValueError: ``max_replicas`` is not an int >= 1.
+      ValueError: ``max_replicas`` is not an int >= 1 (:func:`check_max_replicas`).
     """
-    if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or max_replicas < 1:
-        raise ValueError(
-            f"max_replicas must be an int >= 1 (1: no replicated placement), got {max_replicas!r}"
-        )
+    check_max_replicas(max_replicas)
     if max_replicas == 1:
         return ()
     return tuple(r for r in admitted_replicas(geom, num_devices, itemsize) if r <= max_replicas)
