@@ -146,14 +146,14 @@ class DimGeometry:
         dilation (whose rows the residue of ``r`` does not fix); a 1×1 stride-σ layer reads one phase
         ``(1, ⌈H/σ⌉)``; a 3×3 stride-2 layer two, ``(2, ·)`` and ``(1, ·)``. The weights of the stride-aware
         Lemma 1 (``docs/lower_bound.md`` §2)."""
-        read = self._pair_counts()[2]
         if self.stride == 1 or self.input_dilation > 1:
-            return [(self.kernel, sum(1 for count in read if count))]
+            return [(self.kernel, self.touched_rows())]
+        read = self._pair_counts()[2]
+        residues = [(self.dilation * r - self.pad[0]) % self.stride for r in range(self.kernel)]
         out = []
         for phase in range(self.stride):
             rows = sum(1 for row in range(phase, self.size, self.stride) if read[row])
             if rows:
-                residues = [(self.dilation * r - self.pad[0]) % self.stride for r in range(self.kernel)]
                 out.append((residues.count(phase), rows))
         return out
 
