@@ -11,6 +11,9 @@ import math
 import random
 import sys
 
+# the three networks at their batches (this script's directory is on sys.path)
+from bound_ratios import NETWORKS
+
 from jaxcnn import ALGORITHMS, algorithms
 from jaxcnn.bounds import lower_bound
 from jaxcnn.cost import predict
@@ -19,8 +22,6 @@ from jaxcnn.networks import get_network
 from jaxcnn.planner.grids import placements
 from jaxcnn.planner.plan import MAX_REPLICAS
 from jaxcnn.planner.replicas import planned_replicas
-
-NETWORKS = (("resnet50", 32), ("vgg16", 32), ("mobilenet_v2", 64))
 
 
 def cases(seed: int, count: int = 400) -> list[tuple[ConvGeometry, int]]:
