@@ -1,7 +1,7 @@
 """Compile-only ("golden") checks of the big configs nobody can run in CI: ResNet-50 on a 256-chip TPU
 pod, an 8-GPU node and a 32-GPU SLURM cluster, lowered and compiled on fake CPU meshes of the same size
-(small batch and images; XLA's CPU backend optimisations off, since only partitioning and lowering are
-under test).
+(small batch and images; compiled fast as tests/conftest.py sets it, since only partitioning and lowering
+are under test).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from jaxcnn.devices import with_cpu_device_count
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 RESNET50_PARAMS = 25_557_032  # torchvision's resnet50 with 1000 classes has the same count
 
@@ -19,10 +21,7 @@ RESNET50_PARAMS = 25_557_032  # torchvision's resnet50 with 1000 classes has the
 def _compile_only(config: str, devices: int, *overrides: str) -> dict[str, str]:
     # No persistent compilation cache (tests/conftest.py): each of these programs is compiled once.
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={devices} "
-        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    )
+    env["XLA_FLAGS"] = with_cpu_device_count(os.environ.get("XLA_FLAGS", ""), devices)  # tests/conftest.py's
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, "-m", "jaxcnn", "train", f"configs/{config}", "--compile-only", *overrides]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from jaxcnn.devices import with_cpu_device_count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC = [
     "data.source=synthetic", "data.num_classes=10", "data.num_train=64", "data.num_test=16", "mesh.n=-1",
@@ -124,12 +126,13 @@ CASES = {
 
 def compile_only(devices: int, overrides: list[str]) -> tuple[dict[str, str], str]:
     """Runs ``jaxcnn train configs/default.yaml --compile-only`` on ``devices`` fake CPU devices."""
-    # The two LLVM flags shorten compiles 2-3x and leave the compiled HLO (what is metered) unchanged.
-    flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    # The suite's fast-compilation flags (tests/conftest.py) with the device count: they leave the
+    # collectives (what is metered) and the partitioner's log unchanged.
+    flags = with_cpu_device_count(os.environ.get("XLA_FLAGS", ""), devices)
     # Without the test run's persistent compilation cache (tests/conftest.py): a program loaded from it
     # is not partitioned again, and the partitioner's log is what says whether it rematerialized.
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {flags}", JAX_PLATFORMS="cpu")
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-m", "jaxcnn", "train", "configs/default.yaml", "--compile-only", *overrides],
         cwd=ROOT,

@@ -42,7 +42,7 @@ def _layout(
     paths, labels, classes = datasets.list_folder(folder)
     try:
         split = dict(zip(("train", "test"), datasets.split_indices(labels, test_fraction, seed), strict=True))
-    except ValueError as e:  # scikit-learn: too few images per class for a stratified split
+    except ValueError as e:  # too few images per class for a stratified split
         raise ConfigError(
             f"cannot split {folder} into train/test with --test-fraction {test_fraction}: {e}"
         ) from None
