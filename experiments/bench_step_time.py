@@ -40,6 +40,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxcnn.measure.compile import meter_compiled  # noqa: E402
 from jaxcnn.runner.config import load_config  # noqa: E402
 from jaxcnn.runner.data import TrainBatches  # noqa: E402
 from jaxcnn.runner.prepare import prepare  # noqa: E402
@@ -105,6 +106,8 @@ class Case:
     predicted_s: float
     components: dict[str, float]
     placements: dict[str, str]
+    #: collective executions per device in the compiled step (the busiest device; loops unrolled)
+    executions: float = 0.0
     rounds: list[float] = dataclasses.field(default_factory=list)
 
     @property
@@ -126,6 +129,7 @@ class Runner:
         batches.close()
         self.predicted = run.predicted_time
         self.placements = _placements(run)
+        self.executions = collective_executions(run.compiled)
 
     def time(self, steps: int) -> float:
         times = []
@@ -148,6 +152,39 @@ def _placements(run) -> dict[str, str]:
     return {
         name: format_placement(c.algorithm, dict(c.mesh.shape)) for name, c in named_convs(model).values()
     }
+
+
+def collective_executions(compiled) -> float:
+    """Collectives the busiest device takes part in per step, counting each execution of one in a loop."""
+    per_device: dict[int, float] = {}
+    for op in meter_compiled(compiled).ops:
+        for device in {d for group in op.groups for d in group}:
+            per_device[device] = per_device.get(device, 0.0) + op.executions
+    return max(per_device.values(), default=0.0)
+
+
+def refit(cases: list[Case]) -> tuple[dict[str, float], float]:
+    """The weights of the model's compute and collective seconds, and of a fixed cost per collective
+    execution, that minimise the relative squared error over ``cases`` (fitted on the measurements
+    themselves: a bound on what reweighting those three terms can reach, not a prediction); and the
+    MAPE they reach."""
+    terms = ("compute", "collectives")
+    a = np.array([[c.components[t] for t in terms] + [c.executions] for c in cases])
+    measured = np.array([c.measured_s for c in cases])
+    coef, *_ = np.linalg.lstsq(a / measured[:, None], np.ones(len(cases)), rcond=None)
+    mape = float(np.mean(np.abs(a @ coef - measured) / measured))
+    return dict(zip((*terms, "per_execution_s"), (float(x) for x in coef), strict=True)), mape
+
+
+def same_program_spread(cases: list[Case]) -> list[tuple[str, str, float]]:
+    """Pairs of cases that compile the same placements: (name, name, relative difference measured)."""
+    pairs = []
+    for i, a in enumerate(cases):
+        for b in cases[i + 1 :]:
+            if a.model == b.model and a.placements == b.placements:
+                lo, hi = sorted((a.measured_s, b.measured_s))
+                pairs.append((a.name, b.name, hi / lo - 1))
+    return pairs
 
 
 def ordering(cases: list[Case], threshold: float = 0.15) -> tuple[int, int]:
@@ -173,8 +210,9 @@ def report(cases: list[Case], profile_note: str, command: str) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on 8 virtual CPU devices (2 shared cores), jax "
         f"{jax.__version__}: `{command}`. {profile_note}",
         "",
-        "| case | measured ms | predicted ms | error | compute | collectives | memory | straggle | launch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | measured ms | predicted ms | error | compute | collectives | memory | straggle | launch "
+        "| collective executions |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c, e in zip(cases, errors, strict=True):
         comp = c.components
@@ -183,7 +221,7 @@ def report(cases: list[Case], profile_note: str, command: str) -> str:
             + " | ".join(
                 f"{comp[k] * 1e3:.2f}" for k in ("compute", "collectives", "memory", "straggle", "launch")
             )
-            + " |"
+            + f" | {c.executions:.0f} |"
         )
     lines += [
         "",
@@ -201,6 +239,16 @@ def report(cases: list[Case], profile_note: str, command: str) -> str:
                 f"- {model}: auto by time {auto.measured_s * 1e3:.2f} ms, the fastest measured "
                 f"({best.name}) {best.measured_s * 1e3:.2f} ms: **{auto.measured_s / best.measured_s:.2f}x**."
             )
+    weights, refit_mape = refit(cases)
+    lines.append(
+        "- Diagnosis: the best reweighting of the model's compute and collective seconds plus a fixed cost "
+        "per collective execution, fitted on these measurements themselves, reaches a MAPE of "
+        f"{refit_mape:.1%} "
+        f"(compute x{weights['compute']:.2f}, collectives x{weights['collectives']:.2f}, "
+        f"{weights['per_execution_s'] * 1e3:.3f} ms per execution)."
+    )
+    for a, b, spread in same_program_spread(cases):
+        lines.append(f"- Same placements, measured {spread:.0%} apart: {a} and {b}.")
     lines += ["", "![predicted against measured step time](step_time_scatter.png)", END]
     return "\n".join(lines)
 
@@ -275,7 +323,14 @@ def main() -> None:
         runners[name] = Runner(name, CASES[name][1])
         r = runners[name]
         cases.append(
-            Case(name, CASES[name][0], r.predicted.seconds, dict(r.predicted.components), r.placements)
+            Case(
+                name,
+                CASES[name][0],
+                r.predicted.seconds,
+                dict(r.predicted.components),
+                r.placements,
+                r.executions,
+            )
         )
         print(
             f"{name}: prepared in {time.perf_counter() - t0:.1f} s, "
