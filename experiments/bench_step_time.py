@@ -45,6 +45,7 @@ from jaxcnn.runner.config import load_config  # noqa: E402
 from jaxcnn.runner.data import TrainBatches  # noqa: E402
 from jaxcnn.runner.prepare import prepare  # noqa: E402
 from jaxcnn.timing.calibrate import calibrate  # noqa: E402
+from jaxcnn.timing.metered import metered_link  # noqa: E402
 from jaxcnn.timing.model import backend_time_model  # noqa: E402
 from jaxcnn.timing.profile import save_profile  # noqa: E402
 
@@ -155,12 +156,10 @@ def _placements(run) -> dict[str, str]:
 
 
 def collective_executions(compiled) -> float:
-    """Collectives the busiest device takes part in per step, counting each execution of one in a loop."""
-    per_device: dict[int, float] = {}
-    for op in meter_compiled(compiled).ops:
-        for device in {d for group in op.groups for d in group}:
-            per_device[device] = per_device.get(device, 0.0) + op.executions
-    return max(per_device.values(), default=0.0)
+    """Collectives the busiest device takes part in per step, each execution of one in a loop counted
+    (the calls of :func:`jaxcnn.timing.metered.metered_link`, the ledger's convention)."""
+    calls = metered_link(meter_compiled(compiled)).calls.values()
+    return float(np.max(sum(np.asarray(c) for c in calls), initial=0.0))
 
 
 def refit(cases: list[Case]) -> tuple[dict[str, float], float]:

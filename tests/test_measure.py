@@ -328,8 +328,13 @@ def test_3d_conv_on_many_fake_devices(n, k, c, batch, hw, ch):
 # ----------------------------------------------------------------------------- compiler settings
 
 #: XLA's own defaults, and what tests/conftest.py compiles with (JAX_DISABLE_MOST_OPTIMIZATIONS and
-#: XLA_FLAGS=--xla_cpu_use_fusion_emitters=false).
-FULL = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+#: XLA_FLAGS=--xla_cpu_use_fusion_emitters=false). Every option is set: a compile option left out takes
+#: its value from XLA_FLAGS, which here are the fast ones.
+FULL = {
+    "xla_backend_optimization_level": 3,
+    "xla_llvm_disable_expensive_passes": False,
+    "xla_cpu_use_fusion_emitters": True,
+}
 FAST = {
     "xla_backend_optimization_level": 0,
     "xla_llvm_disable_expensive_passes": True,
@@ -344,7 +349,8 @@ def _same_meter_reading(lowered) -> None:
     """What the meter reads (every collective: kind, replica groups, buffer, executions, bytes per
     device, in program order) is the same under both settings; so are the argument, output and alias
     bytes; temporaries agree within TEMP_RTOL."""
-    fast, full = (lowered.compile(compiler_options={**options}) for options in (FAST, FULL))
+    fast, full = (lowered.compile(compiler_options=options) for options in (FAST, FULL))
+    assert fast.as_text() != full.as_text()  # the two settings were both applied
     ops = [
         [(o.kind, o.groups, o.buffer_bytes, o.executions, o.per_device) for o in meter_compiled(c).ops]
         for c in (fast, full)
@@ -363,8 +369,8 @@ def _same_meter_reading(lowered) -> None:
 )
 def test_fast_compilation_leaves_what_the_meter_reads_unchanged(algorithm, grid):
     """tests/conftest.py compiles for speed: XLA's backend optimisations off and its older CPU emitters
-    (2/3 of the suite's compile time). They change the machine code and how single instructions are
-    wrapped, never the collectives that the meter reads."""
+    (the second takes a third off the suite's CPU time). They change the machine code and how single
+    instructions are wrapped, never the collectives that the meter reads."""
     mesh = jaxcnn.make_mesh(**grid)
     geom = jaxcnn.conv_geometry((8, 16, 16, 16), (3, 3, 16, 16))
     layout = jaxcnn.conv_layout(geom, mesh=mesh, algorithm=algorithm)

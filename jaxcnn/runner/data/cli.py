@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxcnn.runner.config.typed import ConfigError
 from jaxcnn.runner.data import datasets, records
+from jaxcnn.runner.data.split import stratified_split
 
 CHUNK = 256  # images decoded ahead of the writer
 
@@ -41,7 +42,7 @@ def _layout(
         return {"train": tr_paths, "test": te_paths}, {"train": tr_labels, "test": te_labels}, classes
     paths, labels, classes = datasets.list_folder(folder)
     try:
-        split = dict(zip(("train", "test"), datasets.split_indices(labels, test_fraction, seed), strict=True))
+        split = dict(zip(("train", "test"), stratified_split(labels, test_fraction, seed), strict=True))
     except ValueError as e:  # too few images per class for a stratified split
         raise ConfigError(
             f"cannot split {folder} into train/test with --test-fraction {test_fraction}: {e}"

@@ -385,12 +385,6 @@ def list_folder(root: str, classes: list[str] | None = None) -> tuple[list[str],
     return paths, np.asarray(labels, np.int32), classes
 
 
-def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test row indices of a stratified ``test_fraction`` split fixed by ``seed`` (the rows,
-    in order, that :func:`digits` and :func:`folder` put in each split)."""
-    return stratified_split(labels, test_fraction, seed)
-
-
 def _read_folder(root: str, size: tuple[int, ...], classes: list[str] | None = None):
     paths, labels, classes = list_folder(root, classes)
     images = [read_image(p, size) for p in paths]
